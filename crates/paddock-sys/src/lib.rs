@@ -1,0 +1,35 @@
+//! The one home for paddock's unsafe and operating-system code.
+//!
+//! Every `unsafe` block in paddock lives in this crate and carries a `// SAFETY:`
+//! comment. The rest of the workspace is `#![forbid(unsafe_code)]` and reaches the
+//! operating system through the small, named operations exported here:
+//!
+//! - [`detach`]: fork and `setsid` while the process is single-threaded;
+//! - [`reaper`]: a tiny forked process that kills every worker process group the
+//!   moment its daemon dies, whatever killed the daemon;
+//! - [`lock`]: the instance lock (`flock`), the only meaning of "running";
+//! - [`spawn`]: what a worker process does between `fork` and `exec` (async-signal-safe
+//!   only: a process group, the parent-death signal);
+//! - [`signal`]: signal names and process-group kills;
+//! - [`procfs`]: who listens on a port, which processes form a tree, start times.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod detach;
+pub mod lock;
+pub mod procfs;
+pub mod reaper;
+pub mod signal;
+pub mod spawn;
+
+/// The number of CPU cores this process may use.
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// The effective user id of this process.
+pub fn current_uid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}

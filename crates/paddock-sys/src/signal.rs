@@ -1,0 +1,39 @@
+//! Signal names and process-group delivery.
+
+/// The conventional name of a signal number ("SIGSEGV"), or "signal N".
+pub fn name(sig: i32) -> String {
+    match nix::sys::signal::Signal::try_from(sig) {
+        Ok(s) => s.as_str().to_string(),
+        Err(_) => format!("signal {sig}"),
+    }
+}
+
+/// Sends `sig` to every process of group `pgid`; false when the group is gone.
+pub fn kill_group(pgid: i32, sig: i32) -> bool {
+    if pgid <= 1 {
+        return false;
+    }
+    let Ok(s) = nix::sys::signal::Signal::try_from(sig) else {
+        return false;
+    };
+    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), s).is_ok()
+}
+
+/// Sends `sig` to one process; false when it is gone.
+pub fn kill_pid(pid: i32, sig: i32) -> bool {
+    if pid <= 1 {
+        return false;
+    }
+    let Ok(s) = nix::sys::signal::Signal::try_from(sig) else {
+        return false;
+    };
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), s).is_ok()
+}
+
+/// Whether any process of group `pgid` is still alive.
+pub fn group_alive(pgid: i32) -> bool {
+    pgid > 1 && nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None).is_ok()
+}
+
+pub const SIGTERM: i32 = libc::SIGTERM;
+pub const SIGKILL: i32 = libc::SIGKILL;

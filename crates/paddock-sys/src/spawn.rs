@@ -1,0 +1,46 @@
+//! What a worker process does between `fork` and `exec`.
+//!
+//! Invariant: only async-signal-safe system calls run in the child before `exec`
+//! (`prctl`, `getppid`, `_exit`): the daemon is multi-threaded by then, and anything
+//! that takes a lock (the allocator, stdio) could deadlock the child (seed 003).
+//!
+//! The process group comes from `CommandExt::process_group(0)` (set by std in the
+//! child), so a stop or a deadline kill reaches everything the worker started.
+
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+/// Prepares `cmd` to run as a supervised worker of the daemon `daemon_pid`: its own
+/// process group, and (Linux) SIGKILL when the thread that forked it exits. Call it on
+/// the dedicated spawner thread, which lives as long as the daemon, because Linux
+/// delivers the parent-death signal when the *forking thread* exits.
+pub fn supervise(cmd: &mut Command, daemon_pid: i32) {
+    cmd.process_group(0);
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: the closure runs in the forked child before exec and calls only
+        // async-signal-safe functions (prctl, getppid, _exit); it allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The daemon may have died before prctl took effect: then our parent
+                // is no longer the daemon and nobody would ever stop us.
+                if libc::getppid() != daemon_pid {
+                    libc::_exit(111);
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = daemon_pid;
+}

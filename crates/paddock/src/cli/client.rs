@@ -1,0 +1,47 @@
+//! Talking to a running daemon over its control socket.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use crate::control::{Reply, Request};
+use crate::instance::{LockInfo, Paths};
+
+/// Whether the instance is running (its lock is held).
+pub fn running(paths: &Paths) -> bool {
+    paddock_sys::lock::is_held(&paths.lock).unwrap_or(false)
+}
+
+/// Sends one request and reads the reply.
+pub fn request(paths: &Paths, req: &Request) -> Result<Reply, String> {
+    let who = || {
+        LockInfo::read_settled(&paths.lock)
+            .map(|i| format!("the daemon ({})", i.describe()))
+            .unwrap_or_else(|| "the daemon".into())
+    };
+    let mut s = UnixStream::connect(&paths.socket).map_err(|e| {
+        format!(
+            "{} holds the instance lock but its control socket {} does not answer: {e}",
+            who(),
+            paths.socket.display()
+        )
+    })?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(15)));
+    let mut line = serde_json::to_vec(req).map_err(|e| e.to_string())?;
+    line.push(b'\n');
+    s.write_all(&line)
+        .map_err(|e| format!("could not send to {}: {e}", paths.socket.display()))?;
+    let mut reply = String::new();
+    BufReader::new(s)
+        .read_line(&mut reply)
+        .map_err(|e| format!("no answer from {}: {e}", who()))?;
+    serde_json::from_str(&reply).map_err(|e| format!("bad answer from {}: {e}", who()))
+}
+
+pub fn not_running_message(config: &crate::config::Config) -> String {
+    format!(
+        "instance {} (port {}) is not running",
+        config.instance.name,
+        config.instance.listen.port()
+    )
+}

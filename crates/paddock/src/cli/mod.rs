@@ -1,0 +1,115 @@
+//! The command line: parsing, then one module per command. Thin on purpose: each
+//! command validates the config first (exit 2 on any error), then does its one job.
+
+mod check;
+mod client;
+mod logs;
+mod output;
+mod run;
+mod start;
+mod status;
+mod stop;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, Config};
+use crate::exit;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "paddock",
+    version,
+    about = "Run machine-learning models as reliable local services"
+)]
+struct Cli {
+    /// The config file.
+    #[arg(short, long, global = true, default_value = "paddock.toml")]
+    config: PathBuf,
+    /// Override the gateway's listen port (this selects another instance).
+    #[arg(long, global = true)]
+    port: Option<u16>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Validate the config; errors name the file, line and key.
+    Check {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start the daemon in the background; exit 0 only when every service is ready.
+    Start {
+        /// Print the verdict as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the daemon in the foreground (systemd Type=notify, containers, Ctrl-C).
+    Run,
+    /// Stop the daemon gracefully and wait until it is gone.
+    Stop {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the instance, its services and workers.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the captured output of the workers.
+    Logs {
+        /// Only this service.
+        service: Option<String>,
+        /// Keep printing new lines as they come.
+        #[arg(short, long)]
+        follow: bool,
+        /// How many lines to show first.
+        #[arg(short = 'n', long = "lines", default_value_t = 50)]
+        lines: usize,
+    },
+}
+
+/// Runs the CLI; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
+            let _ = e.print();
+            return code;
+        }
+    };
+    let config = match config::load(&cli.config, cli.port) {
+        Ok(c) => c,
+        Err(e) => {
+            output::error(&e.to_string());
+            if let config::ConfigError::Read { .. } = e {
+                eprintln!("hint: pass the config file with -c FILE (default: ./paddock.toml)");
+            }
+            return exit::USAGE;
+        }
+    };
+    dispatch(cli.command, config)
+}
+
+fn dispatch(cmd: Cmd, config: Config) -> i32 {
+    match cmd {
+        Cmd::Check { json } => check::run(&config, json),
+        Cmd::Start { json } => start::run(config, json),
+        Cmd::Run => run::run(config),
+        Cmd::Stop { json } => stop::run(&config, json),
+        Cmd::Status { json } => status::run(&config, json),
+        Cmd::Logs {
+            service,
+            follow,
+            lines,
+        } => logs::run(&config, service.as_deref(), follow, lines),
+    }
+}

@@ -1,0 +1,101 @@
+//! `paddock status [--json]`: the instance and each service and worker.
+
+use comfy_table::{Table, presets};
+
+use super::{client, output};
+use crate::config::Config;
+use crate::control::{Reply, Request};
+use crate::exit;
+use crate::instance::Paths;
+use crate::status::Status;
+
+pub fn run(config: &Config, json: bool) -> i32 {
+    let paths = Paths::of(config);
+    if !client::running(&paths) {
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"running": false, "instance": config.instance.name.to_string(), "port": config.instance.listen.port()})
+            );
+        }
+        output::error(&client::not_running_message(config));
+        return exit::NOT_RUNNING;
+    }
+    let status = match client::request(&paths, &Request::Status) {
+        Ok(Reply::Status { status }) => status,
+        Ok(other) => {
+            output::error(&format!("unexpected answer: {other:?}"));
+            return exit::FAILURE;
+        }
+        Err(e) => {
+            output::error(&e);
+            return exit::FAILURE;
+        }
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&status).unwrap_or_default()
+        );
+    } else {
+        print!("{}", render(&status, output::stdout_is_tty()));
+    }
+    exit::OK
+}
+
+/// The human view: a header line and one table row per worker.
+pub fn render(s: &Status, tty: bool) -> String {
+    let i = &s.instance;
+    let mut out = format!(
+        "instance {} — pid {}, listening on {}, up {}, paddock {}{}\n",
+        i.name,
+        i.pid,
+        i.listen,
+        crate::timefmt::human(std::time::Duration::from_secs(i.uptime_secs)),
+        i.version,
+        if i.ready { "" } else { " — NOT READY" }
+    );
+    let mut t = Table::new();
+    t.load_style(if tty {
+        presets::UTF8_FULL_CONDENSED
+    } else {
+        presets::NOTHING
+    });
+    t.set_header(vec![
+        "SERVICE",
+        "STATE",
+        "WORKER",
+        "PID",
+        "RESTARTS",
+        "READY SINCE",
+        "LAST EXIT",
+    ]);
+    for svc in &s.services {
+        let name = match svc.port {
+            Some(p) => format!("{} ({}, port {p})", svc.name, svc.kind),
+            None => format!("{} ({})", svc.name, svc.kind),
+        };
+        for w in &svc.workers {
+            t.add_row(vec![
+                name.clone(),
+                w.state.clone(),
+                w.index.to_string(),
+                w.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                w.restarts.to_string(),
+                w.ready_since.clone().unwrap_or_else(|| "-".into()),
+                w.last_exit
+                    .as_ref()
+                    .map(|c| c.description.clone())
+                    .unwrap_or_else(|| "-".into()),
+            ]);
+        }
+    }
+    out.push_str(&t.to_string());
+    out.push('\n');
+    for svc in &s.services {
+        if let Some(r) = &svc.reason {
+            out.push_str(&format!("{}: {}: {r}\n", svc.name, svc.state));
+        }
+    }
+    out
+}

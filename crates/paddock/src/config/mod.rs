@@ -1,0 +1,561 @@
+//! The config file, `paddock.toml`: parsing, defaults and validation.
+//!
+//! Invariant: every command loads the config through [`load`] before doing anything
+//! else, so a config error always stops the command with exit 2 and a message that
+//! names the file, line, column and key. Values are checked while parsing where they
+//! can be (durations, names, commands); cross-field rules (two services on one port)
+//! are checked afterwards and located in the source by [`locate`].
+
+mod locate;
+pub mod values;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use values::{Argv, Bytes, Dur, Name, PortSpec};
+
+/// A config error: where it is, and what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}:{line}:{column}: {}{message}", file.display(), key_prefix(key))]
+    Invalid {
+        file: PathBuf,
+        line: usize,
+        column: usize,
+        key: String,
+        message: String,
+    },
+}
+
+fn key_prefix(key: &str) -> String {
+    if key.is_empty() {
+        String::new()
+    } else {
+        format!("`{key}`: ")
+    }
+}
+
+/// The kind of a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// Speaks the paddock worker protocol.
+    Worker,
+    /// Any server: paddock gives it a port and proves readiness by probes.
+    Process,
+}
+
+/// How readiness and liveness are proven.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// GET this path on the service's port; 2xx passes.
+    Http(String),
+    /// A TCP connect to the service's port passes.
+    Tcp,
+    /// This program exits 0.
+    Exec(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    http: Option<String>,
+    tcp: Option<bool>,
+    exec: Option<Argv>,
+}
+
+impl<'de> Deserialize<'de> for Health {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let raw = RawHealth::deserialize(d)?;
+        match (raw.http, raw.tcp, raw.exec) {
+            (Some(p), None, None) if p.starts_with('/') => Ok(Health::Http(p)),
+            (Some(p), None, None) => Err(D::Error::custom(format!(
+                "health http path {p:?} must start with '/'"
+            ))),
+            (None, Some(true), None) => Ok(Health::Tcp),
+            (None, None, Some(a)) => Ok(Health::Exec(a.0)),
+            _ => Err(D::Error::custom(
+                "health takes exactly one of { http = \"/path\" }, { tcp = true }, { exec = [\"program\", ...] }",
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawInstance {
+    name: Option<Name>,
+    listen: Option<String>,
+    state_dir: Option<PathBuf>,
+    auth_token: Option<String>,
+    log_max_size: Option<Bytes>,
+    log_max_files: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    #[serde(default = "default_kind")]
+    kind: Kind,
+    command: Argv,
+    workers: Option<u32>,
+    cwd: Option<PathBuf>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    startup_timeout: Option<Dur>,
+    request_timeout: Option<Dur>,
+    stop_timeout: Option<Dur>,
+    port: Option<PortSpec>,
+    health: Option<Health>,
+    health_interval: Option<Dur>,
+    health_timeout: Option<Dur>,
+    health_failures: Option<u32>,
+    backoff_initial: Option<Dur>,
+    backoff_max: Option<Dur>,
+    crash_loop_failures: Option<u32>,
+    crash_loop_window: Option<Dur>,
+}
+
+fn default_kind() -> Kind {
+    Kind::Worker
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    instance: RawInstance,
+    #[serde(default)]
+    services: BTreeMap<Name, RawService>,
+}
+
+/// The instance section, with defaults applied.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    pub name: Name,
+    pub listen: SocketAddr,
+    pub state_dir: PathBuf,
+    pub auth_token: Option<String>,
+    pub log_max_bytes: u64,
+    pub log_max_files: u32,
+}
+
+/// One service, with defaults applied.
+#[derive(Debug, Clone)]
+pub struct Service {
+    pub name: Name,
+    pub kind: Kind,
+    pub command: Vec<String>,
+    pub workers: u32,
+    pub cwd: PathBuf,
+    pub env: BTreeMap<String, String>,
+    pub startup_timeout: Duration,
+    pub request_timeout: Duration,
+    pub stop_timeout: Duration,
+    pub port: Option<PortSpec>,
+    pub health: Option<Health>,
+    pub health_interval: Duration,
+    pub health_timeout: Duration,
+    pub health_failures: u32,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub crash_loop_failures: u32,
+    pub crash_loop_window: Duration,
+}
+
+/// A validated config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The config file, absolute.
+    pub path: PathBuf,
+    pub instance: Instance,
+    pub services: Vec<Service>,
+}
+
+impl Config {
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.iter().find(|s| s.name.as_str() == name)
+    }
+
+    /// The total number of worker processes across services.
+    pub fn total_workers(&self) -> u32 {
+        self.services.iter().map(|s| s.workers).sum()
+    }
+}
+
+/// Reads and validates `path`; `port` overrides the listen port (another instance).
+pub fn load(path: &Path, port: Option<u16>) -> Result<Config, ConfigError> {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let text = std::fs::read_to_string(&abs).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&abs, &text, port)
+}
+
+/// Validates `text` as the contents of the config file `path`.
+pub fn parse(path: &Path, text: &str, port: Option<u16>) -> Result<Config, ConfigError> {
+    let invalid = |offset: usize, key: String, message: String| {
+        let (line, column) = locate::line_col(text, offset);
+        ConfigError::Invalid {
+            file: path.to_path_buf(),
+            line,
+            column,
+            key,
+            message,
+        }
+    };
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let offset = e.span().map(|s| s.start).unwrap_or(0);
+        invalid(
+            offset,
+            locate::key_path_at(text, offset),
+            e.message().trim().to_string(),
+        )
+    })?;
+    let at = |table: &str, key: &str, message: String| {
+        let offset = locate::find_key(text, table, key);
+        let full = if key.is_empty() {
+            table.to_string()
+        } else {
+            format!("{table}.{key}")
+        };
+        invalid(offset, full, message)
+    };
+
+    let dir = path.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let ri = raw.instance;
+    let name = match ri.name {
+        Some(n) => n,
+        None => Name::sanitize(
+            dir.file_name()
+                .and_then(|s| s.to_str())
+                .unwrap_or("paddock"),
+        ),
+    };
+    let mut listen: SocketAddr = match &ri.listen {
+        None => "127.0.0.1:8700".parse().expect("literal address"),
+        Some(s) => s.parse().map_err(|_| {
+            at(
+                "instance",
+                "listen",
+                format!("invalid address {s:?}: write an IP and a port, e.g. \"127.0.0.1:8700\""),
+            )
+        })?,
+    };
+    if let Some(p) = port {
+        if p == 0 {
+            return Err(at("instance", "listen", "--port 0 is not a port".into()));
+        }
+        listen.set_port(p);
+    } else if listen.port() == 0 {
+        return Err(at(
+            "instance",
+            "listen",
+            "the listen port must not be 0".into(),
+        ));
+    }
+    if !listen.ip().is_loopback() && ri.auth_token.as_deref().unwrap_or("").is_empty() {
+        return Err(at(
+            "instance",
+            "listen",
+            format!(
+                "{listen} is reachable from other machines: set instance.auth_token, or listen on 127.0.0.1"
+            ),
+        ));
+    }
+    let state_dir = match ri.state_dir {
+        Some(p) if p.is_absolute() => p,
+        Some(p) => dir.join(p),
+        None => default_state_dir(),
+    };
+    let log_max_files = ri.log_max_files.unwrap_or(5);
+    if log_max_files == 0 {
+        return Err(at("instance", "log_max_files", "must be at least 1".into()));
+    }
+    let instance = Instance {
+        name,
+        listen,
+        state_dir,
+        auth_token: ri.auth_token,
+        log_max_bytes: ri.log_max_size.map(|b| b.0).unwrap_or(10 << 20).max(4096),
+        log_max_files,
+    };
+
+    let mut services = vec![];
+    let mut fixed_ports: BTreeMap<u16, String> = BTreeMap::new();
+    for (name, rs) in raw.services {
+        let table = format!("services.{name}");
+        let workers = rs.workers.unwrap_or(1);
+        if workers == 0 {
+            return Err(at(
+                &table,
+                "workers",
+                "a service needs at least 1 worker".into(),
+            ));
+        }
+        for key in rs.env.keys() {
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                return Err(at(
+                    &table,
+                    "env",
+                    format!("invalid environment variable name {key:?}"),
+                ));
+            }
+        }
+        if let Some(PortSpec::Fixed(p)) = rs.port {
+            if p == listen.port() {
+                return Err(at(
+                    &table,
+                    "port",
+                    format!("port {p} is the gateway's own port (instance.listen)"),
+                ));
+            }
+            if let Some(other) = fixed_ports.insert(p, name.to_string()) {
+                return Err(at(
+                    &table,
+                    "port",
+                    format!(
+                        "port {p} is also used by service {other:?}; two services cannot share a port"
+                    ),
+                ));
+            }
+        }
+        match rs.kind {
+            Kind::Process => {
+                if rs.port.is_none() && !matches!(rs.health, Some(Health::Exec(_))) {
+                    return Err(at(
+                        &table,
+                        "",
+                        "a process service needs `port` (a number or \"auto\") or `health = { exec = [...] }` to prove it is ready".into(),
+                    ));
+                }
+                if rs.port.is_none() && matches!(rs.health, Some(Health::Http(_) | Health::Tcp)) {
+                    return Err(at(
+                        &table,
+                        "health",
+                        "an http or tcp probe needs `port`".into(),
+                    ));
+                }
+                if workers > 1 && matches!(rs.port, Some(PortSpec::Fixed(_))) {
+                    return Err(at(
+                        &table,
+                        "workers",
+                        "a process service with a fixed port runs 1 worker (the port can be bound once); use port = \"auto\"".into(),
+                    ));
+                }
+            }
+            Kind::Worker => {
+                if rs.port.is_some() {
+                    return Err(at(&table, "port", "`port` is for kind = \"process\"; worker services are reached through the gateway".into()));
+                }
+            }
+        }
+        let health = match (rs.kind, rs.health, rs.port) {
+            (Kind::Process, None, Some(_)) => Some(Health::Tcp),
+            (_, h, _) => h,
+        };
+        let backoff_initial = rs
+            .backoff_initial
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_secs(1));
+        let backoff_max = rs
+            .backoff_max
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_secs(30));
+        if backoff_max < backoff_initial {
+            return Err(at(
+                &table,
+                "backoff_max",
+                "must not be less than backoff_initial".into(),
+            ));
+        }
+        let cwd = match rs.cwd {
+            Some(p) if p.is_absolute() => p,
+            Some(p) => dir.join(p),
+            None => dir.clone(),
+        };
+        services.push(Service {
+            name,
+            kind: rs.kind,
+            command: rs.command.0,
+            workers,
+            cwd,
+            env: rs.env,
+            startup_timeout: rs
+                .startup_timeout
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(60)),
+            request_timeout: rs
+                .request_timeout
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(30)),
+            stop_timeout: rs
+                .stop_timeout
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(10)),
+            port: rs.port,
+            health,
+            health_interval: rs
+                .health_interval
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(5)),
+            health_timeout: rs
+                .health_timeout
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(2)),
+            health_failures: rs.health_failures.unwrap_or(3).max(1),
+            backoff_initial,
+            backoff_max,
+            crash_loop_failures: rs.crash_loop_failures.unwrap_or(5).max(1),
+            crash_loop_window: rs
+                .crash_loop_window
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(60)),
+        });
+    }
+    if services.is_empty() {
+        return Err(invalid(
+            0,
+            "services".into(),
+            "no services: add a [services.NAME] table".into(),
+        ));
+    }
+    Ok(Config {
+        path: path.to_path_buf(),
+        instance,
+        services,
+    })
+}
+
+/// `$XDG_STATE_HOME/paddock`, else `~/.local/state/paddock`, else a folder in /tmp.
+pub fn default_state_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("paddock");
+    }
+    if let Some(h) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(h).join(".local/state/paddock");
+    }
+    std::env::temp_dir().join(format!("paddock-state-{}", paddock_sys::current_uid()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> (usize, usize, String, String) {
+        match parse(Path::new("/x/p.toml"), text, None) {
+            Err(ConfigError::Invalid {
+                line,
+                column,
+                key,
+                message,
+                ..
+            }) => (line, column, key, message),
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    const OK: &str = "[services.web]\nkind = \"process\"\ncommand = [\"x\"]\nport = \"auto\"\n";
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse(Path::new("/srv/My App/paddock.toml"), OK, None).unwrap();
+        assert_eq!(c.instance.name.as_str(), "my-app");
+        assert_eq!(c.instance.listen.port(), 8700);
+        let s = &c.services[0];
+        assert_eq!(s.health, Some(Health::Tcp));
+        assert_eq!(s.stop_timeout, Duration::from_secs(10));
+        assert_eq!(s.cwd, PathBuf::from("/srv/My App"));
+    }
+
+    #[test]
+    fn port_override_selects_another_instance() {
+        let c = parse(Path::new("/x/p.toml"), OK, Some(9100)).unwrap();
+        assert_eq!(c.instance.listen.port(), 9100);
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_key() {
+        let (line, col, key, msg) = err(&format!("{OK}wrokers = 2\n"));
+        assert_eq!((line, col), (5, 1));
+        assert_eq!(key, "services.web.wrokers");
+        assert!(msg.contains("unknown field"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_type_names_key() {
+        let (line, _, key, _) = err(
+            "[services.web]\nkind = \"process\"\ncommand = [\"x\"]\nport = \"auto\"\nworkers = \"two\"\n",
+        );
+        assert_eq!(line, 5);
+        assert_eq!(key, "services.web.workers");
+    }
+
+    #[test]
+    fn bad_duration_is_located() {
+        let (line, col, key, msg) = err(&format!("{OK}stop_timeout = \"10 parsecs\"\n"));
+        assert_eq!((line, col), (5, 16));
+        assert_eq!(key, "services.web.stop_timeout");
+        assert!(msg.contains("invalid duration"), "{msg}");
+    }
+
+    #[test]
+    fn invalid_service_name() {
+        let (line, _, _, msg) =
+            err("[services.Web]\nkind = \"process\"\ncommand = [\"x\"]\nport = 1\n");
+        assert_eq!(line, 1);
+        assert!(msg.contains("invalid name"), "{msg}");
+    }
+
+    #[test]
+    fn empty_command() {
+        let (line, _, key, msg) =
+            err("[services.web]\nkind = \"process\"\ncommand = []\nport = 1\n");
+        assert_eq!(line, 3);
+        assert_eq!(key, "services.web.command");
+        assert!(msg.contains("empty"), "{msg}");
+    }
+
+    #[test]
+    fn two_services_one_port() {
+        let (line, _, key, msg) = err(
+            "[services.a]\nkind = \"process\"\ncommand = [\"x\"]\nport = 9000\n\n[services.b]\nkind = \"process\"\ncommand = [\"y\"]\nport = 9000\n",
+        );
+        assert_eq!(line, 9);
+        assert_eq!(key, "services.b.port");
+        assert!(msg.contains("also used by service \"a\""), "{msg}");
+    }
+
+    #[test]
+    fn invalid_health_in_inline_table() {
+        let (line, _, key, _) = err(&format!("{OK}health = {{ http = 5 }}\n"));
+        assert_eq!(line, 5);
+        assert!(key.starts_with("services.web.health"), "{key}");
+    }
+
+    #[test]
+    fn public_listen_needs_token() {
+        let (line, _, key, _) = err(&format!("[instance]\nlisten = \"0.0.0.0:8700\"\n{OK}"));
+        assert_eq!(line, 2);
+        assert_eq!(key, "instance.listen");
+    }
+
+    #[test]
+    fn invalid_instance_name() {
+        let (line, _, key, _) = err(&format!("[instance]\nname = \"a b\"\n{OK}"));
+        assert_eq!(line, 2);
+        assert_eq!(key, "instance.name");
+    }
+}

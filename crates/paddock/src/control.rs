@@ -1,0 +1,37 @@
+//! The control-socket protocol between the CLI and its daemon: one JSON request
+//! line, one JSON reply line.
+
+use serde::{Deserialize, Serialize};
+
+use crate::status::Status;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Request {
+    Status,
+    Stop,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "lowercase")]
+pub enum Reply {
+    Status { status: Box<Status> },
+    Stopping,
+    Error { error: String },
+}
+
+/// The verdict and progress lines a daemon writes to the `start` command's pipe.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "lowercase")]
+pub enum StartEvent {
+    Progress {
+        service: String,
+        message: String,
+    },
+    Verdict {
+        code: i32,
+        message: String,
+        /// Details to show under the message (a worker's last log lines).
+        detail: Option<String>,
+    },
+}

@@ -1,0 +1,108 @@
+//! The environment a worker gets: the daemon's own, plus the service's `env`, plus
+//! what paddock sets. Whatever path started the daemon (`start`, `run`, systemd, a
+//! container), the worker's environment comes from the config (seed 001).
+
+use std::collections::BTreeMap;
+
+use crate::config::Service;
+
+/// Thread-pool variables that default to max(1, cores / all workers).
+pub const THREAD_VARS: [&str; 5] = [
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+];
+
+/// The variables paddock sets for worker `index` of `service` (the service's own
+/// `env` included), given the daemon's environment `inherited`.
+pub fn worker_env(
+    service: &Service,
+    index: u32,
+    total_workers: u32,
+    cores: usize,
+    port: Option<u16>,
+    inherited: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut set = BTreeMap::new();
+    let threads = (cores / total_workers.max(1) as usize).max(1).to_string();
+    for var in THREAD_VARS {
+        if !service.env.contains_key(var) && !inherited.contains_key(var) {
+            set.insert(var.to_string(), threads.clone());
+        }
+    }
+    for (k, v) in &service.env {
+        set.insert(k.clone(), v.clone());
+    }
+    set.insert("PADDOCK_SERVICE".into(), service.name.to_string());
+    set.insert("PADDOCK_WORKER".into(), index.to_string());
+    if let Some(p) = port {
+        set.insert("PORT".into(), p.to_string());
+    }
+    set
+}
+
+/// Replaces `{port}` in each argument.
+pub fn expand_argv(argv: &[String], port: Option<u16>) -> Vec<String> {
+    match port {
+        Some(p) => argv
+            .iter()
+            .map(|a| a.replace("{port}", &p.to_string()))
+            .collect(),
+        None => argv.to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(env: &[(&str, &str)]) -> Service {
+        let text = "[services.s]\nkind = \"process\"\ncommand = [\"x\", \"--port={port}\"]\nport = \"auto\"\n";
+        let mut s = crate::config::parse(std::path::Path::new("/t/p.toml"), text, None)
+            .unwrap()
+            .services
+            .remove(0);
+        s.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        s
+    }
+
+    #[test]
+    fn thread_vars_default_to_share_of_cores() {
+        let e = worker_env(&service(&[]), 1, 4, 16, Some(9000), &BTreeMap::new());
+        assert_eq!(e["OMP_NUM_THREADS"], "4");
+        assert_eq!(e["PADDOCK_WORKER"], "1");
+        assert_eq!(e["PADDOCK_SERVICE"], "s");
+        assert_eq!(e["PORT"], "9000");
+        let e = worker_env(&service(&[]), 0, 8, 2, None, &BTreeMap::new());
+        assert_eq!(e["MKL_NUM_THREADS"], "1");
+    }
+
+    #[test]
+    fn user_values_win() {
+        let inherited: BTreeMap<_, _> = [("MKL_NUM_THREADS".to_string(), "7".to_string())].into();
+        let e = worker_env(
+            &service(&[("OMP_NUM_THREADS", "3")]),
+            0,
+            1,
+            8,
+            None,
+            &inherited,
+        );
+        assert_eq!(e["OMP_NUM_THREADS"], "3");
+        assert!(
+            !e.contains_key("MKL_NUM_THREADS"),
+            "inherited values are not overridden"
+        );
+    }
+
+    #[test]
+    fn port_placeholder() {
+        let s = service(&[]);
+        assert_eq!(expand_argv(&s.command, Some(81)), vec!["x", "--port=81"]);
+    }
+}

@@ -1,0 +1,267 @@
+//! The daemon: supervisor + HTTP gateway + control socket, in one process.
+//!
+//! Start-up order (the reasons are in docs/architecture.md):
+//! 1. (`start` only) fork and `setsid` — done by the CLI before we get here;
+//! 2. fork the reaper, take the instance lock — also before we get here;
+//! 3. build the tokio runtime by hand (no thread existed before this point);
+//! 4. kill process groups a dead predecessor left, start the spawner thread, bind the
+//!    control socket and the gateway, launch every worker;
+//! 5. report progress, then one verdict, to whoever waits;
+//! 6. serve until SIGTERM, SIGINT or `paddock stop`; stop every worker; exit, which
+//!    releases the lock.
+
+mod control_server;
+mod env;
+mod gateway;
+mod groups;
+mod lifecycle;
+mod logsink;
+mod notify;
+mod ports;
+mod probe;
+pub mod report;
+mod shared;
+mod spawner;
+mod supervisor;
+mod worker;
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::exit;
+use crate::instance::Paths;
+use report::Reporter;
+use worker::StartupEvent;
+
+/// Everything the daemon is handed by the CLI after the fork and the lock.
+pub struct Launch {
+    pub config: Config,
+    pub paths: Paths,
+    pub lock: paddock_sys::lock::HeldLock,
+    pub reaper: paddock_sys::reaper::Reaper,
+    pub reporter: Reporter,
+    pub started_at: SystemTime,
+}
+
+/// A pseudo-random number in [0, 1) for backoff jitter.
+pub(crate) fn jitter() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos());
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Runs the daemon to its end; returns the process's exit code.
+pub fn run(launch: Launch) -> i32 {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("paddock-rt")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let mut reporter = launch.reporter;
+            reporter.verdict(
+                exit::FAILURE,
+                &format!("could not start the async runtime: {e}"),
+                None,
+            );
+            return exit::FAILURE;
+        }
+    };
+    let code = rt.block_on(main(launch));
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    code
+}
+
+async fn main(launch: Launch) -> i32 {
+    let Launch {
+        config,
+        paths,
+        lock,
+        reaper,
+        mut reporter,
+        started_at,
+    } = launch;
+    let started = Instant::now();
+    let pid = std::process::id() as i32;
+    tracing::info!(pid, instance = %config.instance.name, listen = %config.instance.listen, "daemon starting (paddock {})", env!("CARGO_PKG_VERSION"));
+
+    let leftovers = groups::kill_leftovers(&paths.groups);
+    if leftovers > 0 {
+        tracing::warn!(
+            "killed {leftovers} process group(s) left by a previous daemon of this instance"
+        );
+    }
+    let spawner = match spawner::Spawner::start(tokio::runtime::Handle::current()) {
+        Ok(s) => s,
+        Err(e) => {
+            reporter.verdict(
+                exit::FAILURE,
+                &format!("could not start the spawner thread: {e}"),
+                None,
+            );
+            return exit::FAILURE;
+        }
+    };
+    let groups = groups::Groups::start(reaper, paths.groups.clone());
+
+    let control = match control_server::bind(&paths.socket) {
+        Ok(l) => l,
+        Err(e) => {
+            let msg = format!(
+                "cannot create the control socket {}: {e}",
+                paths.socket.display()
+            );
+            reporter.verdict(exit::FAILURE, &msg, None);
+            return exit::FAILURE;
+        }
+    };
+    let listen = config.instance.listen;
+    let http = match tokio::net::TcpListener::bind(listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            let who = ports::holder(listen.port())
+                .map(|w| format!(" (held by {w})"))
+                .unwrap_or_default();
+            let msg = format!(
+                "cannot listen on {listen} for the gateway: {e}{who}; choose another with --port"
+            );
+            reporter.verdict(exit::FAILURE, &msg, None);
+            return exit::FAILURE;
+        }
+    };
+
+    let (supervisor, mut startup) =
+        match supervisor::Supervisor::launch(&config, spawner.clone(), groups.clone(), &paths.logs)
+        {
+            Ok(x) => x,
+            Err(e) => {
+                reporter.verdict(exit::FAILURE, &e.to_string(), None);
+                return exit::FAILURE;
+            }
+        };
+    let (shutdown, mut shutdown_rx) = watch::channel(false);
+    let shared = Arc::new(shared::Shared {
+        config,
+        paths,
+        pid,
+        started_at,
+        started,
+        supervisor,
+        shutdown,
+    });
+    tokio::spawn(signals(shared.clone()));
+    tokio::spawn(control_server::serve(control, shared.clone()));
+    let app = gateway::router(shared.clone());
+    let mut gw_shutdown = shutdown_rx.clone();
+    let gateway = tokio::spawn(async move {
+        let _ = axum::serve(http, app)
+            .with_graceful_shutdown(async move {
+                let _ = gw_shutdown.wait_for(|s| *s).await;
+            })
+            .await;
+    });
+
+    // Wait for every worker's verdict.
+    let mut pending = shared.supervisor.worker_count();
+    let mut verdict: Option<(i32, String, Option<String>)> = None;
+    while pending > 0 {
+        tokio::select! {
+            ev = startup.recv() => match ev {
+                Some(StartupEvent::Progress { service, worker, message }) => {
+                    reporter.progress(&format!("{service}/{worker}"), &message);
+                }
+                Some(StartupEvent::Ready { service, worker }) => {
+                    pending -= 1;
+                    reporter.progress(&format!("{service}/{worker}"), "ready");
+                }
+                Some(StartupEvent::Failed { service, worker, code, message, tail }) => {
+                    let detail = if tail.is_empty() {
+                        None
+                    } else {
+                        Some(format!("last {} lines of {service}/{worker}:\n{}", tail.len(), tail.iter().map(|l| format!("  | {l}")).collect::<Vec<_>>().join("\n")))
+                    };
+                    verdict = Some((code, format!("service {service} (worker {worker}) {message}"), detail));
+                    break;
+                }
+                None => break,
+            },
+            _ = shutdown_rx.wait_for(|s| *s) => {
+                verdict = Some((exit::FAILURE, "interrupted while starting".into(), None));
+                break;
+            }
+        }
+    }
+
+    if let Some((code, message, detail)) = verdict {
+        tracing::error!("start failed: {message}");
+        shared.request_stop();
+        let _ = gateway.await;
+        stop_all(shared).await;
+        reporter.verdict(code, &message, detail);
+        drop(lock);
+        return code;
+    }
+
+    let summary = shared
+        .supervisor
+        .status()
+        .iter()
+        .map(|s| match s.port {
+            Some(p) => format!(
+                "{} ({} worker{}, port {p})",
+                s.name,
+                s.workers.len(),
+                if s.workers.len() == 1 { "" } else { "s" }
+            ),
+            None => format!(
+                "{} ({} worker{})",
+                s.name,
+                s.workers.len(),
+                if s.workers.len() == 1 { "" } else { "s" }
+            ),
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let message = format!(
+        "instance {} ready on http://{} (pid {pid}): {summary}",
+        shared.config.instance.name, shared.config.instance.listen
+    );
+    tracing::info!("{message}");
+    reporter.verdict(exit::OK, &message, None);
+    notify::notify("READY=1");
+
+    let _ = shutdown_rx.wait_for(|s| *s).await;
+    notify::notify("STOPPING=1");
+    tracing::info!("stopping");
+    let _ = gateway.await;
+    stop_all(shared).await;
+    drop(lock);
+    exit::OK
+}
+
+async fn stop_all(shared: Arc<shared::Shared>) {
+    shared.supervisor.stop().await;
+    let _ = std::fs::remove_file(&shared.paths.socket);
+    tracing::info!("stopped");
+}
+
+async fn signals(shared: Arc<shared::Shared>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!("{name} received: stopping gracefully");
+    shared.request_stop();
+}

@@ -1,0 +1,52 @@
+//! What the gateway and the control socket read: the config, the supervisor's
+//! handles, and the way to ask the daemon to stop. Immutable once built.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use tokio::sync::watch;
+
+use super::supervisor::Supervisor;
+use crate::config::Config;
+use crate::instance::Paths;
+use crate::status::{InstanceStatus, Status};
+
+pub struct Shared {
+    pub config: Config,
+    pub paths: Paths,
+    pub pid: i32,
+    pub started_at: SystemTime,
+    pub started: Instant,
+    pub supervisor: Supervisor,
+    pub shutdown: watch::Sender<bool>,
+}
+
+pub type SharedRef = Arc<Shared>;
+
+impl Shared {
+    pub fn status(&self) -> Status {
+        let services = self.supervisor.status();
+        let ready = services
+            .iter()
+            .all(|s| s.state == "ready" || s.state == "degraded");
+        Status {
+            instance: InstanceStatus {
+                name: self.config.instance.name.to_string(),
+                pid: self.pid,
+                port: self.config.instance.listen.port(),
+                listen: self.config.instance.listen.to_string(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                started_at: crate::timefmt::rfc3339(self.started_at),
+                uptime_secs: self.started.elapsed().as_secs(),
+                state_dir: self.paths.dir.display().to_string(),
+                config: self.config.path.display().to_string(),
+                ready,
+            },
+            services,
+        }
+    }
+
+    pub fn request_stop(&self) {
+        let _ = self.shutdown.send(true);
+    }
+}

@@ -1,0 +1,130 @@
+//! Where an instance lives on disk, and what its lock file says.
+//!
+//! An instance is a config's name plus its gateway port: `<state_dir>/<name>-<port>/`
+//! holds the lock, the logs and the record of worker process groups. Two instances of
+//! one config on two ports share nothing (seed 004). The control socket sits in the
+//! same folder unless that path is too long for a Unix socket, in which case it goes
+//! to `$XDG_RUNTIME_DIR/paddock/` (or `/tmp/paddock-<uid>/`), in a 0700 folder.
+
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+
+/// The paths of one instance.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub dir: PathBuf,
+    pub lock: PathBuf,
+    pub socket: PathBuf,
+    pub daemon_log: PathBuf,
+    pub logs: PathBuf,
+    /// Worker process groups of the running daemon, for cleanup after a SIGKILL.
+    pub groups: PathBuf,
+}
+
+/// Longest socket path we use (the kernel's limit is 108 bytes with the NUL).
+const MAX_SOCKET_PATH: usize = 100;
+
+impl Paths {
+    pub fn of(config: &Config) -> Paths {
+        let i = &config.instance;
+        let id = format!("{}-{}", i.name, i.listen.port());
+        let dir = i.state_dir.join(&id);
+        let near = dir.join("ctl.sock");
+        let socket = if near.as_os_str().len() <= MAX_SOCKET_PATH {
+            near
+        } else {
+            runtime_dir().join(format!(
+                "{id}-{:08x}.sock",
+                fnv(dir.as_os_str().as_encoded_bytes())
+            ))
+        };
+        Paths {
+            lock: dir.join("lock"),
+            daemon_log: dir.join("daemon.log"),
+            logs: dir.join("logs"),
+            groups: dir.join("groups.json"),
+            socket,
+            dir,
+        }
+    }
+
+    /// Creates the instance's folders (mode 0700).
+    pub fn create(&self) -> std::io::Result<()> {
+        for d in [&self.dir, &self.logs] {
+            mkdir_private(d)?;
+        }
+        if let Some(parent) = self.socket.parent() {
+            mkdir_private(parent)?;
+        }
+        Ok(())
+    }
+}
+
+fn mkdir_private(d: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(d)?;
+    let mut p = std::fs::metadata(d)?.permissions();
+    if p.mode() & 0o077 != 0 {
+        p.set_mode(0o700);
+        std::fs::set_permissions(d, p)?;
+    }
+    Ok(())
+}
+
+fn runtime_dir() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+        Some(d) => PathBuf::from(d).join("paddock"),
+        None => PathBuf::from(format!("/tmp/paddock-{}", paddock_sys::current_uid())),
+    }
+}
+
+fn fnv(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5u32, |h, &b| {
+        (h ^ b as u32).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// What the lock file says about its holder.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LockInfo {
+    pub pid: i32,
+    pub name: String,
+    pub port: u16,
+    pub version: String,
+    pub started_at: String,
+    pub started_unix_ms: u64,
+    pub config: PathBuf,
+}
+
+impl LockInfo {
+    /// The holder as one line: "pid 123, port 8700, started 2026-...".
+    pub fn describe(&self) -> String {
+        format!(
+            "pid {}, port {}, started {} (paddock {})",
+            self.pid, self.port, self.started_at, self.version
+        )
+    }
+
+    /// Reads the holder's description, waiting briefly for a daemon that has just
+    /// taken the lock to write it.
+    pub fn read_settled(path: &Path) -> Option<LockInfo> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            if let Some(info) = paddock_sys::lock::read_info(path)
+                .and_then(|s| serde_json::from_str::<LockInfo>(&s).ok())
+            {
+                return Some(info);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
