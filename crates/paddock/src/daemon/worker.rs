@@ -158,7 +158,17 @@ impl Actor {
         self.execute(vec![Action::Spawn]).await;
         loop {
             while let Some(ev) = self.pending.pop_front() {
+                let before = self.life.state.name();
                 let actions = self.life.on(ev, Instant::now());
+                let after = &self.life.state;
+                if before != after.name() {
+                    match after {
+                        State::Failed { reason } | State::Restarting { reason } => {
+                            tracing::warn!(worker = %self.name(), "{before} -> {}: {reason}", after.name())
+                        }
+                        _ => tracing::info!(worker = %self.name(), "{before} -> {}", after.name()),
+                    }
+                }
                 self.execute(actions).await;
             }
             self.publish();

@@ -1,0 +1,96 @@
+use crate::harness::Env;
+
+fn check(text: &str) -> crate::harness::Out {
+    let env = Env::new();
+    env.raw_config(text);
+    env.run(&["check"])
+}
+
+fn assert_located(text: &str, line: usize, key: &str, words: &str) {
+    let out = check(text);
+    assert_eq!(out.code, 2, "{out:?}");
+    let needle = format!("paddock.toml:{line}:");
+    assert!(out.stderr.contains(&needle), "expected {needle} in {:?}", out.stderr);
+    assert!(out.stderr.contains(&format!("`{key}`")), "expected key {key} in {:?}", out.stderr);
+    assert!(out.stderr.contains(words), "expected {words:?} in {:?}", out.stderr);
+}
+
+const SVC: &str = "[services.web]\nkind = \"process\"\ncommand = [\"python3\"]\nport = \"auto\"\n";
+
+#[test]
+fn a_valid_config_passes() {
+    let out = check(SVC);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("ok"), "{out:?}");
+    let env = Env::new();
+    env.raw_config(SVC);
+    let out = env.run(&["check", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["services"][0]["name"], "web");
+}
+
+#[test]
+fn unknown_key() {
+    assert_located(&format!("{SVC}wrokers = 2\n"), 5, "services.web.wrokers", "unknown field");
+}
+
+#[test]
+fn wrong_type() {
+    assert_located(&format!("{SVC}workers = \"two\"\n"), 5, "services.web.workers", "invalid type");
+}
+
+#[test]
+fn bad_duration() {
+    assert_located(&format!("{SVC}startup_timeout = \"soon\"\n"), 5, "services.web.startup_timeout", "invalid duration");
+}
+
+#[test]
+fn invalid_service_name() {
+    let out = check("[services.\"My Service\"]\ncommand = [\"x\"]\n");
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("paddock.toml:1:"), "{out:?}");
+    assert!(out.stderr.contains("invalid name"), "{out:?}");
+}
+
+#[test]
+fn invalid_instance_name() {
+    assert_located(&format!("[instance]\nname = \"Demo!\"\n\n{SVC}"), 2, "instance.name", "invalid name");
+}
+
+#[test]
+fn empty_command() {
+    assert_located("[services.web]\nkind = \"process\"\ncommand = []\nport = 1\n", 3, "services.web.command", "empty");
+}
+
+#[test]
+fn two_services_on_one_port() {
+    let text = "[services.a]\nkind = \"process\"\ncommand = [\"x\"]\nport = 9001\n\n[services.b]\nkind = \"process\"\ncommand = [\"y\"]\nport = 9001\n";
+    assert_located(text, 9, "services.b.port", "also used by service \"a\"");
+}
+
+#[test]
+fn not_toml_at_all() {
+    let out = check("[services.web\ncommand = [\"x\"]\n");
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("paddock.toml:1:"), "{out:?}");
+}
+
+#[test]
+fn every_command_validates_first() {
+    let env = Env::new();
+    env.raw_config(&format!("{SVC}wrokers = 2\n"));
+    for cmd in [&["start"][..], &["run"], &["stop"], &["status"], &["logs"]] {
+        let out = env.run(cmd);
+        assert_eq!(out.code, 2, "{cmd:?}: {out:?}");
+        assert!(out.stderr.contains("paddock.toml:5:"), "{cmd:?}: {out:?}");
+    }
+    assert!(env.leftovers().is_empty());
+}
+
+#[test]
+fn missing_config_file() {
+    let env = Env::new();
+    let out = env.run(&["check"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("paddock.toml"), "{out:?}");
+}

@@ -1,0 +1,307 @@
+//! The test harness: a temp folder with a config, the real `paddock` binary, and a
+//! guarantee that every process a test started is dead when the test ends.
+//!
+//! Waits are on events with deadlines (`wait_until`), never fixed sleeps.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_paddock");
+
+pub fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A free loopback port, chosen by the kernel.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `f` until it returns Some or `timeout` passes (then panics with `what`).
+pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The outcome of one CLI command.
+#[derive(Debug)]
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub took: Duration,
+}
+
+impl Out {
+    pub fn all(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+/// A test environment: one temp folder, one config, one gateway port.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub extra_env: Vec<(String, String)>,
+    daemons: std::cell::RefCell<Vec<i32>>,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        // Short paths: the control socket lives in the state folder.
+        let dir = tempfile::Builder::new().prefix("pd").tempdir_in("/tmp").unwrap();
+        Env {
+            dir,
+            port: free_port(),
+            extra_env: vec![],
+            daemons: Default::default(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.path().join("paddock.toml")
+    }
+
+    /// Writes a config: an [instance] with this env's state folder and port, then `services`.
+    pub fn config(&self, services: &str) -> &Self {
+        let text = format!(
+            "[instance]\nname = \"t\"\nlisten = \"127.0.0.1:{}\"\nstate_dir = \"{}/state\"\n\n{services}",
+            self.port,
+            self.path().display()
+        );
+        std::fs::write(self.config_path(), text).unwrap();
+        self
+    }
+
+    /// Writes the config file verbatim.
+    pub fn raw_config(&self, text: &str) -> &Self {
+        std::fs::write(self.config_path(), text).unwrap();
+        self
+    }
+
+    /// A process service running the fake service with `flags` (`{port}` and
+    /// `{dir}` are replaced), plus extra TOML lines.
+    pub fn fake(&self, name: &str, flags: &str, extra: &str) -> String {
+        let mut argv = vec!["python3".to_string(), fixture("fake_service.py")];
+        argv.extend(
+            flags
+                .replace("{dir}", &self.path().display().to_string())
+                .split_whitespace()
+                .map(String::from),
+        );
+        argv.extend(["--tag".into(), self.path().display().to_string()]);
+        let argv: Vec<String> = argv.iter().map(|a| format!("{a:?}")).collect();
+        format!(
+            "[services.{name}]\nkind = \"process\"\ncommand = [{}]\n{extra}\n",
+            argv.join(", ")
+        )
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.arg("-c").arg(self.config_path()).args(args);
+        c.current_dir(self.path());
+        c.env_remove("NOTIFY_SOCKET");
+        for (k, v) in &self.extra_env {
+            c.env(k, v);
+        }
+        c.stdin(Stdio::null());
+        c
+    }
+
+    /// Runs a CLI command to its end (bounded by `timeout`).
+    pub fn run_with(&self, args: &[&str], timeout: Duration) -> Out {
+        let mut c = self.command(args);
+        c.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let t = Instant::now();
+        let mut child = c.spawn().unwrap();
+        let mut so = child.stdout.take().unwrap();
+        let mut se = child.stderr.take().unwrap();
+        let r1 = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = so.read_to_string(&mut s);
+            s
+        });
+        let r2 = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = se.read_to_string(&mut s);
+            s
+        });
+        let status = wait_until(timeout, &format!("paddock {args:?} to finish"), || {
+            child.try_wait().unwrap()
+        });
+        let out = Out {
+            code: status.code().unwrap_or(-1),
+            stdout: r1.join().unwrap(),
+            stderr: r2.join().unwrap(),
+            took: t.elapsed(),
+        };
+        if let Some(info) = self.lock_info() {
+            self.daemons.borrow_mut().push(info["pid"].as_i64().unwrap() as i32);
+        }
+        out
+    }
+
+    pub fn run(&self, args: &[&str]) -> Out {
+        self.run_with(args, Duration::from_secs(60))
+    }
+
+    /// `paddock start`, asserting success.
+    pub fn start_ok(&self) -> Out {
+        let out = self.run(&["start"]);
+        assert_eq!(out.code, 0, "start failed: {out:?}");
+        out
+    }
+
+    pub fn stop_ok(&self) -> Out {
+        let out = self.run(&["stop"]);
+        assert_eq!(out.code, 0, "stop failed: {out:?}");
+        out
+    }
+
+    pub fn status(&self) -> Value {
+        let out = self.run(&["status", "--json"]);
+        assert_eq!(out.code, 0, "status failed: {out:?}");
+        serde_json::from_str(&out.stdout).unwrap()
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.path().join(format!("state/t-{}", self.port))
+    }
+
+    pub fn lock_info(&self) -> Option<Value> {
+        let s = std::fs::read_to_string(self.state_dir().join("lock")).ok()?;
+        serde_json::from_str(&s).ok()
+    }
+
+    pub fn daemon_pid(&self) -> i32 {
+        self.lock_info().expect("a lock file")["pid"].as_i64().unwrap() as i32
+    }
+
+    /// GET a path on the gateway: (status code, body).
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(self.port, path)
+    }
+
+    /// Live (not zombie) processes this environment started: anything whose
+    /// command line names this folder, and anything in a daemon's session.
+    pub fn leftovers(&self) -> Vec<(i32, String)> {
+        let tag = self.path().display().to_string();
+        let daemons = self.daemons.borrow().clone();
+        let me = std::process::id() as i32;
+        procs()
+            .into_iter()
+            .filter(|p| p.pid != me && p.state != 'Z')
+            .filter(|p| p.cmdline.contains(&tag) || (daemons.contains(&p.sid) && p.sid != my_sid()))
+            .map(|p| (p.pid, p.cmdline))
+            .collect()
+    }
+
+    pub fn assert_nothing_left(&self) {
+        let left = wait_until(Duration::from_secs(5), "no process left", || {
+            let l = self.leftovers();
+            if l.is_empty() { Some(l) } else { None }
+        });
+        assert!(left.is_empty());
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        for _ in 0..3 {
+            let left = self.leftovers();
+            if left.is_empty() {
+                break;
+            }
+            for (pid, _) in left {
+                kill(pid, 9);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default();
+    Some((code, body))
+}
+
+#[derive(Debug)]
+pub struct Proc {
+    pub pid: i32,
+    pub sid: i32,
+    pub pgid: i32,
+    pub state: char,
+    pub cmdline: String,
+}
+
+pub fn proc_info(pid: i32) -> Option<Proc> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default();
+    Some(Proc {
+        pid,
+        state: f[0].chars().next()?,
+        pgid: f[2].parse().ok()?,
+        sid: f[3].parse().ok()?,
+        cmdline,
+    })
+}
+
+pub fn procs() -> Vec<Proc> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(proc_info)
+        .collect()
+}
+
+fn my_sid() -> i32 {
+    proc_info(std::process::id() as i32).map(|p| p.sid).unwrap_or(0)
+}
+
+/// Whether `pid` is alive (zombies count as dead).
+pub fn alive(pid: i32) -> bool {
+    proc_info(pid).is_some_and(|p| p.state != 'Z')
+}
+
+/// Sends a signal to one process.
+pub fn kill(pid: i32, sig: i32) {
+    paddock_sys::signal::kill_pid(pid, sig);
+}
+
+/// Reads "PID [CHILDPID]" from a fake service's pidfile.
+pub fn read_pids(path: &Path) -> Option<Vec<i32>> {
+    let s = std::fs::read_to_string(path).ok()?;
+    Some(s.split_whitespace().filter_map(|x| x.parse().ok()).collect())
+}

@@ -1,0 +1,11 @@
+//! paddock's integration tests: the real binary, fake services, bounded waits.
+
+mod harness;
+
+mod config_errors;
+mod failures;
+mod foreground;
+mod instances;
+mod logs;
+mod orphans;
+mod restarts;
