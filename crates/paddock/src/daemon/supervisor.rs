@@ -50,6 +50,12 @@ impl Supervisor {
         // start before any process exists.
         let mut plans = vec![];
         for s in &config.services {
+            if s.kind == crate::config::Kind::Worker {
+                return Err(LaunchError {
+                    service: s.name.to_string(),
+                    message: "kind = \"worker\" services are not available in this version yet; use kind = \"process\"".into(),
+                });
+            }
             let mut ports_of = vec![];
             for _ in 0..s.workers {
                 let port = match s.port {

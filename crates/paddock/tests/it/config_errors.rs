@@ -10,9 +10,21 @@ fn assert_located(text: &str, line: usize, key: &str, words: &str) {
     let out = check(text);
     assert_eq!(out.code, 2, "{out:?}");
     let needle = format!("paddock.toml:{line}:");
-    assert!(out.stderr.contains(&needle), "expected {needle} in {:?}", out.stderr);
-    assert!(out.stderr.contains(&format!("`{key}`")), "expected key {key} in {:?}", out.stderr);
-    assert!(out.stderr.contains(words), "expected {words:?} in {:?}", out.stderr);
+    assert!(
+        out.stderr.contains(&needle),
+        "expected {needle} in {:?}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(&format!("`{key}`")),
+        "expected key {key} in {:?}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(words),
+        "expected {words:?} in {:?}",
+        out.stderr
+    );
 }
 
 const SVC: &str = "[services.web]\nkind = \"process\"\ncommand = [\"python3\"]\nport = \"auto\"\n";
@@ -31,17 +43,32 @@ fn a_valid_config_passes() {
 
 #[test]
 fn unknown_key() {
-    assert_located(&format!("{SVC}wrokers = 2\n"), 5, "services.web.wrokers", "unknown field");
+    assert_located(
+        &format!("{SVC}wrokers = 2\n"),
+        5,
+        "services.web.wrokers",
+        "unknown field",
+    );
 }
 
 #[test]
 fn wrong_type() {
-    assert_located(&format!("{SVC}workers = \"two\"\n"), 5, "services.web.workers", "invalid type");
+    assert_located(
+        &format!("{SVC}workers = \"two\"\n"),
+        5,
+        "services.web.workers",
+        "invalid type",
+    );
 }
 
 #[test]
 fn bad_duration() {
-    assert_located(&format!("{SVC}startup_timeout = \"soon\"\n"), 5, "services.web.startup_timeout", "invalid duration");
+    assert_located(
+        &format!("{SVC}startup_timeout = \"soon\"\n"),
+        5,
+        "services.web.startup_timeout",
+        "invalid duration",
+    );
 }
 
 #[test]
@@ -54,12 +81,22 @@ fn invalid_service_name() {
 
 #[test]
 fn invalid_instance_name() {
-    assert_located(&format!("[instance]\nname = \"Demo!\"\n\n{SVC}"), 2, "instance.name", "invalid name");
+    assert_located(
+        &format!("[instance]\nname = \"Demo!\"\n\n{SVC}"),
+        2,
+        "instance.name",
+        "invalid name",
+    );
 }
 
 #[test]
 fn empty_command() {
-    assert_located("[services.web]\nkind = \"process\"\ncommand = []\nport = 1\n", 3, "services.web.command", "empty");
+    assert_located(
+        "[services.web]\nkind = \"process\"\ncommand = []\nport = 1\n",
+        3,
+        "services.web.command",
+        "empty",
+    );
 }
 
 #[test]

@@ -13,7 +13,10 @@ fn a_service_that_exits_while_starting_fails_the_start_with_its_stderr() {
     assert!(out.took < Duration::from_secs(5), "took {:?}", out.took);
     assert!(out.stderr.contains("service web"), "{out:?}");
     assert!(out.stderr.contains("exited with status 1"), "{out:?}");
-    assert!(out.stderr.contains("boom: model weights not found"), "{out:?}");
+    assert!(
+        out.stderr.contains("boom: model weights not found"),
+        "{out:?}"
+    );
     assert!(out.stderr.contains("Traceback"), "{out:?}");
     env.assert_nothing_left();
     assert_eq!(env.run(&["status"]).code, 4, "the daemon must be gone");
@@ -64,22 +67,36 @@ fn a_foreign_program_on_the_port_is_named_and_left_alone() {
     let env = Env::new();
     let port = free_port();
     let mut foreign = std::process::Command::new("python3")
-        .args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string()])
+        .args([
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &port.to_string(),
+        ])
         .current_dir(env.path())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    wait_until(Duration::from_secs(10), "the foreign server to listen", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-    });
+    wait_until(
+        Duration::from_secs(10),
+        "the foreign server to listen",
+        || std::net::TcpStream::connect(("127.0.0.1", port)).ok(),
+    );
     env.config(&env.fake("web", "--port {port}", &format!("port = {port}")));
     let out = env.run(&["start"]);
     assert_eq!(out.code, 1, "{out:?}");
     assert!(out.took < Duration::from_secs(5), "took {:?}", out.took);
-    assert!(out.stderr.contains(&format!("pid {}", foreign.id())), "{out:?}");
+    assert!(
+        out.stderr.contains(&format!("pid {}", foreign.id())),
+        "{out:?}"
+    );
     assert!(out.stderr.contains("http.server"), "{out:?}");
-    assert!(alive(foreign.id() as i32), "paddock must not kill a process it did not start");
+    assert!(
+        alive(foreign.id() as i32),
+        "paddock must not kill a process it did not start"
+    );
     foreign.kill().unwrap();
     foreign.wait().unwrap();
     env.assert_nothing_left();
@@ -92,7 +109,13 @@ fn the_gateway_port_taken_is_reported() {
     env.config(&env.fake("web", "--port {port}", "port = \"auto\""));
     let out = env.run(&["start"]);
     assert_eq!(out.code, 1, "{out:?}");
-    assert!(out.stderr.contains(&format!("127.0.0.1:{}", env.port)), "{out:?}");
-    assert!(out.stderr.contains(&format!("pid {}", std::process::id())), "{out:?}");
+    assert!(
+        out.stderr.contains(&format!("127.0.0.1:{}", env.port)),
+        "{out:?}"
+    );
+    assert!(
+        out.stderr.contains(&format!("pid {}", std::process::id())),
+        "{out:?}"
+    );
     env.assert_nothing_left();
 }

@@ -9,12 +9,20 @@ use crate::harness::{Env, alive, kill, wait_until};
 
 fn run_until_signal(sig: i32) {
     let env = Env::new();
-    env.config(&env.fake("web", "--port {port} --child --pidfile {dir}/pids", "port = \"auto\""));
+    env.config(&env.fake(
+        "web",
+        "--port {port} --child --pidfile {dir}/pids",
+        "port = \"auto\"",
+    ));
     let notify_path = env.path().join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).unwrap();
-    notify.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let mut cmd = env.command(&["run"]);
-    cmd.env("NOTIFY_SOCKET", &notify_path).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.env("NOTIFY_SOCKET", &notify_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     let mut child = cmd.spawn().unwrap();
 
     let mut buf = [0u8; 64];
@@ -24,7 +32,9 @@ fn run_until_signal(sig: i32) {
     let pids = crate::harness::read_pids(&env.path().join("pids")).unwrap();
 
     kill(child.id() as i32, sig);
-    let status = wait_until(Duration::from_secs(15), "the daemon to exit", || child.try_wait().unwrap());
+    let status = wait_until(Duration::from_secs(15), "the daemon to exit", || {
+        child.try_wait().unwrap()
+    });
     assert_eq!(status.code(), Some(0), "graceful stop exits 0");
     for p in pids {
         assert!(!alive(p), "pid {p} outlived the daemon");

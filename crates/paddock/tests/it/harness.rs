@@ -35,7 +35,10 @@ pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -66,7 +69,10 @@ pub struct Env {
 impl Env {
     pub fn new() -> Env {
         // Short paths: the control socket lives in the state folder.
-        let dir = tempfile::Builder::new().prefix("pd").tempdir_in("/tmp").unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("pd")
+            .tempdir_in("/tmp")
+            .unwrap();
         Env {
             dir,
             port: free_port(),
@@ -158,7 +164,9 @@ impl Env {
             took: t.elapsed(),
         };
         if let Some(info) = self.lock_info() {
-            self.daemons.borrow_mut().push(info["pid"].as_i64().unwrap() as i32);
+            self.daemons
+                .borrow_mut()
+                .push(info["pid"].as_i64().unwrap() as i32);
         }
         out
     }
@@ -196,7 +204,9 @@ impl Env {
     }
 
     pub fn daemon_pid(&self) -> i32 {
-        self.lock_info().expect("a lock file")["pid"].as_i64().unwrap() as i32
+        self.lock_info().expect("a lock file")["pid"]
+            .as_i64()
+            .unwrap() as i32
     }
 
     /// GET a path on the gateway: (status code, body).
@@ -249,7 +259,10 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     let code = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default();
     Some((code, body))
 }
 
@@ -287,7 +300,9 @@ pub fn procs() -> Vec<Proc> {
 }
 
 fn my_sid() -> i32 {
-    proc_info(std::process::id() as i32).map(|p| p.sid).unwrap_or(0)
+    proc_info(std::process::id() as i32)
+        .map(|p| p.sid)
+        .unwrap_or(0)
 }
 
 /// Whether `pid` is alive (zombies count as dead).
@@ -303,5 +318,9 @@ pub fn kill(pid: i32, sig: i32) {
 /// Reads "PID [CHILDPID]" from a fake service's pidfile.
 pub fn read_pids(path: &Path) -> Option<Vec<i32>> {
     let s = std::fs::read_to_string(path).ok()?;
-    Some(s.split_whitespace().filter_map(|x| x.parse().ok()).collect())
+    Some(
+        s.split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect(),
+    )
 }

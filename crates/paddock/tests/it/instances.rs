@@ -7,7 +7,11 @@ use crate::harness::{Env, free_port, http_get, wait_until};
 #[test]
 fn start_status_stop() {
     let env = Env::new();
-    env.config(&env.fake("web", "--port {port}", "port = \"auto\"\nhealth = { http = \"/health\" }"));
+    env.config(&env.fake(
+        "web",
+        "--port {port}",
+        "port = \"auto\"\nhealth = { http = \"/health\" }",
+    ));
     let out = env.start_ok();
     assert!(out.stdout.contains("ready"), "{out:?}");
     let pid = env.daemon_pid();
@@ -21,7 +25,14 @@ fn start_status_stop() {
     assert!(w["pid"].as_i64().unwrap() > 0);
     assert_eq!(w["env_set"]["PADDOCK_SERVICE"], "web");
     assert_eq!(w["env_set"]["PADDOCK_WORKER"], "0");
-    assert!(w["env_set"]["OMP_NUM_THREADS"].as_str().unwrap().parse::<u32>().unwrap() >= 1);
+    assert!(
+        w["env_set"]["OMP_NUM_THREADS"]
+            .as_str()
+            .unwrap()
+            .parse::<u32>()
+            .unwrap()
+            >= 1
+    );
     let port = st["services"][0]["port"].as_u64().unwrap() as u16;
     assert_eq!(w["env_set"]["PORT"], port.to_string());
     // The service really serves on its port.
@@ -38,16 +49,25 @@ fn start_status_stop() {
     // Human status is a table naming the service.
     let out = env.run(&["status"]);
     assert_eq!(out.code, 0);
-    assert!(out.stdout.contains("web") && out.stdout.contains("ready"), "{out:?}");
+    assert!(
+        out.stdout.contains("web") && out.stdout.contains("ready"),
+        "{out:?}"
+    );
 
     // A second start says who is running.
     let again = env.run(&["start"]);
     assert_eq!(again.code, 3, "{again:?}");
     assert!(again.stderr.contains(&format!("pid {pid}")), "{again:?}");
-    assert!(again.stderr.contains(&format!("port {}", env.port)), "{again:?}");
+    assert!(
+        again.stderr.contains(&format!("port {}", env.port)),
+        "{again:?}"
+    );
 
     env.stop_ok();
-    assert!(env.get("/healthz").is_none(), "gateway still answers after stop");
+    assert!(
+        env.get("/healthz").is_none(),
+        "gateway still answers after stop"
+    );
     env.assert_nothing_left();
 
     // Not running: stop, status and logs say so with exit 4.
@@ -70,12 +90,17 @@ fn four_instances_on_four_ports_at_once() {
         .collect();
     for h in handles {
         let out = h.join().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let mut pids = vec![];
     for &p in &ports {
         let lock = env.path().join(format!("state/t-{p}/lock"));
-        let info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&lock).unwrap()).unwrap();
+        let info: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&lock).unwrap()).unwrap();
         assert_eq!(info["port"], p);
         pids.push(info["pid"].as_i64().unwrap());
         let (code, body) = http_get(p, "/status").unwrap();
@@ -88,8 +113,15 @@ fn four_instances_on_four_ports_at_once() {
     pids.dedup();
     assert_eq!(pids.len(), 4, "four distinct daemons");
     for &p in &ports {
-        let out = env.command(&["--port", &p.to_string(), "stop"]).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = env
+            .command(&["--port", &p.to_string(), "stop"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(http_get(p, "/healthz").is_none());
     }
     env.assert_nothing_left();
@@ -145,7 +177,10 @@ fn control_socket_is_private() {
     let sock = env.state_dir().join("ctl.sock");
     let mode = std::fs::metadata(&sock).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
-    let dir_mode = std::fs::metadata(env.state_dir()).unwrap().permissions().mode();
+    let dir_mode = std::fs::metadata(env.state_dir())
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(dir_mode & 0o777, 0o700, "dir mode {dir_mode:o}");
     env.stop_ok();
 }
@@ -155,7 +190,8 @@ fn long_state_path_moves_the_socket_to_the_runtime_dir() {
     let mut env = Env::new();
     let runtime = env.path().join("rt");
     std::fs::create_dir(&runtime).unwrap();
-    env.extra_env.push(("XDG_RUNTIME_DIR".into(), runtime.display().to_string()));
+    env.extra_env
+        .push(("XDG_RUNTIME_DIR".into(), runtime.display().to_string()));
     let deep = env.path().join("a".repeat(60)).join("b".repeat(60));
     let text = format!(
         "[instance]\nname = \"t\"\nlisten = \"127.0.0.1:{}\"\nstate_dir = \"{}\"\n\n{}",
@@ -165,7 +201,9 @@ fn long_state_path_moves_the_socket_to_the_runtime_dir() {
     );
     env.raw_config(&text);
     env.start_ok();
-    let socks: Vec<_> = std::fs::read_dir(runtime.join("paddock")).unwrap().collect();
+    let socks: Vec<_> = std::fs::read_dir(runtime.join("paddock"))
+        .unwrap()
+        .collect();
     assert_eq!(socks.len(), 1, "one socket in the runtime dir");
     assert_eq!(env.run(&["status"]).code, 0);
     let out = env.run(&["stop"]);

@@ -13,8 +13,14 @@ fn logs_show_worker_output_with_prefixes() {
     env.start_ok();
     let out = env.run(&["logs", "alpha", "-n", "100"]);
     assert_eq!(out.code, 0, "{out:?}");
-    assert!(out.stdout.contains("alpha/0 out| fake service pid"), "{out:?}");
-    assert!(out.stdout.contains("alpha/1 out| fake service pid"), "{out:?}");
+    assert!(
+        out.stdout.contains("alpha/0 out| fake service pid"),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout.contains("alpha/1 out| fake service pid"),
+        "{out:?}"
+    );
     assert!(!out.stdout.contains("beta/"), "{out:?}");
     // The worker got its share of threads and its identity in the environment.
     assert!(out.stdout.contains("PADDOCK_SERVICE=alpha"), "{out:?}");

@@ -28,9 +28,11 @@ fn sigkill_of_the_daemon_leaves_no_worker_or_child_and_start_works_again() {
     }
     kill(daemon, 9);
     let t = Instant::now();
-    wait_until(Duration::from_secs(2), "workers and children to die", || {
-        pids.iter().all(|&p| !alive(p)).then_some(())
-    });
+    wait_until(
+        Duration::from_secs(2),
+        "workers and children to die",
+        || pids.iter().all(|&p| !alive(p)).then_some(()),
+    );
     eprintln!("all gone {:?} after the SIGKILL", t.elapsed());
 
     // The next start needs no manual cleanup.
@@ -46,7 +48,11 @@ fn sigkill_of_the_daemon_leaves_no_worker_or_child_and_start_works_again() {
 #[test]
 fn stop_kills_the_whole_process_group() {
     let env = Env::new();
-    env.config(&env.fake("web", "--port {port} --child --pidfile {dir}/pids", "port = \"auto\""));
+    env.config(&env.fake(
+        "web",
+        "--port {port} --child --pidfile {dir}/pids",
+        "port = \"auto\"",
+    ));
     env.start_ok();
     let pids = read_pids(&env.path().join("pids")).unwrap();
     env.stop_ok();
@@ -67,10 +73,20 @@ fn a_worker_ignoring_sigterm_is_killed_after_stop_timeout() {
     );
     env.config(&svc);
     env.start_ok();
-    let pid = env.status()["services"][0]["workers"][0]["pid"].as_i64().unwrap() as i32;
+    let pid = env.status()["services"][0]["workers"][0]["pid"]
+        .as_i64()
+        .unwrap() as i32;
     let out = env.stop_ok();
-    assert!(out.took >= Duration::from_secs(1), "stop took {:?}", out.took);
-    assert!(out.took < Duration::from_secs(6), "stop took {:?}", out.took);
+    assert!(
+        out.took >= Duration::from_secs(1),
+        "stop took {:?}",
+        out.took
+    );
+    assert!(
+        out.took < Duration::from_secs(6),
+        "stop took {:?}",
+        out.took
+    );
     assert!(!alive(pid));
     env.assert_nothing_left();
 }

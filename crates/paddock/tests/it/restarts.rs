@@ -34,14 +34,22 @@ fn a_crash_after_ready_is_restarted_then_a_crash_loop_ends_failed() {
     assert_eq!(exit["requested"], false);
 
     // Crash loop: failed, kept down, reported by status and /readyz.
-    let st = wait_until(Duration::from_secs(30), "the crash loop to be detected", || {
-        let st = env.status();
-        (st["services"][0]["state"] == "failed").then_some(st)
-    });
+    let st = wait_until(
+        Duration::from_secs(30),
+        "the crash loop to be detected",
+        || {
+            let st = env.status();
+            (st["services"][0]["state"] == "failed").then_some(st)
+        },
+    );
     let reason = st["services"][0]["reason"].as_str().unwrap();
     assert!(reason.contains("crash loop"), "{reason}");
     assert!(reason.contains("exited with status 1"), "{reason}");
-    assert_eq!(worker(&st)["pid"], Value::Null, "a failed service stays down");
+    assert_eq!(
+        worker(&st)["pid"],
+        Value::Null,
+        "a failed service stays down"
+    );
     assert_eq!(st["instance"]["ready"], false);
     let (code, body) = env.get("/readyz").unwrap();
     assert_eq!(code, 503);
@@ -55,7 +63,11 @@ fn a_crash_after_ready_is_restarted_then_a_crash_loop_ends_failed() {
 #[test]
 fn a_killed_worker_is_reported_by_signal_name() {
     let env = Env::new();
-    env.config(&env.fake("web", "--port {port}", "port = \"auto\"\nbackoff_initial = \"100ms\""));
+    env.config(&env.fake(
+        "web",
+        "--port {port}",
+        "port = \"auto\"\nbackoff_initial = \"100ms\"",
+    ));
     env.start_ok();
     let pid = worker(&env.status())["pid"].as_i64().unwrap() as i32;
     crate::harness::kill(pid, 9);
@@ -86,9 +98,15 @@ fn a_service_failing_its_health_probe_is_restarted_after_three_failures() {
     assert_eq!(w["last_exit"]["requested"], true, "paddock killed it: {w}");
     let log = std::fs::read_to_string(env.state_dir().join("logs/web.log")).unwrap();
     let failures = log.matches("health probe failed").count();
-    assert!(failures >= 3, "expected 3 probe failures before the restart:\n{log}");
+    assert!(
+        failures >= 3,
+        "expected 3 probe failures before the restart:\n{log}"
+    );
     let daemon_log = std::fs::read_to_string(env.state_dir().join("daemon.log")).unwrap();
-    assert!(daemon_log.contains("health check failed 3 times in a row"), "{daemon_log}");
+    assert!(
+        daemon_log.contains("health check failed 3 times in a row"),
+        "{daemon_log}"
+    );
     env.stop_ok();
     env.assert_nothing_left();
 }
