@@ -1,0 +1,401 @@
+//! The paddock worker protocol (version 1), specified in `docs/protocol.md`.
+//!
+//! Why a crate of its own: the protocol is the contract between the daemon and
+//! workers written in any language; it must be testable (property tests, a fuzz
+//! target) without the daemon.
+//!
+//! Invariants:
+//! - a frame's declared length is checked against the maximum **before** anything is
+//!   allocated for it;
+//! - decoding never panics, whatever the input: every malformed input is an `Error`;
+//! - request ids carry the worker's generation in their high 32 bits.
+
+#![forbid(unsafe_code)]
+
+#[cfg(feature = "tokio")]
+pub mod io;
+
+/// The protocol version this crate speaks.
+pub const VERSION: u16 = 1;
+/// The default maximum frame size (type byte and payload), 64 MiB.
+pub const DEFAULT_MAX_FRAME: usize = 64 << 20;
+/// The descriptor number the worker's socket gets.
+pub const WORKER_FD: i32 = 3;
+
+pub mod kind {
+    pub const HELLO: u8 = 0x01;
+    pub const READY: u8 = 0x02;
+    pub const SETUP_FAILED: u8 = 0x03;
+    pub const REQUEST: u8 = 0x10;
+    pub const REPLY: u8 = 0x11;
+    pub const ERROR: u8 = 0x12;
+    pub const STREAM_START: u8 = 0x13;
+    pub const CHUNK: u8 = 0x14;
+    pub const STREAM_END: u8 = 0x15;
+    pub const SHUTDOWN: u8 = 0x20;
+}
+
+/// One message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    Hello { version: u16, pid: u32, meta: String },
+    Ready { json: String },
+    SetupFailed { text: String },
+    Request(Request),
+    Reply { id: u64, content_type: String, body: Vec<u8> },
+    Error { id: u64, message: String, traceback: String },
+    StreamStart { id: u64, content_type: String },
+    Chunk { id: u64, data: Vec<u8> },
+    StreamEnd { id: u64 },
+    Shutdown,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub id: u64,
+    pub deadline_ms: u32,
+    pub method: String,
+    pub content_type: String,
+    pub body: Vec<u8>,
+}
+
+/// Why bytes are not a valid frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("frame of {len} bytes exceeds the maximum of {max}")]
+    TooLarge { len: usize, max: usize },
+    #[error("empty frame (length 0)")]
+    Empty,
+    #[error("unknown frame type 0x{0:02x}")]
+    UnknownType(u8),
+    #[error("truncated {0} frame")]
+    Truncated(&'static str),
+    #[error("{0} frame: text is not UTF-8")]
+    NotUtf8(&'static str),
+    #[error("{0} frame: bytes left over after its last field")]
+    Trailing(&'static str),
+    #[error("{what} is {len} bytes, over the u16 limit of a str16 field")]
+    FieldTooLong { what: &'static str, len: usize },
+}
+
+/// A request id: the worker's generation in the high half, a sequence number below.
+pub fn request_id(generation: u32, seq: u32) -> u64 {
+    (u64::from(generation) << 32) | u64::from(seq)
+}
+
+/// The generation a request id was issued to.
+pub fn generation_of(id: u64) -> u32 {
+    (id >> 32) as u32
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    what: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Error> {
+        if self.buf.len() < n {
+            return Err(Error::Truncated(self.what));
+        }
+        let (a, b) = self.buf.split_at(n);
+        self.buf = b;
+        Ok(a)
+    }
+    fn u16(&mut self) -> Result<u16, Error> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self) -> Result<u32, Error> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Result<u64, Error> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_be_bytes(a))
+    }
+    fn text(&self, b: &[u8]) -> Result<String, Error> {
+        String::from_utf8(b.to_vec()).map_err(|_| Error::NotUtf8(self.what))
+    }
+    fn str16(&mut self) -> Result<String, Error> {
+        let n = self.u16()? as usize;
+        let b = self.take(n)?;
+        self.text(b)
+    }
+    fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.buf)
+    }
+}
+
+fn put_str16(out: &mut Vec<u8>, s: &str, what: &'static str) -> Result<(), Error> {
+    let n = u16::try_from(s.len()).map_err(|_| Error::FieldTooLong { what, len: s.len() })?;
+    out.extend_from_slice(&n.to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+    Ok(())
+}
+
+impl Frame {
+    fn name(t: u8) -> &'static str {
+        match t {
+            kind::HELLO => "HELLO",
+            kind::READY => "READY",
+            kind::SETUP_FAILED => "SETUP_FAILED",
+            kind::REQUEST => "REQUEST",
+            kind::REPLY => "REPLY",
+            kind::ERROR => "ERROR",
+            kind::STREAM_START => "STREAM_START",
+            kind::CHUNK => "CHUNK",
+            kind::STREAM_END => "STREAM_END",
+            kind::SHUTDOWN => "SHUTDOWN",
+            _ => "unknown",
+        }
+    }
+
+    /// This frame's type byte.
+    pub fn kind(&self) -> u8 {
+        match self {
+            Frame::Hello { .. } => kind::HELLO,
+            Frame::Ready { .. } => kind::READY,
+            Frame::SetupFailed { .. } => kind::SETUP_FAILED,
+            Frame::Request(_) => kind::REQUEST,
+            Frame::Reply { .. } => kind::REPLY,
+            Frame::Error { .. } => kind::ERROR,
+            Frame::StreamStart { .. } => kind::STREAM_START,
+            Frame::Chunk { .. } => kind::CHUNK,
+            Frame::StreamEnd { .. } => kind::STREAM_END,
+            Frame::Shutdown => kind::SHUTDOWN,
+        }
+    }
+
+    /// Decodes a frame body: the type byte and the payload (the length prefix
+    /// already removed and checked).
+    pub fn decode_body(body: &[u8]) -> Result<Frame, Error> {
+        let (&t, payload) = body.split_first().ok_or(Error::Empty)?;
+        let mut r = Reader {
+            buf: payload,
+            what: Frame::name(t),
+        };
+        let f = match t {
+            kind::HELLO => {
+                let version = r.u16()?;
+                let pid = r.u32()?;
+                let meta = r.rest();
+                Frame::Hello {
+                    version,
+                    pid,
+                    meta: r.text(meta)?,
+                }
+            }
+            kind::READY => {
+                let b = r.rest();
+                Frame::Ready { json: r.text(b)? }
+            }
+            kind::SETUP_FAILED => Frame::SetupFailed {
+                text: String::from_utf8_lossy(r.rest()).into_owned(),
+            },
+            kind::REQUEST => Frame::Request(Request {
+                id: r.u64()?,
+                deadline_ms: r.u32()?,
+                method: r.str16()?,
+                content_type: r.str16()?,
+                body: r.rest().to_vec(),
+            }),
+            kind::REPLY => Frame::Reply {
+                id: r.u64()?,
+                content_type: r.str16()?,
+                body: r.rest().to_vec(),
+            },
+            kind::ERROR => {
+                let id = r.u64()?;
+                let n = r.u32()? as usize;
+                let m = r.take(n)?;
+                Frame::Error {
+                    id,
+                    message: String::from_utf8_lossy(m).into_owned(),
+                    traceback: String::from_utf8_lossy(r.rest()).into_owned(),
+                }
+            }
+            kind::STREAM_START => Frame::StreamStart {
+                id: r.u64()?,
+                content_type: r.str16()?,
+            },
+            kind::CHUNK => Frame::Chunk {
+                id: r.u64()?,
+                data: r.rest().to_vec(),
+            },
+            kind::STREAM_END => Frame::StreamEnd { id: r.u64()? },
+            kind::SHUTDOWN => Frame::Shutdown,
+            other => return Err(Error::UnknownType(other)),
+        };
+        if !r.buf.is_empty() {
+            return Err(Error::Trailing(Frame::name(t)));
+        }
+        Ok(f)
+    }
+
+    /// Encodes the frame with its length prefix.
+    pub fn encode(&self) -> Result<Vec<u8>, Error> {
+        let mut out = vec![0, 0, 0, 0, self.kind()];
+        match self {
+            Frame::Hello { version, pid, meta } => {
+                out.extend_from_slice(&version.to_be_bytes());
+                out.extend_from_slice(&pid.to_be_bytes());
+                out.extend_from_slice(meta.as_bytes());
+            }
+            Frame::Ready { json } => out.extend_from_slice(json.as_bytes()),
+            Frame::SetupFailed { text } => out.extend_from_slice(text.as_bytes()),
+            Frame::Request(r) => {
+                out.extend_from_slice(&r.id.to_be_bytes());
+                out.extend_from_slice(&r.deadline_ms.to_be_bytes());
+                put_str16(&mut out, &r.method, "method")?;
+                put_str16(&mut out, &r.content_type, "content type")?;
+                out.extend_from_slice(&r.body);
+            }
+            Frame::Reply { id, content_type, body } => {
+                out.extend_from_slice(&id.to_be_bytes());
+                put_str16(&mut out, content_type, "content type")?;
+                out.extend_from_slice(body);
+            }
+            Frame::Error { id, message, traceback } => {
+                out.extend_from_slice(&id.to_be_bytes());
+                out.extend_from_slice(&(message.len() as u32).to_be_bytes());
+                out.extend_from_slice(message.as_bytes());
+                out.extend_from_slice(traceback.as_bytes());
+            }
+            Frame::StreamStart { id, content_type } => {
+                out.extend_from_slice(&id.to_be_bytes());
+                put_str16(&mut out, content_type, "content type")?;
+            }
+            Frame::Chunk { id, data } => {
+                out.extend_from_slice(&id.to_be_bytes());
+                out.extend_from_slice(data);
+            }
+            Frame::StreamEnd { id } => out.extend_from_slice(&id.to_be_bytes()),
+            Frame::Shutdown => {}
+        }
+        let len = out.len() - 4;
+        let len32 = u32::try_from(len).map_err(|_| Error::TooLarge { len, max: u32::MAX as usize })?;
+        out[..4].copy_from_slice(&len32.to_be_bytes());
+        Ok(out)
+    }
+}
+
+/// Decodes one frame from the front of `buf`: `Ok(None)` when more bytes are
+/// needed, `Ok(Some((frame, used)))` when a frame is complete. The length prefix is
+/// checked against `max` before the frame's bytes are even looked at.
+pub fn decode(buf: &[u8], max: usize) -> Result<Option<(Frame, usize)>, Error> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    check_len(len, max)?;
+    if buf.len() < 4 + len {
+        return Ok(None);
+    }
+    let f = Frame::decode_body(&buf[4..4 + len])?;
+    Ok(Some((f, 4 + len)))
+}
+
+/// The length check applied to every prefix.
+pub fn check_len(len: usize, max: usize) -> Result<(), Error> {
+    if len == 0 {
+        return Err(Error::Empty);
+    }
+    if len > max {
+        return Err(Error::TooLarge { len, max });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_frame() -> impl Strategy<Value = Frame> {
+        let s16 = "[a-zA-Z0-9/;=. -]{0,40}";
+        prop_oneof![
+            (any::<u16>(), any::<u32>(), ".{0,40}").prop_map(|(version, pid, meta)| Frame::Hello { version, pid, meta }),
+            ".{0,80}".prop_map(|json| Frame::Ready { json }),
+            ".{0,80}".prop_map(|text| Frame::SetupFailed { text }),
+            (any::<u64>(), any::<u32>(), s16, s16, proptest::collection::vec(any::<u8>(), 0..300)).prop_map(
+                |(id, deadline_ms, method, content_type, body)| Frame::Request(Request {
+                    id,
+                    deadline_ms,
+                    method,
+                    content_type,
+                    body
+                })
+            ),
+            (any::<u64>(), s16, proptest::collection::vec(any::<u8>(), 0..300))
+                .prop_map(|(id, content_type, body)| Frame::Reply { id, content_type, body }),
+            (any::<u64>(), ".{0,60}", ".{0,200}").prop_map(|(id, message, traceback)| Frame::Error {
+                id,
+                message,
+                traceback
+            }),
+            (any::<u64>(), s16).prop_map(|(id, content_type)| Frame::StreamStart { id, content_type }),
+            (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..100)).prop_map(|(id, data)| Frame::Chunk { id, data }),
+            any::<u64>().prop_map(|id| Frame::StreamEnd { id }),
+            Just(Frame::Shutdown),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(f in arb_frame()) {
+            let bytes = f.encode().unwrap();
+            let (g, used) = decode(&bytes, DEFAULT_MAX_FRAME).unwrap().unwrap();
+            prop_assert_eq!(used, bytes.len());
+            prop_assert_eq!(g, f);
+        }
+
+        #[test]
+        fn every_prefix_is_incomplete_never_an_error(f in arb_frame()) {
+            let bytes = f.encode().unwrap();
+            for cut in 0..bytes.len() {
+                prop_assert_eq!(decode(&bytes[..cut], DEFAULT_MAX_FRAME), Ok(None));
+            }
+        }
+
+        #[test]
+        fn frames_concatenate(a in arb_frame(), b in arb_frame()) {
+            let mut bytes = a.encode().unwrap();
+            bytes.extend(b.encode().unwrap());
+            let (x, n) = decode(&bytes, DEFAULT_MAX_FRAME).unwrap().unwrap();
+            let (y, m) = decode(&bytes[n..], DEFAULT_MAX_FRAME).unwrap().unwrap();
+            prop_assert_eq!((x, y, n + m), (a, b, bytes.len()));
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = decode(&bytes, 1024);
+        }
+    }
+
+    #[test]
+    fn oversized_prefix_is_rejected_before_the_bytes_arrive() {
+        let bytes = [0x7f, 0xff, 0xff, 0xff, kind::REPLY];
+        assert_eq!(
+            decode(&bytes, DEFAULT_MAX_FRAME),
+            Err(Error::TooLarge { len: 0x7fff_ffff, max: DEFAULT_MAX_FRAME })
+        );
+    }
+
+    #[test]
+    fn malformed_frames() {
+        assert_eq!(decode(&[0, 0, 0, 0], 100), Err(Error::Empty));
+        assert_eq!(decode(&[0, 0, 0, 1, 0x7f], 100), Err(Error::UnknownType(0x7f)));
+        assert_eq!(decode(&[0, 0, 0, 3, kind::REPLY, 0, 0], 100), Err(Error::Truncated("REPLY")));
+        assert_eq!(decode(&[0, 0, 0, 2, kind::SHUTDOWN, 9], 100), Err(Error::Trailing("SHUTDOWN")));
+    }
+
+    #[test]
+    fn ids_carry_the_generation() {
+        let id = request_id(7, 42);
+        assert_eq!(generation_of(id), 7);
+        assert_eq!(id & 0xffff_ffff, 42);
+    }
+}
