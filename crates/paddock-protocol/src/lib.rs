@@ -38,15 +38,39 @@ pub mod kind {
 /// One message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
-    Hello { version: u16, pid: u32, meta: String },
-    Ready { json: String },
-    SetupFailed { text: String },
+    Hello {
+        version: u16,
+        pid: u32,
+        meta: String,
+    },
+    Ready {
+        json: String,
+    },
+    SetupFailed {
+        text: String,
+    },
     Request(Request),
-    Reply { id: u64, content_type: String, body: Vec<u8> },
-    Error { id: u64, message: String, traceback: String },
-    StreamStart { id: u64, content_type: String },
-    Chunk { id: u64, data: Vec<u8> },
-    StreamEnd { id: u64 },
+    Reply {
+        id: u64,
+        content_type: String,
+        body: Vec<u8>,
+    },
+    Error {
+        id: u64,
+        message: String,
+        traceback: String,
+    },
+    StreamStart {
+        id: u64,
+        content_type: String,
+    },
+    Chunk {
+        id: u64,
+        data: Vec<u8>,
+    },
+    StreamEnd {
+        id: u64,
+    },
     Shutdown,
 }
 
@@ -253,12 +277,20 @@ impl Frame {
                 put_str16(&mut out, &r.content_type, "content type")?;
                 out.extend_from_slice(&r.body);
             }
-            Frame::Reply { id, content_type, body } => {
+            Frame::Reply {
+                id,
+                content_type,
+                body,
+            } => {
                 out.extend_from_slice(&id.to_be_bytes());
                 put_str16(&mut out, content_type, "content type")?;
                 out.extend_from_slice(body);
             }
-            Frame::Error { id, message, traceback } => {
+            Frame::Error {
+                id,
+                message,
+                traceback,
+            } => {
                 out.extend_from_slice(&id.to_be_bytes());
                 out.extend_from_slice(&(message.len() as u32).to_be_bytes());
                 out.extend_from_slice(message.as_bytes());
@@ -276,7 +308,10 @@ impl Frame {
             Frame::Shutdown => {}
         }
         let len = out.len() - 4;
-        let len32 = u32::try_from(len).map_err(|_| Error::TooLarge { len, max: u32::MAX as usize })?;
+        let len32 = u32::try_from(len).map_err(|_| Error::TooLarge {
+            len,
+            max: u32::MAX as usize,
+        })?;
         out[..4].copy_from_slice(&len32.to_be_bytes());
         Ok(out)
     }
@@ -317,27 +352,50 @@ mod tests {
     fn arb_frame() -> impl Strategy<Value = Frame> {
         let s16 = "[a-zA-Z0-9/;=. -]{0,40}";
         prop_oneof![
-            (any::<u16>(), any::<u32>(), ".{0,40}").prop_map(|(version, pid, meta)| Frame::Hello { version, pid, meta }),
+            (any::<u16>(), any::<u32>(), ".{0,40}").prop_map(|(version, pid, meta)| Frame::Hello {
+                version,
+                pid,
+                meta
+            }),
             ".{0,80}".prop_map(|json| Frame::Ready { json }),
             ".{0,80}".prop_map(|text| Frame::SetupFailed { text }),
-            (any::<u64>(), any::<u32>(), s16, s16, proptest::collection::vec(any::<u8>(), 0..300)).prop_map(
-                |(id, deadline_ms, method, content_type, body)| Frame::Request(Request {
+            (
+                any::<u64>(),
+                any::<u32>(),
+                s16,
+                s16,
+                proptest::collection::vec(any::<u8>(), 0..300)
+            )
+                .prop_map(|(id, deadline_ms, method, content_type, body)| {
+                    Frame::Request(Request {
+                        id,
+                        deadline_ms,
+                        method,
+                        content_type,
+                        body,
+                    })
+                }),
+            (
+                any::<u64>(),
+                s16,
+                proptest::collection::vec(any::<u8>(), 0..300)
+            )
+                .prop_map(|(id, content_type, body)| Frame::Reply {
                     id,
-                    deadline_ms,
-                    method,
                     content_type,
                     body
-                })
-            ),
-            (any::<u64>(), s16, proptest::collection::vec(any::<u8>(), 0..300))
-                .prop_map(|(id, content_type, body)| Frame::Reply { id, content_type, body }),
-            (any::<u64>(), ".{0,60}", ".{0,200}").prop_map(|(id, message, traceback)| Frame::Error {
-                id,
-                message,
-                traceback
+                }),
+            (any::<u64>(), ".{0,60}", ".{0,200}").prop_map(|(id, message, traceback)| {
+                Frame::Error {
+                    id,
+                    message,
+                    traceback,
+                }
             }),
-            (any::<u64>(), s16).prop_map(|(id, content_type)| Frame::StreamStart { id, content_type }),
-            (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..100)).prop_map(|(id, data)| Frame::Chunk { id, data }),
+            (any::<u64>(), s16)
+                .prop_map(|(id, content_type)| Frame::StreamStart { id, content_type }),
+            (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..100))
+                .prop_map(|(id, data)| Frame::Chunk { id, data }),
             any::<u64>().prop_map(|id| Frame::StreamEnd { id }),
             Just(Frame::Shutdown),
         ]
@@ -380,16 +438,28 @@ mod tests {
         let bytes = [0x7f, 0xff, 0xff, 0xff, kind::REPLY];
         assert_eq!(
             decode(&bytes, DEFAULT_MAX_FRAME),
-            Err(Error::TooLarge { len: 0x7fff_ffff, max: DEFAULT_MAX_FRAME })
+            Err(Error::TooLarge {
+                len: 0x7fff_ffff,
+                max: DEFAULT_MAX_FRAME
+            })
         );
     }
 
     #[test]
     fn malformed_frames() {
         assert_eq!(decode(&[0, 0, 0, 0], 100), Err(Error::Empty));
-        assert_eq!(decode(&[0, 0, 0, 1, 0x7f], 100), Err(Error::UnknownType(0x7f)));
-        assert_eq!(decode(&[0, 0, 0, 3, kind::REPLY, 0, 0], 100), Err(Error::Truncated("REPLY")));
-        assert_eq!(decode(&[0, 0, 0, 2, kind::SHUTDOWN, 9], 100), Err(Error::Trailing("SHUTDOWN")));
+        assert_eq!(
+            decode(&[0, 0, 0, 1, 0x7f], 100),
+            Err(Error::UnknownType(0x7f))
+        );
+        assert_eq!(
+            decode(&[0, 0, 0, 3, kind::REPLY, 0, 0], 100),
+            Err(Error::Truncated("REPLY"))
+        );
+        assert_eq!(
+            decode(&[0, 0, 0, 2, kind::SHUTDOWN, 9], 100),
+            Err(Error::Trailing("SHUTDOWN"))
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! The process group comes from `CommandExt::process_group(0)` (set by std in the
 //! child), so a stop or a deadline kill reaches everything the worker started.
 
+use std::os::fd::RawFd;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
@@ -14,14 +15,18 @@ use std::process::Command;
 /// process group, and (Linux) SIGKILL when the thread that forked it exits. Call it on
 /// the dedicated spawner thread, which lives as long as the daemon, because Linux
 /// delivers the parent-death signal when the *forking thread* exits.
-pub fn supervise(cmd: &mut Command, daemon_pid: i32) {
+///
+/// `inherit`: a descriptor the child gets as descriptor `target` (close-on-exec
+/// cleared), for the worker protocol's socket.
+pub fn supervise(cmd: &mut Command, daemon_pid: i32, inherit: Option<(RawFd, RawFd)>) {
     cmd.process_group(0);
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: the closure runs in the forked child before exec and calls only
-        // async-signal-safe functions (prctl, getppid, _exit); it allocates nothing.
-        unsafe {
-            cmd.pre_exec(move || {
+    // SAFETY: the closure runs in the forked child before exec and calls only
+    // async-signal-safe functions (prctl, getppid, dup2, fcntl, _exit); it allocates
+    // nothing and touches no lock.
+    unsafe {
+        cmd.pre_exec(move || {
+            #[cfg(target_os = "linux")]
+            {
                 if libc::prctl(
                     libc::PR_SET_PDEATHSIG,
                     libc::SIGKILL as libc::c_ulong,
@@ -37,10 +42,21 @@ pub fn supervise(cmd: &mut Command, daemon_pid: i32) {
                 if libc::getppid() != daemon_pid {
                     libc::_exit(111);
                 }
-                Ok(())
-            });
-        }
+            }
+            #[cfg(not(target_os = "linux"))]
+            let _ = daemon_pid;
+            if let Some((fd, target)) = inherit {
+                if fd == target {
+                    // dup2 onto itself keeps close-on-exec: clear it by hand.
+                    let flags = libc::fcntl(fd, libc::F_GETFD);
+                    if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                } else if libc::dup2(fd, target) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
     }
-    #[cfg(not(target_os = "linux"))]
-    let _ = daemon_pid;
 }

@@ -10,6 +10,7 @@ use crate::status::Status;
 pub enum Request {
     Status,
     Stop,
+    Reload,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -17,6 +18,7 @@ pub enum Request {
 pub enum Reply {
     Status { status: Box<Status> },
     Stopping,
+    Reloaded { replaced: Vec<String> },
     Error { error: String },
 }
 

@@ -14,6 +14,15 @@ pub fn running(paths: &Paths) -> bool {
 
 /// Sends one request and reads the reply.
 pub fn request(paths: &Paths, req: &Request) -> Result<Reply, String> {
+    request_with_timeout(paths, req, Duration::from_secs(15))
+}
+
+/// Sends one request and reads the reply, waiting at most `timeout` for it.
+pub fn request_with_timeout(
+    paths: &Paths,
+    req: &Request,
+    timeout: Duration,
+) -> Result<Reply, String> {
     let who = || {
         LockInfo::read_settled(&paths.lock)
             .map(|i| format!("the daemon ({})", i.describe()))
@@ -26,7 +35,7 @@ pub fn request(paths: &Paths, req: &Request) -> Result<Reply, String> {
             paths.socket.display()
         )
     })?;
-    let _ = s.set_read_timeout(Some(Duration::from_secs(15)));
+    let _ = s.set_read_timeout(Some(timeout));
     let mut line = serde_json::to_vec(req).map_err(|e| e.to_string())?;
     line.push(b'\n');
     s.write_all(&line)

@@ -5,6 +5,7 @@ mod check;
 mod client;
 mod logs;
 mod output;
+mod reload;
 mod run;
 mod start;
 mod status;
@@ -51,6 +52,11 @@ enum Cmd {
     Run,
     /// Stop the daemon gracefully and wait until it is gone.
     Stop {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace every worker one at a time, with no failed request.
+    Reload {
         #[arg(long)]
         json: bool,
     },
@@ -106,6 +112,7 @@ fn dispatch(cmd: Cmd, config: Config) -> i32 {
         Cmd::Run => run::run(config),
         Cmd::Stop { json } => stop::run(&config, json),
         Cmd::Status { json } => status::run(&config, json),
+        Cmd::Reload { json } => reload::run(&config, json),
         Cmd::Logs {
             service,
             follow,

@@ -125,6 +125,13 @@ struct RawService {
     backoff_max: Option<Dur>,
     crash_loop_failures: Option<u32>,
     crash_loop_window: Option<Dur>,
+    max_queue: Option<u32>,
+    queue_timeout: Option<Dur>,
+    retry_on_crash: Option<u32>,
+    poison_limit: Option<u32>,
+    max_requests: Option<u64>,
+    max_rss: Option<Bytes>,
+    max_frame: Option<Bytes>,
 }
 
 fn default_kind() -> Kind {
@@ -172,6 +179,20 @@ pub struct Service {
     pub backoff_max: Duration,
     pub crash_loop_failures: u32,
     pub crash_loop_window: Duration,
+    /// Requests waiting for a worker, at most (worker services).
+    pub max_queue: usize,
+    /// How long a request may wait for a worker.
+    pub queue_timeout: Duration,
+    /// Retries on another worker of an idempotent method after a crash.
+    pub retry_on_crash: u32,
+    /// A request that killed this many workers fails as a poison request.
+    pub poison_limit: u32,
+    /// Recycle a worker after this many requests (0: never), with up to 10 % jitter.
+    pub max_requests: u64,
+    /// Recycle a worker whose resident memory exceeds this (0: never).
+    pub max_rss: u64,
+    /// The largest protocol frame, both ways.
+    pub max_frame: usize,
 }
 
 /// A validated config.
@@ -381,6 +402,42 @@ pub fn parse(path: &Path, text: &str, port: Option<u16>) -> Result<Config, Confi
                 "must not be less than backoff_initial".into(),
             ));
         }
+        let max_frame = rs.max_frame.map(|b| b.0).unwrap_or(64 << 20);
+        if !(4096..=1 << 31).contains(&max_frame) {
+            return Err(at(
+                &table,
+                "max_frame",
+                "must be between 4KiB and 2GiB".into(),
+            ));
+        }
+        if rs.kind == Kind::Process {
+            for key in [
+                "max_queue",
+                "queue_timeout",
+                "retry_on_crash",
+                "poison_limit",
+                "max_requests",
+                "max_rss",
+                "max_frame",
+            ] {
+                let set = match key {
+                    "max_queue" => rs.max_queue.is_some(),
+                    "queue_timeout" => rs.queue_timeout.is_some(),
+                    "retry_on_crash" => rs.retry_on_crash.is_some(),
+                    "poison_limit" => rs.poison_limit.is_some(),
+                    "max_requests" => rs.max_requests.is_some(),
+                    "max_rss" => rs.max_rss.is_some(),
+                    _ => rs.max_frame.is_some(),
+                };
+                if set {
+                    return Err(at(
+                        &table,
+                        key,
+                        format!("`{key}` applies to kind = \"worker\" services only"),
+                    ));
+                }
+            }
+        }
         let cwd = match rs.cwd {
             Some(p) if p.is_absolute() => p,
             Some(p) => dir.join(p),
@@ -423,6 +480,17 @@ pub fn parse(path: &Path, text: &str, port: Option<u16>) -> Result<Config, Confi
                 .crash_loop_window
                 .map(|d| d.0)
                 .unwrap_or(Duration::from_secs(60)),
+            max_queue: rs.max_queue.unwrap_or(256) as usize,
+            queue_timeout: rs
+                .queue_timeout
+                .or(rs.request_timeout)
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(30)),
+            retry_on_crash: rs.retry_on_crash.unwrap_or(0),
+            poison_limit: rs.poison_limit.unwrap_or(2).max(1),
+            max_requests: rs.max_requests.unwrap_or(0),
+            max_rss: rs.max_rss.map(|b| b.0).unwrap_or(0),
+            max_frame: max_frame as usize,
         });
     }
     if services.is_empty() {

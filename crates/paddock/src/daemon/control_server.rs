@@ -59,6 +59,10 @@ async fn handle(stream: UnixStream, shared: SharedRef) {
             shared.request_stop();
             Reply::Stopping
         }
+        Ok(Request::Reload) => match shared.supervisor.reload().await {
+            Ok(replaced) => Reply::Reloaded { replaced },
+            Err(error) => Reply::Error { error },
+        },
         Err(e) => Reply::Error {
             error: format!("bad request: {e}"),
         },

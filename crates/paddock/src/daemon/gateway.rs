@@ -1,11 +1,14 @@
 //! The HTTP gateway: health, readiness and status routes (and, with worker
 //! services, the model routes). Binds loopback unless an auth token is configured.
 
-use axum::extract::{Request, State};
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
@@ -16,7 +19,11 @@ pub fn router(shared: SharedRef) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/status", get(status))
+        .route("/metrics", get(metrics))
+        .route("/v1/{service}", post(call_default))
+        .route("/v1/{service}/{method}", post(call_method))
         .fallback(not_found)
+        .layer(DefaultBodyLimit::max(max_body(&shared)))
         .layer(middleware::from_fn_with_state(shared.clone(), auth))
         .with_state(shared)
 }
@@ -72,6 +79,202 @@ async fn readyz(State(shared): State<SharedRef>) -> Response {
 
 async fn status(State(shared): State<SharedRef>) -> impl IntoResponse {
     Json(shared.status())
+}
+
+/// The largest body any worker service accepts (its max_frame, less the header).
+fn max_body(shared: &SharedRef) -> usize {
+    shared
+        .config
+        .services
+        .iter()
+        .map(|s| s.max_frame)
+        .max()
+        .unwrap_or(paddock_protocol::DEFAULT_MAX_FRAME)
+        .saturating_sub(1024)
+}
+
+async fn metrics(State(shared): State<SharedRef>) -> Response {
+    let m = &shared.supervisor.metrics;
+    for s in shared.supervisor.status() {
+        for state in [
+            "starting",
+            "ready",
+            "busy",
+            "replacing",
+            "restarting",
+            "backoff",
+            "stopping",
+            "stopped",
+            "failed",
+        ] {
+            let n = s.workers.iter().filter(|w| w.state == state).count();
+            m.workers
+                .get_or_create(&super::metrics::StateLabels {
+                    service: s.name.clone(),
+                    state: state.into(),
+                })
+                .set(n as i64);
+        }
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        m.encode(),
+    )
+        .into_response()
+}
+
+async fn call_default(
+    State(shared): State<SharedRef>,
+    Path(service): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    call(shared, service, "predict".into(), headers, body).await
+}
+
+async fn call_method(
+    State(shared): State<SharedRef>,
+    Path((service, method)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    call(shared, service, method, headers, body).await
+}
+
+fn error(code: StatusCode, service: &str, message: String, cause: serde_json::Value) -> Response {
+    let mut r = (
+        code,
+        Json(json!({"error": message, "service": service, "cause": cause})),
+    )
+        .into_response();
+    if code == StatusCode::SERVICE_UNAVAILABLE {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    }
+    r
+}
+
+async fn call(
+    shared: SharedRef,
+    service: String,
+    method: String,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    use super::dispatch::Outcome;
+    let Some(svc) = shared.supervisor.service(&service) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            &service,
+            format!("no service named {service:?}"),
+            json!(null),
+        );
+    };
+    let Some(dispatcher) = &svc.dispatcher else {
+        let hint = match svc.port {
+            Some(p) => {
+                format!("service {service:?} is a process service: call it on its own port, {p}")
+            }
+            None => format!(
+                "service {service:?} is a process service and takes no requests through the gateway"
+            ),
+        };
+        return error(StatusCode::NOT_FOUND, &service, hint, json!(null));
+    };
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/octet-stream")
+        .to_string();
+    let t = Instant::now();
+    let rx = dispatcher.submit(method.clone(), content_type, body.to_vec());
+    let outcome = rx.await.unwrap_or(Outcome::ShuttingDown);
+    let m = &shared.supervisor.metrics;
+    m.requests
+        .get_or_create(&super::metrics::RequestLabels {
+            service: service.clone(),
+            method: method.clone(),
+            outcome: outcome.label().into(),
+        })
+        .inc();
+    m.latency
+        .get_or_create(&super::metrics::MethodLabels {
+            service: service.clone(),
+            method: method.clone(),
+        })
+        .observe(t.elapsed().as_secs_f64());
+    let timeout = svc.config.request_timeout.as_millis();
+    match outcome {
+        Outcome::Ok { content_type, body } => {
+            let mut r = (StatusCode::OK, body).into_response();
+            if let Ok(v) = header::HeaderValue::from_str(&content_type) {
+                r.headers_mut().insert(header::CONTENT_TYPE, v);
+            }
+            r
+        }
+        Outcome::HandlerError {
+            message,
+            traceback,
+            worker,
+        } => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &service,
+            format!("handler {method:?} raised: {message}"),
+            json!({"worker": worker, "traceback": traceback}),
+        ),
+        Outcome::Crashed { cause } => error(
+            StatusCode::BAD_GATEWAY,
+            &service,
+            format!(
+                "worker {} crashed while serving the request: it {}",
+                cause["worker"],
+                cause["description"].as_str().unwrap_or("died")
+            ),
+            cause,
+        ),
+        Outcome::Poison { cause } => error(
+            StatusCode::BAD_GATEWAY,
+            &service,
+            format!(
+                "poison request: it killed {} workers and will not be retried",
+                cause["workers_killed_by_this_request"]
+            ),
+            cause,
+        ),
+        Outcome::DeadlineKilled { cause } => error(
+            StatusCode::GATEWAY_TIMEOUT,
+            &service,
+            format!("deadline of {timeout}ms passed; the worker was killed and is being replaced"),
+            cause,
+        ),
+        Outcome::NotFound { message } => {
+            error(StatusCode::NOT_FOUND, &service, message, json!(null))
+        }
+        Outcome::QueueFull => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &service,
+            format!("queue full ({} requests waiting)", svc.config.max_queue),
+            json!({"max_queue": svc.config.max_queue}),
+        ),
+        Outcome::QueueTimeout => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &service,
+            format!(
+                "no worker became free within queue_timeout ({}ms)",
+                svc.config.queue_timeout.as_millis()
+            ),
+            json!(null),
+        ),
+        Outcome::ShuttingDown => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &service,
+            "paddock is stopping".into(),
+            json!(null),
+        ),
+    }
 }
 
 async fn not_found(req: Request) -> Response {

@@ -30,6 +30,14 @@ pub enum State {
         since: Instant,
         probe_failures: u32,
     },
+    /// Serving one request (worker services).
+    Busy {
+        since: Instant,
+    },
+    /// Being killed on purpose (a deadline): replaced at once, not counted as a failure.
+    Replacing {
+        reason: String,
+    },
     /// Being killed so that it can be restarted; `reason` is the failure.
     Restarting {
         reason: String,
@@ -52,6 +60,8 @@ impl State {
         match self {
             State::Starting { .. } => "starting",
             State::Ready { .. } => "ready",
+            State::Busy { .. } => "busy",
+            State::Replacing { .. } => "replacing",
             State::Restarting { .. } => "restarting",
             State::Backoff { .. } => "backoff",
             State::Stopping => "stopping",
@@ -66,6 +76,8 @@ impl State {
             self,
             State::Starting { .. }
                 | State::Ready { .. }
+                | State::Busy { .. }
+                | State::Replacing { .. }
                 | State::Restarting { .. }
                 | State::Stopping
         )
@@ -92,6 +104,16 @@ pub enum Event {
     PortStolen(String),
     BackoffElapsed,
     StopRequested,
+    /// A request was handed to the worker.
+    Dispatched,
+    /// The worker answered its request.
+    Finished,
+    /// The request's deadline passed: the worker is killed and replaced.
+    DeadlinePassed,
+    /// The worker broke the protocol (bad frame, wrong id): kill, counts as a failure.
+    ProtocolViolation(String),
+    /// The worker's setup raised (SETUP_FAILED with this traceback).
+    SetupFailed(String),
 }
 
 /// What the actor must do.
@@ -220,6 +242,62 @@ impl Lifecycle {
                     (Restarting { reason }, vec![Kill])
                 }
             }
+            (Ready { .. }, Event::Dispatched) => (Busy { since: now }, vec![]),
+            (Busy { .. }, Event::Finished) => (
+                Ready {
+                    since: now,
+                    probe_failures: 0,
+                },
+                vec![],
+            ),
+            (Busy { .. }, Event::DeadlinePassed) => (
+                Replacing {
+                    reason: "request deadline passed".into(),
+                },
+                vec![Kill],
+            ),
+            (Starting { .. } | Ready { .. } | Busy { .. }, Event::ProtocolViolation(why)) => {
+                let reason = format!("protocol violation: {why}");
+                if self.initial {
+                    (
+                        Failed {
+                            reason: reason.clone(),
+                        },
+                        vec![
+                            Kill,
+                            FailStart {
+                                code: crate::exit::FAILURE,
+                                message: reason,
+                            },
+                        ],
+                    )
+                } else {
+                    (Restarting { reason }, vec![Kill])
+                }
+            }
+            (Starting { .. }, Event::SetupFailed(traceback)) => {
+                let reason = format!("setup() raised an exception:\n{}", traceback.trim_end());
+                if self.initial {
+                    (
+                        Failed {
+                            reason: "setup() raised an exception".into(),
+                        },
+                        vec![
+                            Kill,
+                            FailStart {
+                                code: crate::exit::FAILURE,
+                                message: reason,
+                            },
+                        ],
+                    )
+                } else {
+                    (Restarting { reason }, vec![Kill])
+                }
+            }
+            (Replacing { .. }, Event::Exited(_)) => {
+                self.restarts += 1;
+                (Starting { since: now }, vec![Spawn])
+            }
             (
                 Ready {
                     since,
@@ -255,7 +333,7 @@ impl Lifecycle {
                     )
                 }
             }
-            (Starting { .. } | Ready { .. }, Event::Exited(cause)) => {
+            (Starting { .. } | Ready { .. } | Busy { .. }, Event::Exited(cause)) => {
                 self.failure(cause.description, now)
             }
             (Starting { .. } | Ready { .. } | Backoff { .. }, Event::SpawnFailed(why)) => {
@@ -435,6 +513,51 @@ mod tests {
         assert_eq!(l.on(bad(), t), vec![Action::Terminate]);
         let a = l.on(exit(143), t);
         assert!(matches!(a[0], Action::Wait(_)));
+    }
+
+    #[test]
+    fn deadline_replaces_without_counting_a_failure() {
+        let t = Instant::now();
+        let mut l = ready_slot(t);
+        for _ in 0..10 {
+            assert!(l.on(Event::Dispatched, t).is_empty());
+            assert_eq!(l.on(Event::DeadlinePassed, t), vec![Action::Kill]);
+            assert_eq!(l.on(exit(137), t), vec![Action::Spawn]);
+            l.on(Event::ProvenReady, t);
+            assert_eq!(l.state.name(), "ready");
+        }
+        assert_eq!(l.restarts, 10);
+    }
+
+    #[test]
+    fn a_crash_while_busy_is_a_failure() {
+        let t = Instant::now();
+        let mut l = ready_slot(t);
+        l.on(Event::Dispatched, t);
+        assert!(matches!(l.on(exit(139), t)[0], Action::Wait(_)));
+    }
+
+    #[test]
+    fn protocol_violation_kills() {
+        let t = Instant::now();
+        let mut l = ready_slot(t);
+        l.on(Event::Dispatched, t);
+        assert_eq!(
+            l.on(Event::ProtocolViolation("garbage".into()), t),
+            vec![Action::Kill]
+        );
+        assert!(matches!(l.on(exit(137), t)[0], Action::Wait(_)));
+    }
+
+    #[test]
+    fn setup_failure_fails_the_start() {
+        let t = Instant::now();
+        let (mut l, _) = Lifecycle::new(policy(), t);
+        let a = l.on(Event::SetupFailed("Traceback".into()), t);
+        assert_eq!(a[0], Action::Kill);
+        assert!(
+            matches!(&a[1], Action::FailStart { code: 1, message } if message.contains("Traceback"))
+        );
     }
 
     #[test]

@@ -11,15 +11,18 @@
 //!    releases the lock.
 
 mod control_server;
+mod dispatch;
 mod env;
 mod gateway;
 mod groups;
 mod lifecycle;
 mod logsink;
+mod metrics;
 mod notify;
 mod ports;
 mod probe;
 pub mod report;
+mod service;
 mod shared;
 mod spawner;
 mod supervisor;
@@ -135,15 +138,19 @@ async fn main(launch: Launch) -> i32 {
         }
     };
 
-    let (supervisor, mut startup) =
-        match supervisor::Supervisor::launch(&config, spawner.clone(), groups.clone(), &paths.logs)
-        {
-            Ok(x) => x,
-            Err(e) => {
-                reporter.verdict(exit::FAILURE, &e.to_string(), None);
-                return exit::FAILURE;
-            }
-        };
+    let (supervisor, mut startup) = match supervisor::Supervisor::launch(
+        &config,
+        spawner.clone(),
+        groups.clone(),
+        &paths.logs,
+        Arc::new(metrics::Metrics::new()),
+    ) {
+        Ok(x) => x,
+        Err(e) => {
+            reporter.verdict(exit::FAILURE, &e.to_string(), None);
+            return exit::FAILURE;
+        }
+    };
     let (shutdown, mut shutdown_rx) = watch::channel(false);
     let shared = Arc::new(shared::Shared {
         config,

@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 
 struct Request {
     command: StdCommand,
+    inherit: Option<(std::os::fd::RawFd, std::os::fd::RawFd)>,
     reply: oneshot::Sender<std::io::Result<Child>>,
 }
 
@@ -34,7 +35,7 @@ impl Spawner {
             .spawn(move || {
                 let _guard = runtime.enter();
                 for mut req in rx {
-                    paddock_sys::spawn::supervise(&mut req.command, daemon_pid);
+                    paddock_sys::spawn::supervise(&mut req.command, daemon_pid, req.inherit);
                     let mut cmd = tokio::process::Command::from(req.command);
                     cmd.kill_on_drop(false);
                     let _ = req.reply.send(cmd.spawn());
@@ -47,9 +48,23 @@ impl Spawner {
     /// Spawns `command` as a supervised worker (own process group, parent-death
     /// signal) and returns its handle.
     pub async fn spawn(&self, command: StdCommand) -> std::io::Result<Child> {
+        self.spawn_with_fd(command, None).await
+    }
+
+    /// Like [`Spawner::spawn`], handing the child `fd` as descriptor `target`. The
+    /// caller keeps `fd` open until this returns.
+    pub async fn spawn_with_fd(
+        &self,
+        command: StdCommand,
+        inherit: Option<(std::os::fd::RawFd, std::os::fd::RawFd)>,
+    ) -> std::io::Result<Child> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Request { command, reply })
+            .send(Request {
+                command,
+                inherit,
+                reply,
+            })
             .map_err(|_| std::io::Error::other("the spawner thread is gone"))?;
         rx.await
             .map_err(|_| std::io::Error::other("the spawner thread dropped the request"))?

@@ -1,5 +1,6 @@
-//! The supervisor: starts one actor per worker slot, and answers for the services
-//! as a whole — their status, whether they are ready, and stopping them all.
+//! The supervisor: starts one coordinator per service (which starts one actor per
+//! worker), and answers for the services as a whole — their status, whether they
+//! are ready, reloading and stopping them all.
 //!
 //! It holds handles, not state: each worker's state belongs to its actor and is
 //! read here through `watch` receivers.
@@ -7,21 +8,19 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
-use super::worker::{self, Command, Deps, StartupEvent};
+use super::dispatch::Dispatcher;
+use super::metrics::Metrics;
+use super::service::{self, Order, Plan, ServiceHandle};
+use super::worker::{Deps, StartupEvent};
 use super::{env, groups::Groups, logsink::LogSink, ports, spawner::Spawner};
-use crate::config::{Config, PortSpec, Service};
+use crate::config::{Config, Kind, PortSpec};
 use crate::status::ServiceStatus;
 
-pub struct ServiceRuntime {
-    pub config: Arc<Service>,
-    pub ports: Vec<Option<u16>>,
-    pub workers: Vec<worker::Handle>,
-}
-
 pub struct Supervisor {
-    pub services: Vec<ServiceRuntime>,
+    pub services: Vec<ServiceHandle>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// A service could not even be launched (its fixed port is taken, say).
@@ -33,29 +32,23 @@ pub struct LaunchError {
 }
 
 impl Supervisor {
-    /// Resolves ports and starts every worker's actor. Startup progress and the
-    /// verdict of each worker arrive on the returned channel.
+    /// Resolves ports and starts every service. Startup progress and the verdict of
+    /// each worker arrive on the returned channel.
     pub fn launch(
         config: &Config,
         spawner: Spawner,
         groups: Groups,
         logs_dir: &std::path::Path,
+        metrics: Arc<Metrics>,
     ) -> Result<(Supervisor, mpsc::UnboundedReceiver<StartupEvent>), LaunchError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let inherited: BTreeMap<String, String> = std::env::vars().collect();
         let cores = paddock_sys::available_cores();
         let total = config.total_workers();
-        let mut services = vec![];
         // Resolve every port before starting anything, so a taken port fails the
         // start before any process exists.
-        let mut plans = vec![];
+        let mut port_plans = vec![];
         for s in &config.services {
-            if s.kind == crate::config::Kind::Worker {
-                return Err(LaunchError {
-                    service: s.name.to_string(),
-                    message: "kind = \"worker\" services are not available in this version yet; use kind = \"process\"".into(),
-                });
-            }
             let mut ports_of = vec![];
             for _ in 0..s.workers {
                 let port = match s.port {
@@ -78,9 +71,10 @@ impl Supervisor {
                 };
                 ports_of.push(port);
             }
-            plans.push(ports_of);
+            port_plans.push(ports_of);
         }
-        for (s, ports_of) in config.services.iter().zip(plans) {
+        let mut services = vec![];
+        for (s, ports_of) in config.services.iter().zip(port_plans) {
             let service = Arc::new(s.clone());
             let logs = LogSink::start(
                 s.name.as_str(),
@@ -88,40 +82,46 @@ impl Supervisor {
                 config.instance.log_max_bytes,
                 config.instance.log_max_files,
             );
+            let dispatcher = (s.kind == Kind::Worker).then(|| {
+                Dispatcher::start(
+                    s.name.as_str(),
+                    s.max_queue,
+                    s.queue_timeout,
+                    metrics.clone(),
+                )
+            });
             let deps = Deps {
                 spawner: spawner.clone(),
                 groups: groups.clone(),
                 logs,
                 startup: tx.clone(),
+                metrics: metrics.clone(),
+                dispatcher,
+                coordinator: mpsc::unbounded_channel().0,
             };
-            let workers = ports_of
+            let plans = ports_of
                 .iter()
                 .enumerate()
-                .map(|(i, &port)| {
-                    let index = i as u32;
-                    worker::start(
-                        worker::Spec {
-                            service: service.clone(),
-                            index,
-                            port,
-                            argv: env::expand_argv(&s.command, port),
-                            env_set: env::worker_env(s, index, total, cores, port, &inherited),
-                        },
-                        deps.clone(),
-                    )
+                .map(|(i, &port)| Plan {
+                    index: i as u32,
+                    port,
+                    argv: env::expand_argv(&s.command, port),
+                    env_set: env::worker_env(s, i as u32, total, cores, port, &inherited),
                 })
                 .collect();
-            services.push(ServiceRuntime {
-                config: service,
-                ports: ports_of,
-                workers,
-            });
+            services.push(service::start(service, plans, deps));
         }
-        Ok((Supervisor { services }, rx))
+        Ok((Supervisor { services, metrics }, rx))
     }
 
     pub fn worker_count(&self) -> usize {
-        self.services.iter().map(|s| s.workers.len()).sum()
+        self.services.iter().map(|s| s.initial_workers).sum()
+    }
+
+    pub fn service(&self, name: &str) -> Option<&ServiceHandle> {
+        self.services
+            .iter()
+            .find(|s| s.config.name.as_str() == name)
     }
 
     /// Each service's status, from its workers' latest published states.
@@ -131,10 +131,13 @@ impl Supervisor {
             .map(|s| {
                 let workers: Vec<_> = s
                     .workers
+                    .borrow()
                     .iter()
-                    .map(|w| w.status.borrow().clone())
+                    .map(|w| w.borrow().clone())
                     .collect();
-                let ready = workers.iter().filter(|w| w.state == "ready").count();
+                let serving =
+                    |w: &&crate::status::WorkerStatus| w.state == "ready" || w.state == "busy";
+                let ready = workers.iter().filter(serving).count();
                 let failed: Vec<_> = workers.iter().filter(|w| w.state == "failed").collect();
                 let (state, reason) = if ready == workers.len() {
                     ("ready", None)
@@ -165,27 +168,46 @@ impl Supervisor {
                     kind: format!("{:?}", s.config.kind).to_lowercase(),
                     state: state.into(),
                     reason,
-                    port: s.ports.first().copied().flatten(),
+                    port: s.port,
                     workers,
                 }
             })
             .collect()
     }
 
+    /// Replaces every worker of every service, one at a time.
+    pub async fn reload(&self) -> Result<Vec<String>, String> {
+        let mut lines = vec![];
+        for s in &self.services {
+            let (tx, rx) = oneshot::channel();
+            s.orders
+                .send(Order::Reload(tx))
+                .map_err(|_| format!("service {} is stopping", s.config.name))?;
+            let done = rx
+                .await
+                .map_err(|_| format!("service {} is stopping", s.config.name))??;
+            lines.extend(done);
+        }
+        Ok(lines)
+    }
+
     /// Stops every worker (SIGTERM, then SIGKILL after the service's stop_timeout)
-    /// and waits until all are gone.
+    /// and waits until all are gone. Queued requests are answered 503.
     pub async fn stop(&self) {
         for s in &self.services {
-            for w in &s.workers {
-                let _ = w.commands.send(Command::Stop);
+            if let Some(d) = &s.dispatcher {
+                d.close();
             }
         }
+        let mut waits = vec![];
         for s in &self.services {
-            for w in &s.workers {
-                let mut st = w.status.clone();
-                // Err means the actor ended, which it does only once stopped.
-                let _ = st.wait_for(|x| x.state == "stopped").await;
+            let (tx, rx) = oneshot::channel();
+            if s.orders.send(Order::Stop(tx)).is_ok() {
+                waits.push(rx);
             }
+        }
+        for w in waits {
+            let _ = w.await;
         }
     }
 }

@@ -1,12 +1,18 @@
 //! The worker actor: one task owns one worker slot of a service — its process, its
-//! timers, its probes — and drives the [`Lifecycle`] state machine.
+//! protocol socket, its timers, its probes, the request it is serving — and drives
+//! the [`Lifecycle`] state machine.
 //!
 //! Invariants:
 //! - only this task signals its process group, so a kill can never hit a newer
 //!   generation by mistake;
+//! - at most one request is outstanding, and only a reply carrying exactly its id
+//!   (generation in the high bits) can answer it; anything else from the worker is a
+//!   protocol violation that kills it;
 //! - after any exit the whole process group is SIGKILLed and forgotten by the
 //!   registry before anything else is spawned: a crashed worker's children never
 //!   linger;
+//! - the request a dying worker held is answered (502/504) or, when the policy says
+//!   so, retried elsewhere — never dropped;
 //! - the status other tasks read is published through a `watch` channel after every
 //!   transition; nobody else holds the state.
 
@@ -15,13 +21,19 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use paddock_protocol::Frame;
+use paddock_protocol::io::{ReadError, read_frame, write_frame};
+use serde_json::json;
+use tokio::net::unix::OwnedWriteHalf;
 use tokio::process::Child;
 use tokio::sync::{mpsc, watch};
 use tokio::time::sleep_until;
 
+use super::dispatch::{Dispatcher, Job, Outcome};
 use super::groups::Groups;
 use super::lifecycle::{Action, Event, Lifecycle, Policy, State};
 use super::logsink::{LogSink, Stream};
+use super::metrics::{CauseLabels, Metrics};
 use super::ports::{self, Ownership};
 use super::spawner::Spawner;
 use crate::config::{Kind, Service};
@@ -54,7 +66,19 @@ pub enum StartupEvent {
 /// Orders for a worker's actor.
 #[derive(Debug)]
 pub enum Command {
+    /// Stop now (SIGTERM, then SIGKILL after stop_timeout).
     Stop,
+    /// Serve this request.
+    Serve(Job),
+    /// Take no more requests; stop once the current one is answered.
+    Retire,
+}
+
+/// What the actor asks of its service's coordinator.
+#[derive(Debug)]
+pub enum Ask {
+    /// Replace me (a replacement first, then retire me): max_requests or max_rss.
+    Recycle { wid: u64, reason: String },
 }
 
 /// What the actor needs from the daemon.
@@ -64,19 +88,29 @@ pub struct Deps {
     pub groups: Groups,
     pub logs: LogSink,
     pub startup: mpsc::UnboundedSender<StartupEvent>,
+    pub metrics: Arc<Metrics>,
+    pub dispatcher: Option<Dispatcher>,
+    pub coordinator: mpsc::UnboundedSender<Ask>,
 }
 
 /// Everything fixed about one worker slot.
 pub struct Spec {
     pub service: Arc<Service>,
     pub index: u32,
+    /// Unique among the service's actors (a slot's replacement gets a new one).
+    pub wid: u64,
     pub port: Option<u16>,
     pub argv: Vec<String>,
     pub env_set: BTreeMap<String, String>,
+    /// Part of the initial start: a failure fails `paddock start`.
+    pub initial: bool,
+    /// The generation of this slot's previous process (0 for a new slot).
+    pub generation: u64,
 }
 
 /// The supervisor's handle to a worker actor.
 pub struct Handle {
+    pub wid: u64,
     pub status: watch::Receiver<WorkerStatus>,
     pub commands: mpsc::UnboundedSender<Command>,
 }
@@ -84,7 +118,7 @@ pub struct Handle {
 pub fn start(spec: Spec, deps: Deps) -> Handle {
     let (status_tx, status) = watch::channel(WorkerStatus {
         index: spec.index,
-        generation: 0,
+        generation: spec.generation,
         state: "starting".into(),
         pid: None,
         restarts: 0,
@@ -94,8 +128,21 @@ pub fn start(spec: Spec, deps: Deps) -> Handle {
         env_set: spec.env_set.clone(),
     });
     let (commands, rx) = mpsc::unbounded_channel();
-    tokio::spawn(Actor::new(spec, deps, status_tx).run(rx));
-    Handle { status, commands }
+    let wid = spec.wid;
+    tokio::spawn(Actor::new(spec, deps, status_tx, commands.clone()).run(rx));
+    Handle {
+        wid,
+        status,
+        commands,
+    }
+}
+
+struct Conn {
+    frames: mpsc::Receiver<Result<Frame, ReadError>>,
+    writer: OwnedWriteHalf,
+    hello: bool,
+    methods: Vec<String>,
+    idempotent: Vec<String>,
 }
 
 struct Running {
@@ -103,15 +150,34 @@ struct Running {
     pid: i32,
     readers: Vec<tokio::task::JoinHandle<()>>,
     oom_kills_at_spawn: Option<u64>,
+    spawned: Instant,
+}
+
+struct InFlight {
+    id: u64,
+    job: Job,
+    deadline: Instant,
+    started: Instant,
+    idempotent: bool,
 }
 
 struct Actor {
     spec: Spec,
     deps: Deps,
     status: watch::Sender<WorkerStatus>,
+    me: mpsc::UnboundedSender<Command>,
     life: Lifecycle,
     running: Option<Running>,
+    conn: Option<Conn>,
+    inflight: Option<InFlight>,
     generation: u64,
+    seq: u32,
+    served: u64,
+    recycle_after: u64,
+    recycle_asked: bool,
+    retiring: bool,
+    announced: bool,
+    crashed_at: Option<Instant>,
     last_exit: Option<ExitCause>,
     /// When to send SIGKILL to a group that was sent SIGTERM.
     kill_at: Option<Instant>,
@@ -123,7 +189,12 @@ struct Actor {
 }
 
 impl Actor {
-    fn new(spec: Spec, deps: Deps, status: watch::Sender<WorkerStatus>) -> Actor {
+    fn new(
+        spec: Spec,
+        deps: Deps,
+        status: watch::Sender<WorkerStatus>,
+        me: mpsc::UnboundedSender<Command>,
+    ) -> Actor {
         let s = &spec.service;
         let policy = Policy {
             health_failures: s.health_failures,
@@ -132,14 +203,26 @@ impl Actor {
             crash_loop_failures: s.crash_loop_failures,
             crash_loop_window: s.crash_loop_window,
         };
-        let (life, _) = Lifecycle::new(policy, Instant::now());
+        let (mut life, _) = Lifecycle::new(policy, Instant::now());
+        life.initial = spec.initial;
+        let generation = spec.generation;
         Actor {
             spec,
             deps,
             status,
+            me,
             life,
             running: None,
-            generation: 0,
+            conn: None,
+            inflight: None,
+            generation,
+            seq: 0,
+            served: 0,
+            recycle_after: 0,
+            recycle_asked: false,
+            retiring: false,
+            announced: false,
+            crashed_at: None,
             last_exit: None,
             kill_at: None,
             next_probe: Instant::now(),
@@ -154,6 +237,10 @@ impl Actor {
         format!("{}/{}", self.spec.service.name, self.spec.index)
     }
 
+    fn service(&self) -> &str {
+        self.spec.service.name.as_str()
+    }
+
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
         self.execute(vec![Action::Spawn]).await;
         loop {
@@ -163,31 +250,50 @@ impl Actor {
                 let after = &self.life.state;
                 if before != after.name() {
                     match after {
-                        State::Failed { reason } | State::Restarting { reason } => {
+                        State::Failed { reason }
+                        | State::Restarting { reason }
+                        | State::Replacing { reason } => {
                             tracing::warn!(worker = %self.name(), "{before} -> {}: {reason}", after.name())
                         }
+                        State::Busy { .. } => {}
+                        _ if before == "busy" => {}
                         _ => tracing::info!(worker = %self.name(), "{before} -> {}", after.name()),
                     }
                 }
                 self.execute(actions).await;
             }
+            self.after_transition();
             self.publish();
             if self.life.state == State::Stopped && self.running.is_none() {
                 return;
             }
             let starting = matches!(self.life.state, State::Starting { .. });
-            let probing = starting || matches!(self.life.state, State::Ready { .. });
+            let probing = self.spec.service.kind == Kind::Process
+                && (starting || matches!(self.life.state, State::Ready { .. }));
             let startup_deadline = match self.life.state {
                 State::Starting { since } => Some(since + self.spec.service.startup_timeout),
                 _ => None,
             };
+            let request_deadline = self.inflight.as_ref().map(|f| f.deadline);
+            let rss_watch =
+                self.spec.service.max_rss > 0 && self.running.is_some() && !self.recycle_asked;
             let far = Instant::now() + Duration::from_secs(86400);
             let event = tokio::select! {
                 biased;
                 cmd = commands.recv() => match cmd {
                     Some(Command::Stop) | None => Some(Event::StopRequested),
+                    Some(Command::Serve(job)) => self.serve(job).await,
+                    Some(Command::Retire) => {
+                        self.retiring = true;
+                        if self.inflight.is_none() { Some(Event::StopRequested) } else { None }
+                    }
                 },
                 status = wait(&mut self.running) => Some(self.collect_exit(status).await),
+                frame = next_frame(&mut self.conn) => self.on_frame(frame),
+                _ = sleep_until(request_deadline.unwrap_or(far).into()), if request_deadline.is_some() => {
+                    self.deadline_passed();
+                    Some(Event::DeadlinePassed)
+                }
                 _ = sleep_until(self.kill_at.unwrap_or(far).into()), if self.kill_at.is_some() => {
                     self.kill_at = None;
                     if let Some(r) = &self.running {
@@ -205,11 +311,265 @@ impl Actor {
                 _ = sleep_until(self.next_probe.into()), if probing && self.running.is_some() => {
                     self.probe(starting).await
                 }
+                _ = tokio::time::sleep(Duration::from_secs(1)), if rss_watch => {
+                    self.check_rss();
+                    None
+                }
             };
             if let Some(ev) = event {
                 self.pending.push_back(ev);
             }
         }
+    }
+
+    /// Offers this worker to the dispatcher whenever it is ready and idle.
+    fn after_transition(&mut self) {
+        let ready = matches!(self.life.state, State::Ready { .. }) && self.inflight.is_none();
+        if !ready {
+            return;
+        }
+        if self.retiring {
+            self.pending.push_back(Event::StopRequested);
+            return;
+        }
+        if !self.announced
+            && let Some(d) = &self.deps.dispatcher
+        {
+            d.idle(self.spec.wid, self.me.clone());
+            self.announced = true;
+        }
+    }
+
+    /// Sends a request to the worker, or hands it back when this worker cannot take it.
+    async fn serve(&mut self, job: Job) -> Option<Event> {
+        self.announced = false;
+        let dispatcher = self.deps.dispatcher.clone()?;
+        let ready = matches!(self.life.state, State::Ready { .. })
+            && self.inflight.is_none()
+            && !self.retiring;
+        let Some(conn) = self.conn.as_mut().filter(|_| ready) else {
+            dispatcher.requeue(job);
+            return None;
+        };
+        if !conn.methods.contains(&job.method) {
+            let message = format!(
+                "service {} has no handler {:?} (it has: {})",
+                self.spec.service.name,
+                job.method,
+                conn.methods.join(", ")
+            );
+            let _ = job.reply.send(Outcome::NotFound { message });
+            return None;
+        }
+        self.seq = self.seq.wrapping_add(1);
+        let id = paddock_protocol::request_id(self.generation as u32, self.seq);
+        let timeout = self.spec.service.request_timeout;
+        let frame = Frame::Request(paddock_protocol::Request {
+            id,
+            deadline_ms: timeout.as_millis().min(u32::MAX as u128) as u32,
+            method: job.method.clone(),
+            content_type: job.content_type.clone(),
+            body: job.body.clone(),
+        });
+        let idempotent = conn.idempotent.contains(&job.method);
+        if let Err(e) = write_frame(&mut conn.writer, &frame).await {
+            // The worker is going away; its exit will follow. The request waits for another.
+            tracing::warn!(worker = %self.name(), "could not send a request: {e}");
+            self.conn = None;
+            dispatcher.requeue(job);
+            return None;
+        }
+        let now = Instant::now();
+        self.deps
+            .metrics
+            .in_flight
+            .get_or_create(&Metrics::service(self.service()))
+            .inc();
+        self.inflight = Some(InFlight {
+            id,
+            job,
+            deadline: now + timeout,
+            started: now,
+            idempotent,
+        });
+        Some(Event::Dispatched)
+    }
+
+    fn finish(&mut self, outcome: Outcome) {
+        if let Some(f) = self.inflight.take() {
+            self.deps
+                .metrics
+                .in_flight
+                .get_or_create(&Metrics::service(self.service()))
+                .dec();
+            let _ = f.started;
+            let _ = f.job.reply.send(outcome);
+        }
+    }
+
+    fn on_frame(&mut self, frame: Option<Result<Frame, ReadError>>) -> Option<Event> {
+        let conn = self.conn.as_mut()?;
+        let frame = match frame {
+            None | Some(Err(ReadError::Closed)) => {
+                // The worker closed its socket: its exit follows.
+                self.conn = None;
+                return None;
+            }
+            Some(Err(e)) => return Some(Event::ProtocolViolation(e.to_string())),
+            Some(Ok(f)) => f,
+        };
+        if !conn.hello {
+            return match frame {
+                Frame::Hello { version, pid, meta } => {
+                    if version != paddock_protocol::VERSION {
+                        return Some(Event::ProtocolViolation(format!(
+                            "the worker speaks protocol version {version}; this daemon speaks {}",
+                            paddock_protocol::VERSION
+                        )));
+                    }
+                    conn.hello = true;
+                    tracing::debug!(worker = %self.name(), pid, "HELLO {meta}");
+                    self.progress("loading (HELLO received)".into());
+                    None
+                }
+                other => Some(Event::ProtocolViolation(format!(
+                    "frame 0x{:02x} before HELLO",
+                    other.kind()
+                ))),
+            };
+        }
+        match frame {
+            Frame::Ready { json } => {
+                if !matches!(self.life.state, State::Starting { .. }) {
+                    return Some(Event::ProtocolViolation("READY when not starting".into()));
+                }
+                let v: serde_json::Value = match serde_json::from_str(&json) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        return Some(Event::ProtocolViolation(format!("READY is not JSON: {e}")));
+                    }
+                };
+                let list = |k: &str| -> Vec<String> {
+                    v[k].as_array()
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|x| x.as_str().map(String::from))
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                };
+                conn.methods = list("methods");
+                conn.idempotent = list("idempotent");
+                if let Some(r) = &self.running {
+                    let secs = r.spawned.elapsed().as_secs_f64();
+                    self.deps
+                        .metrics
+                        .load_seconds
+                        .get_or_create(&Metrics::service(self.service()))
+                        .observe(secs);
+                }
+                Some(Event::ProvenReady)
+            }
+            Frame::SetupFailed { text } => Some(Event::SetupFailed(text)),
+            Frame::Reply {
+                id,
+                content_type,
+                body,
+            } => match &self.inflight {
+                Some(f) if f.id == id => {
+                    self.finish(Outcome::Ok { content_type, body });
+                    self.after_request();
+                    Some(Event::Finished)
+                }
+                _ => Some(self.wrong_id(id)),
+            },
+            Frame::Error {
+                id,
+                message,
+                traceback,
+            } => match &self.inflight {
+                Some(f) if f.id == id => {
+                    let worker = self.spec.index;
+                    self.finish(Outcome::HandlerError {
+                        message,
+                        traceback,
+                        worker,
+                    });
+                    self.after_request();
+                    Some(Event::Finished)
+                }
+                _ => Some(self.wrong_id(id)),
+            },
+            Frame::StreamStart { .. } | Frame::Chunk { .. } | Frame::StreamEnd { .. } => {
+                Some(Event::ProtocolViolation(
+                    "streamed replies are not supported by this daemon yet".into(),
+                ))
+            }
+            other => Some(Event::ProtocolViolation(format!(
+                "unexpected frame 0x{:02x} from a worker",
+                other.kind()
+            ))),
+        }
+    }
+
+    fn wrong_id(&self, id: u64) -> Event {
+        let outstanding = self
+            .inflight
+            .as_ref()
+            .map(|f| format!("{:#x}", f.id))
+            .unwrap_or_else(|| "none".into());
+        Event::ProtocolViolation(format!(
+            "reply to request {id:#x} (generation {}), but the outstanding request is {outstanding}",
+            paddock_protocol::generation_of(id)
+        ))
+    }
+
+    /// After a request was answered: count it, and ask for a recycle when due.
+    fn after_request(&mut self) {
+        self.served += 1;
+        if self.recycle_after > 0 && self.served >= self.recycle_after && !self.recycle_asked {
+            self.ask_recycle(format!("served {} requests (max_requests)", self.served));
+        }
+    }
+
+    fn ask_recycle(&mut self, reason: String) {
+        self.recycle_asked = true;
+        tracing::info!(worker = %self.name(), "asking for a recycle: {reason}");
+        let _ = self.deps.coordinator.send(Ask::Recycle {
+            wid: self.spec.wid,
+            reason,
+        });
+    }
+
+    fn check_rss(&mut self) {
+        let Some(r) = &self.running else { return };
+        let rss: u64 = paddock_sys::procfs::tree_of_group(r.pid)
+            .iter()
+            .filter_map(|&p| paddock_sys::procfs::rss_bytes(p))
+            .sum();
+        if rss > self.spec.service.max_rss {
+            self.ask_recycle(format!(
+                "resident memory {} MiB is over max_rss ({} MiB)",
+                rss >> 20,
+                self.spec.service.max_rss >> 20
+            ));
+        }
+    }
+
+    fn deadline_passed(&mut self) {
+        let Some(r) = &self.running else { return };
+        let pid = r.pid;
+        let timeout = self.spec.service.request_timeout;
+        let cause = json!({
+            "worker": self.spec.index,
+            "pid": pid,
+            "generation": self.generation,
+            "request_timeout_ms": timeout.as_millis() as u64,
+        });
+        let svc = Metrics::service(self.service());
+        self.deps.metrics.deadline_kills.get_or_create(&svc).inc();
+        self.finish(Outcome::DeadlineKilled { cause });
+        tracing::warn!(worker = %self.name(), pid, "request passed its {}ms deadline: killing the worker", timeout.as_millis());
     }
 
     /// Runs the readiness proof (while starting) or the liveness probe (when ready).
@@ -218,10 +578,6 @@ impl Actor {
         let pid = self.running.as_ref()?.pid;
         if starting {
             self.next_probe = Instant::now() + Duration::from_millis(100);
-            if s.kind == Kind::Worker {
-                // Worker-protocol services are proven by their READY frame.
-                return None;
-            }
             if let Some(port) = self.spec.port {
                 match ports::ownership(port, pid) {
                     Ownership::NotListening => {
@@ -315,8 +671,18 @@ impl Actor {
                 }
             }
         }
-        if matches!(self.life.state, State::Ready { .. }) && self.ready_since.is_none() {
+        if matches!(self.life.state, State::Ready { .. } | State::Busy { .. })
+            && self.ready_since.is_none()
+        {
             self.ready_since = Some(crate::timefmt::now());
+            if let Some(t) = self.crashed_at.take() {
+                let svc = Metrics::service(self.service());
+                self.deps
+                    .metrics
+                    .crash_to_ready
+                    .get_or_create(&svc)
+                    .observe(t.elapsed().as_secs_f64());
+            }
         }
     }
 
@@ -335,14 +701,51 @@ impl Actor {
             self.pending.push_back(Event::PortStolen(who));
             return;
         }
+        let next_generation = self.generation + 1;
+        // Worker services: a socketpair, one end inherited by the worker as fd 3.
+        let pair = if s.kind == Kind::Worker {
+            match std::os::unix::net::UnixStream::pair() {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    self.pending
+                        .push_back(Event::SpawnFailed(format!("socketpair: {e}")));
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        if pair.is_some() {
+            cmd.env("PADDOCK_FD", paddock_protocol::WORKER_FD.to_string())
+                .env("PADDOCK_MAX_FRAME", s.max_frame.to_string())
+                .env("PADDOCK_GENERATION", next_generation.to_string());
+        }
+        let inherit = pair.as_ref().map(|(_, theirs)| {
+            use std::os::fd::AsRawFd;
+            (theirs.as_raw_fd(), paddock_protocol::WORKER_FD)
+        });
         let oom_kills_at_spawn = paddock_sys::procfs::cgroup_oom_kills();
-        match self.deps.spawner.spawn(cmd).await {
+        match self.deps.spawner.spawn_with_fd(cmd, inherit).await {
             Ok(mut child) => {
                 let pid = child.id().map(|p| p as i32).unwrap_or(0);
                 self.deps.groups.add(pid);
-                self.generation += 1;
+                self.generation = next_generation;
+                self.seq = 0;
+                self.served = 0;
+                self.recycle_asked = false;
+                self.announced = false;
+                self.recycle_after = recycle_after(s.max_requests, super::jitter());
                 self.ready_since = None;
                 self.next_probe = Instant::now() + Duration::from_millis(50);
+                if let Some((ours, theirs)) = pair {
+                    drop(theirs);
+                    match connect(ours, s.max_frame) {
+                        Ok(c) => self.conn = Some(c),
+                        Err(e) => self
+                            .pending
+                            .push_back(Event::ProtocolViolation(format!("socket: {e}"))),
+                    }
+                }
                 let mut readers = vec![];
                 if let Some(out) = child.stdout.take() {
                     readers.push(self.deps.logs.capture(self.spec.index, Stream::Out, out));
@@ -364,6 +767,7 @@ impl Actor {
                     pid,
                     readers,
                     oom_kills_at_spawn,
+                    spawned: Instant::now(),
                 });
             }
             Err(e) => {
@@ -379,20 +783,24 @@ impl Actor {
     }
 
     /// After the process ended: gather its last output, kill what is left of its
-    /// group, and describe the cause.
+    /// group, answer the request it held, and describe the cause.
     async fn collect_exit(&mut self, status: std::io::Result<ExitStatus>) -> Event {
-        let r = self
+        let mut r = self
             .running
             .take()
             .expect("wait() only completes with a process");
-        let requested = matches!(self.life.state, State::Stopping | State::Restarting { .. });
+        self.conn = None;
+        let requested = matches!(
+            self.life.state,
+            State::Stopping | State::Restarting { .. } | State::Replacing { .. }
+        );
         self.kill_at = None;
         // Anything the worker started dies with it.
         paddock_sys::signal::kill_group(r.pid, paddock_sys::signal::SIGKILL);
         self.deps.groups.remove(r.pid);
         // Let the readers drain what the process wrote before it died; a grandchild
         // that kept the pipe open cannot hold us for more than a moment.
-        let readers = futures_join(r.readers);
+        let readers = join_all(std::mem::take(&mut r.readers));
         let _ = tokio::time::timeout(Duration::from_millis(500), readers).await;
         let mut cause = match status {
             Ok(st) => exit_cause(st, requested),
@@ -405,14 +813,16 @@ impl Actor {
                 description: format!("could not be waited for: {e}"),
             },
         };
-        if cause.signal.as_deref() == Some("SIGKILL") && !requested {
-            let now = paddock_sys::procfs::cgroup_oom_kills();
-            if let (Some(a), Some(b)) = (r.oom_kills_at_spawn, now)
-                && b > a
-            {
-                cause.oom_killed = true;
-                cause.description = "was killed by the kernel's OOM killer (out of memory)".into();
-            }
+        if cause.signal.as_deref() == Some("SIGKILL")
+            && !requested
+            && let (Some(a), Some(b)) = (
+                r.oom_kills_at_spawn,
+                paddock_sys::procfs::cgroup_oom_kills(),
+            )
+            && b > a
+        {
+            cause.oom_killed = true;
+            cause.description = "was killed by the kernel's OOM killer (out of memory)".into();
         }
         tracing::info!(worker = %self.name(), pid = r.pid, "{}", cause.description);
         self.deps
@@ -422,13 +832,76 @@ impl Actor {
                 format!("pid {} {}", r.pid, cause.description),
             )
             .await;
+        let restart_cause = match &self.life.state {
+            State::Stopping => None,
+            State::Replacing { .. } => Some("deadline"),
+            State::Restarting { reason } if reason.starts_with("protocol") => Some("protocol"),
+            State::Restarting { reason } if reason.starts_with("health") => Some("health"),
+            _ => Some("crash"),
+        };
+        if let Some(c) = restart_cause {
+            self.deps
+                .metrics
+                .restarts
+                .get_or_create(&CauseLabels {
+                    service: self.service().to_string(),
+                    cause: c.to_string(),
+                })
+                .inc();
+        }
+        if !requested {
+            self.crashed_at = Some(Instant::now());
+        }
+        if let Some(f) = self.inflight.take() {
+            self.deps
+                .metrics
+                .in_flight
+                .get_or_create(&Metrics::service(self.service()))
+                .dec();
+            self.resolve_crashed(f, r.pid, &cause).await;
+        }
         self.last_exit = Some(cause.clone());
         Event::Exited(cause)
     }
 
+    /// The request a dead worker held: retried elsewhere when allowed, else answered.
+    async fn resolve_crashed(&mut self, f: InFlight, pid: i32, cause: &ExitCause) {
+        let mut job = f.job;
+        if matches!(self.life.state, State::Stopping) {
+            let _ = job.reply.send(Outcome::ShuttingDown);
+            return;
+        }
+        job.crashes += 1;
+        let s = &self.spec.service;
+        let tail = self.deps.logs.tail(self.spec.index, TAIL_LINES).await;
+        let detail = json!({
+            "worker": self.spec.index,
+            "pid": pid,
+            "generation": self.generation,
+            "signal": cause.signal,
+            "exit_code": cause.exit_code,
+            "oom_killed": cause.oom_killed,
+            "description": cause.description,
+            "workers_killed_by_this_request": job.crashes,
+            "log_tail": tail,
+        });
+        if job.crashes >= s.poison_limit && s.poison_limit > 1 {
+            let _ = job.reply.send(Outcome::Poison { cause: detail });
+        } else if f.idempotent && job.crashes <= s.retry_on_crash && job.crashes < s.poison_limit {
+            tracing::info!(worker = %self.name(), "retrying {:?} on another worker after a crash", job.method);
+            if let Some(d) = &self.deps.dispatcher {
+                d.requeue(job);
+            }
+        } else {
+            let _ = job.reply.send(Outcome::Crashed { cause: detail });
+        }
+    }
+
     fn publish(&self) {
         let reason = match &self.life.state {
-            State::Failed { reason } | State::Restarting { reason } => Some(reason.clone()),
+            State::Failed { reason }
+            | State::Restarting { reason }
+            | State::Replacing { reason } => Some(reason.clone()),
             State::Backoff { until } => Some(format!(
                 "restarting in {:.1}s; last exit: {}",
                 until
@@ -442,7 +915,7 @@ impl Actor {
             _ => None,
         };
         let ready_since = match self.life.state {
-            State::Ready { .. } => self.ready_since.clone(),
+            State::Ready { .. } | State::Busy { .. } => self.ready_since.clone(),
             _ => None,
         };
         let next = WorkerStatus {
@@ -467,6 +940,46 @@ impl Actor {
     }
 }
 
+/// The request count after which a worker is recycled: `max` less up to 10 %.
+fn recycle_after(max: u64, jitter: f64) -> u64 {
+    if max == 0 {
+        return 0;
+    }
+    (max - (max as f64 * 0.1 * jitter) as u64).max(1)
+}
+
+/// Wraps our end of the socketpair; a task reads frames into a channel (reading is
+/// not cancel-safe, so it cannot sit in the actor's `select!`).
+fn connect(ours: std::os::unix::net::UnixStream, max_frame: usize) -> std::io::Result<Conn> {
+    ours.set_nonblocking(true)?;
+    let stream = tokio::net::UnixStream::from_std(ours)?;
+    let (mut read, writer) = stream.into_split();
+    let (tx, frames) = mpsc::channel(4);
+    tokio::spawn(async move {
+        loop {
+            let r = read_frame(&mut read, max_frame).await;
+            let stop = r.is_err();
+            if tx.send(r).await.is_err() || stop {
+                return;
+            }
+        }
+    });
+    Ok(Conn {
+        frames,
+        writer,
+        hello: false,
+        methods: vec![],
+        idempotent: vec![],
+    })
+}
+
+async fn next_frame(conn: &mut Option<Conn>) -> Option<Result<Frame, ReadError>> {
+    match conn {
+        Some(c) => c.frames.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The event for a kill of a process that never started (its spawn failed).
 fn not_running() -> Event {
     Event::Exited(ExitCause {
@@ -486,7 +999,7 @@ async fn wait(running: &mut Option<Running>) -> std::io::Result<ExitStatus> {
     }
 }
 
-async fn futures_join(handles: Vec<tokio::task::JoinHandle<()>>) {
+async fn join_all(handles: Vec<tokio::task::JoinHandle<()>>) {
     for h in handles {
         let _ = h.await;
     }
@@ -511,5 +1024,16 @@ fn exit_cause(st: ExitStatus, requested: bool) -> ExitCause {
         oom_killed: false,
         at: crate::timefmt::now(),
         description: describe_status(st),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn recycle_after_has_up_to_ten_percent_jitter() {
+        assert_eq!(super::recycle_after(0, 0.5), 0);
+        assert_eq!(super::recycle_after(1000, 0.0), 1000);
+        assert_eq!(super::recycle_after(1000, 0.999), 901);
+        assert_eq!(super::recycle_after(1, 0.9), 1);
     }
 }

@@ -1,0 +1,285 @@
+//! The service coordinator: one task per service that owns its worker actors'
+//! handles, and replaces workers one at a time — for `paddock reload` and for
+//! recycling (max_requests, max_rss).
+//!
+//! Invariants:
+//! - one replacement at a time per service;
+//! - worker services: the replacement is spawned and proven ready *before* the old
+//!   worker is retired, and a retired worker finishes its current request first, so
+//!   a replacement never takes the service's capacity down and never fails a request;
+//! - process services (whose port may be fixed) are replaced in place: stopped, then
+//!   started again on the same port.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::dispatch::Dispatcher;
+use super::worker::{self, Ask, Command, Deps, Handle};
+use crate::config::{Kind, Service};
+use crate::status::WorkerStatus;
+
+/// Everything needed to start another actor for a slot.
+struct Slot {
+    index: u32,
+    port: Option<u16>,
+    argv: Vec<String>,
+    env_set: BTreeMap<String, String>,
+    handle: Handle,
+}
+
+pub enum Order {
+    /// Replace every worker, one at a time; the reply lists what was replaced.
+    Reload(oneshot::Sender<Result<Vec<String>, String>>),
+    /// Stop every worker; reply when all are gone.
+    Stop(oneshot::Sender<()>),
+}
+
+/// The supervisor's handle to a service.
+pub struct ServiceHandle {
+    pub config: Arc<Service>,
+    pub port: Option<u16>,
+    pub workers: watch::Receiver<Vec<watch::Receiver<WorkerStatus>>>,
+    pub orders: mpsc::UnboundedSender<Order>,
+    pub dispatcher: Option<Dispatcher>,
+    pub initial_workers: usize,
+}
+
+pub struct Plan {
+    pub index: u32,
+    pub port: Option<u16>,
+    pub argv: Vec<String>,
+    pub env_set: BTreeMap<String, String>,
+}
+
+pub fn start(service: Arc<Service>, plans: Vec<Plan>, mut deps: Deps) -> ServiceHandle {
+    let (ask_tx, asks) = mpsc::unbounded_channel();
+    deps.coordinator = ask_tx;
+    let mut next_wid = 0u64;
+    let slots: Vec<Slot> = plans
+        .into_iter()
+        .map(|p| {
+            next_wid += 1;
+            let handle = worker::start(
+                worker::Spec {
+                    service: service.clone(),
+                    index: p.index,
+                    wid: next_wid,
+                    port: p.port,
+                    argv: p.argv.clone(),
+                    env_set: p.env_set.clone(),
+                    initial: true,
+                    generation: 0,
+                },
+                deps.clone(),
+            );
+            Slot {
+                index: p.index,
+                port: p.port,
+                argv: p.argv,
+                env_set: p.env_set,
+                handle,
+            }
+        })
+        .collect();
+    let (workers_tx, workers) =
+        watch::channel(slots.iter().map(|s| s.handle.status.clone()).collect());
+    let (orders, orders_rx) = mpsc::unbounded_channel();
+    let handle = ServiceHandle {
+        config: service.clone(),
+        port: slots.first().and_then(|s| s.port),
+        workers,
+        orders,
+        dispatcher: deps.dispatcher.clone(),
+        initial_workers: slots.len(),
+    };
+    let c = Coordinator {
+        service,
+        deps,
+        slots,
+        extra: vec![],
+        next_wid,
+        workers_tx,
+    };
+    tokio::spawn(c.run(orders_rx, asks));
+    handle
+}
+
+struct Coordinator {
+    service: Arc<Service>,
+    deps: Deps,
+    slots: Vec<Slot>,
+    /// Replacements not yet swapped into their slot (visible in status).
+    extra: Vec<watch::Receiver<WorkerStatus>>,
+    next_wid: u64,
+    workers_tx: watch::Sender<Vec<watch::Receiver<WorkerStatus>>>,
+}
+
+impl Coordinator {
+    async fn run(
+        mut self,
+        mut orders: mpsc::UnboundedReceiver<Order>,
+        mut asks: mpsc::UnboundedReceiver<Ask>,
+    ) {
+        loop {
+            tokio::select! {
+                biased;
+                o = orders.recv() => match o {
+                    Some(Order::Stop(reply)) => {
+                        self.stop_all().await;
+                        let _ = reply.send(());
+                        return;
+                    }
+                    Some(Order::Reload(reply)) => {
+                        let mut done = vec![];
+                        let mut result = Ok(());
+                        for i in 0..self.slots.len() {
+                            match self.replace(i, "reload").await {
+                                Ok(line) => done.push(line),
+                                Err(e) => { result = Err(e); break; }
+                            }
+                        }
+                        let _ = reply.send(result.map(|_| done));
+                    }
+                    None => {
+                        self.stop_all().await;
+                        return;
+                    }
+                },
+                a = asks.recv() => {
+                    if let Some(Ask::Recycle { wid, reason }) = a
+                        && let Some(i) = self.slots.iter().position(|s| s.handle.wid == wid)
+                    {
+                        tracing::info!(service = %self.service.name, "recycling worker {}: {reason}", self.slots[i].index);
+                        if let Err(e) = self.replace(i, "recycle").await {
+                            tracing::warn!(service = %self.service.name, "recycle failed: {e}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn publish(&self) {
+        let mut v: Vec<_> = self.slots.iter().map(|s| s.handle.status.clone()).collect();
+        v.extend(self.extra.iter().cloned());
+        let _ = self.workers_tx.send(v);
+    }
+
+    fn spawn_for(&mut self, i: usize) -> Handle {
+        self.next_wid += 1;
+        let slot = &self.slots[i];
+        let generation = slot.handle.status.borrow().generation;
+        worker::start(
+            worker::Spec {
+                service: self.service.clone(),
+                index: slot.index,
+                wid: self.next_wid,
+                port: slot.port,
+                argv: slot.argv.clone(),
+                env_set: slot.env_set.clone(),
+                initial: false,
+                generation,
+            },
+            self.deps.clone(),
+        )
+    }
+
+    /// Replaces slot `i`'s worker; returns a line describing what was done.
+    async fn replace(&mut self, i: usize, why: &str) -> Result<String, String> {
+        let name = format!("{}/{}", self.service.name, self.slots[i].index);
+        let old_pid = self.slots[i].handle.status.borrow().pid;
+        let limit = self.service.startup_timeout + Duration::from_secs(5);
+        if self.service.kind == Kind::Process {
+            // In place: the port may be fixed, so the old one must go first.
+            retire(&self.slots[i].handle).await;
+            let new = self.spawn_for(i);
+            self.slots[i].handle = new;
+            self.publish();
+            wait_ready(&self.slots[i].handle, limit)
+                .await
+                .map_err(|e| format!("{name}: {e}"))?;
+        } else {
+            let new = self.spawn_for(i);
+            self.extra.push(new.status.clone());
+            self.publish();
+            if let Err(e) = wait_ready(&new, limit).await {
+                let _ = new.commands.send(Command::Stop);
+                self.extra.clear();
+                self.publish();
+                return Err(format!(
+                    "{name}: the replacement did not become ready: {e}; the old worker keeps serving"
+                ));
+            }
+            let old = std::mem::replace(&mut self.slots[i].handle, new);
+            self.extra.clear();
+            self.publish_with(&old);
+            retire(&old).await;
+            self.publish();
+        }
+        let new_pid = self.slots[i].handle.status.borrow().pid;
+        let line = format!(
+            "{name}: pid {} replaced by pid {} ({why})",
+            old_pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            new_pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into())
+        );
+        tracing::info!("{line}");
+        Ok(line)
+    }
+
+    /// Publishes the slots plus a worker that is being retired.
+    fn publish_with(&self, old: &Handle) {
+        let mut v: Vec<_> = self.slots.iter().map(|s| s.handle.status.clone()).collect();
+        v.push(old.status.clone());
+        let _ = self.workers_tx.send(v);
+    }
+
+    async fn stop_all(&mut self) {
+        for s in &self.slots {
+            let _ = s.handle.commands.send(Command::Stop);
+        }
+        for s in &self.slots {
+            let mut st = s.handle.status.clone();
+            // Err means the actor ended, which it does only once stopped.
+            let _ = st.wait_for(|x| x.state == "stopped").await;
+        }
+        self.publish();
+    }
+}
+
+/// Asks a worker to finish its request and stop; waits until it has.
+async fn retire(h: &Handle) {
+    let _ = h.commands.send(Command::Retire);
+    let mut st = h.status.clone();
+    let _ = st.wait_for(|x| x.state == "stopped").await;
+}
+
+async fn wait_ready(h: &Handle, limit: Duration) -> Result<(), String> {
+    let mut st = h.status.clone();
+    let deadline = Instant::now() + limit;
+    let r = tokio::time::timeout_at(
+        deadline.into(),
+        st.wait_for(|x| {
+            matches!(
+                x.state.as_str(),
+                "ready" | "busy" | "failed" | "stopped" | "backoff"
+            )
+        }),
+    )
+    .await;
+    match r {
+        Err(_) => Err(format!("not ready within {}s", limit.as_secs())),
+        Ok(Err(_)) => Err("the worker's actor ended".into()),
+        Ok(Ok(s)) if s.state == "ready" || s.state == "busy" => Ok(()),
+        Ok(Ok(s)) => Err(format!(
+            "it is {}{}",
+            s.state,
+            s.reason
+                .as_ref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        )),
+    }
+}

@@ -1,0 +1,314 @@
+"""The paddock worker SDK: serve a Python model under the paddock daemon.
+
+    import paddock
+
+    class Embedder:
+        def setup(self):                      # optional: load the model here
+            self.model = load()
+
+        @paddock.handler                      # `predict` is the default handler
+        def predict(self, req):
+            return {"vector": self.model(req.json()["text"])}
+
+        @paddock.handler(idempotent=True)     # safe for the daemon to retry
+        def voices(self, req):
+            return ["alto", "bass"]
+
+    paddock.serve(Embedder())
+
+This file implements docs/protocol.md (version 1). Its invariants:
+
+* Everything happens on the main thread: `setup()` and every handler run on the
+  thread that called `serve()`, which must be the main thread. The SDK never starts
+  a thread, so models that insist on the main thread (signals, some GPU runtimes)
+  work, and a handler that hangs is killed by the daemon at its deadline.
+* One request at a time: the daemon sends a REQUEST only after the previous one was
+  answered, and the worker answers each with exactly one REPLY or ERROR.
+* The worker exits when the daemon is gone (end-of-file on the socket) with status 0,
+  on SHUTDOWN with 0, after a failed setup with 1, and on a protocol error with 1.
+  It exits through os._exit (after flushing stdout and stderr), so a stray
+  non-daemon thread started by a library can never keep a dead worker alive.
+* The SDK writes nothing to stdout or stderr except when it is run outside paddock,
+  when setup fails, and when the daemon sends something it does not understand.
+"""
+
+import json
+import os
+import platform
+import socket
+import struct
+import sys
+import threading
+import time
+import traceback
+
+__all__ = ["handler", "serve", "Request", "Response", "PROTOCOL_VERSION"]
+__version__ = "0.1.0"
+
+PROTOCOL_VERSION = 1
+DEFAULT_MAX_FRAME = 64 * 1024 * 1024
+
+HELLO, READY, SETUP_FAILED = 0x01, 0x02, 0x03
+REQUEST, REPLY, ERROR = 0x10, 0x11, 0x12
+SHUTDOWN = 0x20
+
+_MARK = "_paddock_handler"
+
+
+def handler(fn=None, *, idempotent=False):
+    """Marks a method as a request handler: `@handler` or `@handler(idempotent=True)`.
+
+    The handler is named after the method; `idempotent` tells the daemon that it may
+    retry a request on another worker when this one dies mid-request."""
+    def mark(f):
+        setattr(f, _MARK, {"idempotent": bool(idempotent)})
+        return f
+    return mark(fn) if fn is not None else mark
+
+
+class Request:
+    """One request: `.id`, `.method`, `.content_type`, `.body` (bytes), and `.deadline`,
+    the time.monotonic() value at which the daemon kills this worker."""
+
+    __slots__ = ("id", "method", "content_type", "body", "deadline")
+
+    def __init__(self, id, method, content_type, body, deadline):
+        self.id, self.method, self.content_type = id, method, content_type
+        self.body, self.deadline = body, deadline
+
+    def json(self):
+        return json.loads(self.body)
+
+    def text(self):
+        return self.body.decode("utf-8")
+
+    def __repr__(self):
+        return (f"Request(id={self.id}, method={self.method!r}, "
+                f"content_type={self.content_type!r}, body=<{len(self.body)} bytes>)")
+
+
+class Response:
+    """A reply with an explicit content type; a str body is encoded as UTF-8."""
+
+    __slots__ = ("body", "content_type")
+
+    def __init__(self, body, content_type="application/octet-stream"):
+        self.body = body.encode("utf-8") if isinstance(body, str) else bytes(memoryview(body))
+        self.content_type = content_type
+
+
+def _encode(value):
+    """A handler's return value -> (content_type, body bytes)."""
+    if isinstance(value, Response):
+        return value.content_type, value.body
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return "application/octet-stream", bytes(value)
+    if isinstance(value, str):
+        return "text/plain; charset=utf-8", value.encode("utf-8")
+    # NaN and Infinity are not JSON: refuse them rather than send invalid JSON.
+    body = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return "application/json", body.encode("utf-8")
+
+
+def _cut(b, n):
+    """b cut to at most n bytes without splitting a UTF-8 character."""
+    return b if len(b) <= n else b[:max(0, n)].decode("utf-8", "ignore").encode("utf-8")
+
+
+def _str16(s):
+    b = s.encode("utf-8")
+    if len(b) > 0xFFFF:
+        raise ValueError(f"string of {len(b)} bytes does not fit a str16")
+    return struct.pack(">H", len(b)) + b
+
+
+class _ProtocolError(Exception):
+    pass
+
+
+class _Conn:
+    def __init__(self, sock, max_frame):
+        self.sock, self.max_frame = sock, max_frame
+
+    def send(self, ftype, *parts):
+        """One frame; the last part (a reply's body) is sent without being copied."""
+        size = 1 + sum(len(p) for p in parts)
+        self.sock.sendall(struct.pack(">IB", size, ftype) + b"".join(parts[:-1]))
+        if parts and parts[-1]:
+            self.sock.sendall(parts[-1])
+
+    def _read_exact(self, n):
+        """n bytes, or None on end-of-file."""
+        buf = bytearray(n)
+        view, got = memoryview(buf), 0
+        while got < n:
+            k = self.sock.recv_into(view[got:])
+            if k == 0:
+                return None
+            got += k
+        return buf
+
+    def recv(self):
+        """(type, payload) of the next frame, or None when the daemon is gone."""
+        head = self._read_exact(4)
+        if head is None:
+            return None
+        (length,) = struct.unpack(">I", head)
+        if not 1 <= length <= self.max_frame:
+            raise _ProtocolError(f"frame length {length} is outside 1..{self.max_frame}")
+        ftype = self._read_exact(1)
+        data = self._read_exact(length - 1) if ftype is not None else None
+        if data is None:
+            return None
+        return ftype[0], bytes(data)
+
+    def error(self, rid, message, tb):
+        """Sends ERROR, cutting the traceback (then the message) to fit a frame."""
+        msg, tbb = message.encode("utf-8"), tb.encode("utf-8")
+        room = self.max_frame - 1 - 12
+        msg = _cut(msg, room)
+        tbb = _cut(tbb, room - len(msg))
+        self.send(ERROR, struct.pack(">QI", rid, len(msg)), msg, tbb)
+
+
+def _parse_request(p):
+    try:
+        rid, deadline_ms, mlen = struct.unpack_from(">QIH", p, 0)
+        at = 14
+        method = p[at:at + mlen].decode("utf-8")
+        at += mlen
+        (clen,) = struct.unpack_from(">H", p, at)
+        at += 2
+        ctype = p[at:at + clen].decode("utf-8")
+        at += clen
+        if at > len(p):
+            raise ValueError("truncated")
+    except (struct.error, UnicodeDecodeError, ValueError) as e:
+        raise _ProtocolError(f"malformed REQUEST frame ({e})") from None
+    deadline = time.monotonic() + deadline_ms / 1000.0
+    return Request(rid, method, ctype, p[at:], deadline)
+
+
+def _handlers(obj):
+    """{name: (bound method, idempotent)}, `predict` first, then in definition order."""
+    found = {}
+    for klass in reversed(type(obj).__mro__):
+        for name, attr in vars(klass).items():
+            mark = getattr(attr, _MARK, None)
+            if mark is not None:  # bound from the class: instance attributes can't shadow it
+                found[name] = (attr.__get__(obj, type(obj)), mark["idempotent"])
+            elif name in found:  # overridden by an undecorated method
+                del found[name]
+    if "predict" in found:
+        found = {"predict": found.pop("predict"), **found}
+    return found
+
+
+def _exit(code, message=None):
+    if message:
+        print(f"paddock: {message}", file=sys.stderr)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(code)
+
+
+_USAGE = """\
+{script} is a paddock worker: it talks to the paddock daemon over an inherited socket
+(PADDOCK_FD), so it is not meant to be run by hand. Declare it in a paddock.toml:
+
+    [services.{name}]
+    command = ["python3", "{script}"]
+
+and start it with `paddock run` (or `paddock start`) in that folder.
+"""
+
+
+def _env_int(name, default):
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        _exit(2, f"{name}={raw!r} is not an integer")
+
+
+def serve(obj):
+    """Runs `obj` as a paddock worker until the daemon goes away. Never returns."""
+    if not os.environ.get("PADDOCK_FD"):
+        script = os.path.basename(sys.argv[0] or "worker.py") or "worker.py"
+        stem = os.path.splitext(script)[0].lower()
+        name = "".join(c if c.isascii() and (c.isalnum() or c in "_-") else "-" for c in stem)
+        name = name.lstrip("_-")[:64] or "model"  # a valid service name
+        sys.stderr.write(_USAGE.format(script=script, name=name))
+        _exit(2)
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError("paddock.serve() must be called on the main thread")
+    fd = _env_int("PADDOCK_FD", None)
+    max_frame = _env_int("PADDOCK_MAX_FRAME", DEFAULT_MAX_FRAME)
+    try:
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(True)
+    except (OSError, ValueError) as e:
+        _exit(2, f"PADDOCK_FD={fd} is not a usable socket: {e}")
+    conn = _Conn(sock, max_frame)
+    try:
+        _run(conn, obj)
+    except (BrokenPipeError, ConnectionResetError):
+        _exit(0)  # the daemon is gone
+    except _ProtocolError as e:
+        _exit(1, f"protocol error from the daemon: {e}")
+
+
+def _run(conn, obj):
+    meta = {"sdk": "python", "sdk_version": __version__, "python": platform.python_version()}
+    conn.send(HELLO, struct.pack(">HI", PROTOCOL_VERSION, os.getpid()),
+              json.dumps(meta).encode("utf-8"))
+    try:
+        setup = getattr(obj, "setup", None)
+        if callable(setup):
+            setup()
+        handlers = _handlers(obj)
+        if not handlers:
+            raise TypeError(f"{type(obj).__name__} has no methods marked @paddock.handler")
+    except Exception:
+        tb = traceback.format_exc()
+        sys.stderr.write(tb)
+        try:
+            conn.send(SETUP_FAILED, _cut(tb.encode("utf-8"), conn.max_frame - 1))
+        except OSError:
+            pass  # the daemon is gone; the exit status still says it failed
+        _exit(1)
+    ready = {"methods": list(handlers),
+             "idempotent": [n for n, (_, idem) in handlers.items() if idem]}
+    conn.send(READY, json.dumps(ready).encode("utf-8"))
+
+    while True:
+        frame = conn.recv()
+        if frame is None:
+            _exit(0)
+        ftype, data = frame
+        if ftype == SHUTDOWN:
+            _exit(0)
+        if ftype != REQUEST:
+            raise _ProtocolError(f"unexpected frame type 0x{ftype:02x}")
+        req = _parse_request(data)
+        entry = handlers.get(req.method)
+        if entry is None:
+            conn.error(req.id, f"no handler named {req.method}", "")
+            continue
+        try:
+            ctype, body = _encode(entry[0](req))
+            head = struct.pack(">Q", req.id) + _str16(ctype)
+        except Exception as e:
+            conn.error(req.id, f"{type(e).__name__}: {e}", traceback.format_exc())
+            continue
+        size = 1 + len(head) + len(body)
+        if size > conn.max_frame:
+            conn.error(req.id, f"reply too large: {size} bytes, the largest frame is "
+                               f"{conn.max_frame} bytes (PADDOCK_MAX_FRAME)", "")
+            continue
+        conn.send(REPLY, head, body)

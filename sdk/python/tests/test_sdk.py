@@ -1,0 +1,345 @@
+"""Tests of the paddock Python SDK: each one drives a real worker process through a
+socketpair, playing the daemon's side of docs/protocol.md.
+
+    python3 -m unittest discover -s sdk/python/tests
+
+Every wait is bounded: socket timeouts and subprocess timeouts, never bare sleeps.
+"""
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SDK = os.path.dirname(HERE)
+WORKERS = os.path.join(HERE, "workers")
+sys.path.insert(0, SDK)
+
+import paddock  # noqa: E402
+
+TIMEOUT = 10.0  # seconds: generous, only reached when something is broken
+
+HELLO, READY, SETUP_FAILED = 0x01, 0x02, 0x03
+REQUEST, REPLY, ERROR, SHUTDOWN = 0x10, 0x11, 0x12, 0x20
+
+
+def str16(s):
+    b = s.encode("utf-8")
+    return struct.pack(">H", len(b)) + b
+
+
+class Worker:
+    """A worker process and the daemon's end of its socket."""
+
+    def __init__(self, script, env=None, fd=True):
+        self.sock, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(TIMEOUT)
+        full_env = {k: v for k, v in os.environ.items()
+                    if not k.startswith("PADDOCK_")}
+        full_env["PYTHONPATH"] = SDK
+        if fd:
+            full_env["PADDOCK_FD"] = str(child.fileno())
+        full_env.update(env or {})
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.join(WORKERS, script)],
+            pass_fds=[child.fileno()] if fd else [], env=full_env,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        child.close()
+        self.stdout = self.stderr = None
+
+    def send(self, ftype, payload=b""):
+        self.sock.sendall(struct.pack(">IB", len(payload) + 1, ftype) + payload)
+
+    def request(self, rid, method, body=b"", content_type="application/json",
+                deadline_ms=5000):
+        if isinstance(body, str):
+            body = body.encode("utf-8")
+        self.send(REQUEST, struct.pack(">QI", rid, deadline_ms) + str16(method)
+                  + str16(content_type) + body)
+
+    def read_exact(self, n):
+        buf = bytearray()
+        while len(buf) < n:
+            chunk = self.sock.recv(n - len(buf))
+            if not chunk:
+                raise EOFError(f"socket closed after {len(buf)} of {n} bytes")
+            buf += chunk
+        return bytes(buf)
+
+    def recv(self):
+        (length,) = struct.unpack(">I", self.read_exact(4))
+        frame = self.read_exact(length)
+        return frame[0], frame[1:]
+
+    def at_eof(self):
+        return self.sock.recv(1) == b""
+
+    def handshake(self):
+        ftype, p = self.recv()
+        assert ftype == HELLO, ftype
+        ftype, p = self.recv()
+        assert ftype == READY, (ftype, p)
+        return json.loads(p)
+
+    def wait(self):
+        """The exit status; also collects stdout and stderr."""
+        self.stdout, self.stderr = self.proc.communicate(timeout=TIMEOUT)
+        self.stdout, self.stderr = self.stdout.decode(), self.stderr.decode()
+        return self.proc.returncode
+
+    def close(self):
+        self.sock.close()
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate(timeout=TIMEOUT)
+
+
+def parse_reply(p):
+    (rid,) = struct.unpack_from(">Q", p, 0)
+    (clen,) = struct.unpack_from(">H", p, 8)
+    return rid, p[10:10 + clen].decode(), p[10 + clen:]
+
+
+def parse_error(p):
+    rid, mlen = struct.unpack_from(">QI", p, 0)
+    return rid, p[12:12 + mlen].decode(), p[12 + mlen:].decode()
+
+
+class WorkerTests(unittest.TestCase):
+    def start(self, script="basic_worker.py", **kw):
+        w = Worker(script, **kw)
+        self.addCleanup(w.close)
+        return w
+
+    def call(self, w, rid, method, body=b"", **kw):
+        w.request(rid, method, body, **kw)
+        return w.recv()
+
+    def reply(self, w, rid, method, body=b"", **kw):
+        ftype, p = self.call(w, rid, method, body, **kw)
+        self.assertEqual(ftype, REPLY, p)
+        got_id, ctype, out = parse_reply(p)
+        self.assertEqual(got_id, rid)
+        return ctype, out
+
+    def error(self, w, rid, method, body=b""):
+        ftype, p = self.call(w, rid, method, body)
+        self.assertEqual(ftype, ERROR, p)
+        got_id, message, tb = parse_error(p)
+        self.assertEqual(got_id, rid)
+        return message, tb
+
+    def test_hello_comes_first_then_ready_lists_handlers(self):
+        w = self.start()
+        ftype, p = w.recv()
+        self.assertEqual(ftype, HELLO)
+        version, pid = struct.unpack_from(">HI", p, 0)
+        self.assertEqual(version, 1)
+        self.assertEqual(pid, w.proc.pid)
+        meta = json.loads(p[6:])
+        self.assertEqual(meta["sdk"], "python")
+        self.assertEqual(meta["sdk_version"], "0.1.0")
+        self.assertEqual(meta["python"].split(".")[0], "3")
+        ftype, p = w.recv()
+        self.assertEqual(ftype, READY)
+        ready = json.loads(p)
+        self.assertEqual(ready["methods"][0], "predict")
+        self.assertEqual(sorted(ready["methods"]), sorted(
+            ["predict", "raw", "text", "typed", "nothing", "boom", "long_error", "nan", "big",
+             "thread"]))
+        self.assertEqual(sorted(ready["idempotent"]), ["raw", "thread"])
+
+    def test_json_request_gets_json_reply_with_same_id(self):
+        w = self.start()
+        w.handshake()
+        rid = (1 << 32) | 1
+        ctype, out = self.reply(w, rid, "predict", json.dumps({"text": "hi"}),
+                                deadline_ms=4000)
+        self.assertEqual(ctype, "application/json")
+        data = json.loads(out)
+        self.assertEqual(data["echo"], {"text": "hi"})
+        self.assertEqual(data["id"], rid)
+        self.assertEqual(data["method"], "predict")
+        self.assertEqual(data["content_type"], "application/json")
+        self.assertEqual(data["pid"], w.proc.pid)
+        self.assertTrue(0 < data["deadline_in"] <= 4.0, data)
+        _, out = self.reply(w, rid + 1, "predict", "[1, 2]")
+        self.assertEqual(json.loads(out)["calls"], 2)  # same process, state kept
+
+    def test_exception_becomes_error_with_traceback_and_worker_keeps_serving(self):
+        w = self.start()
+        w.handshake()
+        message, tb = self.error(w, 7, "boom", b"oops")
+        self.assertEqual(message, "ValueError: bad input: oops")
+        self.assertIn("Traceback (most recent call last)", tb)
+        self.assertIn("in boom", tb)
+        self.assertIn("ValueError: bad input: oops", tb)
+        ctype, out = self.reply(w, 8, "predict", b"{}")
+        self.assertEqual(json.loads(out)["echo"], {})
+
+    def test_return_types_choose_content_types(self):
+        w = self.start()
+        w.handshake()
+        blob = bytes(range(256)) * 3
+        self.assertEqual(self.reply(w, 1, "raw", blob, content_type="x/y"),
+                         ("application/octet-stream", blob))
+        self.assertEqual(self.reply(w, 2, "text", "wörld"),
+                         ("text/plain; charset=utf-8", "héllo wörld".encode("utf-8")))
+        self.assertEqual(self.reply(w, 3, "typed", b"\x89PNG"), ("image/png", b"\x89PNG"))
+        self.assertEqual(self.reply(w, 4, "nothing"), ("application/json", b"null"))
+        big = os.urandom(3 * 1024 * 1024)
+        self.assertEqual(self.reply(w, 5, "raw", big), ("application/octet-stream", big))
+
+    def test_unknown_method_is_an_error(self):
+        w = self.start()
+        w.handshake()
+        message, tb = self.error(w, 1, "nope")
+        self.assertEqual(message, "no handler named nope")
+        self.assertEqual(self.error(w, 2, "helper")[0], "no handler named helper")
+        self.assertEqual(self.reply(w, 3, "nothing"), ("application/json", b"null"))
+
+    def test_nan_is_refused_rather_than_sent_as_invalid_json(self):
+        w = self.start()
+        w.handshake()
+        message, _ = self.error(w, 1, "nan")
+        self.assertTrue(message.startswith("ValueError:"), message)
+
+    def test_reply_larger_than_max_frame_is_an_error(self):
+        w = self.start(env={"PADDOCK_MAX_FRAME": "4096"})
+        w.handshake()
+        message, _ = self.error(w, 1, "big", b"5000")
+        self.assertIn("too large", message)
+        # exactly at the limit: 1 type byte + 8 id + 2 + 24 content type + body
+        limit = 4096 - 1 - 8 - 2 - len("application/octet-stream")
+        self.assertEqual(self.reply(w, 2, "big", str(limit).encode())[1], b"x" * limit)
+        self.assertIn("too large", self.error(w, 3, "big", str(limit + 1).encode())[0])
+
+    def test_error_is_cut_to_fit_a_frame_without_splitting_characters(self):
+        w = self.start(env={"PADDOCK_MAX_FRAME": "4096"})
+        w.handshake()
+        ftype, p = self.call(w, 1, "long_error")
+        self.assertEqual(ftype, ERROR)
+        self.assertLessEqual(len(p) + 1, 4096)
+        _, message, tb = parse_error(p)  # decodes as strict UTF-8
+        self.assertTrue(message.startswith("RuntimeError: éé"), message[:40])
+        self.assertEqual(self.reply(w, 2, "nothing"), ("application/json", b"null"))
+
+    def test_handlers_and_setup_run_on_the_main_thread(self):
+        w = self.start()
+        w.handshake()
+        _, out = self.reply(w, 1, "thread")
+        self.assertEqual(json.loads(out), {"main": True, "setup_main": True, "threads": 1})
+
+    def test_setup_failure_sends_setup_failed_and_exits_nonzero(self):
+        w = self.start("setup_fail_worker.py")
+        self.assertEqual(w.recv()[0], HELLO)
+        ftype, p = w.recv()
+        self.assertEqual(ftype, SETUP_FAILED)
+        text = p.decode()
+        self.assertIn("Traceback", text)
+        self.assertIn("load_weights", text)
+        self.assertIn("FileNotFoundError: weights.bin is missing", text)
+        self.assertEqual(w.wait(), 1)
+        self.assertIn("FileNotFoundError: weights.bin is missing", w.stderr)
+        self.assertEqual(w.stdout, "")
+
+    def test_no_handlers_is_a_setup_failure(self):
+        w = self.start("no_handlers_worker.py")
+        self.assertEqual(w.recv()[0], HELLO)
+        ftype, p = w.recv()
+        self.assertEqual(ftype, SETUP_FAILED)
+        self.assertIn("@paddock.handler", p.decode())
+        self.assertEqual(w.wait(), 1)
+
+    def test_eof_makes_the_worker_exit_zero_quietly(self):
+        w = self.start()
+        w.handshake()
+        w.sock.close()
+        self.assertEqual(w.wait(), 0)
+        self.assertEqual((w.stdout, w.stderr), ("", ""))
+
+    def test_eof_in_the_middle_of_a_frame_exits_zero(self):
+        w = self.start()
+        w.handshake()
+        w.sock.sendall(struct.pack(">I", 100) + b"\x10abc")
+        w.sock.close()
+        self.assertEqual(w.wait(), 0)
+
+    def test_shutdown_exits_zero(self):
+        w = self.start()
+        w.handshake()
+        self.reply(w, 1, "nothing")
+        w.send(SHUTDOWN)
+        self.assertEqual(w.wait(), 0)
+        self.assertEqual(w.stderr, "")
+        self.assertTrue(w.at_eof())
+
+    def test_unknown_frame_type_exits_one(self):
+        w = self.start()
+        w.handshake()
+        w.send(0x7F, b"junk")
+        self.assertEqual(w.wait(), 1)
+        self.assertIn("0x7f", w.stderr)
+
+    def test_oversized_length_is_refused_before_reading_the_payload(self):
+        w = self.start(env={"PADDOCK_MAX_FRAME": "1024"})
+        w.handshake()
+        w.sock.sendall(struct.pack(">I", 1025) + b"\x10")  # never sends the rest
+        self.assertEqual(w.wait(), 1)
+        self.assertIn("1025", w.stderr)
+
+    def test_zero_length_frame_exits_one(self):
+        w = self.start()
+        w.handshake()
+        w.sock.sendall(struct.pack(">I", 0))
+        self.assertEqual(w.wait(), 1)
+        self.assertIn("frame length 0", w.stderr)
+
+    def test_malformed_request_exits_one(self):
+        w = self.start()
+        w.handshake()
+        w.send(REQUEST, struct.pack(">QIH", 1, 1000, 50) + b"pre")  # method cut short
+        self.assertEqual(w.wait(), 1)
+        self.assertIn("malformed REQUEST", w.stderr)
+
+    def test_without_paddock_fd_explains_and_exits_two(self):
+        w = self.start(fd=False)
+        self.assertEqual(w.wait(), 2)
+        self.assertIn("paddock.toml", w.stderr)
+        self.assertIn('command = ["python3", "basic_worker.py"]', w.stderr)
+        self.assertIn("paddock run", w.stderr)
+        self.assertEqual(w.stdout, "")
+
+
+class ApiTests(unittest.TestCase):
+    def test_handler_decorator_forms(self):
+        def f(self, req):
+            return 1
+
+        self.assertIs(paddock.handler(f), f)
+        self.assertEqual(f._paddock_handler, {"idempotent": False})
+
+        @paddock.handler(idempotent=True)
+        def g(self, req):
+            return 2
+
+        self.assertEqual(g._paddock_handler, {"idempotent": True})
+        self.assertEqual(g(None, None), 2)
+
+    def test_response_and_request(self):
+        self.assertEqual(paddock.Response("é", "text/x").body, "é".encode("utf-8"))
+        self.assertEqual(paddock.Response(bytearray(b"ab")).content_type,
+                         "application/octet-stream")
+        with self.assertRaises(TypeError):
+            paddock.Response(5)
+        r = paddock.Request(5, "predict", "application/json", b'{"a": 1}', 0.0)
+        self.assertEqual(r.json(), {"a": 1})
+        self.assertEqual(r.text(), '{"a": 1}')
+        self.assertEqual(paddock.PROTOCOL_VERSION, 1)
+
+
+if __name__ == "__main__":
+    unittest.main()

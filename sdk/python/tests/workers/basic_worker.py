@@ -1,0 +1,64 @@
+"""A worker for the SDK tests: one handler per kind of return value."""
+import os
+import threading
+import time
+
+import paddock
+
+
+class Basic:
+    def setup(self):
+        self.setup_thread = threading.current_thread() is threading.main_thread()
+        self.calls = 0
+        self.text = "an attribute named like a handler must not hide the handler"
+
+    @paddock.handler
+    def predict(self, req):
+        self.calls += 1
+        data = req.json()
+        return {"echo": data, "calls": self.calls, "pid": os.getpid(),
+                "content_type": req.content_type, "method": req.method, "id": req.id,
+                "deadline_in": round(req.deadline - time.monotonic(), 3)}
+
+    @paddock.handler(idempotent=True)
+    def raw(self, req):
+        return req.body
+
+    @paddock.handler
+    def text(self, req):
+        return "héllo " + req.text()
+
+    @paddock.handler
+    def typed(self, req):
+        return paddock.Response(req.body, "image/png")
+
+    @paddock.handler
+    def nothing(self, req):
+        return None
+
+    @paddock.handler
+    def boom(self, req):
+        raise ValueError("bad input: " + req.text())
+
+    @paddock.handler
+    def long_error(self, req):
+        raise RuntimeError("é" * 5000)
+
+    @paddock.handler
+    def nan(self, req):
+        return float("nan")
+
+    @paddock.handler
+    def big(self, req):
+        return b"x" * int(req.text())
+
+    @paddock.handler(idempotent=True)
+    def thread(self, req):
+        return {"main": threading.current_thread() is threading.main_thread(),
+                "setup_main": self.setup_thread, "threads": threading.active_count()}
+
+    def helper(self, req):  # not a handler
+        return "no"
+
+
+paddock.serve(Basic())
