@@ -75,6 +75,8 @@ pub struct Job {
     pub crashes: u32,
     /// When it gives up waiting for a worker.
     pub queue_deadline: Instant,
+    /// When the gateway received it.
+    pub received: Instant,
 }
 
 enum Msg {
@@ -125,6 +127,7 @@ impl Dispatcher {
             reply,
             crashes: 0,
             queue_deadline: Instant::now() + self.queue_timeout,
+            received: Instant::now(),
         };
         if let Err(mpsc::error::SendError(Msg::Submit(job))) = self.tx.send(Msg::Submit(job)) {
             let _ = job.reply.send(Outcome::ShuttingDown);

@@ -333,13 +333,16 @@ impl Lifecycle {
                     )
                 }
             }
-            (Starting { .. } | Ready { .. } | Busy { .. }, Event::Exited(cause)) => {
-                self.failure(cause.description, now)
+            (Starting { .. } | Ready { .. }, Event::Exited(cause)) => {
+                self.failure(cause.description, now, false)
             }
+            // A crash while serving is the request's doing as much as the worker's:
+            // replace it at once (the crash still counts towards a crash loop).
+            (Busy { .. }, Event::Exited(cause)) => self.failure(cause.description, now, true),
             (Starting { .. } | Ready { .. } | Backoff { .. }, Event::SpawnFailed(why)) => {
-                self.failure(format!("could not start: {why}"), now)
+                self.failure(format!("could not start: {why}"), now, false)
             }
-            (Restarting { reason }, Event::Exited(_)) => self.failure(reason, now),
+            (Restarting { reason }, Event::Exited(_)) => self.failure(reason, now, false),
             (Backoff { .. }, Event::BackoffElapsed) => {
                 self.restarts += 1;
                 (Starting { since: now }, vec![Spawn])
@@ -351,7 +354,7 @@ impl Lifecycle {
         actions
     }
 
-    fn failure(&mut self, reason: String, now: Instant) -> (State, Vec<Action>) {
+    fn failure(&mut self, reason: String, now: Instant, immediate: bool) -> (State, Vec<Action>) {
         if self.initial {
             return (
                 State::Failed {
@@ -378,6 +381,10 @@ impl Lifecycle {
                 self.policy.crash_loop_window.as_secs()
             );
             return (State::Failed { reason }, vec![]);
+        }
+        if immediate {
+            self.restarts += 1;
+            return (State::Starting { since: now }, vec![Action::Spawn]);
         }
         let delay = self.backoff(n);
         (
@@ -530,11 +537,17 @@ mod tests {
     }
 
     #[test]
-    fn a_crash_while_busy_is_a_failure() {
+    fn a_crash_while_busy_is_replaced_at_once_but_counts_towards_a_crash_loop() {
         let t = Instant::now();
         let mut l = ready_slot(t);
+        for _ in 0..4 {
+            l.on(Event::Dispatched, t);
+            assert_eq!(l.on(exit(139), t), vec![Action::Spawn]);
+            l.on(Event::ProvenReady, t);
+        }
         l.on(Event::Dispatched, t);
-        assert!(matches!(l.on(exit(139), t)[0], Action::Wait(_)));
+        assert!(l.on(exit(139), t).is_empty());
+        assert_eq!(l.state.name(), "failed");
     }
 
     #[test]

@@ -263,6 +263,9 @@ impl Actor {
                 self.execute(actions).await;
             }
             self.after_transition();
+            if !self.pending.is_empty() {
+                continue;
+            }
             self.publish();
             if self.life.state == State::Stopped && self.running.is_none() {
                 return;
@@ -289,7 +292,10 @@ impl Actor {
                     }
                 },
                 status = wait(&mut self.running) => Some(self.collect_exit(status).await),
-                frame = next_frame(&mut self.conn) => self.on_frame(frame),
+                frame = next_frame(&mut self.conn) => {
+                    let ev = self.on_frame(frame);
+                    ev.map(|e| self.answer_violation(e))
+                }
                 _ = sleep_until(request_deadline.unwrap_or(far).into()), if request_deadline.is_some() => {
                     self.deadline_passed();
                     Some(Event::DeadlinePassed)
@@ -512,6 +518,26 @@ impl Actor {
         }
     }
 
+    /// The worker broke the protocol: the request it held is answered 502 now.
+    fn answer_violation(&mut self, ev: Event) -> Event {
+        let Event::ProtocolViolation(why) = &ev else {
+            return ev;
+        };
+        let why = why.clone();
+        if let Some(f) = &self.inflight {
+            let cause = json!({
+                "worker": self.spec.index,
+                "pid": self.running.as_ref().map(|r| r.pid),
+                "generation": self.generation,
+                "protocol_violation": why,
+                "description": format!("broke the worker protocol ({why}) and was killed"),
+                "queued_ms": f.started.duration_since(f.job.received).as_millis() as u64,
+            });
+            self.finish(Outcome::Crashed { cause });
+        }
+        ev
+    }
+
     fn wrong_id(&self, id: u64) -> Event {
         let outstanding = self
             .inflight
@@ -560,12 +586,17 @@ impl Actor {
         let Some(r) = &self.running else { return };
         let pid = r.pid;
         let timeout = self.spec.service.request_timeout;
-        let cause = json!({
-            "worker": self.spec.index,
-            "pid": pid,
-            "generation": self.generation,
-            "request_timeout_ms": timeout.as_millis() as u64,
-        });
+        let cause = match &self.inflight {
+            Some(f) => json!({
+                "worker": self.spec.index,
+                "pid": pid,
+                "generation": self.generation,
+                "request_timeout_ms": timeout.as_millis() as u64,
+                "queued_ms": f.started.duration_since(f.job.received).as_millis() as u64,
+                "ran_ms": f.started.elapsed().as_millis() as u64,
+            }),
+            None => return,
+        };
         let svc = Metrics::service(self.service());
         self.deps.metrics.deadline_kills.get_or_create(&svc).inc();
         self.finish(Outcome::DeadlineKilled { cause });

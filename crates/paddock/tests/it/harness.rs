@@ -324,3 +324,102 @@ pub fn read_pids(path: &Path) -> Option<Vec<i32>> {
             .collect(),
     )
 }
+
+/// An HTTP answer.
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub code: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// POST `body` to the gateway on `port`.
+pub fn post(port: u16, path: &str, content_type: &str, body: &[u8]) -> std::io::Result<Resp> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )?;
+    s.write_all(body)?;
+    let mut buf = vec![];
+    s.read_to_end(&mut buf)?;
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("no header end"))?;
+    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
+    let mut lines = head.lines();
+    let code = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other("no status"))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    Ok(Resp {
+        code,
+        headers,
+        body: buf[split + 4..].to_vec(),
+    })
+}
+
+/// POST a JSON value to a worker service's default handler.
+pub fn call(port: u16, service: &str, body: &Value) -> Resp {
+    post(
+        port,
+        &format!("/v1/{service}"),
+        "application/json",
+        body.to_string().as_bytes(),
+    )
+    .unwrap()
+}
+
+impl Env {
+    /// A worker service running the fake worker (SDK-based), plus extra TOML lines.
+    pub fn worker(&self, name: &str, extra: &str) -> String {
+        self.worker_with(name, "fake_worker.py", &[], extra)
+    }
+
+    /// A worker service running fixture `file` with environment `env` (the SDK is
+    /// always on its PYTHONPATH), plus extra TOML lines.
+    pub fn worker_with(&self, name: &str, file: &str, env: &[(&str, &str)], extra: &str) -> String {
+        let sdk = format!("{}/../../sdk/python", env!("CARGO_MANIFEST_DIR"));
+        let mut vars = vec![format!("PYTHONPATH = {sdk:?}")];
+        vars.extend(env.iter().map(|(k, v)| format!("{k} = {v:?}")));
+        format!(
+            "[services.{name}]\ncommand = [\"python3\", {:?}, \"--tag\", {:?}]\nenv = {{ {} }}\n{extra}\n",
+            fixture(file),
+            self.path().display().to_string(),
+            vars.join(", ")
+        )
+    }
+
+    /// The daemon's resident memory in KiB.
+    pub fn daemon_rss_kib(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.daemon_pid())).unwrap();
+        s.lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap()
+    }
+}

@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod chaos;
 mod config_errors;
 mod failures;
 mod foreground;
@@ -9,3 +10,4 @@ mod instances;
 mod logs;
 mod orphans;
 mod restarts;
+mod workers;
