@@ -59,7 +59,7 @@ pub(crate) fn jitter() -> f64 {
 
 /// Runs the daemon to its end; returns the process's exit code.
 pub fn run(launch: Launch) -> i32 {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name("paddock-rt")
         .build()

@@ -820,7 +820,37 @@ impl Actor {
             .running
             .take()
             .expect("wait() only completes with a process");
-        self.conn = None;
+        // Frames the worker sent just before it exited still count: a SETUP_FAILED
+        // with its traceback, or the reply to its request.
+        let mut setup_failed = None;
+        if let Some(mut c) = self.conn.take() {
+            let drain = Duration::from_millis(500);
+            while let Ok(Some(Ok(frame))) = tokio::time::timeout(drain, c.frames.recv()).await {
+                match frame {
+                    Frame::SetupFailed { text } => setup_failed = Some(text),
+                    Frame::Reply {
+                        id,
+                        content_type,
+                        body,
+                    } if self.inflight.as_ref().is_some_and(|f| f.id == id) => {
+                        self.finish(Outcome::Ok { content_type, body });
+                    }
+                    Frame::Error {
+                        id,
+                        message,
+                        traceback,
+                    } if self.inflight.as_ref().is_some_and(|f| f.id == id) => {
+                        let worker = self.spec.index;
+                        self.finish(Outcome::HandlerError {
+                            message,
+                            traceback,
+                            worker,
+                        });
+                    }
+                    _ => {}
+                }
+            }
+        }
         let requested = matches!(
             self.life.state,
             State::Stopping | State::Restarting { .. } | State::Replacing { .. }
@@ -892,7 +922,12 @@ impl Actor {
             self.resolve_crashed(f, r.pid, &cause).await;
         }
         self.last_exit = Some(cause.clone());
-        Event::Exited(cause)
+        match setup_failed {
+            Some(text) if matches!(self.life.state, State::Starting { .. }) => {
+                Event::SetupFailed(text)
+            }
+            _ => Event::Exited(cause),
+        }
     }
 
     /// The request a dead worker held: retried elsewhere when allowed, else answered.
@@ -949,24 +984,38 @@ impl Actor {
             State::Ready { .. } | State::Busy { .. } => self.ready_since.clone(),
             _ => None,
         };
-        let next = WorkerStatus {
-            index: self.spec.index,
-            generation: self.generation,
-            state: self.life.state.name().into(),
-            pid: self.running.as_ref().map(|r| r.pid),
-            restarts: self.life.restarts,
-            ready_since,
-            last_exit: self.last_exit.clone(),
-            reason,
-            env_set: self.spec.env_set.clone(),
-        };
+        // Field by field, so that the hot path (ready <-> busy) allocates nothing;
+        // env_set and index never change after the actor starts.
+        let state = self.life.state.name();
+        let pid = self.running.as_ref().map(|r| r.pid);
         self.status.send_if_modified(|cur| {
-            if *cur != next {
-                *cur = next;
-                true
-            } else {
-                false
+            let mut changed = false;
+            if cur.state != state {
+                cur.state = state.to_string();
+                changed = true;
             }
+            if cur.generation != self.generation
+                || cur.pid != pid
+                || cur.restarts != self.life.restarts
+            {
+                cur.generation = self.generation;
+                cur.pid = pid;
+                cur.restarts = self.life.restarts;
+                changed = true;
+            }
+            if cur.ready_since != ready_since {
+                cur.ready_since = ready_since;
+                changed = true;
+            }
+            if cur.last_exit.as_ref().map(|c| &c.at) != self.last_exit.as_ref().map(|c| &c.at) {
+                cur.last_exit = self.last_exit.clone();
+                changed = true;
+            }
+            if cur.reason != reason {
+                cur.reason = reason;
+                changed = true;
+            }
+            changed
         });
     }
 }
