@@ -11,6 +11,15 @@ pub enum Request {
     Status,
     Stop,
     Reload,
+    /// `action`: list, show, cancel or retry.
+    Jobs {
+        action: String,
+        id: Option<String>,
+        state: Option<String>,
+        service: Option<String>,
+        limit: Option<u32>,
+        after: Option<i64>,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -19,6 +28,7 @@ pub enum Reply {
     Status { status: Box<Status> },
     Stopping,
     Reloaded { replaced: Vec<String> },
+    Jobs { value: serde_json::Value },
     Error { error: String },
 }
 

@@ -3,6 +3,7 @@
 
 mod check;
 mod client;
+mod jobs;
 mod logs;
 mod output;
 mod reload;
@@ -65,6 +66,11 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Durable jobs: list, show, cancel, retry.
+    Jobs {
+        #[command(subcommand)]
+        command: jobs::JobsCmd,
+    },
     /// Show the captured output of the workers.
     Logs {
         /// Only this service.
@@ -113,6 +119,7 @@ fn dispatch(cmd: Cmd, config: Config) -> i32 {
         Cmd::Stop { json } => stop::run(&config, json),
         Cmd::Status { json } => status::run(&config, json),
         Cmd::Reload { json } => reload::run(&config, json),
+        Cmd::Jobs { command } => jobs::run(&config, command),
         Cmd::Logs {
             service,
             follow,

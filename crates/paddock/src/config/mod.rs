@@ -101,6 +101,7 @@ struct RawInstance {
     auth_token: Option<String>,
     log_max_size: Option<Bytes>,
     log_max_files: Option<u32>,
+    store: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -132,6 +133,9 @@ struct RawService {
     max_requests: Option<u64>,
     max_rss: Option<Bytes>,
     max_frame: Option<Bytes>,
+    max_attempts: Option<u32>,
+    jobs_share: Option<f64>,
+    job_backoff: Option<Dur>,
 }
 
 fn default_kind() -> Kind {
@@ -156,6 +160,17 @@ pub struct Instance {
     pub auth_token: Option<String>,
     pub log_max_bytes: u64,
     pub log_max_files: u32,
+    /// Where durable jobs live.
+    pub store: Store,
+}
+
+/// The job store: SQLite in the instance's folder, or a shared PostgreSQL.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Store {
+    /// `<state_dir>/<name>-<port>/jobs.db` (None) or this file.
+    Sqlite(Option<PathBuf>),
+    /// A `postgres://` connection string.
+    Postgres(String),
 }
 
 /// One service, with defaults applied.
@@ -193,6 +208,12 @@ pub struct Service {
     pub max_rss: u64,
     /// The largest protocol frame, both ways.
     pub max_frame: usize,
+    /// Failed attempts after which a job is dead.
+    pub max_attempts: u32,
+    /// The share of workers that jobs may occupy at once (at least one worker).
+    pub jobs_share: f64,
+    /// The delay before a failed job's next attempt; doubles each time (max 5 min).
+    pub job_backoff: Duration,
 }
 
 /// A validated config.
@@ -305,7 +326,23 @@ pub fn parse(path: &Path, text: &str, port: Option<u16>) -> Result<Config, Confi
     if log_max_files == 0 {
         return Err(at("instance", "log_max_files", "must be at least 1".into()));
     }
+    let store = match ri.store.as_deref() {
+        None | Some("sqlite") => Store::Sqlite(None),
+        Some(s) if s.starts_with("postgres://") || s.starts_with("postgresql://") => Store::Postgres(s.to_string()),
+        Some(s) if s.starts_with("sqlite:") => {
+            let p = PathBuf::from(&s["sqlite:".len()..]);
+            Store::Sqlite(Some(if p.is_absolute() { p } else { dir.join(p) }))
+        }
+        Some(s) => {
+            return Err(at(
+                "instance",
+                "store",
+                format!("unknown job store {s:?}: write \"sqlite\", \"sqlite:PATH\" or \"postgres://user@host:port/db\""),
+            ));
+        }
+    };
     let instance = Instance {
+        store,
         name,
         listen,
         state_dir,
@@ -318,6 +355,14 @@ pub fn parse(path: &Path, text: &str, port: Option<u16>) -> Result<Config, Confi
     let mut fixed_ports: BTreeMap<u16, String> = BTreeMap::new();
     for (name, rs) in raw.services {
         let table = format!("services.{name}");
+        if name.as_str() == "jobs" {
+            return Err(at(&table, "", "\"jobs\" is reserved for the job API (/v1/jobs): choose another service name".into()));
+        }
+        if let Some(share) = rs.jobs_share
+            && !(share > 0.0 && share <= 1.0)
+        {
+            return Err(at(&table, "jobs_share", format!("{share} is not in (0, 1]")));
+        }
         let workers = rs.workers.unwrap_or(1);
         if workers == 0 {
             return Err(at(
@@ -410,33 +455,26 @@ pub fn parse(path: &Path, text: &str, port: Option<u16>) -> Result<Config, Confi
                 "must be between 4KiB and 2GiB".into(),
             ));
         }
-        if rs.kind == Kind::Process {
-            for key in [
-                "max_queue",
-                "queue_timeout",
-                "retry_on_crash",
-                "poison_limit",
-                "max_requests",
-                "max_rss",
-                "max_frame",
-            ] {
-                let set = match key {
-                    "max_queue" => rs.max_queue.is_some(),
-                    "queue_timeout" => rs.queue_timeout.is_some(),
-                    "retry_on_crash" => rs.retry_on_crash.is_some(),
-                    "poison_limit" => rs.poison_limit.is_some(),
-                    "max_requests" => rs.max_requests.is_some(),
-                    "max_rss" => rs.max_rss.is_some(),
-                    _ => rs.max_frame.is_some(),
-                };
-                if set {
-                    return Err(at(
-                        &table,
-                        key,
-                        format!("`{key}` applies to kind = \"worker\" services only"),
-                    ));
-                }
-            }
+        let worker_only = [
+            ("max_queue", rs.max_queue.is_some()),
+            ("queue_timeout", rs.queue_timeout.is_some()),
+            ("retry_on_crash", rs.retry_on_crash.is_some()),
+            ("poison_limit", rs.poison_limit.is_some()),
+            ("max_requests", rs.max_requests.is_some()),
+            ("max_rss", rs.max_rss.is_some()),
+            ("max_frame", rs.max_frame.is_some()),
+            ("max_attempts", rs.max_attempts.is_some()),
+            ("jobs_share", rs.jobs_share.is_some()),
+            ("job_backoff", rs.job_backoff.is_some()),
+        ];
+        if rs.kind == Kind::Process
+            && let Some((key, _)) = worker_only.iter().find(|(_, set)| *set)
+        {
+            return Err(at(
+                &table,
+                key,
+                format!("`{key}` applies to kind = \"worker\" services only"),
+            ));
         }
         let cwd = match rs.cwd {
             Some(p) if p.is_absolute() => p,
@@ -491,6 +529,9 @@ pub fn parse(path: &Path, text: &str, port: Option<u16>) -> Result<Config, Confi
             max_requests: rs.max_requests.unwrap_or(0),
             max_rss: rs.max_rss.map(|b| b.0).unwrap_or(0),
             max_frame: max_frame as usize,
+            max_attempts: rs.max_attempts.unwrap_or(3).max(1),
+            jobs_share: rs.jobs_share.unwrap_or(0.5),
+            job_backoff: rs.job_backoff.map(|d| d.0).unwrap_or(Duration::from_secs(1)),
         });
     }
     if services.is_empty() {

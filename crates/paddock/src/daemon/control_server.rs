@@ -63,6 +63,14 @@ async fn handle(stream: UnixStream, shared: SharedRef) {
             Ok(replaced) => Reply::Reloaded { replaced },
             Err(error) => Reply::Error { error },
         },
+        Ok(Request::Jobs {
+            action,
+            id,
+            state,
+            service,
+            limit,
+            after,
+        }) => jobs(&shared, &action, id, super::jobs::ListQuery { state, service, limit, after }).await,
         Err(e) => Reply::Error {
             error: format!("bad request: {e}"),
         },
@@ -73,3 +81,48 @@ async fn handle(stream: UnixStream, shared: SharedRef) {
 }
 
 use tokio::io::AsyncReadExt as _;
+
+async fn jobs(shared: &SharedRef, action: &str, id: Option<String>, query: super::jobs::ListQuery) -> Reply {
+    let Some(j) = &shared.jobs else {
+        return Reply::Error {
+            error: "this instance has no worker services, so no jobs".into(),
+        };
+    };
+    let need_id = || id.clone().ok_or_else(|| super::jobs::JobError::NotFound("(no id given)".into()));
+    let r = match action {
+        "list" => j
+            .store
+            .list(query)
+            .await
+            .map(|(jobs, next)| serde_json::json!({"jobs": jobs, "next": next})),
+        "show" => match need_id() {
+            Ok(id) => j.store.get(id).await.map(|v| serde_json::json!(v)),
+            Err(e) => Err(e),
+        },
+        "cancel" => match need_id() {
+            Ok(id) => j.store.cancel(id).await.map(|v| serde_json::json!(v)),
+            Err(e) => Err(e),
+        },
+        "retry" => match need_id() {
+            Ok(id) => {
+                let r = j.store.retry(id).await;
+                if let Ok(v) = &r
+                    && let Some(w) = j.wake.get(&v.service)
+                {
+                    w.notify_one();
+                }
+                r.map(|v| serde_json::json!(v))
+            }
+            Err(e) => Err(e),
+        },
+        other => {
+            return Reply::Error {
+                error: format!("unknown jobs action {other:?}"),
+            };
+        }
+    };
+    match r {
+        Ok(value) => Reply::Jobs { value },
+        Err(e) => Reply::Error { error: e.to_string() },
+    }
+}

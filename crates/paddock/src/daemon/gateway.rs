@@ -22,6 +22,7 @@ pub fn router(shared: SharedRef) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/{service}", post(call_default))
         .route("/v1/{service}/{method}", post(call_method))
+        .merge(super::jobs::api::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body(&shared)))
         .layer(middleware::from_fn_with_state(shared.clone(), auth))

@@ -15,6 +15,7 @@ mod dispatch;
 mod env;
 mod gateway;
 mod groups;
+mod jobs;
 mod lifecycle;
 mod logsink;
 mod metrics;
@@ -152,6 +153,14 @@ async fn main(launch: Launch) -> i32 {
         }
     };
     let (shutdown, mut shutdown_rx) = watch::channel(false);
+    let jobs = match open_jobs(&config, &paths, &supervisor, pid, started_at, &shutdown_rx) {
+        Ok(j) => j,
+        Err(e) => {
+            reporter.verdict(exit::FAILURE, &e, None);
+            shared_stop(&supervisor).await;
+            return exit::FAILURE;
+        }
+    };
     let shared = Arc::new(shared::Shared {
         config,
         paths,
@@ -160,6 +169,7 @@ async fn main(launch: Launch) -> i32 {
         started,
         supervisor,
         shutdown,
+        jobs,
     });
     tokio::spawn(signals(shared.clone()));
     tokio::spawn(control_server::serve(control, shared.clone()));
@@ -251,8 +261,54 @@ async fn main(launch: Launch) -> i32 {
     exit::OK
 }
 
+/// Opens the job store (after the fork, like every handle that may start a thread)
+/// and starts one pump per worker service.
+fn open_jobs(
+    config: &Config,
+    paths: &Paths,
+    supervisor: &supervisor::Supervisor,
+    pid: i32,
+    started_at: SystemTime,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<Option<shared::Jobs>, String> {
+    let services: Vec<_> = supervisor.services.iter().filter(|s| s.dispatcher.is_some()).collect();
+    if services.is_empty() {
+        return Ok(None);
+    }
+    let owner = format!("{pid}@{}", crate::timefmt::rfc3339(started_at));
+    let store = match &config.instance.store {
+        crate::config::Store::Sqlite(path) => {
+            let path = path.clone().unwrap_or_else(|| paths.dir.join("jobs.db"));
+            let (store, recovered) = jobs::sqlite::open(&path, owner)?;
+            if recovered > 0 {
+                tracing::warn!("{recovered} job(s) were running when the previous daemon died: queued again");
+            }
+            store
+        }
+        crate::config::Store::Postgres(_) => {
+            return Err("the PostgreSQL job store is not available in this build yet; use store = \"sqlite\"".into());
+        }
+    };
+    let mut wake = std::collections::HashMap::new();
+    for s in services {
+        let notify = Arc::new(tokio::sync::Notify::new());
+        wake.insert(s.config.name.to_string(), notify.clone());
+        let dispatcher = s.dispatcher.clone().expect("filtered on dispatcher");
+        jobs::pump::start(s.config.clone(), store.clone(), dispatcher, notify, shutdown.clone());
+    }
+    Ok(Some(shared::Jobs { store, wake }))
+}
+
+async fn shared_stop(supervisor: &supervisor::Supervisor) {
+    supervisor.stop().await;
+}
+
 async fn stop_all(shared: Arc<shared::Shared>) {
     shared.supervisor.stop().await;
+    if let Some(j) = &shared.jobs {
+        // What the pumps released or finished while stopping is committed before we exit.
+        j.store.sync().await;
+    }
     let _ = std::fs::remove_file(&shared.paths.socket);
     tracing::info!("stopped");
 }

@@ -19,6 +19,13 @@ pub struct Shared {
     pub started: Instant,
     pub supervisor: Supervisor,
     pub shutdown: watch::Sender<bool>,
+    pub jobs: Option<Jobs>,
+}
+
+/// The job store and a way to wake each service's pump.
+pub struct Jobs {
+    pub store: super::jobs::Store,
+    pub wake: std::collections::HashMap<String, Arc<tokio::sync::Notify>>,
 }
 
 pub type SharedRef = Arc<Shared>;

@@ -1,0 +1,141 @@
+//! The job routes of the gateway:
+//!
+//! - `POST /v1/jobs/{service}[/{method}]` → 202 `{"id", "state": "queued"}`; with an
+//!   `Idempotency-Key` header a repeat returns the same job (200);
+//! - `GET /v1/jobs?state=&service=&limit=&after=` → a page of jobs and `next`;
+//! - `GET /v1/jobs/{id}` → state, attempts, timestamps, each attempt's cause;
+//! - `GET /v1/jobs/{id}/result` → the raw result with its content type;
+//! - `DELETE /v1/jobs/{id}` → cancels a queued job.
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use super::{JobError, ListQuery, NewJob};
+use crate::daemon::shared::SharedRef;
+
+pub fn routes() -> Router<SharedRef> {
+    Router::new()
+        .route("/v1/jobs", get(list))
+        .route("/v1/jobs/{a}", get(show).post(enqueue_default).delete(cancel))
+        .route("/v1/jobs/{a}/{b}", get(result).post(enqueue_method))
+}
+
+fn error(code: StatusCode, message: String) -> Response {
+    (code, Json(json!({"error": message}))).into_response()
+}
+
+fn job_error(e: JobError) -> Response {
+    match e {
+        JobError::NotFound(_) => error(StatusCode::NOT_FOUND, e.to_string()),
+        JobError::Conflict { .. } => error(StatusCode::CONFLICT, e.to_string()),
+        JobError::Store(_) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+fn store(shared: &SharedRef) -> Result<&super::Store, Response> {
+    shared
+        .jobs
+        .as_ref()
+        .map(|j| &j.store)
+        .ok_or_else(|| error(StatusCode::NOT_FOUND, "this instance has no worker services, so no jobs".into()))
+}
+
+async fn enqueue_default(State(shared): State<SharedRef>, Path(service): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+    enqueue(shared, service, "predict".into(), headers, body).await
+}
+
+async fn enqueue_method(
+    State(shared): State<SharedRef>,
+    Path((service, method)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    enqueue(shared, service, method, headers, body).await
+}
+
+async fn enqueue(shared: SharedRef, service: String, method: String, headers: HeaderMap, body: Bytes) -> Response {
+    let store = match store(&shared) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let Some(svc) = shared.supervisor.service(&service).filter(|s| s.dispatcher.is_some()) else {
+        return error(StatusCode::NOT_FOUND, format!("no worker service named {service:?}"));
+    };
+    let header_str = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(String::from);
+    let job = NewJob {
+        service: service.clone(),
+        method,
+        content_type: header_str(header::CONTENT_TYPE.as_str()).unwrap_or_else(|| "application/octet-stream".into()),
+        body: body.to_vec(),
+        idempotency_key: header_str("idempotency-key"),
+        max_attempts: svc.config.max_attempts,
+    };
+    match store.enqueue(job).await {
+        Ok((view, created)) => {
+            if created && let Some(w) = shared.jobs.as_ref().and_then(|j| j.wake.get(&service)) {
+                w.notify_one();
+            }
+            let code = if created { StatusCode::ACCEPTED } else { StatusCode::OK };
+            (code, Json(json!({"id": view.id, "state": view.state, "created": created}))).into_response()
+        }
+        Err(e) => job_error(e),
+    }
+}
+
+async fn list(State(shared): State<SharedRef>, Query(q): Query<ListQuery>) -> Response {
+    let store = match store(&shared) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    match store.list(q).await {
+        Ok((jobs, next)) => Json(json!({"jobs": jobs, "next": next})).into_response(),
+        Err(e) => job_error(e),
+    }
+}
+
+async fn show(State(shared): State<SharedRef>, Path(id): Path<String>) -> Response {
+    let store = match store(&shared) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    match store.get(id).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => job_error(e),
+    }
+}
+
+async fn result(State(shared): State<SharedRef>, Path((id, what)): Path<(String, String)>) -> Response {
+    if what != "result" {
+        return error(StatusCode::NOT_FOUND, format!("no route GET /v1/jobs/{id}/{what}"));
+    }
+    let store = match store(&shared) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    match store.result(id).await {
+        Ok((content_type, body)) => {
+            let mut r = (StatusCode::OK, body).into_response();
+            if let Ok(v) = header::HeaderValue::from_str(&content_type) {
+                r.headers_mut().insert(header::CONTENT_TYPE, v);
+            }
+            r
+        }
+        Err(e) => job_error(e),
+    }
+}
+
+async fn cancel(State(shared): State<SharedRef>, Path(id): Path<String>) -> Response {
+    let store = match store(&shared) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    match store.cancel(id).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => job_error(e),
+    }
+}

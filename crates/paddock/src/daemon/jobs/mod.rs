@@ -1,0 +1,208 @@
+//! Durable jobs: `POST /v1/jobs/{service}` queues work that runs on the service's own
+//! workers, through the same handlers as online requests, and survives worker
+//! crashes and daemon crashes.
+//!
+//! Semantics (see docs/jobs.md): at-least-once. queued → running → done; a failed
+//! attempt goes back to queued after a backoff, and after `max_attempts` failed
+//! attempts the job is dead. Each attempt's cause is recorded. A result is committed
+//! in the same transaction that marks the job done, so a done job never runs again.
+//!
+//! The store is SQLite (one thread owns the connection, and commits in groups) or
+//! PostgreSQL. Either way the store is opened only after the daemon forked.
+
+pub mod api;
+pub mod pump;
+pub mod sqlite;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+/// One job, as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct JobView {
+    pub id: String,
+    pub seq: i64,
+    pub service: String,
+    pub method: String,
+    pub state: String,
+    /// Times it was started.
+    pub attempts: u32,
+    /// Attempts that failed (they count towards max_attempts).
+    pub failures: u32,
+    pub max_attempts: u32,
+    pub idempotency_key: Option<String>,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    /// When a queued job may run next (after a backoff).
+    pub run_after: String,
+    /// Every attempt's end: {"attempt", "at", "outcome", "cause"}.
+    pub history: serde_json::Value,
+    pub result_content_type: Option<String>,
+}
+
+/// A job handed to the pump to run.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub id: String,
+    pub method: String,
+    pub content_type: String,
+    pub body: Vec<u8>,
+    /// Failed attempts so far (for the backoff).
+    pub failures: u32,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone)]
+pub enum Finish {
+    Done { content_type: String, body: Vec<u8> },
+    /// The attempt failed; `permanent` skips further attempts (no such handler).
+    Failed { cause: serde_json::Value, permanent: bool, backoff_ms: u64 },
+    /// The attempt never reached a worker (queue full, shutting down): back to the
+    /// queue without counting.
+    Release { why: String },
+}
+
+/// A new job.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub service: String,
+    pub method: String,
+    pub content_type: String,
+    pub body: Vec<u8>,
+    pub idempotency_key: Option<String>,
+    pub max_attempts: u32,
+}
+
+/// What the list endpoint filters on.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ListQuery {
+    pub state: Option<String>,
+    pub service: Option<String>,
+    pub limit: Option<u32>,
+    /// Only jobs with a larger `seq` (the previous page's `next`).
+    pub after: Option<i64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("no job {0}")]
+    NotFound(String),
+    #[error("job {id} is {state}: {what}")]
+    Conflict { id: String, state: String, what: String },
+    #[error("job store: {0}")]
+    Store(String),
+}
+
+/// A request to the store.
+pub enum Cmd {
+    Enqueue(NewJob, oneshot::Sender<Result<(JobView, bool), JobError>>),
+    Claim { service: String, limit: usize, reply: oneshot::Sender<Vec<Claimed>> },
+    Finish { id: String, finish: Finish },
+    Get(String, oneshot::Sender<Result<JobView, JobError>>),
+    Result(String, oneshot::Sender<Result<(String, Vec<u8>), JobError>>),
+    Cancel(String, oneshot::Sender<Result<JobView, JobError>>),
+    Retry(String, oneshot::Sender<Result<JobView, JobError>>),
+    List(ListQuery, oneshot::Sender<Result<(Vec<JobView>, Option<i64>), JobError>>),
+    /// Answered once everything sent before it is committed.
+    Sync(oneshot::Sender<()>),
+}
+
+/// A handle to the job store.
+#[derive(Clone)]
+pub struct Store {
+    tx: std::sync::mpsc::Sender<Cmd>,
+}
+
+impl Store {
+    pub fn new(tx: std::sync::mpsc::Sender<Cmd>) -> Store {
+        Store { tx }
+    }
+
+    fn send(&self, c: Cmd) -> Result<(), JobError> {
+        self.tx.send(c).map_err(|_| JobError::Store("the job store is closed".into()))
+    }
+
+    pub async fn enqueue(&self, job: NewJob) -> Result<(JobView, bool), JobError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Cmd::Enqueue(job, tx))?;
+        rx.await.map_err(|_| JobError::Store("the job store is closed".into()))?
+    }
+
+    pub async fn claim(&self, service: &str, limit: usize) -> Vec<Claimed> {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .send(Cmd::Claim {
+                service: service.into(),
+                limit,
+                reply,
+            })
+            .is_err()
+        {
+            return vec![];
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    pub fn finish(&self, id: String, finish: Finish) {
+        let _ = self.send(Cmd::Finish { id, finish });
+    }
+
+    pub async fn get(&self, id: String) -> Result<JobView, JobError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Cmd::Get(id, tx))?;
+        rx.await.map_err(|_| JobError::Store("the job store is closed".into()))?
+    }
+
+    pub async fn result(&self, id: String) -> Result<(String, Vec<u8>), JobError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Cmd::Result(id, tx))?;
+        rx.await.map_err(|_| JobError::Store("the job store is closed".into()))?
+    }
+
+    pub async fn cancel(&self, id: String) -> Result<JobView, JobError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Cmd::Cancel(id, tx))?;
+        rx.await.map_err(|_| JobError::Store("the job store is closed".into()))?
+    }
+
+    pub async fn retry(&self, id: String) -> Result<JobView, JobError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Cmd::Retry(id, tx))?;
+        rx.await.map_err(|_| JobError::Store("the job store is closed".into()))?
+    }
+
+    /// Waits until every command sent so far is committed.
+    pub async fn sync(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.send(Cmd::Sync(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    pub async fn list(&self, q: ListQuery) -> Result<(Vec<JobView>, Option<i64>), JobError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Cmd::List(q, tx))?;
+        rx.await.map_err(|_| JobError::Store("the job store is closed".into()))?
+    }
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+pub fn ms_to_rfc3339(ms: i64) -> String {
+    crate::timefmt::rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64))
+}
+
+/// A new job id: milliseconds and randomness, sortable by creation time.
+pub fn new_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(now_ms() as u64);
+    format!("j{:011x}{:016x}", now_ms(), h.finish())
+}

@@ -1,0 +1,124 @@
+//! The job pump: one task per worker service that claims queued jobs from the store
+//! and runs them on the service's workers, through the dispatcher, like online
+//! requests.
+//!
+//! Invariants:
+//! - at most `max(1, round(workers × jobs_share))` jobs are with workers at once, so
+//!   online requests always have the rest of the service's capacity;
+//! - claims are made in batches (prefetch) and completions are grouped by the store,
+//!   so the store's fsyncs are shared by many jobs;
+//! - every claimed job is finished exactly once: done, failed (with its cause), or
+//!   released back to the queue if it never reached a worker.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::sync::{Notify, mpsc, watch};
+
+use super::{Claimed, Finish, Store};
+use crate::config::Service;
+use crate::daemon::dispatch::{Dispatcher, Outcome};
+
+/// How many jobs may be with workers at once.
+pub fn capacity(service: &Service) -> usize {
+    ((service.workers as f64 * service.jobs_share).round() as usize).max(1)
+}
+
+pub fn start(
+    service: Arc<Service>,
+    store: Store,
+    dispatcher: Dispatcher,
+    wake: Arc<Notify>,
+    shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(run(service, store, dispatcher, wake, shutdown))
+}
+
+async fn run(
+    service: Arc<Service>,
+    store: Store,
+    dispatcher: Dispatcher,
+    wake: Arc<Notify>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let cap = capacity(&service);
+    let prefetch = (cap * 64).min(512);
+    let mut buffer: VecDeque<Claimed> = VecDeque::new();
+    let mut in_flight = 0usize;
+    let mut maybe_more = true;
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<()>();
+    loop {
+        if *shutdown.borrow() {
+            for job in buffer.drain(..) {
+                store.finish(job.id, Finish::Release { why: "the daemon is stopping".into() });
+            }
+            // Jobs with workers are answered by the dispatcher (503 on shutdown) and
+            // released by their tasks.
+            return;
+        }
+        if maybe_more && buffer.len() < cap {
+            let want = prefetch - buffer.len();
+            let got = store.claim(service.name.as_str(), want).await;
+            maybe_more = got.len() == want;
+            buffer.extend(got);
+        }
+        while in_flight < cap {
+            let Some(job) = buffer.pop_front() else { break };
+            in_flight += 1;
+            let rx = dispatcher.submit(job.method.clone(), job.content_type.clone(), job.body.clone());
+            let store = store.clone();
+            let done = done_tx.clone();
+            let backoff = service.job_backoff;
+            tokio::spawn(async move {
+                let outcome = rx.await.unwrap_or(Outcome::ShuttingDown);
+                store.finish(job.id.clone(), finish_of(outcome, &job, backoff));
+                let _ = done.send(());
+            });
+        }
+        tokio::select! {
+            Some(()) = done_rx.recv() => {
+                in_flight -= 1;
+                while done_rx.try_recv().is_ok() {
+                    in_flight -= 1;
+                }
+            }
+            _ = wake.notified() => maybe_more = true,
+            // Jobs waiting out a backoff become due without anyone enqueuing.
+            _ = tokio::time::sleep(Duration::from_millis(250)) => maybe_more = true,
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// The record of an attempt's end.
+pub fn finish_of(outcome: Outcome, job: &Claimed, backoff: Duration) -> Finish {
+    let backoff_ms = (backoff.as_millis() as u64)
+        .saturating_mul(1u64 << job.failures.min(20))
+        .min(300_000);
+    let failed = |cause: serde_json::Value| Finish::Failed {
+        cause,
+        permanent: false,
+        backoff_ms,
+    };
+    match outcome {
+        Outcome::Ok { content_type, body } => Finish::Done { content_type, body },
+        Outcome::HandlerError {
+            message,
+            traceback,
+            worker,
+        } => failed(json!({"kind": "handler_error", "message": message, "traceback": traceback, "worker": worker})),
+        Outcome::Crashed { cause } => failed(json!({"kind": "crash", "detail": cause})),
+        Outcome::Poison { cause } => failed(json!({"kind": "crash", "detail": cause})),
+        Outcome::DeadlineKilled { cause } => failed(json!({"kind": "deadline", "detail": cause})),
+        Outcome::NotFound { message } => Finish::Failed {
+            cause: json!({"kind": "no_handler", "message": message}),
+            permanent: true,
+            backoff_ms: 0,
+        },
+        Outcome::QueueFull => Finish::Release { why: "queue full".into() },
+        Outcome::QueueTimeout => Finish::Release { why: "no worker became free".into() },
+        Outcome::ShuttingDown => Finish::Release { why: "the daemon is stopping".into() },
+    }
+}
