@@ -44,7 +44,7 @@ async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let cap = capacity(&service);
-    let prefetch = (cap * 64).min(512);
+    let prefetch = cap * 4;
     let mut buffer: VecDeque<Claimed> = VecDeque::new();
     let mut in_flight = 0usize;
     let mut maybe_more = true;

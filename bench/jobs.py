@@ -1,0 +1,184 @@
+#!/usr/bin/env python3
+"""Jobs benchmark: N no-op jobs end to end — enqueue over HTTP, run on 2 workers,
+result committed — on paddock's SQLite store, and on Celery 5 + Redis, in one run.
+
+    python3 bench/jobs.py [--jobs 5000] [--clients 16] [--skip-celery]
+
+Needs a release build; for the Celery side `pip install celery redis` and a
+`redis-server` binary (Debian: apt-get install redis-server).
+"""
+import argparse
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "bench")
+PADDOCK = os.path.join(ROOT, "target", "release", "paddock")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def post_many(port, ids, n, clients):
+    """Enqueue n jobs from `clients` threads over keep-alive connections."""
+    lock = threading.Lock()
+    counter = iter(range(n))
+
+    def worker():
+        c = http.client.HTTPConnection("127.0.0.1", port)
+        while True:
+            with lock:
+                i = next(counter, None)
+            if i is None:
+                return
+            c.request("POST", "/v1/jobs/noop", body=json.dumps({"i": i}), headers={"Content-Type": "application/json"})
+            r = c.getresponse()
+            body = r.read()
+            assert r.status == 202, (r.status, body)
+            with lock:
+                ids.append(json.loads(body)["id"])
+
+    ts = [threading.Thread(target=worker) for _ in range(clients)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+
+
+def count_done(port):
+    c = http.client.HTTPConnection("127.0.0.1", port)
+    done, after = 0, 0
+    while True:
+        c.request("GET", f"/v1/jobs?state=done&limit=1000&after={after}")
+        v = json.loads(c.getresponse().read())
+        done += len(v["jobs"])
+        if v["next"] is None:
+            return done
+        after = v["next"]
+
+
+def run_paddock(n, clients):
+    port = free_port()
+    state = tempfile.mkdtemp(prefix="pdj")
+    env = dict(os.environ, XDG_STATE_HOME=state)
+    cfg = os.path.join(BENCH, "jobs.toml")
+    subprocess.run([PADDOCK, "-c", cfg, "--port", str(port), "start"], check=True, env=env, stdout=subprocess.DEVNULL)
+    try:
+        ids = []
+        t0 = time.monotonic()
+        post_many(port, ids, n, clients)
+        t_enq = time.monotonic() - t0
+        while count_done(port) < n:
+            time.sleep(0.05)
+        total = time.monotonic() - t0
+        return {"n": n, "enqueue_s": t_enq, "total_s": total, "jobs_per_s": n / total}
+    finally:
+        subprocess.run([PADDOCK, "-c", cfg, "--port", str(port), "stop"], env=env,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+CELERY_APP = '''
+from celery import Celery
+app = Celery("bench", broker="redis://127.0.0.1:{port}/0", backend="redis://127.0.0.1:{port}/1")
+app.conf.task_acks_late = True
+app.conf.worker_prefetch_multiplier = 4
+
+@app.task
+def noop(i):
+    return "ok"
+'''
+
+
+def run_celery(n, clients):
+    port = free_port()
+    tmp = tempfile.mkdtemp(prefix="cel")
+    redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                              "--appendonly", "yes", "--appendfsync", "everysec", "--dir", tmp],
+                             stdout=subprocess.DEVNULL, start_new_session=True)
+    with open(os.path.join(tmp, "celery_bench.py"), "w") as f:
+        f.write(CELERY_APP.format(port=port))
+    worker = None
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "celery_bench", "worker", "-c", "2",
+                                   "-P", "prefork", "--loglevel", "warning"], cwd=tmp, start_new_session=True,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        sys.path.insert(0, tmp)
+        import celery_bench  # noqa: E402
+        celery_bench.app.control.ping(timeout=10)
+        t0 = time.monotonic()
+        results = []
+        lock = threading.Lock()
+        counter = iter(range(n))
+
+        def enq():
+            while True:
+                with lock:
+                    i = next(counter, None)
+                if i is None:
+                    return
+                r = celery_bench.noop.delay(i)
+                with lock:
+                    results.append(r)
+
+        ts = [threading.Thread(target=enq) for _ in range(clients)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        t_enq = time.monotonic() - t0
+        for r in results:
+            assert r.get(timeout=120) == "ok"
+        total = time.monotonic() - t0
+        return {"n": n, "enqueue_s": t_enq, "total_s": total, "jobs_per_s": n / total}
+    finally:
+        if worker:
+            os.killpg(worker.pid, signal.SIGTERM)
+            worker.wait(timeout=30)
+        os.killpg(redis.pid, signal.SIGTERM)
+        redis.wait(timeout=30)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--jobs", type=int, default=5000)
+    ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--skip-celery", action="store_true")
+    a = ap.parse_args()
+    pd = run_paddock(a.jobs, a.clients)
+    print(f"paddock (SQLite, synchronous=FULL): {pd['n']} no-op jobs in {pd['total_s']:.2f}s "
+          f"(enqueued in {pd['enqueue_s']:.2f}s): {pd['jobs_per_s']:.0f} jobs/s end to end")
+    if not a.skip_celery:
+        ce = run_celery(a.jobs, a.clients)
+        print(f"celery 5 + redis (prefork -c 2, acks_late): {ce['n']} no-op jobs in {ce['total_s']:.2f}s "
+              f"(enqueued in {ce['enqueue_s']:.2f}s): {ce['jobs_per_s']:.0f} jobs/s end to end")
+        print(f"paddock / celery: {pd['jobs_per_s'] / ce['jobs_per_s']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
