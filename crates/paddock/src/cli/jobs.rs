@@ -59,10 +59,26 @@ pub fn run(config: &Config, cmd: JobsCmd) -> i32 {
             limit,
             after,
             json,
-        } => (request("list", None, state, service, Some(limit), after), json, "list"),
-        JobsCmd::Show { id, json } => (request("show", Some(id), None, None, None, None), json, "one"),
-        JobsCmd::Cancel { id, json } => (request("cancel", Some(id), None, None, None, None), json, "one"),
-        JobsCmd::Retry { id, json } => (request("retry", Some(id), None, None, None, None), json, "one"),
+        } => (
+            request("list", None, state, service, Some(limit), after),
+            json,
+            "list",
+        ),
+        JobsCmd::Show { id, json } => (
+            request("show", Some(id), None, None, None, None),
+            json,
+            "one",
+        ),
+        JobsCmd::Cancel { id, json } => (
+            request("cancel", Some(id), None, None, None, None),
+            json,
+            "one",
+        ),
+        JobsCmd::Retry { id, json } => (
+            request("retry", Some(id), None, None, None, None),
+            json,
+            "one",
+        ),
     };
     let value = match client::request(&paths, &req) {
         Ok(Reply::Jobs { value }) => value,
@@ -80,7 +96,10 @@ pub fn run(config: &Config, cmd: JobsCmd) -> i32 {
         }
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).unwrap_or_default()
+        );
     } else if kind == "list" {
         print_list(&value);
     } else {
@@ -122,7 +141,9 @@ fn print_list(v: &Value) {
     } else {
         presets::NOTHING
     });
-    t.set_header(vec!["ID", "SERVICE", "METHOD", "STATE", "ATTEMPTS", "CREATED", "FINISHED"]);
+    t.set_header(vec![
+        "ID", "SERVICE", "METHOD", "STATE", "ATTEMPTS", "CREATED", "FINISHED",
+    ]);
     for j in v["jobs"].as_array().into_iter().flatten() {
         t.add_row(vec![
             s(&j["id"]),
@@ -141,7 +162,13 @@ fn print_list(v: &Value) {
 }
 
 fn print_one(j: &Value) {
-    println!("job {} — {} ({}/{})", s(&j["id"]), s(&j["state"]), s(&j["service"]), s(&j["method"]));
+    println!(
+        "job {} — {} ({}/{})",
+        s(&j["id"]),
+        s(&j["state"]),
+        s(&j["service"]),
+        s(&j["method"])
+    );
     println!(
         "  attempts {} ({} failed, max {}), created {}, started {}, finished {}",
         j["attempts"],
@@ -163,6 +190,11 @@ fn print_one(j: &Value) {
                 .unwrap_or("");
             format!(": {kind} {detail}")
         };
-        println!("  attempt {} at {}: {}{why}", h["attempt"], s(&h["at"]), s(&h["outcome"]));
+        println!(
+            "  attempt {} at {}: {}{why}",
+            h["attempt"],
+            s(&h["at"]),
+            s(&h["outcome"])
+        );
     }
 }

@@ -328,7 +328,9 @@ pub fn parse(path: &Path, text: &str, port: Option<u16>) -> Result<Config, Confi
     }
     let store = match ri.store.as_deref() {
         None | Some("sqlite") => Store::Sqlite(None),
-        Some(s) if s.starts_with("postgres://") || s.starts_with("postgresql://") => Store::Postgres(s.to_string()),
+        Some(s) if s.starts_with("postgres://") || s.starts_with("postgresql://") => {
+            Store::Postgres(s.to_string())
+        }
         Some(s) if s.starts_with("sqlite:") => {
             let p = PathBuf::from(&s["sqlite:".len()..]);
             Store::Sqlite(Some(if p.is_absolute() { p } else { dir.join(p) }))
@@ -337,7 +339,9 @@ pub fn parse(path: &Path, text: &str, port: Option<u16>) -> Result<Config, Confi
             return Err(at(
                 "instance",
                 "store",
-                format!("unknown job store {s:?}: write \"sqlite\", \"sqlite:PATH\" or \"postgres://user@host:port/db\""),
+                format!(
+                    "unknown job store {s:?}: write \"sqlite\", \"sqlite:PATH\" or \"postgres://user@host:port/db\""
+                ),
             ));
         }
     };
@@ -356,12 +360,21 @@ pub fn parse(path: &Path, text: &str, port: Option<u16>) -> Result<Config, Confi
     for (name, rs) in raw.services {
         let table = format!("services.{name}");
         if name.as_str() == "jobs" {
-            return Err(at(&table, "", "\"jobs\" is reserved for the job API (/v1/jobs): choose another service name".into()));
+            return Err(at(
+                &table,
+                "",
+                "\"jobs\" is reserved for the job API (/v1/jobs): choose another service name"
+                    .into(),
+            ));
         }
         if let Some(share) = rs.jobs_share
             && !(share > 0.0 && share <= 1.0)
         {
-            return Err(at(&table, "jobs_share", format!("{share} is not in (0, 1]")));
+            return Err(at(
+                &table,
+                "jobs_share",
+                format!("{share} is not in (0, 1]"),
+            ));
         }
         let workers = rs.workers.unwrap_or(1);
         if workers == 0 {
@@ -531,7 +544,10 @@ pub fn parse(path: &Path, text: &str, port: Option<u16>) -> Result<Config, Confi
             max_frame: max_frame as usize,
             max_attempts: rs.max_attempts.unwrap_or(3).max(1),
             jobs_share: rs.jobs_share.unwrap_or(0.5),
-            job_backoff: rs.job_backoff.map(|d| d.0).unwrap_or(Duration::from_secs(1)),
+            job_backoff: rs
+                .job_backoff
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(1)),
         });
     }
     if services.is_empty() {

@@ -70,7 +70,20 @@ async fn handle(stream: UnixStream, shared: SharedRef) {
             service,
             limit,
             after,
-        }) => jobs(&shared, &action, id, super::jobs::ListQuery { state, service, limit, after }).await,
+        }) => {
+            jobs(
+                &shared,
+                &action,
+                id,
+                super::jobs::ListQuery {
+                    state,
+                    service,
+                    limit,
+                    after,
+                },
+            )
+            .await
+        }
         Err(e) => Reply::Error {
             error: format!("bad request: {e}"),
         },
@@ -82,13 +95,21 @@ async fn handle(stream: UnixStream, shared: SharedRef) {
 
 use tokio::io::AsyncReadExt as _;
 
-async fn jobs(shared: &SharedRef, action: &str, id: Option<String>, query: super::jobs::ListQuery) -> Reply {
+async fn jobs(
+    shared: &SharedRef,
+    action: &str,
+    id: Option<String>,
+    query: super::jobs::ListQuery,
+) -> Reply {
     let Some(j) = &shared.jobs else {
         return Reply::Error {
             error: "this instance has no worker services, so no jobs".into(),
         };
     };
-    let need_id = || id.clone().ok_or_else(|| super::jobs::JobError::NotFound("(no id given)".into()));
+    let need_id = || {
+        id.clone()
+            .ok_or_else(|| super::jobs::JobError::NotFound("(no id given)".into()))
+    };
     let r = match action {
         "list" => j
             .store
@@ -123,6 +144,8 @@ async fn jobs(shared: &SharedRef, action: &str, id: Option<String>, query: super
     };
     match r {
         Ok(value) => Reply::Jobs { value },
-        Err(e) => Reply::Error { error: e.to_string() },
+        Err(e) => Reply::Error {
+            error: e.to_string(),
+        },
     }
 }

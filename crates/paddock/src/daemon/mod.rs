@@ -271,7 +271,11 @@ fn open_jobs(
     started_at: SystemTime,
     shutdown: &watch::Receiver<bool>,
 ) -> Result<Option<shared::Jobs>, String> {
-    let services: Vec<_> = supervisor.services.iter().filter(|s| s.dispatcher.is_some()).collect();
+    let services: Vec<_> = supervisor
+        .services
+        .iter()
+        .filter(|s| s.dispatcher.is_some())
+        .collect();
     if services.is_empty() {
         return Ok(None);
     }
@@ -281,7 +285,9 @@ fn open_jobs(
             let path = path.clone().unwrap_or_else(|| paths.dir.join("jobs.db"));
             let (store, recovered) = jobs::sqlite::open(&path, owner)?;
             if recovered > 0 {
-                tracing::warn!("{recovered} job(s) were running when the previous daemon died: queued again");
+                tracing::warn!(
+                    "{recovered} job(s) were running when the previous daemon died: queued again"
+                );
             }
             store
         }
@@ -294,7 +300,13 @@ fn open_jobs(
         let notify = Arc::new(tokio::sync::Notify::new());
         wake.insert(s.config.name.to_string(), notify.clone());
         let dispatcher = s.dispatcher.clone().expect("filtered on dispatcher");
-        jobs::pump::start(s.config.clone(), store.clone(), dispatcher, notify, shutdown.clone());
+        jobs::pump::start(
+            s.config.clone(),
+            store.clone(),
+            dispatcher,
+            notify,
+            shutdown.clone(),
+        );
     }
     Ok(Some(shared::Jobs { store, wake }))
 }

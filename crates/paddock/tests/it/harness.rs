@@ -351,11 +351,39 @@ impl Resp {
 
 /// POST `body` to the gateway on `port`.
 pub fn post(port: u16, path: &str, content_type: &str, body: &[u8]) -> std::io::Result<Resp> {
+    post_with_headers(port, path, content_type, "", body)
+}
+
+/// POST with extra header lines (each ending in CRLF).
+pub fn post_with_headers(
+    port: u16,
+    path: &str,
+    content_type: &str,
+    extra: &str,
+    body: &[u8],
+) -> std::io::Result<Resp> {
+    request(
+        port,
+        "POST",
+        path,
+        &format!("Content-Type: {content_type}\r\n{extra}"),
+        body,
+    )
+}
+
+/// One HTTP/1.1 request (connection closed after it).
+pub fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &[u8],
+) -> std::io::Result<Resp> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
     write!(
         s,
-        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     )?;
     s.write_all(body)?;

@@ -7,6 +7,7 @@ mod config_errors;
 mod failures;
 mod foreground;
 mod instances;
+mod jobs;
 mod logs;
 mod orphans;
 mod restarts;

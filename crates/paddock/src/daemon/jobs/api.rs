@@ -21,7 +21,10 @@ use crate::daemon::shared::SharedRef;
 pub fn routes() -> Router<SharedRef> {
     Router::new()
         .route("/v1/jobs", get(list))
-        .route("/v1/jobs/{a}", get(show).post(enqueue_default).delete(cancel))
+        .route(
+            "/v1/jobs/{a}",
+            get(show).post(enqueue_default).delete(cancel),
+        )
         .route("/v1/jobs/{a}/{b}", get(result).post(enqueue_method))
 }
 
@@ -37,15 +40,23 @@ fn job_error(e: JobError) -> Response {
     }
 }
 
-fn store(shared: &SharedRef) -> Result<&super::Store, Response> {
-    shared
-        .jobs
-        .as_ref()
-        .map(|j| &j.store)
-        .ok_or_else(|| error(StatusCode::NOT_FOUND, "this instance has no worker services, so no jobs".into()))
+fn store(shared: &SharedRef) -> Option<&super::Store> {
+    shared.jobs.as_ref().map(|j| &j.store)
 }
 
-async fn enqueue_default(State(shared): State<SharedRef>, Path(service): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+fn no_jobs() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "this instance has no worker services, so no jobs".into(),
+    )
+}
+
+async fn enqueue_default(
+    State(shared): State<SharedRef>,
+    Path(service): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     enqueue(shared, service, "predict".into(), headers, body).await
 }
 
@@ -58,19 +69,37 @@ async fn enqueue_method(
     enqueue(shared, service, method, headers, body).await
 }
 
-async fn enqueue(shared: SharedRef, service: String, method: String, headers: HeaderMap, body: Bytes) -> Response {
-    let store = match store(&shared) {
-        Ok(s) => s,
-        Err(r) => return r,
+async fn enqueue(
+    shared: SharedRef,
+    service: String,
+    method: String,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(store) = store(&shared) else {
+        return no_jobs();
     };
-    let Some(svc) = shared.supervisor.service(&service).filter(|s| s.dispatcher.is_some()) else {
-        return error(StatusCode::NOT_FOUND, format!("no worker service named {service:?}"));
+    let Some(svc) = shared
+        .supervisor
+        .service(&service)
+        .filter(|s| s.dispatcher.is_some())
+    else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no worker service named {service:?}"),
+        );
     };
-    let header_str = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(String::from);
+    let header_str = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from)
+    };
     let job = NewJob {
         service: service.clone(),
         method,
-        content_type: header_str(header::CONTENT_TYPE.as_str()).unwrap_or_else(|| "application/octet-stream".into()),
+        content_type: header_str(header::CONTENT_TYPE.as_str())
+            .unwrap_or_else(|| "application/octet-stream".into()),
         body: body.to_vec(),
         idempotency_key: header_str("idempotency-key"),
         max_attempts: svc.config.max_attempts,
@@ -80,17 +109,24 @@ async fn enqueue(shared: SharedRef, service: String, method: String, headers: He
             if created && let Some(w) = shared.jobs.as_ref().and_then(|j| j.wake.get(&service)) {
                 w.notify_one();
             }
-            let code = if created { StatusCode::ACCEPTED } else { StatusCode::OK };
-            (code, Json(json!({"id": view.id, "state": view.state, "created": created}))).into_response()
+            let code = if created {
+                StatusCode::ACCEPTED
+            } else {
+                StatusCode::OK
+            };
+            (
+                code,
+                Json(json!({"id": view.id, "state": view.state, "created": created})),
+            )
+                .into_response()
         }
         Err(e) => job_error(e),
     }
 }
 
 async fn list(State(shared): State<SharedRef>, Query(q): Query<ListQuery>) -> Response {
-    let store = match store(&shared) {
-        Ok(s) => s,
-        Err(r) => return r,
+    let Some(store) = store(&shared) else {
+        return no_jobs();
     };
     match store.list(q).await {
         Ok((jobs, next)) => Json(json!({"jobs": jobs, "next": next})).into_response(),
@@ -99,9 +135,8 @@ async fn list(State(shared): State<SharedRef>, Query(q): Query<ListQuery>) -> Re
 }
 
 async fn show(State(shared): State<SharedRef>, Path(id): Path<String>) -> Response {
-    let store = match store(&shared) {
-        Ok(s) => s,
-        Err(r) => return r,
+    let Some(store) = store(&shared) else {
+        return no_jobs();
     };
     match store.get(id).await {
         Ok(v) => Json(v).into_response(),
@@ -109,13 +144,18 @@ async fn show(State(shared): State<SharedRef>, Path(id): Path<String>) -> Respon
     }
 }
 
-async fn result(State(shared): State<SharedRef>, Path((id, what)): Path<(String, String)>) -> Response {
+async fn result(
+    State(shared): State<SharedRef>,
+    Path((id, what)): Path<(String, String)>,
+) -> Response {
     if what != "result" {
-        return error(StatusCode::NOT_FOUND, format!("no route GET /v1/jobs/{id}/{what}"));
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no route GET /v1/jobs/{id}/{what}"),
+        );
     }
-    let store = match store(&shared) {
-        Ok(s) => s,
-        Err(r) => return r,
+    let Some(store) = store(&shared) else {
+        return no_jobs();
     };
     match store.result(id).await {
         Ok((content_type, body)) => {
@@ -130,9 +170,8 @@ async fn result(State(shared): State<SharedRef>, Path((id, what)): Path<(String,
 }
 
 async fn cancel(State(shared): State<SharedRef>, Path(id): Path<String>) -> Response {
-    let store = match store(&shared) {
-        Ok(s) => s,
-        Err(r) => return r,
+    let Some(store) = store(&shared) else {
+        return no_jobs();
     };
     match store.cancel(id).await {
         Ok(v) => Json(v).into_response(),

@@ -55,12 +55,21 @@ pub struct Claimed {
 /// How an attempt ended.
 #[derive(Debug, Clone)]
 pub enum Finish {
-    Done { content_type: String, body: Vec<u8> },
+    Done {
+        content_type: String,
+        body: Vec<u8>,
+    },
     /// The attempt failed; `permanent` skips further attempts (no such handler).
-    Failed { cause: serde_json::Value, permanent: bool, backoff_ms: u64 },
+    Failed {
+        cause: serde_json::Value,
+        permanent: bool,
+        backoff_ms: u64,
+    },
     /// The attempt never reached a worker (queue full, shutting down): back to the
     /// queue without counting.
-    Release { why: String },
+    Release {
+        why: String,
+    },
 }
 
 /// A new job.
@@ -73,6 +82,9 @@ pub struct NewJob {
     pub idempotency_key: Option<String>,
     pub max_attempts: u32,
 }
+
+/// A page of jobs and the `after` of the next page.
+pub type Page = (Vec<JobView>, Option<i64>);
 
 /// What the list endpoint filters on.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -89,7 +101,11 @@ pub enum JobError {
     #[error("no job {0}")]
     NotFound(String),
     #[error("job {id} is {state}: {what}")]
-    Conflict { id: String, state: String, what: String },
+    Conflict {
+        id: String,
+        state: String,
+        what: String,
+    },
     #[error("job store: {0}")]
     Store(String),
 }
@@ -97,13 +113,20 @@ pub enum JobError {
 /// A request to the store.
 pub enum Cmd {
     Enqueue(NewJob, oneshot::Sender<Result<(JobView, bool), JobError>>),
-    Claim { service: String, limit: usize, reply: oneshot::Sender<Vec<Claimed>> },
-    Finish { id: String, finish: Finish },
+    Claim {
+        service: String,
+        limit: usize,
+        reply: oneshot::Sender<Vec<Claimed>>,
+    },
+    Finish {
+        id: String,
+        finish: Finish,
+    },
     Get(String, oneshot::Sender<Result<JobView, JobError>>),
     Result(String, oneshot::Sender<Result<(String, Vec<u8>), JobError>>),
     Cancel(String, oneshot::Sender<Result<JobView, JobError>>),
     Retry(String, oneshot::Sender<Result<JobView, JobError>>),
-    List(ListQuery, oneshot::Sender<Result<(Vec<JobView>, Option<i64>), JobError>>),
+    List(ListQuery, oneshot::Sender<Result<Page, JobError>>),
     /// Answered once everything sent before it is committed.
     Sync(oneshot::Sender<()>),
 }
@@ -120,13 +143,16 @@ impl Store {
     }
 
     fn send(&self, c: Cmd) -> Result<(), JobError> {
-        self.tx.send(c).map_err(|_| JobError::Store("the job store is closed".into()))
+        self.tx
+            .send(c)
+            .map_err(|_| JobError::Store("the job store is closed".into()))
     }
 
     pub async fn enqueue(&self, job: NewJob) -> Result<(JobView, bool), JobError> {
         let (tx, rx) = oneshot::channel();
         self.send(Cmd::Enqueue(job, tx))?;
-        rx.await.map_err(|_| JobError::Store("the job store is closed".into()))?
+        rx.await
+            .map_err(|_| JobError::Store("the job store is closed".into()))?
     }
 
     pub async fn claim(&self, service: &str, limit: usize) -> Vec<Claimed> {
@@ -151,25 +177,29 @@ impl Store {
     pub async fn get(&self, id: String) -> Result<JobView, JobError> {
         let (tx, rx) = oneshot::channel();
         self.send(Cmd::Get(id, tx))?;
-        rx.await.map_err(|_| JobError::Store("the job store is closed".into()))?
+        rx.await
+            .map_err(|_| JobError::Store("the job store is closed".into()))?
     }
 
     pub async fn result(&self, id: String) -> Result<(String, Vec<u8>), JobError> {
         let (tx, rx) = oneshot::channel();
         self.send(Cmd::Result(id, tx))?;
-        rx.await.map_err(|_| JobError::Store("the job store is closed".into()))?
+        rx.await
+            .map_err(|_| JobError::Store("the job store is closed".into()))?
     }
 
     pub async fn cancel(&self, id: String) -> Result<JobView, JobError> {
         let (tx, rx) = oneshot::channel();
         self.send(Cmd::Cancel(id, tx))?;
-        rx.await.map_err(|_| JobError::Store("the job store is closed".into()))?
+        rx.await
+            .map_err(|_| JobError::Store("the job store is closed".into()))?
     }
 
     pub async fn retry(&self, id: String) -> Result<JobView, JobError> {
         let (tx, rx) = oneshot::channel();
         self.send(Cmd::Retry(id, tx))?;
-        rx.await.map_err(|_| JobError::Store("the job store is closed".into()))?
+        rx.await
+            .map_err(|_| JobError::Store("the job store is closed".into()))?
     }
 
     /// Waits until every command sent so far is committed.
@@ -180,10 +210,11 @@ impl Store {
         }
     }
 
-    pub async fn list(&self, q: ListQuery) -> Result<(Vec<JobView>, Option<i64>), JobError> {
+    pub async fn list(&self, q: ListQuery) -> Result<Page, JobError> {
         let (tx, rx) = oneshot::channel();
         self.send(Cmd::List(q, tx))?;
-        rx.await.map_err(|_| JobError::Store("the job store is closed".into()))?
+        rx.await
+            .map_err(|_| JobError::Store("the job store is closed".into()))?
     }
 }
 
@@ -196,7 +227,9 @@ pub fn now_ms() -> i64 {
 }
 
 pub fn ms_to_rfc3339(ms: i64) -> String {
-    crate::timefmt::rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64))
+    crate::timefmt::rfc3339(
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64),
+    )
 }
 
 /// A new job id: milliseconds and randomness, sortable by creation time.

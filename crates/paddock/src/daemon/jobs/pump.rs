@@ -52,7 +52,12 @@ async fn run(
     loop {
         if *shutdown.borrow() {
             for job in buffer.drain(..) {
-                store.finish(job.id, Finish::Release { why: "the daemon is stopping".into() });
+                store.finish(
+                    job.id,
+                    Finish::Release {
+                        why: "the daemon is stopping".into(),
+                    },
+                );
             }
             // Jobs with workers are answered by the dispatcher (503 on shutdown) and
             // released by their tasks.
@@ -67,7 +72,11 @@ async fn run(
         while in_flight < cap {
             let Some(job) = buffer.pop_front() else { break };
             in_flight += 1;
-            let rx = dispatcher.submit(job.method.clone(), job.content_type.clone(), job.body.clone());
+            let rx = dispatcher.submit(
+                job.method.clone(),
+                job.content_type.clone(),
+                job.body.clone(),
+            );
             let store = store.clone();
             let done = done_tx.clone();
             let backoff = service.job_backoff;
@@ -108,7 +117,9 @@ pub fn finish_of(outcome: Outcome, job: &Claimed, backoff: Duration) -> Finish {
             message,
             traceback,
             worker,
-        } => failed(json!({"kind": "handler_error", "message": message, "traceback": traceback, "worker": worker})),
+        } => failed(
+            json!({"kind": "handler_error", "message": message, "traceback": traceback, "worker": worker}),
+        ),
         Outcome::Crashed { cause } => failed(json!({"kind": "crash", "detail": cause})),
         Outcome::Poison { cause } => failed(json!({"kind": "crash", "detail": cause})),
         Outcome::DeadlineKilled { cause } => failed(json!({"kind": "deadline", "detail": cause})),
@@ -117,8 +128,14 @@ pub fn finish_of(outcome: Outcome, job: &Claimed, backoff: Duration) -> Finish {
             permanent: true,
             backoff_ms: 0,
         },
-        Outcome::QueueFull => Finish::Release { why: "queue full".into() },
-        Outcome::QueueTimeout => Finish::Release { why: "no worker became free".into() },
-        Outcome::ShuttingDown => Finish::Release { why: "the daemon is stopping".into() },
+        Outcome::QueueFull => Finish::Release {
+            why: "queue full".into(),
+        },
+        Outcome::QueueTimeout => Finish::Release {
+            why: "no worker became free".into(),
+        },
+        Outcome::ShuttingDown => Finish::Release {
+            why: "the daemon is stopping".into(),
+        },
     }
 }

@@ -16,7 +16,10 @@ use std::sync::mpsc;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use serde_json::json;
 
-use super::{Claimed, Cmd, Finish, JobError, JobView, ListQuery, NewJob, Store, ms_to_rfc3339, new_id, now_ms};
+use super::{
+    Claimed, Cmd, Finish, JobError, JobView, ListQuery, NewJob, Store, ms_to_rfc3339, new_id,
+    now_ms,
+};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
@@ -74,9 +77,12 @@ fn view(r: &Row<'_>) -> rusqlite::Result<JobView> {
 pub fn open(path: &Path, owner: String) -> Result<(Store, usize), String> {
     let what = |e: rusqlite::Error| format!("job store {}: {e}", path.display());
     let conn = Connection::open(path).map_err(what)?;
-    conn.pragma_update(None, "journal_mode", "WAL").map_err(what)?;
-    conn.pragma_update(None, "synchronous", "FULL").map_err(what)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(what)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(what)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(what)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(what)?;
     conn.execute_batch(SCHEMA).map_err(what)?;
     let recovered = conn
         .execute(
@@ -142,22 +148,34 @@ fn reply<T: Send + 'static>(
 }
 
 fn get(tx: &rusqlite::Transaction<'_>, id: &str) -> Result<JobView, JobError> {
-    tx.query_row(&format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"), [id], view)
-        .optional()
-        .map_err(store_err)?
-        .ok_or_else(|| JobError::NotFound(id.to_string()))
+    tx.query_row(
+        &format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"),
+        [id],
+        view,
+    )
+    .optional()
+    .map_err(store_err)?
+    .ok_or_else(|| JobError::NotFound(id.to_string()))
 }
 
 fn apply(tx: &rusqlite::Transaction<'_>, cmd: Cmd, owner: &str) -> Reply {
     match cmd {
         Cmd::Enqueue(job, r) => reply(r, enqueue(tx, job)),
-        Cmd::Claim { service, limit, reply } => {
+        Cmd::Claim {
+            service,
+            limit,
+            reply,
+        } => {
             let claimed = claim(tx, &service, limit, owner).unwrap_or_else(|e| {
                 tracing::error!("claiming jobs of {service}: {e}");
                 vec![]
             });
             Box::new(move |commit_err| {
-                let _ = reply.send(if commit_err.is_some() { vec![] } else { claimed });
+                let _ = reply.send(if commit_err.is_some() {
+                    vec![]
+                } else {
+                    claimed
+                });
             })
         }
         Cmd::Finish { id, finish } => {
@@ -190,7 +208,12 @@ fn apply(tx: &rusqlite::Transaction<'_>, cmd: Cmd, owner: &str) -> Reply {
             reply(r, v)
         }
         Cmd::Cancel(id, r) => {
-            let v = transition(tx, &id, "UPDATE jobs SET state = 'cancelled', finished_ms = ?2 WHERE id = ?1 AND state = 'queued'", "only a queued job can be cancelled");
+            let v = transition(
+                tx,
+                &id,
+                "UPDATE jobs SET state = 'cancelled', finished_ms = ?2 WHERE id = ?1 AND state = 'queued'",
+                "only a queued job can be cancelled",
+            );
             reply(r, v)
         }
         Cmd::Retry(id, r) => {
@@ -235,7 +258,12 @@ fn enqueue(tx: &rusqlite::Transaction<'_>, job: NewJob) -> Result<(JobView, bool
     Ok((get(tx, &id)?, true))
 }
 
-fn claim(tx: &rusqlite::Transaction<'_>, service: &str, limit: usize, owner: &str) -> rusqlite::Result<Vec<Claimed>> {
+fn claim(
+    tx: &rusqlite::Transaction<'_>,
+    service: &str,
+    limit: usize,
+    owner: &str,
+) -> rusqlite::Result<Vec<Claimed>> {
     let now = now_ms();
     let mut stmt = tx.prepare_cached(
         "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_ms = ?1, owner = ?2
@@ -300,7 +328,12 @@ fn finish_job(tx: &rusqlite::Transaction<'_>, id: &str, finish: Finish) -> rusql
     Ok(())
 }
 
-fn transition(tx: &rusqlite::Transaction<'_>, id: &str, sql: &str, what: &str) -> Result<JobView, JobError> {
+fn transition(
+    tx: &rusqlite::Transaction<'_>,
+    id: &str,
+    sql: &str,
+    what: &str,
+) -> Result<JobView, JobError> {
     let n = tx.execute(sql, params![id, now_ms()]).map_err(store_err)?;
     let v = get(tx, id)?;
     if n == 0 {
@@ -313,7 +346,7 @@ fn transition(tx: &rusqlite::Transaction<'_>, id: &str, sql: &str, what: &str) -
     Ok(v)
 }
 
-fn list(tx: &rusqlite::Transaction<'_>, q: ListQuery) -> Result<(Vec<JobView>, Option<i64>), JobError> {
+fn list(tx: &rusqlite::Transaction<'_>, q: ListQuery) -> Result<super::Page, JobError> {
     let limit = q.limit.unwrap_or(50).clamp(1, 1000) as i64;
     let mut stmt = tx
         .prepare_cached(&format!(
@@ -322,7 +355,10 @@ fn list(tx: &rusqlite::Transaction<'_>, q: ListQuery) -> Result<(Vec<JobView>, O
         ))
         .map_err(store_err)?;
     let mut jobs: Vec<JobView> = stmt
-        .query_map(params![q.state, q.service, q.after.unwrap_or(0), limit + 1], view)
+        .query_map(
+            params![q.state, q.service, q.after.unwrap_or(0), limit + 1],
+            view,
+        )
         .map_err(store_err)?
         .collect::<rusqlite::Result<_>>()
         .map_err(store_err)?;
