@@ -102,6 +102,7 @@ struct RawInstance {
     log_max_size: Option<Bytes>,
     log_max_files: Option<u32>,
     store: Option<String>,
+    lease_timeout: Option<Dur>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -162,6 +163,8 @@ pub struct Instance {
     pub log_max_files: u32,
     /// Where durable jobs live.
     pub store: Store,
+    /// PostgreSQL store: how long a claimed job stays claimed without a heartbeat.
+    pub lease_timeout: Duration,
 }
 
 /// The job store: SQLite in the instance's folder, or a shared PostgreSQL.
@@ -345,7 +348,19 @@ pub fn parse(path: &Path, text: &str, port: Option<u16>) -> Result<Config, Confi
             ));
         }
     };
+    let lease_timeout = ri
+        .lease_timeout
+        .map(|d| d.0)
+        .unwrap_or(Duration::from_secs(30));
+    if lease_timeout < Duration::from_millis(300) {
+        return Err(at(
+            "instance",
+            "lease_timeout",
+            "must be at least 300ms".into(),
+        ));
+    }
     let instance = Instance {
+        lease_timeout,
         store,
         name,
         listen,

@@ -153,7 +153,7 @@ async fn main(launch: Launch) -> i32 {
         }
     };
     let (shutdown, mut shutdown_rx) = watch::channel(false);
-    let jobs = match open_jobs(&config, &paths, &supervisor, pid, started_at, &shutdown_rx) {
+    let jobs = match open_jobs(&config, &paths, &supervisor, pid, started_at, &shutdown_rx).await {
         Ok(j) => j,
         Err(e) => {
             reporter.verdict(exit::FAILURE, &e, None);
@@ -263,7 +263,7 @@ async fn main(launch: Launch) -> i32 {
 
 /// Opens the job store (after the fork, like every handle that may start a thread)
 /// and starts one pump per worker service.
-fn open_jobs(
+async fn open_jobs(
     config: &Config,
     paths: &Paths,
     supervisor: &supervisor::Supervisor,
@@ -279,7 +279,18 @@ fn open_jobs(
     if services.is_empty() {
         return Ok(None);
     }
-    let owner = format!("{pid}@{}", crate::timefmt::rfc3339(started_at));
+    let owner = format!(
+        "{}:{pid}@{}",
+        hostname(),
+        crate::timefmt::rfc3339(started_at)
+    );
+    let mut wake = std::collections::HashMap::new();
+    for s in &services {
+        wake.insert(
+            s.config.name.to_string(),
+            Arc::new(tokio::sync::Notify::new()),
+        );
+    }
     let store = match &config.instance.store {
         crate::config::Store::Sqlite(path) => {
             let path = path.clone().unwrap_or_else(|| paths.dir.join("jobs.db"));
@@ -291,14 +302,12 @@ fn open_jobs(
             }
             store
         }
-        crate::config::Store::Postgres(_) => {
-            return Err("the PostgreSQL job store is not available in this build yet; use store = \"sqlite\"".into());
+        crate::config::Store::Postgres(url) => {
+            jobs::postgres::open(url, owner, config.instance.lease_timeout, wake.clone()).await?
         }
     };
-    let mut wake = std::collections::HashMap::new();
     for s in services {
-        let notify = Arc::new(tokio::sync::Notify::new());
-        wake.insert(s.config.name.to_string(), notify.clone());
+        let notify = wake[s.config.name.as_str()].clone();
         let dispatcher = s.dispatcher.clone().expect("filtered on dispatcher");
         jobs::pump::start(
             s.config.clone(),
@@ -309,6 +318,14 @@ fn open_jobs(
         );
     }
     Ok(Some(shared::Jobs { store, wake }))
+}
+
+/// This machine's name, for job owners (several machines share one PostgreSQL).
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
 }
 
 async fn shared_stop(supervisor: &supervisor::Supervisor) {

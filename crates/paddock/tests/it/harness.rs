@@ -63,6 +63,8 @@ pub struct Env {
     pub dir: tempfile::TempDir,
     pub port: u16,
     pub extra_env: Vec<(String, String)>,
+    /// Extra lines for the [instance] table written by `config`.
+    pub instance_extra: String,
     daemons: std::cell::RefCell<Vec<i32>>,
 }
 
@@ -77,6 +79,7 @@ impl Env {
             dir,
             port: free_port(),
             extra_env: vec![],
+            instance_extra: String::new(),
             daemons: Default::default(),
         }
     }
@@ -92,9 +95,10 @@ impl Env {
     /// Writes a config: an [instance] with this env's state folder and port, then `services`.
     pub fn config(&self, services: &str) -> &Self {
         let text = format!(
-            "[instance]\nname = \"t\"\nlisten = \"127.0.0.1:{}\"\nstate_dir = \"{}/state\"\n\n{services}",
+            "[instance]\nname = \"t\"\nlisten = \"127.0.0.1:{}\"\nstate_dir = \"{}/state\"\n{}\n{services}",
             self.port,
-            self.path().display()
+            self.path().display(),
+            self.instance_extra
         );
         std::fs::write(self.config_path(), text).unwrap();
         self

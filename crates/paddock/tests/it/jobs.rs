@@ -1,5 +1,7 @@
-//! Durable jobs on the embedded store: the API, failures and dead jobs, and the
-//! daemon SIGKILLed while jobs run.
+//! Durable jobs: the API, failures and dead jobs, and the daemon SIGKILLed while
+//! jobs run — the same tests on the embedded SQLite store and on PostgreSQL (when
+//! `PADDOCK_TEST_POSTGRES` names a server, e.g. `postgres://postgres@127.0.0.1:55432`;
+//! `.ci/postgres.sh` starts one). Plus two daemons sharing one PostgreSQL.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -7,6 +9,90 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::harness::{Env, Resp, kill, wait_until};
+
+#[derive(Clone, Debug)]
+enum Backend {
+    Sqlite,
+    Postgres(String),
+}
+
+impl Backend {
+    /// A fresh database on the test server, or None (and a note) without one.
+    fn postgres() -> Option<Backend> {
+        let Ok(base) = std::env::var("PADDOCK_TEST_POSTGRES") else {
+            eprintln!(
+                "skipped: PADDOCK_TEST_POSTGRES is not set, so there is no PostgreSQL server to test the shared job store against (.ci/postgres.sh starts one)"
+            );
+            return None;
+        };
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let db = format!("t{}_{nanos}", std::process::id());
+        let out = std::process::Command::new("psql")
+            .arg(format!("{base}/postgres"))
+            .args(["-c", &format!("CREATE DATABASE {db}")])
+            .output()
+            .expect("psql");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(Backend::Postgres(format!("{base}/{db}")))
+    }
+
+    fn env(&self) -> Env {
+        let mut env = Env::new();
+        if let Backend::Postgres(url) = self {
+            env.instance_extra = format!("store = {url:?}\nlease_timeout = \"1s\"\n");
+        }
+        env
+    }
+}
+
+macro_rules! on_both_stores {
+    ($($name:ident),*) => {
+        mod sqlite {
+            $(#[test] fn $name() { super::$name(super::Backend::Sqlite) })*
+        }
+        mod postgres {
+            $(#[test] fn $name() { if let Some(b) = super::Backend::postgres() { super::$name(b) } })*
+        }
+    };
+}
+
+on_both_stores!(api, poison, sigkill);
+
+/// Enqueues `n` record jobs from 8 threads; returns id -> n.
+fn enqueue_records(env: &Env, n: usize, seconds: f64) -> BTreeMap<String, usize> {
+    let port = env.port;
+    let handles: Vec<_> = (0..8)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut out = vec![];
+                for i in (t..n).step_by(8) {
+                    let body = json!({"op": "record", "n": i, "s": seconds}).to_string();
+                    let r = crate::harness::post(
+                        port,
+                        "/v1/jobs/fake",
+                        "application/json",
+                        body.as_bytes(),
+                    )
+                    .unwrap();
+                    assert_eq!(r.code, 202, "{}", r.text());
+                    out.push((r.json()["id"].as_str().unwrap().to_string(), i));
+                }
+                out
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect()
+}
 
 fn enqueue(env: &Env, path: &str, body: &Value, key: Option<&str>) -> Resp {
     let extra = key
@@ -59,9 +145,9 @@ fn all_jobs(env: &Env, query: &str) -> Vec<Value> {
     }
 }
 
-#[test]
-fn enqueue_run_result_idempotency_cancel_retry_and_paging() {
-    let env = Env::new();
+/// Enqueue, run, result, idempotency, cancel, retry, paging.
+fn api(backend: Backend) {
+    let env = backend.env();
     env.config(&env.worker("fake", "workers = 1\njobs_share = 1.0"));
     env.start_ok();
 
@@ -170,9 +256,9 @@ fn enqueue_run_result_idempotency_cancel_retry_and_paging() {
     assert_eq!(env.run(&["jobs", "list"]).code, 4);
 }
 
-#[test]
-fn a_poison_job_ends_dead_with_every_cause_and_others_are_unaffected() {
-    let env = Env::new();
+/// A poison job ends dead with every cause recorded; the others are unaffected.
+fn poison(backend: Backend) {
+    let env = backend.env();
     env.config(&env.worker(
         "fake",
         "workers = 2\nmax_attempts = 3\njob_backoff = \"100ms\"\njobs_share = 1.0",
@@ -223,9 +309,9 @@ fn a_poison_job_ends_dead_with_every_cause_and_others_are_unaffected() {
     env.stop_ok();
 }
 
-#[test]
-fn jobs_survive_the_daemon_being_sigkilled_three_times() {
-    let env = Env::new();
+/// Jobs survive the daemon being SIGKILLed three times.
+fn sigkill(backend: Backend) {
+    let env = backend.env();
     let record = env.path().join("record").display().to_string();
     env.config(&env.worker_with(
         "fake",
@@ -235,17 +321,7 @@ fn jobs_survive_the_daemon_being_sigkilled_three_times() {
     ));
     env.start_ok();
     const N: usize = 2000;
-    let mut ids = BTreeMap::new();
-    for n in 0..N {
-        let r = enqueue(
-            &env,
-            "/v1/jobs/fake",
-            &json!({"op": "record", "n": n, "s": 0.004}),
-            None,
-        );
-        assert_eq!(r.code, 202, "{}", r.text());
-        ids.insert(r.json()["id"].as_str().unwrap().to_string(), n);
-    }
+    let ids = enqueue_records(&env, N, 0.004);
     // Kill at three points spread over the run, each time the daemon is mid-work.
     for threshold in [350, 900, 1450] {
         wait_until(Duration::from_secs(60), "progress before a kill", || {
@@ -272,7 +348,8 @@ fn jobs_survive_the_daemon_being_sigkilled_three_times() {
     // Ran more than once only if it was running at a kill.
     let mut runs: BTreeMap<usize, usize> = BTreeMap::new();
     for line in std::fs::read_to_string(&record).unwrap().lines() {
-        *runs.entry(line.parse().unwrap()).or_default() += 1;
+        let n = line.split_whitespace().next().unwrap().parse().unwrap();
+        *runs.entry(n).or_default() += 1;
     }
     assert_eq!(runs.len(), N, "every job ran");
     let mut twice = 0;
@@ -303,4 +380,78 @@ fn post_get(env: &Env, path: &str) -> Resp {
 
 fn delete(env: &Env, path: &str) -> Resp {
     crate::harness::request(env.port, "DELETE", path, "", b"").unwrap()
+}
+
+/// Two daemons (two ports of one config) share one PostgreSQL queue: none lost, none
+/// run twice without a kill; after one is SIGKILLed, the other finishes its jobs
+/// once their leases expire.
+#[test]
+fn two_daemons_share_one_postgres() {
+    let Some(backend) = Backend::postgres() else {
+        return;
+    };
+    let mut env = backend.env();
+    env.instance_extra = env
+        .instance_extra
+        .replace("lease_timeout = \"1s\"", "lease_timeout = \"2s\"");
+    let record = env.path().join("record").display().to_string();
+    env.config(&env.worker_with(
+        "fake",
+        "fake_worker.py",
+        &[("FAKE_RECORD", &record)],
+        "workers = 2\njobs_share = 1.0",
+    ));
+    let port_b = crate::harness::free_port();
+    env.start_ok();
+    let out = env.run(&["--port", &port_b.to_string(), "start"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let lock_b = env.path().join(format!("state/t-{port_b}/lock"));
+    let info: Value = serde_json::from_str(&std::fs::read_to_string(&lock_b).unwrap()).unwrap();
+    let pid_b = info["pid"].as_i64().unwrap() as i32;
+
+    const N: usize = 2000;
+    let ids = enqueue_records(&env, N, 0.008);
+    wait_until(Duration::from_secs(60), "progress before the kill", || {
+        (all_jobs(&env, "&state=done").len() >= 800).then_some(())
+    });
+    let running = all_jobs(&env, "&state=running").len();
+    kill(pid_b, 9);
+    eprintln!("{running} jobs running (both daemons) at the kill");
+    let jobs = wait_until(Duration::from_secs(120), "every job done", || {
+        let all = all_jobs(&env, "");
+        all.iter().all(|j| j["state"] == "done").then_some(all)
+    });
+    assert_eq!(jobs.len(), N);
+    let mut runs: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut pids = BTreeSet::new();
+    for line in std::fs::read_to_string(&record).unwrap().lines() {
+        let mut f = line.split_whitespace();
+        let n: usize = f.next().unwrap().parse().unwrap();
+        pids.insert(f.next().unwrap().to_string());
+        *runs.entry(n).or_default() += 1;
+    }
+    assert_eq!(runs.len(), N, "every job ran");
+    assert!(pids.len() >= 4, "both daemons' workers ran jobs: {pids:?}");
+    let mut taken_over = 0;
+    for j in &jobs {
+        let n = ids[j["id"].as_str().unwrap()];
+        let interrupted = j["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["outcome"] == "interrupted");
+        if interrupted {
+            taken_over += 1;
+        }
+        if runs[&n] > 1 {
+            assert!(
+                interrupted,
+                "job {n} ran {} times without a kill: {j}",
+                runs[&n]
+            );
+        }
+    }
+    eprintln!("{taken_over} jobs of the killed daemon were taken over after their leases expired");
+    assert!(taken_over > 0, "the killed daemon held jobs");
+    env.stop_ok();
 }

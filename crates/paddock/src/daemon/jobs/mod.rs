@@ -11,6 +11,7 @@
 //! PostgreSQL. Either way the store is opened only after the daemon forked.
 
 pub mod api;
+pub mod postgres;
 pub mod pump;
 pub mod sqlite;
 
@@ -131,21 +132,20 @@ pub enum Cmd {
     Sync(oneshot::Sender<()>),
 }
 
-/// A handle to the job store.
+/// A handle to the job store: the SQLite thread or the PostgreSQL task.
 #[derive(Clone)]
-pub struct Store {
-    tx: std::sync::mpsc::Sender<Cmd>,
+pub enum Store {
+    Sqlite(std::sync::mpsc::Sender<Cmd>),
+    Postgres(tokio::sync::mpsc::UnboundedSender<Cmd>),
 }
 
 impl Store {
-    pub fn new(tx: std::sync::mpsc::Sender<Cmd>) -> Store {
-        Store { tx }
-    }
-
     fn send(&self, c: Cmd) -> Result<(), JobError> {
-        self.tx
-            .send(c)
-            .map_err(|_| JobError::Store("the job store is closed".into()))
+        let closed = |_| JobError::Store("the job store is closed".into());
+        match self {
+            Store::Sqlite(tx) => tx.send(c).map_err(|e| closed(e.0)),
+            Store::Postgres(tx) => tx.send(c).map_err(|e| closed(e.0)),
+        }
     }
 
     pub async fn enqueue(&self, job: NewJob) -> Result<(JobView, bool), JobError> {

@@ -98,7 +98,7 @@ pub fn open(path: &Path, owner: String) -> Result<(Store, usize), String> {
         .name("paddock-jobs".into())
         .spawn(move || run(conn, rx, owner))
         .map_err(|e| format!("job store thread: {e}"))?;
-    Ok((Store::new(tx), recovered))
+    Ok((Store::Sqlite(tx), recovered))
 }
 
 type Reply = Box<dyn FnOnce(Option<&str>) + Send>;

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Starts a throwaway PostgreSQL server on a loopback port, in a temporary folder,
+# and prints its base URL (no database name): the value for PADDOCK_TEST_POSTGRES.
+#   export PADDOCK_TEST_POSTGRES=$(.ci/postgres.sh)
+# Stop it with: pg_ctl -D <folder>/data stop (the folder is printed on stderr).
+set -euo pipefail
+PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+if [ -z "$PGBIN" ]; then
+  echo "PostgreSQL is not installed (Debian: apt-get install postgresql)" >&2
+  exit 1
+fi
+PORT=${PGPORT:-55432}
+DIR=$(mktemp -d /tmp/paddock-pg.XXXXXX)
+as_pg() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+if [ "$(id -u)" = 0 ]; then chown postgres "$DIR"; fi
+as_pg "$PGBIN/initdb" -D "$DIR/data" -A trust -U postgres >/dev/null
+as_pg "$PGBIN/pg_ctl" -D "$DIR/data" -l "$DIR/log" -w \
+  -o "-c listen_addresses=127.0.0.1 -p $PORT -k $DIR -c max_connections=300" start >/dev/null
+echo "PostgreSQL running in $DIR on 127.0.0.1:$PORT" >&2
+echo "postgres://postgres@127.0.0.1:$PORT"
