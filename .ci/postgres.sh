@@ -9,7 +9,7 @@ if [ -z "$PGBIN" ]; then
   echo "PostgreSQL is not installed (Debian: apt-get install postgresql)" >&2
   exit 1
 fi
-PORT=${PGPORT:-55432}
+PORT=${PGPORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 DIR=$(mktemp -d /tmp/paddock-pg.XXXXXX)
 as_pg() {
   if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
