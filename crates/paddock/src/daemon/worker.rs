@@ -182,6 +182,9 @@ struct Actor {
     /// When to send SIGKILL to a group that was sent SIGTERM.
     kill_at: Option<Instant>,
     next_probe: Instant,
+    /// When to compare the worker's memory with max_rss next (a fixed instant, so
+    /// that a stream of requests cannot keep postponing it).
+    next_rss_check: Instant,
     backoff_until: Option<Instant>,
     last_progress: String,
     ready_since: Option<String>,
@@ -226,6 +229,7 @@ impl Actor {
             last_exit: None,
             kill_at: None,
             next_probe: Instant::now(),
+            next_rss_check: Instant::now(),
             backoff_until: None,
             last_progress: String::new(),
             ready_since: None,
@@ -317,7 +321,8 @@ impl Actor {
                 _ = sleep_until(self.next_probe.into()), if probing && self.running.is_some() => {
                     self.probe(starting).await
                 }
-                _ = tokio::time::sleep(Duration::from_secs(1)), if rss_watch => {
+                _ = sleep_until(self.next_rss_check.into()), if rss_watch => {
+                    self.next_rss_check = Instant::now() + Duration::from_secs(1);
                     self.check_rss();
                     None
                 }

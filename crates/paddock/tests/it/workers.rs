@@ -330,6 +330,37 @@ fn max_requests_recycles_without_failing_a_request() {
 }
 
 #[test]
+fn max_rss_recycles_a_worker_that_grew() {
+    let env = Env::new();
+    env.config(&env.worker("fake", "workers = 1\nmax_rss = \"100MiB\""));
+    env.start_ok();
+    let r = call(env.port, "fake", &json!({"op": "grow", "mb": 150}));
+    assert_eq!(r.code, 200, "{}", r.text());
+    let fat = r.json()["pid"].as_i64().unwrap();
+    // Requests keep succeeding while the replacement loads; then it takes over.
+    let mut n = 0;
+    wait_until(
+        Duration::from_secs(20),
+        "a replacement for the grown worker",
+        || {
+            n += 1;
+            let r = call(env.port, "fake", &json!({"op": "echo", "n": n}));
+            assert_eq!(r.code, 200, "{}", r.text());
+            (r.json()["pid"].as_i64().unwrap() != fat).then_some(())
+        },
+    );
+    let log = std::fs::read_to_string(env.state_dir().join("daemon.log")).unwrap();
+    assert!(log.contains("over max_rss"), "{log}");
+    wait_until(
+        Duration::from_secs(10),
+        "the grown worker to be gone",
+        || (!crate::harness::alive(fat as i32)).then_some(()),
+    );
+    env.stop_ok();
+    env.assert_nothing_left();
+}
+
+#[test]
 fn sigkill_of_the_daemon_ends_its_workers_within_a_second() {
     let env = Env::new();
     env.config(&env.worker("fake", "workers = 3"));

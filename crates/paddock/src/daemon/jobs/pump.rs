@@ -48,6 +48,7 @@ async fn run(
     let mut buffer: VecDeque<Claimed> = VecDeque::new();
     let mut in_flight = 0usize;
     let mut maybe_more = true;
+    let mut next_tick = std::time::Instant::now() + Duration::from_millis(250);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<()>();
     loop {
         if *shutdown.borrow() {
@@ -94,8 +95,13 @@ async fn run(
                 }
             }
             _ = wake.notified() => maybe_more = true,
-            // Jobs waiting out a backoff become due without anyone enqueuing.
-            _ = tokio::time::sleep(Duration::from_millis(250)) => maybe_more = true,
+            // Jobs waiting out a backoff (or a dead node's lease) become due without
+            // anyone enqueuing. A fixed instant: a stream of completions must not
+            // keep postponing it.
+            _ = tokio::time::sleep_until(next_tick.into()) => {
+                next_tick = std::time::Instant::now() + Duration::from_millis(250);
+                maybe_more = true;
+            }
             _ = shutdown.changed() => {}
         }
     }
