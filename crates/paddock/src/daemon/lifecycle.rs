@@ -204,44 +204,16 @@ impl Lifecycle {
                     if first { vec![AnnounceReady] } else { vec![] },
                 )
             }
-            (Starting { .. }, Event::StartupTimedOut) => {
-                let reason = "not ready within its startup_timeout".to_string();
-                if self.initial {
-                    (
-                        Failed {
-                            reason: reason.clone(),
-                        },
-                        vec![
-                            Kill,
-                            FailStart {
-                                code: crate::exit::TIMED_OUT,
-                                message: reason,
-                            },
-                        ],
-                    )
-                } else {
-                    (Restarting { reason }, vec![Kill])
-                }
-            }
-            (Starting { .. } | Ready { .. }, Event::PortStolen(who)) => {
-                let reason = format!("its port is held by another program: {who}");
-                if self.initial {
-                    (
-                        Failed {
-                            reason: reason.clone(),
-                        },
-                        vec![
-                            Kill,
-                            FailStart {
-                                code: crate::exit::FAILURE,
-                                message: reason,
-                            },
-                        ],
-                    )
-                } else {
-                    (Restarting { reason }, vec![Kill])
-                }
-            }
+            (Starting { .. }, Event::StartupTimedOut) => self.kill_for(
+                "not ready within its startup_timeout".into(),
+                None,
+                crate::exit::TIMED_OUT,
+            ),
+            (Starting { .. } | Ready { .. }, Event::PortStolen(who)) => self.kill_for(
+                format!("its port is held by another program: {who}"),
+                None,
+                crate::exit::FAILURE,
+            ),
             (Ready { .. }, Event::Dispatched) => (Busy { since: now }, vec![]),
             (Busy { .. }, Event::Finished) => (
                 Ready {
@@ -256,44 +228,20 @@ impl Lifecycle {
                 },
                 vec![Kill],
             ),
-            (Starting { .. } | Ready { .. } | Busy { .. }, Event::ProtocolViolation(why)) => {
-                let reason = format!("protocol violation: {why}");
-                if self.initial {
-                    (
-                        Failed {
-                            reason: reason.clone(),
-                        },
-                        vec![
-                            Kill,
-                            FailStart {
-                                code: crate::exit::FAILURE,
-                                message: reason,
-                            },
-                        ],
-                    )
-                } else {
-                    (Restarting { reason }, vec![Kill])
-                }
-            }
-            (Starting { .. }, Event::SetupFailed(traceback)) => {
-                let reason = format!("setup() raised an exception:\n{}", traceback.trim_end());
-                if self.initial {
-                    (
-                        Failed {
-                            reason: "setup() raised an exception".into(),
-                        },
-                        vec![
-                            Kill,
-                            FailStart {
-                                code: crate::exit::FAILURE,
-                                message: reason,
-                            },
-                        ],
-                    )
-                } else {
-                    (Restarting { reason }, vec![Kill])
-                }
-            }
+            (Starting { .. } | Ready { .. } | Busy { .. }, Event::ProtocolViolation(why)) => self
+                .kill_for(
+                    format!("protocol violation: {why}"),
+                    None,
+                    crate::exit::FAILURE,
+                ),
+            (Starting { .. }, Event::SetupFailed(traceback)) => self.kill_for(
+                "setup() raised an exception".into(),
+                Some(format!(
+                    "setup() raised an exception:\n{}",
+                    traceback.trim_end()
+                )),
+                crate::exit::FAILURE,
+            ),
             (Replacing { .. }, Event::Exited(_)) => {
                 self.restarts += 1;
                 (Starting { since: now }, vec![Spawn])
@@ -352,6 +300,31 @@ impl Lifecycle {
         };
         self.state = next;
         actions
+    }
+
+    /// The process must be killed because of `reason`: during the initial start
+    /// that fails the start (exit `code`, with `message` or the reason); later it is
+    /// a restart (counted as a failure when the process has exited).
+    fn kill_for(
+        &mut self,
+        reason: String,
+        message: Option<String>,
+        code: i32,
+    ) -> (State, Vec<Action>) {
+        if self.initial {
+            let message = message.unwrap_or_else(|| reason.clone());
+            (
+                State::Failed { reason },
+                vec![Action::Kill, Action::FailStart { code, message }],
+            )
+        } else {
+            (
+                State::Restarting {
+                    reason: message.unwrap_or(reason),
+                },
+                vec![Action::Kill],
+            )
+        }
     }
 
     fn failure(&mut self, reason: String, now: Instant, immediate: bool) -> (State, Vec<Action>) {

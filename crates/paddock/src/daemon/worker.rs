@@ -406,14 +406,19 @@ impl Actor {
         Some(Event::Dispatched)
     }
 
+    /// Takes the request being served, if any, out of the in-flight count.
+    fn take_inflight(&mut self) -> Option<InFlight> {
+        let f = self.inflight.take()?;
+        self.deps
+            .metrics
+            .in_flight
+            .get_or_create(&Metrics::service(self.service()))
+            .dec();
+        Some(f)
+    }
+
     fn finish(&mut self, outcome: Outcome) {
-        if let Some(f) = self.inflight.take() {
-            self.deps
-                .metrics
-                .in_flight
-                .get_or_create(&Metrics::service(self.service()))
-                .dec();
-            let _ = f.started;
+        if let Some(f) = self.take_inflight() {
             let _ = f.job.reply.send(outcome);
         }
     }
@@ -918,12 +923,7 @@ impl Actor {
         if !requested {
             self.crashed_at = Some(Instant::now());
         }
-        if let Some(f) = self.inflight.take() {
-            self.deps
-                .metrics
-                .in_flight
-                .get_or_create(&Metrics::service(self.service()))
-                .dec();
+        if let Some(f) = self.take_inflight() {
             self.resolve_crashed(f, r.pid, &cause).await;
         }
         self.last_exit = Some(cause.clone());

@@ -218,6 +218,22 @@ impl Store {
     }
 }
 
+/// Sends a command's answer once its group's commit is known: the value when the
+/// commit succeeded, the commit's error otherwise.
+type Reply = Box<dyn FnOnce(Option<&str>) + Send>;
+
+fn reply<T: Send + 'static>(
+    tx: oneshot::Sender<Result<T, JobError>>,
+    value: Result<T, JobError>,
+) -> Reply {
+    Box::new(move |commit_err| {
+        let _ = tx.send(match commit_err {
+            Some(e) => Err(JobError::Store(e.to_string())),
+            None => value,
+        });
+    })
+}
+
 /// Milliseconds since the epoch.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

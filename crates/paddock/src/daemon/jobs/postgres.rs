@@ -23,8 +23,8 @@ use tokio::sync::{Notify, mpsc};
 use tokio_postgres::{AsyncMessage, Client, NoTls, Row, Transaction};
 
 use super::{
-    Claimed, Cmd, Finish, JobError, JobView, ListQuery, NewJob, Page, Store, ms_to_rfc3339, new_id,
-    now_ms,
+    Claimed, Cmd, Finish, JobError, JobView, ListQuery, NewJob, Page, Reply, Store, ms_to_rfc3339,
+    new_id, now_ms, reply,
 };
 
 const SCHEMA: &str = "
@@ -196,20 +196,6 @@ async fn listen(url: &str, wake: HashMap<String, Arc<Notify>>) -> Result<(), Str
         }
     });
     Ok(())
-}
-
-type Reply = Box<dyn FnOnce(Option<&str>) + Send>;
-
-fn reply<T: Send + 'static>(
-    tx: tokio::sync::oneshot::Sender<Result<T, JobError>>,
-    value: Result<T, JobError>,
-) -> Reply {
-    Box::new(move |commit_err| {
-        let _ = tx.send(match commit_err {
-            Some(e) => Err(JobError::Store(e.to_string())),
-            None => value,
-        });
-    })
 }
 
 async fn run(

@@ -17,8 +17,8 @@ use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use serde_json::json;
 
 use super::{
-    Claimed, Cmd, Finish, JobError, JobView, ListQuery, NewJob, Store, ms_to_rfc3339, new_id,
-    now_ms,
+    Claimed, Cmd, Finish, JobError, JobView, ListQuery, NewJob, Reply, Store, ms_to_rfc3339,
+    new_id, now_ms, reply,
 };
 
 const SCHEMA: &str = "
@@ -101,8 +101,6 @@ pub fn open(path: &Path, owner: String) -> Result<(Store, usize), String> {
     Ok((Store::Sqlite(tx), recovered))
 }
 
-type Reply = Box<dyn FnOnce(Option<&str>) + Send>;
-
 fn run(mut conn: Connection, rx: mpsc::Receiver<Cmd>, owner: String) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
@@ -132,19 +130,6 @@ fn run(mut conn: Connection, rx: mpsc::Receiver<Cmd>, owner: String) {
 
 fn store_err(e: rusqlite::Error) -> JobError {
     JobError::Store(e.to_string())
-}
-
-/// Answers with `value` once the commit succeeded, or with the commit's error.
-fn reply<T: Send + 'static>(
-    tx: tokio::sync::oneshot::Sender<Result<T, JobError>>,
-    value: Result<T, JobError>,
-) -> Reply {
-    Box::new(move |commit_err| {
-        let _ = tx.send(match commit_err {
-            Some(e) => Err(JobError::Store(e.to_string())),
-            None => value,
-        });
-    })
 }
 
 fn get(tx: &rusqlite::Transaction<'_>, id: &str) -> Result<JobView, JobError> {
