@@ -154,6 +154,16 @@ impl Dispatcher {
     }
 }
 
+/// The next request whose client still waits for it.
+fn pop_live(queue: &mut VecDeque<Job>) -> Option<Job> {
+    while let Some(job) = queue.pop_front() {
+        if !job.reply.is_closed() {
+            return Some(job);
+        }
+    }
+    None
+}
+
 async fn run(
     mut rx: mpsc::UnboundedReceiver<Msg>,
     max_queue: usize,
@@ -200,26 +210,30 @@ async fn run(
             }
             None => {}
         }
-        // Expire what waited too long, and what nobody waits for any more.
+        // Expire what waited too long — only when something is due, so the common
+        // case costs nothing per message. Clients that went away are skipped when
+        // their turn comes.
         let now = Instant::now();
-        let mut kept = VecDeque::with_capacity(queue.len());
-        for job in queue.drain(..) {
-            if job.reply.is_closed() {
-                continue;
+        if next_expiry.is_some_and(|t| t <= now) {
+            let mut kept = VecDeque::with_capacity(queue.len());
+            for job in queue.drain(..) {
+                if job.queue_deadline <= now {
+                    let _ = job.reply.send(Outcome::QueueTimeout);
+                } else {
+                    kept.push_back(job);
+                }
             }
-            if job.queue_deadline <= now {
-                let _ = job.reply.send(Outcome::QueueTimeout);
-                continue;
-            }
-            kept.push_back(job);
+            queue = kept;
         }
-        queue = kept;
         // Hand out work: one request per idle worker.
         while !queue.is_empty() {
-            let Some((_, tx)) = idle.pop_front() else {
+            let Some((wid, tx)) = idle.pop_front() else {
                 break;
             };
-            let job = queue.pop_front().expect("queue is not empty");
+            let Some(job) = pop_live(&mut queue) else {
+                idle.push_front((wid, tx));
+                break;
+            };
             match tx.send(Command::Serve(job)) {
                 Ok(()) => {}
                 // That worker is gone; the request goes back and waits for another.

@@ -210,3 +210,35 @@ fn long_state_path_moves_the_socket_to_the_runtime_dir() {
     assert_eq!(out.code, 0, "{out:?}");
     env.assert_nothing_left();
 }
+
+#[test]
+fn an_auth_token_guards_every_route_but_healthz() {
+    let mut env = Env::new();
+    env.instance_extra = "auth_token = \"s3cret\"\n".into();
+    env.config(&env.worker("fake", "workers = 1"));
+    env.start_ok();
+    assert_eq!(env.get("/healthz").unwrap().0, 200);
+    assert_eq!(env.get("/status").unwrap().0, 401);
+    let body = br#"{"op": "echo", "n": 1}"#;
+    let r = crate::harness::post(env.port, "/v1/fake", "application/json", body).unwrap();
+    assert_eq!(r.code, 401);
+    let r = crate::harness::post_with_headers(
+        env.port,
+        "/v1/fake",
+        "application/json",
+        "Authorization: Bearer s3cret\r\n",
+        body,
+    )
+    .unwrap();
+    assert_eq!(r.code, 200, "{}", r.text());
+    let r = crate::harness::post_with_headers(
+        env.port,
+        "/v1/fake",
+        "application/json",
+        "Authorization: Bearer wrong\r\n",
+        body,
+    )
+    .unwrap();
+    assert_eq!(r.code, 401);
+    env.stop_ok();
+}
