@@ -43,6 +43,11 @@ pub enum Outcome {
     NotFound {
         message: String,
     },
+    /// The request cannot be sent to a worker (too large, a header too long).
+    BadRequest {
+        message: String,
+        code: u16,
+    },
     QueueFull,
     QueueTimeout,
     ShuttingDown,
@@ -57,6 +62,7 @@ impl Outcome {
             Outcome::Poison { .. } => "poison",
             Outcome::DeadlineKilled { .. } => "deadline",
             Outcome::NotFound { .. } => "not_found",
+            Outcome::BadRequest { .. } => "bad_request",
             Outcome::QueueFull => "queue_full",
             Outcome::QueueTimeout => "queue_timeout",
             Outcome::ShuttingDown => "shutting_down",

@@ -162,6 +162,28 @@ fn error(code: StatusCode, service: &str, message: String, cause: serde_json::Va
     r
 }
 
+/// Checks what goes into a protocol frame: a method name that can be a handler, and
+/// a content type of sane length. Err is the message for a 400.
+pub fn check_request(method: &str, content_type: &str) -> Result<(), String> {
+    if method.is_empty()
+        || method.len() > 128
+        || !method
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        return Err(format!(
+            "{method:?} is not a handler name (1 to 128 letters, digits or '_')"
+        ));
+    }
+    if content_type.len() > 1024 {
+        return Err(format!(
+            "the Content-Type header is {} bytes; at most 1024",
+            content_type.len()
+        ));
+    }
+    Ok(())
+}
+
 async fn call(
     shared: SharedRef,
     service: String,
@@ -194,6 +216,9 @@ async fn call(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/octet-stream")
         .to_string();
+    if let Err(message) = check_request(&method, &content_type) {
+        return error(StatusCode::BAD_REQUEST, &service, message, json!(null));
+    }
     let t = Instant::now();
     let rx = dispatcher.submit(method.clone(), content_type, body.to_vec());
     let outcome = rx.await.unwrap_or(Outcome::ShuttingDown);
@@ -254,6 +279,12 @@ async fn call(
             &service,
             format!("deadline of {timeout}ms passed; the worker was killed and is being replaced"),
             cause,
+        ),
+        Outcome::BadRequest { message, code } => error(
+            StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST),
+            &service,
+            message,
+            json!(null),
         ),
         Outcome::NotFound { message } => {
             error(StatusCode::NOT_FOUND, &service, message, json!(null))

@@ -214,6 +214,43 @@ async fn main(launch: Launch) -> i32 {
         }
     }
 
+    // Each worker announced itself ready once; one may have died since (it is no
+    // longer "starting", so it restarts quietly). Success means ready now.
+    if verdict.is_none() {
+        let longest = shared
+            .config
+            .services
+            .iter()
+            .map(|s| s.startup_timeout)
+            .max()
+            .unwrap_or_default();
+        let deadline = Instant::now() + longest;
+        while !shared.status().instance.ready {
+            if Instant::now() >= deadline {
+                let why = shared
+                    .status()
+                    .services
+                    .iter()
+                    .filter_map(|s| s.reason.clone().map(|r| format!("{}: {r}", s.name)))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                verdict = Some((
+                    exit::TIMED_OUT,
+                    format!("not every service is ready: {why}"),
+                    None,
+                ));
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+                _ = shutdown_rx.wait_for(|s| *s) => {
+                    verdict = Some((exit::FAILURE, "interrupted while starting".into(), None));
+                    break;
+                }
+            }
+        }
+    }
+
     if let Some((code, message, detail)) = verdict {
         tracing::error!("start failed: {message}");
         shared.request_stop();

@@ -192,9 +192,10 @@ impl Coordinator {
         let name = format!("{}/{}", self.service.name, self.slots[i].index);
         let old_pid = self.slots[i].handle.status.borrow().pid;
         let limit = self.service.startup_timeout + Duration::from_secs(5);
+        let patience = self.service.request_timeout + Duration::from_secs(5);
         if self.service.kind == Kind::Process {
             // In place: the port may be fixed, so the old one must go first.
-            retire(&self.slots[i].handle).await;
+            retire(&self.slots[i].handle, patience).await;
             let new = self.spawn_for(i);
             self.slots[i].handle = new;
             self.publish();
@@ -216,7 +217,7 @@ impl Coordinator {
             let old = std::mem::replace(&mut self.slots[i].handle, new);
             self.extra.clear();
             self.publish_with(&old);
-            retire(&old).await;
+            retire(&old, patience).await;
             self.publish();
         }
         let new_pid = self.slots[i].handle.status.borrow().pid;
@@ -249,11 +250,23 @@ impl Coordinator {
     }
 }
 
-/// Asks a worker to finish its request and stop; waits until it has.
-async fn retire(h: &Handle) {
+/// Asks a worker to finish its request and stop; waits until it has — at most
+/// `patience`, then it is stopped outright (SIGTERM, then SIGKILL).
+async fn retire(h: &Handle, patience: Duration) {
     let _ = h.commands.send(Command::Retire);
     let mut st = h.status.clone();
-    let _ = st.wait_for(|x| x.state == "stopped").await;
+    let stopped = tokio::time::timeout(patience, st.wait_for(|x| x.state == "stopped"))
+        .await
+        .is_ok();
+    if !stopped {
+        tracing::warn!(
+            "worker {} did not retire within {}s: stopping it",
+            h.status.borrow().index,
+            patience.as_secs()
+        );
+        let _ = h.commands.send(Command::Stop);
+        let _ = st.wait_for(|x| x.state == "stopped").await;
+    }
 }
 
 async fn wait_ready(h: &Handle, limit: Duration) -> Result<(), String> {

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use paddock_protocol::Frame;
-use paddock_protocol::io::{ReadError, read_frame, write_frame};
+use paddock_protocol::io::{ReadError, read_frame};
 use serde_json::json;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::process::Child;
@@ -181,6 +181,8 @@ struct Actor {
     last_exit: Option<ExitCause>,
     /// When to send SIGKILL to a group that was sent SIGTERM.
     kill_at: Option<Instant>,
+    /// When the worker closed its protocol socket (its exit should follow at once).
+    eof_at: Option<Instant>,
     next_probe: Instant,
     /// When to compare the worker's memory with max_rss next (a fixed instant, so
     /// that a stream of requests cannot keep postponing it).
@@ -228,6 +230,7 @@ impl Actor {
             crashed_at: None,
             last_exit: None,
             kill_at: None,
+            eof_at: None,
             next_probe: Instant::now(),
             next_rss_check: Instant::now(),
             backoff_until: None,
@@ -272,6 +275,13 @@ impl Actor {
             }
             self.publish();
             if self.life.state == State::Stopped && self.running.is_none() {
+                // Requests the dispatcher handed us meanwhile go back to the queue.
+                commands.close();
+                while let Ok(cmd) = commands.try_recv() {
+                    if let (Command::Serve(job), Some(d)) = (cmd, &self.deps.dispatcher) {
+                        d.requeue(job);
+                    }
+                }
                 return;
             }
             let starting = matches!(self.life.state, State::Starting { .. });
@@ -295,7 +305,18 @@ impl Actor {
                         if self.inflight.is_none() { Some(Event::StopRequested) } else { None }
                     }
                 },
-                status = wait(&mut self.running) => Some(self.collect_exit(status).await),
+                _ = sleep_until(self.kill_at.unwrap_or(far).into()), if self.kill_at.is_some() => {
+                    self.kill_at = None;
+                    if let Some(r) = &self.running {
+                        paddock_sys::signal::kill_group(r.pid, paddock_sys::signal::SIGKILL);
+                    }
+                    None
+                }
+                status = wait(&mut self.running) => {
+                    let ev = self.collect_exit(status).await;
+                    // A retiring worker is never respawned, whatever ended it.
+                    Some(if self.retiring { Event::StopRequested } else { ev })
+                }
                 frame = next_frame(&mut self.conn) => {
                     let ev = self.on_frame(frame);
                     ev.map(|e| self.answer_violation(e))
@@ -304,12 +325,12 @@ impl Actor {
                     self.deadline_passed();
                     Some(Event::DeadlinePassed)
                 }
-                _ = sleep_until(self.kill_at.unwrap_or(far).into()), if self.kill_at.is_some() => {
-                    self.kill_at = None;
-                    if let Some(r) = &self.running {
-                        paddock_sys::signal::kill_group(r.pid, paddock_sys::signal::SIGKILL);
-                    }
-                    None
+                _ = sleep_until(self.eof_at.map(|t| t + Duration::from_secs(1)).unwrap_or(far).into()),
+                    if self.eof_at.is_some() && self.running.is_some() => {
+                    self.eof_at = None;
+                    Some(self.answer_violation(Event::ProtocolViolation(
+                        "the worker closed its protocol socket but kept running".into(),
+                    )))
                 }
                 _ = sleep_until(startup_deadline.unwrap_or(far).into()), if startup_deadline.is_some() => {
                     Some(Event::StartupTimedOut)
@@ -343,7 +364,9 @@ impl Actor {
             self.pending.push_back(Event::StopRequested);
             return;
         }
+        // Without a connection it could serve nothing: never offer it.
         if !self.announced
+            && self.conn.is_some()
             && let Some(d) = &self.deps.dispatcher
         {
             d.idle(self.spec.wid, self.me.clone());
@@ -383,18 +406,33 @@ impl Actor {
             body: job.body.clone(),
         });
         let idempotent = conn.idempotent.contains(&job.method);
-        if let Err(e) = write_frame(&mut conn.writer, &frame).await {
-            // The worker is going away; its exit will follow. The request waits for another.
-            tracing::warn!(worker = %self.name(), "could not send a request: {e}");
-            self.conn = None;
-            dispatcher.requeue(job);
-            return None;
-        }
+        let bytes = match frame.encode() {
+            Ok(b) if b.len() <= self.spec.service.max_frame + 4 => b,
+            Ok(b) => {
+                let message = format!(
+                    "the request is {} bytes, over this service's max_frame ({})",
+                    b.len(),
+                    self.spec.service.max_frame
+                );
+                let _ = job.reply.send(Outcome::BadRequest { message, code: 413 });
+                return None;
+            }
+            Err(e) => {
+                let _ = job.reply.send(Outcome::BadRequest {
+                    message: e.to_string(),
+                    code: 400,
+                });
+                return None;
+            }
+        };
+        // In flight (with its deadline) before the first byte is written: a worker
+        // that stops reading cannot stall this actor past the deadline.
         let now = Instant::now();
+        let service = self.spec.service.name.as_str();
         self.deps
             .metrics
             .in_flight
-            .get_or_create(&Metrics::service(self.service()))
+            .get_or_create(&Metrics::service(service))
             .inc();
         self.inflight = Some(InFlight {
             id,
@@ -403,7 +441,25 @@ impl Actor {
             started: now,
             idempotent,
         });
-        Some(Event::Dispatched)
+        use tokio::io::AsyncWriteExt;
+        match tokio::time::timeout(timeout, conn.writer.write_all(&bytes)).await {
+            Ok(Ok(())) => Some(Event::Dispatched),
+            Ok(Err(e)) => {
+                // The worker is going away; its exit follows. The request waits for another.
+                tracing::warn!(worker = %self.name(), "could not send a request: {e}");
+                self.conn = None;
+                if let Some(f) = self.take_inflight() {
+                    dispatcher.requeue(f.job);
+                }
+                None
+            }
+            Err(_) => {
+                self.deadline_passed();
+                self.pending.push_back(Event::Dispatched);
+                self.pending.push_back(Event::DeadlinePassed);
+                None
+            }
+        }
     }
 
     /// Takes the request being served, if any, out of the in-flight count.
@@ -427,8 +483,10 @@ impl Actor {
         let conn = self.conn.as_mut()?;
         let frame = match frame {
             None | Some(Err(ReadError::Closed)) => {
-                // The worker closed its socket: its exit follows.
+                // The worker closed its socket: its exit should follow; if it does not
+                // within a second, it is killed (it can serve nothing any more).
                 self.conn = None;
+                self.eof_at = Some(Instant::now());
                 return None;
             }
             Some(Err(e)) => return Some(Event::ProtocolViolation(e.to_string())),
@@ -832,6 +890,10 @@ impl Actor {
             .expect("wait() only completes with a process");
         // Frames the worker sent just before it exited still count: a SETUP_FAILED
         // with its traceback, or the reply to its request.
+        // Anything the worker started dies with it — at once, before any await, so
+        // that the group id cannot have been reused by then.
+        paddock_sys::signal::kill_group(r.pid, paddock_sys::signal::SIGKILL);
+        self.eof_at = None;
         let mut setup_failed = None;
         if let Some(mut c) = self.conn.take() {
             let drain = Duration::from_millis(500);
@@ -866,8 +928,6 @@ impl Actor {
             State::Stopping | State::Restarting { .. } | State::Replacing { .. }
         );
         self.kill_at = None;
-        // Anything the worker started dies with it.
-        paddock_sys::signal::kill_group(r.pid, paddock_sys::signal::SIGKILL);
         self.deps.groups.remove(r.pid);
         // Let the readers drain what the process wrote before it died; a grandchild
         // that kept the pipe open cannot hold us for more than a moment.

@@ -321,13 +321,19 @@ fn sigkill(backend: Backend) {
     ));
     env.start_ok();
     const N: usize = 2000;
-    let ids = enqueue_records(&env, N, 0.004);
+    // Slow enough (10 ms a job) that the queue outlasts the enqueueing.
+    let ids = enqueue_records(&env, N, 0.01);
     // Kill at three points spread over the run, each time the daemon is mid-work.
     for threshold in [350, 900, 1450] {
-        wait_until(Duration::from_secs(60), "progress before a kill", || {
-            let done = all_jobs(&env, "&state=done").len();
-            (done >= threshold).then_some(())
-        });
+        wait_until(
+            Duration::from_secs(60),
+            "progress, and jobs running, before a kill",
+            || {
+                let done = all_jobs(&env, "&state=done").len();
+                let running = all_jobs(&env, "&state=running").len();
+                (done >= threshold && running > 0).then_some(())
+            },
+        );
         kill(env.daemon_pid(), 9);
         wait_until(Duration::from_secs(10), "the lock to be released", || {
             (env.run(&["status"]).code == 4).then_some(())
@@ -410,10 +416,23 @@ fn two_daemons_share_one_postgres() {
     let pid_b = info["pid"].as_i64().unwrap() as i32;
 
     const N: usize = 2000;
-    let ids = enqueue_records(&env, N, 0.008);
-    wait_until(Duration::from_secs(60), "progress before the kill", || {
-        (all_jobs(&env, "&state=done").len() >= 800).then_some(())
-    });
+    // Slow enough (20 ms a job) that the queue outlasts the enqueueing.
+    let ids = enqueue_records(&env, N, 0.02);
+    // Kill B while it is running jobs (its pid is in their owner).
+    let b_owner = format!(":{pid_b}@");
+    wait_until(
+        Duration::from_secs(60),
+        "daemon B to be running jobs",
+        || {
+            let done = all_jobs(&env, "&state=done").len();
+            let running = all_jobs(&env, "&state=running");
+            let b_busy = running
+                .iter()
+                .any(|j| j["owner"].as_str().is_some_and(|o| o.contains(&b_owner)));
+
+            (done >= 200 && b_busy).then_some(())
+        },
+    );
     let running = all_jobs(&env, "&state=running").len();
     kill(pid_b, 9);
     eprintln!("{running} jobs running (both daemons) at the kill");
@@ -454,4 +473,55 @@ fn two_daemons_share_one_postgres() {
     eprintln!("{taken_over} jobs of the killed daemon were taken over after their leases expired");
     assert!(taken_over > 0, "the killed daemon held jobs");
     env.stop_ok();
+}
+
+/// `paddock stop` while a job runs: the job is recorded as interrupted (not a failed
+/// attempt) and runs to completion after the next start.
+#[test]
+fn a_graceful_stop_interrupts_a_running_job_which_completes_after_restart() {
+    let env = Env::new();
+    env.config(&env.worker(
+        "fake",
+        "workers = 1\njobs_share = 1.0\nstop_timeout = \"1s\"",
+    ));
+    env.start_ok();
+    let id = enqueue(
+        &env,
+        "/v1/jobs/fake",
+        &json!({"op": "sleep", "s": 1.5}),
+        None,
+    )
+    .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_state(&env, &id, "running");
+    env.stop_ok();
+    env.start_ok();
+    let j = wait_state(&env, &id, "done");
+    let history = j["history"].as_array().unwrap();
+    assert_eq!(history[0]["outcome"], "interrupted", "{j}");
+    assert_eq!(history[0]["cause"]["kind"], "daemon_stopped", "{j}");
+    assert_eq!(history[1]["outcome"], "done", "{j}");
+    assert_eq!(j["failures"], 0, "{j}");
+    env.stop_ok();
+}
+
+/// Two instances (two ports) pointed at one SQLite file: the second is refused.
+#[test]
+fn one_sqlite_store_serves_one_instance() {
+    let mut env = Env::new();
+    let db = env.path().join("shared.db");
+    env.instance_extra = format!("store = \"sqlite:{}\"\n", db.display());
+    env.config(&env.worker("fake", "workers = 1"));
+    env.start_ok();
+    let other = crate::harness::free_port();
+    let out = env.run(&["--port", &other.to_string(), "start"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("in use by another paddock instance"),
+        "{out:?}"
+    );
+    env.stop_ok();
+    env.assert_nothing_left();
 }

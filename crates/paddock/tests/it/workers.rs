@@ -401,3 +401,29 @@ fn ten_thousand_sequential_requests_keep_the_daemon_rss_flat() {
     );
     env.stop_ok();
 }
+
+#[test]
+fn requests_that_cannot_be_framed_are_refused_without_harming_a_worker() {
+    let env = Env::new();
+    env.config(&env.worker("fake", "workers = 1\nmax_frame = \"8KiB\""));
+    env.start_ok();
+    let pid = workers_of(&env)[0]["pid"].clone();
+    // A Content-Type header far too long for the protocol's 16-bit field.
+    let long = "a".repeat(70_000);
+    let r = post(env.port, "/v1/fake/echo", &long, b"x").unwrap();
+    assert_eq!(r.code, 400, "{}", r.text());
+    // A body over this service's max_frame.
+    let big = vec![b'x'; 20_000];
+    let r = post(env.port, "/v1/fake/echo", "text/plain", &big).unwrap();
+    assert_eq!(r.code, 413, "{}", r.text());
+    // A method name that cannot be a handler.
+    let r = post(env.port, "/v1/fake/bad%00name", "text/plain", b"x").unwrap();
+    assert_eq!(r.code, 400, "{}", r.text());
+    // The worker was never touched.
+    let r = call(env.port, "fake", &json!({"op": "echo", "n": 1}));
+    assert_eq!(r.code, 200);
+    let w = &workers_of(&env)[0];
+    assert_eq!(w["pid"], pid);
+    assert_eq!(w["generation"], 1);
+    env.stop_ok();
+}

@@ -104,6 +104,9 @@ async fn enqueue(
         idempotency_key: header_str("idempotency-key"),
         max_attempts: svc.config.max_attempts,
     };
+    if let Err(message) = crate::daemon::gateway::check_request(&job.method, &job.content_type) {
+        return error(StatusCode::BAD_REQUEST, message);
+    }
     match store.enqueue(job).await {
         Ok((view, created)) => {
             if created && let Some(w) = shared.jobs.as_ref().and_then(|j| j.wake.get(&service)) {

@@ -40,6 +40,8 @@ pub struct JobView {
     /// Every attempt's end: {"attempt", "at", "outcome", "cause"}.
     pub history: serde_json::Value,
     pub result_content_type: Option<String>,
+    /// The daemon running it (`host:pid@start-time`), while it runs.
+    pub owner: Option<String>,
 }
 
 /// A job handed to the pump to run.
@@ -66,9 +68,14 @@ pub enum Finish {
         permanent: bool,
         backoff_ms: u64,
     },
-    /// The attempt never reached a worker (queue full, shutting down): back to the
-    /// queue without counting.
+    /// The attempt never reached a worker (queue full): back to the queue without
+    /// counting.
     Release {
+        why: String,
+    },
+    /// The daemon stopped while the job was with it: back to the queue, recorded in
+    /// its history as interrupted, not counted as a failed attempt.
+    Interrupted {
         why: String,
     },
 }

@@ -56,7 +56,7 @@ CREATE INDEX IF NOT EXISTS paddock_jobs_owner ON paddock_jobs(owner) WHERE state
 ";
 
 const COLUMNS: &str = "id, seq, service, method, state, attempts, failures, max_attempts, idempotency_key, \
-                       created_ms, started_ms, finished_ms, run_after_ms, history::text, result_content_type";
+                       created_ms, started_ms, finished_ms, run_after_ms, history::text, result_content_type, owner";
 
 fn view(r: &Row) -> JobView {
     let history: String = r.get(13);
@@ -76,6 +76,7 @@ fn view(r: &Row) -> JobView {
         run_after: ms_to_rfc3339(r.get(12)),
         history: serde_json::from_str(&history).unwrap_or(json!([])),
         result_content_type: r.get(14),
+        owner: r.get(15),
     }
 }
 
@@ -216,7 +217,21 @@ async fn run(
         let result = async {
             let tx = client.transaction().await?;
             for cmd in batch {
-                replies.push(apply(&tx, cmd, &owner, lease_ms).await);
+                // One failing statement aborts a PostgreSQL transaction: each command
+                // runs under a savepoint, so a failure undoes that command alone and
+                // its caller hears of it, instead of the whole group rolling back
+                // behind acknowledged replies.
+                tx.batch_execute("SAVEPOINT cmd").await?;
+                let r = apply(&tx, cmd, &owner, lease_ms).await;
+                if let Err(e) = tx.batch_execute("RELEASE SAVEPOINT cmd").await {
+                    let why = pg_error(&e);
+                    tracing::error!("job store command rolled back: {why}");
+                    tx.batch_execute("ROLLBACK TO SAVEPOINT cmd; RELEASE SAVEPOINT cmd")
+                        .await?;
+                    replies.push(Box::new(move |_| r(Some(&format!("rolled back: {why}")))));
+                } else {
+                    replies.push(r);
+                }
             }
             tx.commit().await
         }
@@ -455,7 +470,17 @@ async fn finish_job(
                          'outcome', 'failed', 'cause', $6::text::jsonb))
                      WHERE id = $1 AND state = 'running' AND owner = $7"
                 ),
-                &[&id, &permanent, &now, &(backoff_ms as i64), &at, &cause.to_string(), &owner],
+                &[&id, &permanent, &now, &(backoff_ms as i64), &at, &cause.to_string().replace("\\u0000", ""), &owner],
+            )
+            .await
+        }
+        Finish::Interrupted { why } => {
+            tx.execute(
+                "UPDATE paddock_jobs SET state = 'queued', owner = NULL, lease_until_ms = NULL, run_after_ms = $2::bigint,
+                   history = history || jsonb_build_array(jsonb_build_object('attempt', attempts, 'at', $3::text,
+                     'outcome', 'interrupted', 'cause', jsonb_build_object('kind', 'daemon_stopped', 'message', $4::text)))
+                 WHERE id = $1 AND state = 'running' AND owner = $5",
+                &[&id, &now, &at, &why, &owner],
             )
             .await
         }

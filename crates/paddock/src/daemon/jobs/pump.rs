@@ -129,6 +129,11 @@ pub fn finish_of(outcome: Outcome, job: &Claimed, backoff: Duration) -> Finish {
         Outcome::Crashed { cause } => failed(json!({"kind": "crash", "detail": cause})),
         Outcome::Poison { cause } => failed(json!({"kind": "crash", "detail": cause})),
         Outcome::DeadlineKilled { cause } => failed(json!({"kind": "deadline", "detail": cause})),
+        Outcome::BadRequest { message, .. } => Finish::Failed {
+            cause: json!({"kind": "bad_request", "message": message}),
+            permanent: true,
+            backoff_ms: 0,
+        },
         Outcome::NotFound { message } => Finish::Failed {
             cause: json!({"kind": "no_handler", "message": message}),
             permanent: true,
@@ -140,8 +145,8 @@ pub fn finish_of(outcome: Outcome, job: &Claimed, backoff: Duration) -> Finish {
         Outcome::QueueTimeout => Finish::Release {
             why: "no worker became free".into(),
         },
-        Outcome::ShuttingDown => Finish::Release {
-            why: "the daemon is stopping".into(),
+        Outcome::ShuttingDown => Finish::Interrupted {
+            why: "the daemon stopped".into(),
         },
     }
 }

@@ -49,7 +49,7 @@ CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);
 ";
 
 const COLUMNS: &str = "id, seq, service, method, state, attempts, failures, max_attempts, idempotency_key, \
-                       created_ms, started_ms, finished_ms, run_after_ms, history, result_content_type";
+                       created_ms, started_ms, finished_ms, run_after_ms, history, result_content_type, owner";
 
 fn view(r: &Row<'_>) -> rusqlite::Result<JobView> {
     let history: String = r.get(13)?;
@@ -69,12 +69,25 @@ fn view(r: &Row<'_>) -> rusqlite::Result<JobView> {
         run_after: ms_to_rfc3339(r.get(12)?),
         history: serde_json::from_str(&history).unwrap_or(json!([])),
         result_content_type: r.get(14)?,
+        owner: r.get(15)?,
     })
 }
 
 /// Opens (creating) the store at `path`; returns it and how many interrupted jobs
 /// were queued again.
 pub fn open(path: &Path, owner: String) -> Result<(Store, usize), String> {
+    // One daemon per database file: two instances sharing `store = "sqlite:PATH"`
+    // would take each other's running jobs for a dead daemon's.
+    let lock_path = path.with_extension("db.lock");
+    let lock = paddock_sys::lock::try_acquire(&lock_path, std::time::Duration::from_millis(300))
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| {
+            format!(
+                "job store {} is in use by another paddock instance (its lock {} is held); give each instance its own store",
+                path.display(),
+                lock_path.display()
+            )
+        })?;
     let what = |e: rusqlite::Error| format!("job store {}: {e}", path.display());
     let conn = Connection::open(path).map_err(what)?;
     conn.pragma_update(None, "journal_mode", "WAL")
@@ -96,7 +109,10 @@ pub fn open(path: &Path, owner: String) -> Result<(Store, usize), String> {
     let (tx, rx) = mpsc::channel();
     std::thread::Builder::new()
         .name("paddock-jobs".into())
-        .spawn(move || run(conn, rx, owner))
+        .spawn(move || {
+            let _lock = lock; // held for as long as the store is open
+            run(conn, rx, owner)
+        })
         .map_err(|e| format!("job store thread: {e}"))?;
     Ok((Store::Sqlite(tx), recovered))
 }
@@ -300,6 +316,15 @@ fn finish_job(tx: &rusqlite::Transaction<'_>, id: &str, finish: Finish) -> rusql
                  WHERE id = ?1 AND state = 'running'",
             )?
             .execute(params![id, permanent, now, backoff_ms as i64, at, cause.to_string()])?;
+        }
+        Finish::Interrupted { why } => {
+            tx.prepare_cached(
+                "UPDATE jobs SET state = 'queued', owner = NULL, run_after_ms = ?2,
+                   history = json_insert(history, '$[#]', json_object('attempt', attempts, 'at', ?3,
+                     'outcome', 'interrupted', 'cause', json_object('kind', 'daemon_stopped', 'message', ?4)))
+                 WHERE id = ?1 AND state = 'running'",
+            )?
+            .execute(params![id, now, at, why])?;
         }
         Finish::Release { why } => {
             tx.prepare_cached(
