@@ -148,7 +148,11 @@ pub async fn open(
             let now = now_ms();
             if let Err(e) = heartbeat
                 .execute(
-                    "UPDATE paddock_jobs SET lease_until_ms = $1 WHERE owner = $2 AND state = 'running'",
+                    // SKIP LOCKED: rows the store task is finishing right now are
+                    // not waited for (waiting could deadlock with it).
+                    "UPDATE paddock_jobs SET lease_until_ms = $1 WHERE seq IN (
+                       SELECT seq FROM paddock_jobs WHERE owner = $2 AND state = 'running'
+                       ORDER BY seq FOR UPDATE SKIP LOCKED)",
                     &[&(now + lease_ms), &hb_owner],
                 )
                 .await
@@ -158,7 +162,7 @@ pub async fn open(
         }
     });
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(run(client, rx, owner, lease_ms));
+    tokio::spawn(run(client, rx, tx.clone(), owner, lease_ms));
     Ok(Store::Postgres(tx))
 }
 
@@ -202,6 +206,7 @@ async fn listen(url: &str, wake: HashMap<String, Arc<Notify>>) -> Result<(), Str
 async fn run(
     mut client: Client,
     mut rx: mpsc::UnboundedReceiver<Cmd>,
+    me: mpsc::UnboundedSender<Cmd>,
     owner: String,
     lease_ms: i64,
 ) {
@@ -214,6 +219,14 @@ async fn run(
             }
         }
         let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
+        // Every outcome in this group, to send again if the group cannot commit.
+        let finishes: Vec<(String, Finish)> = batch
+            .iter()
+            .filter_map(|c| match c {
+                Cmd::Finish { id, finish } => Some((id.clone(), finish.clone())),
+                _ => None,
+            })
+            .collect();
         let result = async {
             let tx = client.transaction().await?;
             for cmd in batch {
@@ -222,12 +235,21 @@ async fn run(
                 // its caller hears of it, instead of the whole group rolling back
                 // behind acknowledged replies.
                 tx.batch_execute("SAVEPOINT cmd").await?;
+                let again = match &cmd {
+                    Cmd::Finish { id, finish } => Some((id.clone(), finish.clone())),
+                    _ => None,
+                };
                 let r = apply(&tx, cmd, &owner, lease_ms).await;
                 if let Err(e) = tx.batch_execute("RELEASE SAVEPOINT cmd").await {
                     let why = pg_error(&e);
                     tracing::error!("job store command rolled back: {why}");
                     tx.batch_execute("ROLLBACK TO SAVEPOINT cmd; RELEASE SAVEPOINT cmd")
                         .await?;
+                    // A job's outcome must not be lost to a transient failure (a
+                    // deadlock, a serialization failure): try again shortly.
+                    if let Some(f) = again {
+                        resend(&me, vec![f]);
+                    }
                     replies.push(Box::new(move |_| r(Some(&format!("rolled back: {why}")))));
                 } else {
                     replies.push(r);
@@ -239,11 +261,26 @@ async fn run(
         let err = result.err().map(|e| pg_error(&e));
         if let Some(e) = &err {
             tracing::error!("job store commit failed: {e}");
+            resend(&me, finishes);
         }
         for r in replies {
             r(err.as_deref());
         }
     }
+}
+
+/// Sends job outcomes back to the store after a short pause (they failed to commit).
+fn resend(me: &mpsc::UnboundedSender<Cmd>, finishes: Vec<(String, Finish)>) {
+    if finishes.is_empty() {
+        return;
+    }
+    let me = me.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for (id, finish) in finishes {
+            let _ = me.send(Cmd::Finish { id, finish });
+        }
+    });
 }
 
 async fn get(tx: &Transaction<'_>, id: &str) -> Result<JobView, JobError> {
