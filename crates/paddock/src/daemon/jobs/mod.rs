@@ -241,6 +241,17 @@ fn reply<T: Send + 'static>(
     })
 }
 
+/// Hands claimed jobs over once the claim is committed (none if it was not).
+fn claim_reply(tx: oneshot::Sender<Vec<Claimed>>, claimed: Vec<Claimed>) -> Reply {
+    Box::new(move |commit_err| {
+        let _ = tx.send(if commit_err.is_some() {
+            vec![]
+        } else {
+            claimed
+        });
+    })
+}
+
 /// Milliseconds since the epoch.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -23,8 +23,8 @@ use tokio::sync::{Notify, mpsc};
 use tokio_postgres::{AsyncMessage, Client, NoTls, Row, Transaction};
 
 use super::{
-    Claimed, Cmd, Finish, JobError, JobView, ListQuery, NewJob, Page, Reply, Store, ms_to_rfc3339,
-    new_id, now_ms, reply,
+    Claimed, Cmd, Finish, JobError, JobView, ListQuery, NewJob, Page, Reply, Store, claim_reply,
+    ms_to_rfc3339, new_id, now_ms, reply,
 };
 
 const SCHEMA: &str = "
@@ -308,13 +308,7 @@ async fn apply(tx: &Transaction<'_>, cmd: Cmd, owner: &str, lease_ms: i64) -> Re
                     tracing::error!("claiming jobs of {service}: {}", pg_error(&e));
                     vec![]
                 });
-            Box::new(move |commit_err| {
-                let _ = reply.send(if commit_err.is_some() {
-                    vec![]
-                } else {
-                    claimed
-                });
-            })
+            claim_reply(reply, claimed)
         }
         Cmd::Finish { id, finish } => {
             match finish_job(tx, &id, finish, owner).await {

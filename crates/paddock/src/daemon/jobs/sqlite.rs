@@ -17,8 +17,8 @@ use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use serde_json::json;
 
 use super::{
-    Claimed, Cmd, Finish, JobError, JobView, ListQuery, NewJob, Reply, Store, ms_to_rfc3339,
-    new_id, now_ms, reply,
+    Claimed, Cmd, Finish, JobError, JobView, ListQuery, NewJob, Reply, Store, claim_reply,
+    ms_to_rfc3339, new_id, now_ms, reply,
 };
 
 const SCHEMA: &str = "
@@ -171,13 +171,7 @@ fn apply(tx: &rusqlite::Transaction<'_>, cmd: Cmd, owner: &str) -> Reply {
                 tracing::error!("claiming jobs of {service}: {e}");
                 vec![]
             });
-            Box::new(move |commit_err| {
-                let _ = reply.send(if commit_err.is_some() {
-                    vec![]
-                } else {
-                    claimed
-                });
-            })
+            claim_reply(reply, claimed)
         }
         Cmd::Finish { id, finish } => {
             if let Err(e) = finish_job(tx, &id, finish) {
