@@ -451,6 +451,13 @@ pub fn parse(path: &Path, text: &str, port: Option<u16>) -> Result<Config, Confi
                 }
             }
             Kind::Worker => {
+                if rs.health.is_some() {
+                    return Err(at(
+                        &table,
+                        "health",
+                        "`health` is for kind = \"process\"; a worker service is ready when its worker sends READY".into(),
+                    ));
+                }
                 if rs.port.is_some() {
                     return Err(at(&table, "port", "`port` is for kind = \"process\"; worker services are reached through the gateway".into()));
                 }
@@ -690,6 +697,13 @@ mod tests {
         let (line, _, key, _) = err(&format!("[instance]\nlisten = \"0.0.0.0:8700\"\n{OK}"));
         assert_eq!(line, 2);
         assert_eq!(key, "instance.listen");
+    }
+
+    #[test]
+    fn worker_services_take_no_probe() {
+        let (line, _, key, _) = err("[services.w]\ncommand = [\"x\"]\nhealth = { tcp = true }\n");
+        assert_eq!(line, 3);
+        assert_eq!(key, "services.w.health");
     }
 
     #[test]
