@@ -131,11 +131,16 @@ class _Conn:
         self.sock, self.max_frame = sock, max_frame
 
     def send(self, ftype, *parts):
-        """One frame; the last part (a reply's body) is sent without being copied."""
+        """One frame. A small frame goes out in one write (one wake-up of the
+        daemon); a large last part (a reply's body) is sent without being copied."""
         size = 1 + sum(len(p) for p in parts)
-        self.sock.sendall(struct.pack(">IB", size, ftype) + b"".join(parts[:-1]))
-        if parts and parts[-1]:
-            self.sock.sendall(parts[-1])
+        head = struct.pack(">IB", size, ftype) + b"".join(parts[:-1])
+        body = parts[-1] if parts else b""
+        if len(body) <= 65536:
+            self.sock.sendall(head + bytes(body))
+        else:
+            self.sock.sendall(head)
+            self.sock.sendall(body)
 
     def _read_exact(self, n):
         """n bytes, or None on end-of-file."""
