@@ -237,7 +237,31 @@ impl Coordinator {
         let _ = self.workers_tx.send(v);
     }
 
+    /// Stops every worker. Worker services drain: each worker answers the request it
+    /// is serving (up to its request_timeout), then stops; process services are
+    /// stopped at once (SIGTERM, then SIGKILL after stop_timeout).
     async fn stop_all(&mut self) {
+        if self.service.kind == Kind::Worker {
+            for s in &self.slots {
+                let _ = s.handle.commands.send(Command::Retire);
+            }
+            let patience = self.service.request_timeout + Duration::from_secs(1);
+            let deadline = Instant::now() + patience;
+            for s in &self.slots {
+                let mut st = s.handle.status.clone();
+                let drained =
+                    tokio::time::timeout_at(deadline.into(), st.wait_for(|x| x.state == "stopped"))
+                        .await
+                        .is_ok();
+                if !drained {
+                    tracing::warn!(
+                        "{}/{} did not finish its request within request_timeout: stopping it",
+                        self.service.name,
+                        s.index
+                    );
+                }
+            }
+        }
         for s in &self.slots {
             let _ = s.handle.commands.send(Command::Stop);
         }
