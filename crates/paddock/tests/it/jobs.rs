@@ -544,3 +544,51 @@ fn one_sqlite_store_serves_one_instance() {
     env.stop_ok();
     env.assert_nothing_left();
 }
+
+/// The PostgreSQL store survives its connections being cut (a server restart, a
+/// failover): it reconnects, and jobs keep flowing.
+#[test]
+fn the_postgres_store_reconnects() {
+    let Some(backend) = Backend::postgres() else {
+        return;
+    };
+    let Backend::Postgres(url) = &backend else {
+        unreachable!()
+    };
+    let env = backend.env();
+    env.config(&env.worker("fake", "workers = 1\njobs_share = 1.0"));
+    env.start_ok();
+    let first = enqueue(&env, "/v1/jobs/fake", &json!({"op": "echo", "n": 1}), None);
+    wait_state(&env, first.json()["id"].as_str().unwrap(), "done");
+    // Cut every connection to this test's database.
+    let db = url.rsplit('/').next().unwrap();
+    let base = std::env::var("PADDOCK_TEST_POSTGRES").unwrap();
+    let out = std::process::Command::new("psql")
+        .arg(format!("{base}/postgres"))
+        .args([
+            "-c",
+            &format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'"
+            ),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Enqueues may fail while the store reconnects; then they succeed and run.
+    let id = wait_until(
+        Duration::from_secs(20),
+        "an enqueue after the reconnect",
+        || {
+            let r = enqueue(&env, "/v1/jobs/fake", &json!({"op": "echo", "n": 2}), None);
+            (r.code == 202).then(|| r.json()["id"].as_str().unwrap().to_string())
+        },
+    );
+    wait_state(&env, &id, "done");
+    let log = std::fs::read_to_string(env.state_dir().join("daemon.log")).unwrap();
+    assert!(log.contains("connection re-established"), "{log}");
+    env.stop_ok();
+}

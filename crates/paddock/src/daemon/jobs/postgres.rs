@@ -104,6 +104,24 @@ async fn connect(url: &str) -> Result<Client, String> {
     Ok(client)
 }
 
+/// Connects again after a connection was lost, with backoff, until it works.
+async fn reconnect(url: &str, what: &str) -> Client {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match connect(url).await {
+            Ok(c) => {
+                tracing::info!("job store: {what} connection re-established");
+                return c;
+            }
+            Err(e) => {
+                tracing::error!("job store: reconnecting the {what} connection: {e}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
 /// The URL without its password, for messages.
 fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -138,13 +156,17 @@ pub async fn open(
             .map_err(|e| format!("creating the job table: {e}"))?;
         tx.commit().await.map_err(|e| e.to_string())?;
     }
-    listen(url, wake).await?;
-    let heartbeat = connect(url).await?;
+    listen(url.to_string(), wake).await?;
+    let mut heartbeat = connect(url).await?;
     let lease_ms = lease.as_millis() as i64;
     let hb_owner = owner.clone();
+    let hb_url = url.to_string();
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(lease / 3).await;
+            if heartbeat.is_closed() {
+                heartbeat = reconnect(&hb_url, "heartbeat").await;
+            }
             let now = now_ms();
             if let Err(e) = heartbeat
                 .execute(
@@ -162,41 +184,72 @@ pub async fn open(
         }
     });
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(run(client, rx, tx.clone(), owner, lease_ms));
+    tokio::spawn(run(
+        client,
+        rx,
+        tx.clone(),
+        owner,
+        lease_ms,
+        url.to_string(),
+    ));
     Ok(Store::Postgres(tx))
 }
 
-/// A connection that LISTENs for new jobs and wakes the matching pump.
-async fn listen(url: &str, wake: HashMap<String, Arc<Notify>>) -> Result<(), String> {
-    let (client, mut conn) = tokio_postgres::connect(url, NoTls)
+/// A connection that LISTENs for new jobs and wakes the matching pump; it
+/// reconnects if the connection is lost (the pumps' periodic claim covers the gap).
+async fn listen(url: String, wake: HashMap<String, Arc<Notify>>) -> Result<(), String> {
+    let first = tokio_postgres::connect(&url, NoTls)
         .await
-        .map_err(|e| format!("job store {}: {e}", redact(url)))?;
+        .map_err(|e| format!("job store {}: {e}", redact(&url)))?;
     tokio::spawn(async move {
-        let _client = &client;
-        let listening = client.batch_execute("LISTEN paddock_jobs");
-        let mut listening = std::pin::pin!(listening);
-        let mut subscribed = false;
+        let mut next = Some(first);
+        let mut delay = Duration::from_millis(100);
         loop {
-            tokio::select! {
-                r = &mut listening, if !subscribed => {
-                    subscribed = true;
-                    if let Err(e) = r {
-                        tracing::error!("LISTEN paddock_jobs: {e}");
+            let (client, mut conn) = match next.take() {
+                Some(c) => c,
+                None => match tokio_postgres::connect(&url, NoTls).await {
+                    Ok(c) => {
+                        tracing::info!("job store: notification connection re-established");
+                        delay = Duration::from_millis(100);
+                        c
                     }
-                }
-                msg = std::future::poll_fn(|cx| conn.poll_message(cx)) => match msg {
-                    Some(Ok(AsyncMessage::Notification(n))) => {
-                        if let Some(w) = wake.get(n.payload()) {
-                            w.notify_one();
+                    Err(e) => {
+                        tracing::error!("job store: reconnecting the notification connection: {e}");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                },
+            };
+            let listening = client.batch_execute("LISTEN paddock_jobs");
+            let mut listening = std::pin::pin!(listening);
+            let mut subscribed = false;
+            loop {
+                tokio::select! {
+                    r = &mut listening, if !subscribed => {
+                        subscribed = true;
+                        if let Err(e) = r {
+                            tracing::error!("LISTEN paddock_jobs: {e}");
                         }
                     }
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => {
-                        tracing::error!("job store notifications: {e}");
-                        return;
+                    msg = std::future::poll_fn(|cx| conn.poll_message(cx)) => match msg {
+                        Some(Ok(AsyncMessage::Notification(n))) => {
+                            if let Some(w) = wake.get(n.payload()) {
+                                w.notify_one();
+                            }
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => {
+                            tracing::error!("job store notifications: {e}");
+                            break;
+                        }
+                        None => break,
                     }
-                    None => return,
                 }
+            }
+            // Wake every pump: notifications may have been missed meanwhile.
+            for w in wake.values() {
+                w.notify_one();
             }
         }
     });
@@ -209,8 +262,12 @@ async fn run(
     me: mpsc::UnboundedSender<Cmd>,
     owner: String,
     lease_ms: i64,
+    url: String,
 ) {
     while let Some(first) = rx.recv().await {
+        if client.is_closed() {
+            client = reconnect(&url, "store").await;
+        }
         let mut batch = vec![first];
         while batch.len() < 1024 {
             match rx.try_recv() {
