@@ -118,14 +118,35 @@ pub fn open(path: &Path, owner: String) -> Result<(Store, usize), String> {
 }
 
 fn run(mut conn: Connection, rx: mpsc::Receiver<Cmd>, owner: String) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
+    // Job outcomes whose group failed to commit: they go into the next group, so a
+    // transient failure (a full disk being cleared, a busy file) loses no result.
+    let mut retry: Vec<(String, Finish)> = vec![];
+    loop {
+        let mut batch: Vec<Cmd> = if retry.is_empty() {
+            match rx.recv() {
+                Ok(first) => vec![first],
+                Err(_) => return,
+            }
+        } else {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            retry
+                .drain(..)
+                .map(|(id, finish)| Cmd::Finish { id, finish })
+                .collect()
+        };
         while batch.len() < 1024 {
             match rx.try_recv() {
                 Ok(c) => batch.push(c),
                 Err(_) => break,
             }
         }
+        let finishes: Vec<(String, Finish)> = batch
+            .iter()
+            .filter_map(|c| match c {
+                Cmd::Finish { id, finish } => Some((id.clone(), finish.clone())),
+                _ => None,
+            })
+            .collect();
         let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
         let result = (|| -> rusqlite::Result<()> {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -136,7 +157,8 @@ fn run(mut conn: Connection, rx: mpsc::Receiver<Cmd>, owner: String) {
         })();
         let err = result.err().map(|e| e.to_string());
         if let Some(e) = &err {
-            tracing::error!("job store commit failed: {e}");
+            tracing::error!("job store commit failed: {e}; job outcomes will be written again");
+            retry = finishes;
         }
         for r in replies {
             r(err.as_deref());
