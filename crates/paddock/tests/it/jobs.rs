@@ -94,6 +94,13 @@ fn enqueue_records(env: &Env, n: usize, seconds: f64) -> BTreeMap<String, usize>
         .collect()
 }
 
+/// Enqueues a job and returns its id.
+fn enqueue_id(env: &Env, path: &str, body: &Value) -> String {
+    let r = enqueue(env, path, body, None);
+    assert_eq!(r.code, 202, "{}", r.text());
+    r.json()["id"].as_str().unwrap().to_string()
+}
+
 fn enqueue(env: &Env, path: &str, body: &Value, key: Option<&str>) -> Resp {
     let extra = key
         .map(|k| format!("Idempotency-Key: {k}\r\n"))
@@ -206,12 +213,7 @@ fn api(backend: Backend) {
     let slow_id = slow.json()["id"].as_str().unwrap().to_string();
     wait_state(&env, &slow_id, "running");
     let ids: Vec<String> = (0..8)
-        .map(|n| {
-            enqueue(&env, "/v1/jobs/fake", &json!({"op": "echo", "n": n}), None).json()["id"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
+        .map(|n| enqueue_id(&env, "/v1/jobs/fake", &json!({"op": "echo", "n": n})))
         .collect();
     let last = ids.last().unwrap();
     let c = delete(&env, &format!("/v1/jobs/{last}"));
@@ -264,21 +266,10 @@ fn poison(backend: Backend) {
         "workers = 2\nmax_attempts = 3\njob_backoff = \"100ms\"\njobs_share = 1.0",
     ));
     env.start_ok();
-    let poison = enqueue(&env, "/v1/jobs/fake", &json!({"op": "segv"}), None).json()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let raising = enqueue(&env, "/v1/jobs/fake", &json!({"op": "raise"}), None).json()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let poison = enqueue_id(&env, "/v1/jobs/fake", &json!({"op": "segv"}));
+    let raising = enqueue_id(&env, "/v1/jobs/fake", &json!({"op": "raise"}));
     let good: Vec<String> = (0..40)
-        .map(|n| {
-            enqueue(&env, "/v1/jobs/fake", &json!({"op": "echo", "n": n}), None).json()["id"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
+        .map(|n| enqueue_id(&env, "/v1/jobs/fake", &json!({"op": "echo", "n": n})))
         .collect();
     let p = wait_state(&env, &poison, "dead");
     assert_eq!(p["failures"], 3);
@@ -485,16 +476,7 @@ fn a_graceful_stop_lets_running_work_finish() {
         "workers = 2\njobs_share = 0.5\nrequest_timeout = \"10s\"",
     ));
     env.start_ok();
-    let id = enqueue(
-        &env,
-        "/v1/jobs/fake",
-        &json!({"op": "sleep", "s": 1.5}),
-        None,
-    )
-    .json()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = enqueue_id(&env, "/v1/jobs/fake", &json!({"op": "sleep", "s": 1.5}));
     wait_state(&env, &id, "running");
     let port = env.port;
     let online = std::thread::spawn(move || {

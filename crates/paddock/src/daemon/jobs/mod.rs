@@ -252,6 +252,18 @@ fn claim_reply(tx: oneshot::Sender<Vec<Claimed>>, claimed: Vec<Claimed>) -> Repl
     })
 }
 
+/// A page of at most `limit` jobs from `jobs` (queried with `limit + 1` rows), and
+/// the `after` of the next page when there is one.
+fn page(mut jobs: Vec<JobView>, limit: i64) -> Page {
+    let next = if jobs.len() as i64 > limit {
+        jobs.truncate(limit as usize);
+        jobs.last().map(|j| j.seq)
+    } else {
+        None
+    };
+    (jobs, next)
+}
+
 /// Milliseconds since the epoch.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -24,7 +24,7 @@ use tokio_postgres::{AsyncMessage, Client, NoTls, Row, Transaction};
 
 use super::{
     Claimed, Cmd, Finish, JobError, JobView, ListQuery, NewJob, Page, Reply, Store, claim_reply,
-    ms_to_rfc3339, new_id, now_ms, reply,
+    ms_to_rfc3339, new_id, now_ms, page, reply,
 };
 
 const SCHEMA: &str = "
@@ -614,14 +614,8 @@ async fn list(tx: &Transaction<'_>, q: ListQuery) -> Result<Page, JobError> {
         )
         .await
         .map_err(db)?;
-    let mut jobs: Vec<JobView> = rows.iter().map(view).collect();
-    let next = if jobs.len() as i64 > limit {
-        jobs.truncate(limit as usize);
-        jobs.last().map(|j| j.seq)
-    } else {
-        None
-    };
-    Ok((jobs, next))
+    let jobs: Vec<JobView> = rows.iter().map(view).collect();
+    Ok(page(jobs, limit))
 }
 
 #[cfg(test)]

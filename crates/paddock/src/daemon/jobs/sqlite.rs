@@ -18,7 +18,7 @@ use serde_json::json;
 
 use super::{
     Claimed, Cmd, Finish, JobError, JobView, ListQuery, NewJob, Reply, Store, claim_reply,
-    ms_to_rfc3339, new_id, now_ms, reply,
+    ms_to_rfc3339, new_id, now_ms, page, reply,
 };
 
 const SCHEMA: &str = "
@@ -380,7 +380,7 @@ fn list(tx: &rusqlite::Transaction<'_>, q: ListQuery) -> Result<super::Page, Job
              ORDER BY seq LIMIT ?4"
         ))
         .map_err(store_err)?;
-    let mut jobs: Vec<JobView> = stmt
+    let jobs: Vec<JobView> = stmt
         .query_map(
             params![q.state, q.service, q.after.unwrap_or(0), limit + 1],
             view,
@@ -388,11 +388,5 @@ fn list(tx: &rusqlite::Transaction<'_>, q: ListQuery) -> Result<super::Page, Job
         .map_err(store_err)?
         .collect::<rusqlite::Result<_>>()
         .map_err(store_err)?;
-    let next = if jobs.len() as i64 > limit {
-        jobs.truncate(limit as usize);
-        jobs.last().map(|j| j.seq)
-    } else {
-        None
-    };
-    Ok((jobs, next))
+    Ok(page(jobs, limit))
 }
