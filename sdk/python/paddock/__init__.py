@@ -35,6 +35,7 @@ This file implements docs/protocol.md (version 1). Its invariants:
 import json
 import os
 import platform
+import select
 import socket
 import struct
 import sys
@@ -129,6 +130,13 @@ class _ProtocolError(Exception):
 class _Conn:
     def __init__(self, sock, max_frame):
         self.sock, self.max_frame = sock, max_frame
+        self._buf = bytearray()  # received, not yet returned as frames
+        self._chunk = bytearray(256 * 1024)
+        self._chunk_view = memoryview(self._chunk)
+        self._poll = None
+        if hasattr(select, "poll"):
+            self._poll = select.poll()
+            self._poll.register(sock, select.POLLIN)
 
     def send(self, ftype, *parts):
         """One frame. A small frame goes out in one write (one wake-up of the
@@ -142,30 +150,54 @@ class _Conn:
             self.sock.sendall(head)
             self.sock.sendall(body)
 
-    def _read_exact(self, n):
-        """n bytes, or None on end-of-file."""
-        buf = bytearray(n)
-        view, got = memoryview(buf), 0
-        while got < n:
+    def _fill(self):
+        """Appends what the socket has to the buffer; False at end-of-file.
+
+        It waits in poll() for input only, not in recv(): a recv() that sleeps is
+        also woken each time the daemon consumes a frame this worker sent (the
+        socket's "write space" wake-up), one useless wake-up per reply."""
+        if self._poll is not None:
+            self._poll.poll()
+        k = self.sock.recv_into(self._chunk)
+        if k == 0:
+            return False
+        self._buf += self._chunk_view[:k]
+        return True
+
+    def recv(self):
+        """(type, payload) of the next frame, or None when the daemon is gone.
+
+        One recv() per frame in the usual case: the buffer takes whatever the
+        socket holds; a frame larger than the buffer is read straight into its
+        own bytearray."""
+        buf = self._buf
+        while len(buf) < 4:
+            if not self._fill():
+                return None
+        (length,) = struct.unpack_from(">I", buf)
+        if not 1 <= length <= self.max_frame:
+            raise _ProtocolError(f"frame length {length} is outside 1..{self.max_frame}")
+        while len(buf) < 5:
+            if not self._fill():
+                return None
+        ftype, end = buf[4], 4 + length
+        if len(buf) >= end:
+            data = bytes(memoryview(buf)[5:end])
+            del buf[:end]
+            return ftype, data
+        data = bytearray(length - 1)
+        got = len(buf) - 5
+        data[:got] = memoryview(buf)[5:]
+        buf.clear()
+        view = memoryview(data)
+        while got < len(data):
+            if self._poll is not None:
+                self._poll.poll()
             k = self.sock.recv_into(view[got:])
             if k == 0:
                 return None
             got += k
-        return buf
-
-    def recv(self):
-        """(type, payload) of the next frame, or None when the daemon is gone."""
-        head = self._read_exact(4)
-        if head is None:
-            return None
-        (length,) = struct.unpack(">I", head)
-        if not 1 <= length <= self.max_frame:
-            raise _ProtocolError(f"frame length {length} is outside 1..{self.max_frame}")
-        ftype = self._read_exact(1)
-        data = self._read_exact(length - 1) if ftype is not None else None
-        if data is None:
-            return None
-        return ftype[0], bytes(data)
+        return ftype, bytes(data)
 
     def error(self, rid, message, tb):
         """Sends ERROR, cutting the traceback (then the message) to fit a frame."""

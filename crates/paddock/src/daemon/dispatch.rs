@@ -1,20 +1,29 @@
-//! The dispatcher: one task per worker service that owns the service's request
-//! queue and hands each request to an idle worker.
+//! The dispatcher: a worker service's request queue, and the list of its workers
+//! that wait for a request.
+//!
+//! Why it is a queue behind a mutex and not a task: handing the next request to a
+//! worker that just answered is the hot path. The worker's actor takes that request
+//! itself ([`Dispatcher::next_for`]) and writes it to the worker before the answer
+//! to the previous request goes back to its HTTP client; with a dispatcher task in
+//! between, the client's reply was written first and the worker sat idle meanwhile
+//! (see docs/benchmarks.md). The mutex is never held across an `.await` and nothing
+//! but channel sends happens under it; each worker is still owned by its actor.
 //!
 //! Invariants:
-//! - a worker holds at most one request: requests go only to workers that announced
-//!   themselves idle, and a worker announces itself once per request it finished;
+//! - a worker holds at most one request: requests go only to workers that asked for
+//!   one (`next_for`), and a worker is on the idle list at most once;
 //! - the queue is bounded (`max_queue`); a full queue answers 503 at once;
 //! - a request handed to a worker that died in between comes back (`requeue`) to the
 //!   front of the queue: a crash never loses a queued request;
-//! - a request that waited `queue_timeout` is answered 503; one whose client went
-//!   away is dropped without using a worker.
+//! - a request that waited `queue_timeout` is answered 503 (by a timer task that
+//!   sleeps until the earliest deadline); one whose client went away is dropped
+//!   without using a worker.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::metrics::Metrics;
 use super::worker::Command;
@@ -85,21 +94,84 @@ pub struct Job {
     pub received: Instant,
 }
 
-enum Msg {
-    Submit(Job),
-    Requeue(Job),
-    Idle {
-        wid: u64,
-        tx: mpsc::UnboundedSender<Command>,
-    },
-    Close,
-}
-
 /// A handle to a service's dispatcher.
 #[derive(Clone)]
 pub struct Dispatcher {
-    tx: mpsc::UnboundedSender<Msg>,
+    queue: Arc<Mutex<Queue>>,
     queue_timeout: Duration,
+    /// Wakes the expiry task when the queue's earliest deadline may have changed.
+    expiry: Arc<Notify>,
+}
+
+struct Queue {
+    jobs: VecDeque<Job>,
+    idle: VecDeque<(u64, mpsc::UnboundedSender<Command>)>,
+    max_queue: usize,
+    closed: bool,
+    depth: prometheus_client::metrics::gauge::Gauge,
+    /// The expiry task's wake-up, also sent when the queue is dropped (it ends then).
+    expiry: Arc<Notify>,
+}
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        self.expiry.notify_one();
+    }
+}
+
+impl Queue {
+    /// Gives `job` to the first idle worker still there; hands it back when none is.
+    fn hand_out(&mut self, mut job: Job) -> Option<Job> {
+        while let Some((_, tx)) = self.idle.pop_front() {
+            match tx.send(Command::Serve(job)) {
+                Ok(()) => return None,
+                // That worker is gone: try the next one.
+                Err(mpsc::error::SendError(Command::Serve(j))) => job = j,
+                Err(_) => unreachable!("the command sent was Serve"),
+            }
+        }
+        Some(job)
+    }
+
+    /// Queues a job no idle worker took; true when the queue was empty before.
+    fn push(&mut self, job: Job, front: bool) -> bool {
+        let was_empty = self.jobs.is_empty();
+        if front {
+            self.jobs.push_front(job);
+        } else {
+            self.jobs.push_back(job);
+        }
+        self.depth.set(self.jobs.len() as i64);
+        was_empty
+    }
+
+    /// The next request whose client still waits for it.
+    fn pop_live(&mut self) -> Option<Job> {
+        let mut found = None;
+        while let Some(job) = self.jobs.pop_front() {
+            if !job.reply.is_closed() {
+                found = Some(job);
+                break;
+            }
+        }
+        self.depth.set(self.jobs.len() as i64);
+        found
+    }
+
+    /// Answers 503 to every job past its queue deadline; the earliest deadline left.
+    fn expire(&mut self, now: Instant) -> Option<Instant> {
+        if self.jobs.iter().any(|j| j.queue_deadline <= now) {
+            let (due, kept) = std::mem::take(&mut self.jobs)
+                .into_iter()
+                .partition::<VecDeque<_>, _>(|j| j.queue_deadline <= now);
+            self.jobs = kept;
+            self.depth.set(self.jobs.len() as i64);
+            for job in due {
+                let _ = job.reply.send(Outcome::QueueTimeout);
+            }
+        }
+        self.jobs.iter().map(|j| j.queue_deadline).min()
+    }
 }
 
 impl Dispatcher {
@@ -109,16 +181,34 @@ impl Dispatcher {
         queue_timeout: Duration,
         metrics: Arc<Metrics>,
     ) -> Dispatcher {
-        let (tx, rx) = mpsc::unbounded_channel();
         let depth = metrics
             .queue_depth
             .get_or_create(&Metrics::service(service))
             .clone();
-        tokio::spawn(run(rx, max_queue, depth));
-        Dispatcher { tx, queue_timeout }
+        let expiry = Arc::new(Notify::new());
+        let queue = Arc::new(Mutex::new(Queue {
+            jobs: VecDeque::new(),
+            idle: VecDeque::new(),
+            max_queue,
+            closed: false,
+            depth,
+            expiry: expiry.clone(),
+        }));
+        tokio::spawn(expire(Arc::downgrade(&queue), expiry.clone()));
+        Dispatcher {
+            queue,
+            queue_timeout,
+            expiry,
+        }
     }
 
-    /// Queues a request; its outcome arrives on the returned receiver.
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // Nothing under the lock can panic half-way through a change.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a request (or gives it to an idle worker at once); its outcome
+    /// arrives on the returned receiver.
     pub fn submit(
         &self,
         method: String,
@@ -126,17 +216,25 @@ impl Dispatcher {
         body: Vec<u8>,
     ) -> oneshot::Receiver<Outcome> {
         let (reply, rx) = oneshot::channel();
+        let now = Instant::now();
         let job = Job {
             method,
             content_type,
             body,
             reply,
             crashes: 0,
-            queue_deadline: Instant::now() + self.queue_timeout,
-            received: Instant::now(),
+            queue_deadline: now + self.queue_timeout,
+            received: now,
         };
-        if let Err(mpsc::error::SendError(Msg::Submit(job))) = self.tx.send(Msg::Submit(job)) {
+        let mut q = self.lock();
+        if q.closed {
             let _ = job.reply.send(Outcome::ShuttingDown);
+        } else if let Some(job) = q.hand_out(job) {
+            if q.jobs.len() >= q.max_queue {
+                let _ = job.reply.send(Outcome::QueueFull);
+            } else if q.push(job, false) {
+                self.expiry.notify_one();
+            }
         }
         rx
     }
@@ -144,109 +242,59 @@ impl Dispatcher {
     /// Puts a request back at the front of the queue (its worker could not run it).
     pub fn requeue(&self, mut job: Job) {
         job.queue_deadline = Instant::now() + self.queue_timeout;
-        if let Err(mpsc::error::SendError(Msg::Requeue(job))) = self.tx.send(Msg::Requeue(job)) {
+        let mut q = self.lock();
+        if q.closed {
             let _ = job.reply.send(Outcome::ShuttingDown);
+        } else if let Some(job) = q.hand_out(job)
+            && q.push(job, true)
+        {
+            self.expiry.notify_one();
         }
     }
 
-    /// A worker is idle and takes the next request on `tx`.
-    pub fn idle(&self, wid: u64, tx: mpsc::UnboundedSender<Command>) {
-        let _ = self.tx.send(Msg::Idle { wid, tx });
+    /// Worker `wid` is idle: the next request for it, or `None`, and then it is on
+    /// the idle list and the next request comes as `Command::Serve` on `tx`.
+    pub fn next_for(&self, wid: u64, tx: &mpsc::UnboundedSender<Command>) -> Option<Job> {
+        let mut q = self.lock();
+        q.idle.retain(|(w, _)| *w != wid);
+        let job = q.pop_live();
+        if job.is_none() {
+            q.idle.push_back((wid, tx.clone()));
+        }
+        job
     }
 
     /// Answers everything queued with 503 and stops taking requests.
     pub fn close(&self) {
-        let _ = self.tx.send(Msg::Close);
-    }
-}
-
-/// The next request whose client still waits for it.
-fn pop_live(queue: &mut VecDeque<Job>) -> Option<Job> {
-    while let Some(job) = queue.pop_front() {
-        if !job.reply.is_closed() {
-            return Some(job);
+        let mut q = self.lock();
+        q.closed = true;
+        let jobs = std::mem::take(&mut q.jobs);
+        q.depth.set(0);
+        drop(q);
+        for job in jobs {
+            let _ = job.reply.send(Outcome::ShuttingDown);
         }
     }
-    None
 }
 
-async fn run(
-    mut rx: mpsc::UnboundedReceiver<Msg>,
-    max_queue: usize,
-    depth: prometheus_client::metrics::gauge::Gauge,
-) {
-    let mut queue: VecDeque<Job> = VecDeque::new();
-    let mut idle: VecDeque<(u64, mpsc::UnboundedSender<Command>)> = VecDeque::new();
-    let mut closed = false;
+/// The expiry task: sleeps until the earliest queue deadline (or until the queue
+/// gets its first job) and answers what waited too long. It ends with its queue.
+async fn expire(queue: Weak<Mutex<Queue>>, wake: Arc<Notify>) {
     loop {
-        let next_expiry = queue.iter().map(|j| j.queue_deadline).min();
-        let msg = tokio::select! {
-            m = rx.recv() => match m {
-                Some(m) => Some(m),
-                None => return,
-            },
-            _ = tokio::time::sleep_until(next_expiry.unwrap_or_else(Instant::now).into()), if next_expiry.is_some() => None,
+        let next = {
+            let Some(q) = queue.upgrade() else { return };
+            let mut q = q.lock().unwrap_or_else(|e| e.into_inner());
+            q.expire(Instant::now())
         };
-        match msg {
-            Some(Msg::Submit(job)) => {
-                if closed {
-                    let _ = job.reply.send(Outcome::ShuttingDown);
-                } else if queue.len() >= max_queue {
-                    let _ = job.reply.send(Outcome::QueueFull);
-                } else {
-                    queue.push_back(job);
+        match next {
+            Some(t) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(t.into()) => {}
+                    _ = wake.notified() => {}
                 }
             }
-            Some(Msg::Requeue(job)) => {
-                if closed {
-                    let _ = job.reply.send(Outcome::ShuttingDown);
-                } else {
-                    queue.push_front(job);
-                }
-            }
-            Some(Msg::Idle { wid, tx }) => {
-                idle.retain(|(w, _)| *w != wid);
-                idle.push_back((wid, tx));
-            }
-            Some(Msg::Close) => {
-                closed = true;
-                for job in queue.drain(..) {
-                    let _ = job.reply.send(Outcome::ShuttingDown);
-                }
-            }
-            None => {}
+            // The queue is empty: wait for a job, or for the queue to be dropped.
+            None => wake.notified().await,
         }
-        // Expire what waited too long — only when something is due, so the common
-        // case costs nothing per message. Clients that went away are skipped when
-        // their turn comes.
-        let now = Instant::now();
-        if next_expiry.is_some_and(|t| t <= now) {
-            let mut kept = VecDeque::with_capacity(queue.len());
-            for job in queue.drain(..) {
-                if job.queue_deadline <= now {
-                    let _ = job.reply.send(Outcome::QueueTimeout);
-                } else {
-                    kept.push_back(job);
-                }
-            }
-            queue = kept;
-        }
-        // Hand out work: one request per idle worker.
-        while !queue.is_empty() {
-            let Some((wid, tx)) = idle.pop_front() else {
-                break;
-            };
-            let Some(job) = pop_live(&mut queue) else {
-                idle.push_front((wid, tx));
-                break;
-            };
-            match tx.send(Command::Serve(job)) {
-                Ok(()) => {}
-                // That worker is gone; the request goes back and waits for another.
-                Err(mpsc::error::SendError(Command::Serve(job))) => queue.push_front(job),
-                Err(_) => {}
-            }
-        }
-        depth.set(queue.len() as i64);
     }
 }

@@ -22,11 +22,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use paddock_protocol::Frame;
-use paddock_protocol::io::{ReadError, read_frame};
+use paddock_protocol::io::{FrameReader, ReadError};
 use serde_json::json;
-use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::process::Child;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::sleep_until;
 
 use super::dispatch::{Dispatcher, Job, Outcome};
@@ -138,7 +138,7 @@ pub fn start(spec: Spec, deps: Deps) -> Handle {
 }
 
 struct Conn {
-    frames: mpsc::Receiver<Result<Frame, ReadError>>,
+    frames: FrameReader<OwnedReadHalf>,
     writer: OwnedWriteHalf,
     hello: bool,
     methods: Vec<String>,
@@ -191,6 +191,10 @@ struct Actor {
     last_progress: String,
     ready_since: Option<String>,
     pending: VecDeque<Event>,
+    /// Answers not sent yet (see `finish`).
+    replies: Vec<(oneshot::Sender<Outcome>, Outcome)>,
+    /// This service's in-flight gauge.
+    in_flight: prometheus_client::metrics::gauge::Gauge,
 }
 
 impl Actor {
@@ -211,6 +215,11 @@ impl Actor {
         let (mut life, _) = Lifecycle::new(policy, Instant::now());
         life.initial = spec.initial;
         let generation = spec.generation;
+        let in_flight = deps
+            .metrics
+            .in_flight
+            .get_or_create(&Metrics::service(spec.service.name.as_str()))
+            .clone();
         Actor {
             spec,
             deps,
@@ -237,6 +246,8 @@ impl Actor {
             last_progress: String::new(),
             ready_since: None,
             pending: VecDeque::new(),
+            replies: Vec::new(),
+            in_flight,
         }
     }
 
@@ -269,10 +280,18 @@ impl Actor {
                 }
                 self.execute(actions).await;
             }
-            self.after_transition();
+            // The next request goes to the worker before the answers to earlier
+            // ones go back: the worker is busy again while the HTTP side works.
+            if let Some(job) = self.after_transition() {
+                if let Some(ev) = self.serve(job).await {
+                    self.pending.push_back(ev);
+                }
+                continue;
+            }
             if !self.pending.is_empty() {
                 continue;
             }
+            self.send_replies();
             self.publish();
             if self.life.state == State::Stopped && self.running.is_none() {
                 // Requests the dispatcher handed us meanwhile go back to the queue.
@@ -354,23 +373,33 @@ impl Actor {
         }
     }
 
-    /// Offers this worker to the dispatcher whenever it is ready and idle.
-    fn after_transition(&mut self) {
+    /// Whenever the worker is ready and idle: the next queued request for it, or
+    /// else this worker goes on the dispatcher's idle list.
+    fn after_transition(&mut self) -> Option<Job> {
         let ready = matches!(self.life.state, State::Ready { .. }) && self.inflight.is_none();
         if !ready {
-            return;
+            return None;
         }
         if self.retiring {
             self.pending.push_back(Event::StopRequested);
-            return;
+            return None;
         }
         // Without a connection it could serve nothing: never offer it.
         if !self.announced
             && self.conn.is_some()
             && let Some(d) = &self.deps.dispatcher
         {
-            d.idle(self.spec.wid, self.me.clone());
-            self.announced = true;
+            let job = d.next_for(self.spec.wid, &self.me);
+            self.announced = job.is_none();
+            return job;
+        }
+        None
+    }
+
+    /// Sends the answers of finished requests to their HTTP clients.
+    fn send_replies(&mut self) {
+        for (tx, outcome) in self.replies.drain(..) {
+            let _ = tx.send(outcome);
         }
     }
 
@@ -428,12 +457,7 @@ impl Actor {
         // In flight (with its deadline) before the first byte is written: a worker
         // that stops reading cannot stall this actor past the deadline.
         let now = Instant::now();
-        let service = self.spec.service.name.as_str();
-        self.deps
-            .metrics
-            .in_flight
-            .get_or_create(&Metrics::service(service))
-            .inc();
+        self.in_flight.inc();
         self.inflight = Some(InFlight {
             id,
             job,
@@ -441,8 +465,21 @@ impl Actor {
             started: now,
             idempotent,
         });
+        // Usually the whole frame fits in the socket at once; if it does not, the
+        // answers held back for this write go out before waiting for the worker.
+        let written = match conn.writer.try_write(&bytes) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+            Err(_) => 0, // write_all below meets the same error and handles it
+        };
+        if written == bytes.len() {
+            return Some(Event::Dispatched);
+        }
+        for (tx, outcome) in self.replies.drain(..) {
+            let _ = tx.send(outcome);
+        }
         use tokio::io::AsyncWriteExt;
-        match tokio::time::timeout(timeout, conn.writer.write_all(&bytes)).await {
+        match tokio::time::timeout(timeout, conn.writer.write_all(&bytes[written..])).await {
             Ok(Ok(())) => Some(Event::Dispatched),
             Ok(Err(e)) => {
                 // The worker is going away; its exit follows. The request waits for another.
@@ -465,17 +502,15 @@ impl Actor {
     /// Takes the request being served, if any, out of the in-flight count.
     fn take_inflight(&mut self) -> Option<InFlight> {
         let f = self.inflight.take()?;
-        self.deps
-            .metrics
-            .in_flight
-            .get_or_create(&Metrics::service(self.service()))
-            .dec();
+        self.in_flight.dec();
         Some(f)
     }
 
+    /// Answers the request being served; the answer goes out with the next
+    /// `send_replies` (after the worker got its next request, if there is one).
     fn finish(&mut self, outcome: Outcome) {
         if let Some(f) = self.take_inflight() {
-            let _ = f.job.reply.send(outcome);
+            self.replies.push((f.job.reply, outcome));
         }
     }
 
@@ -489,7 +524,12 @@ impl Actor {
                 self.eof_at = Some(Instant::now());
                 return None;
             }
-            Some(Err(e)) => return Some(Event::ProtocolViolation(e.to_string())),
+            // Nothing after a bad frame can be trusted (or even found): the
+            // connection is dropped with the worker, which is killed for it.
+            Some(Err(e)) => {
+                self.conn = None;
+                return Some(Event::ProtocolViolation(e.to_string()));
+            }
             Some(Ok(f)) => f,
         };
         if !conn.hello {
@@ -897,7 +937,7 @@ impl Actor {
         let mut setup_failed = None;
         if let Some(mut c) = self.conn.take() {
             let drain = Duration::from_millis(500);
-            while let Ok(Some(Ok(frame))) = tokio::time::timeout(drain, c.frames.recv()).await {
+            while let Ok(Ok(frame)) = tokio::time::timeout(drain, c.frames.next()).await {
                 match frame {
                     Frame::SetupFailed { text } => setup_failed = Some(text),
                     Frame::Reply {
@@ -1093,24 +1133,15 @@ fn recycle_after(max: u64, jitter: f64) -> u64 {
     (max - (max as f64 * 0.1 * jitter) as u64).max(1)
 }
 
-/// Wraps our end of the socketpair; a task reads frames into a channel (reading is
-/// not cancel-safe, so it cannot sit in the actor's `select!`).
+/// Wraps our end of the socketpair. The actor reads frames itself, in its
+/// `select!` ([`FrameReader::next`] is cancel-safe): no task and no channel between
+/// a worker's reply and the actor that hands the worker its next request.
 fn connect(ours: std::os::unix::net::UnixStream, max_frame: usize) -> std::io::Result<Conn> {
     ours.set_nonblocking(true)?;
     let stream = tokio::net::UnixStream::from_std(ours)?;
-    let (mut read, writer) = stream.into_split();
-    let (tx, frames) = mpsc::channel(4);
-    tokio::spawn(async move {
-        loop {
-            let r = read_frame(&mut read, max_frame).await;
-            let stop = r.is_err();
-            if tx.send(r).await.is_err() || stop {
-                return;
-            }
-        }
-    });
+    let (read, writer) = stream.into_split();
     Ok(Conn {
-        frames,
+        frames: FrameReader::new(read, max_frame),
         writer,
         hello: false,
         methods: vec![],
@@ -1120,7 +1151,7 @@ fn connect(ours: std::os::unix::net::UnixStream, max_frame: usize) -> std::io::R
 
 async fn next_frame(conn: &mut Option<Conn>) -> Option<Result<Frame, ReadError>> {
     match conn {
-        Some(c) => c.frames.recv().await,
+        Some(c) => Some(c.frames.next().await),
         None => std::future::pending().await,
     }
 }

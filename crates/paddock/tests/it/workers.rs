@@ -427,3 +427,52 @@ fn requests_that_cannot_be_framed_are_refused_without_harming_a_worker() {
     assert_eq!(w["generation"], 1);
     env.stop_ok();
 }
+
+#[test]
+fn an_answer_is_not_held_back_by_a_worker_slow_to_take_its_next_request() {
+    // The actor writes the next queued request before sending the previous answer;
+    // when that write cannot finish at once (a body larger than the socket buffer,
+    // a worker that pauses before reading), the answer must go out first.
+    let env = Env::new();
+    env.config(&env.worker_with(
+        "slow",
+        "bad_worker.py",
+        &[("BAD_REPLY_DELAY", "1"), ("BAD_READ_PAUSE", "5")],
+        "workers = 1",
+    ));
+    env.start_ok();
+    let port = env.port;
+    let first = std::thread::spawn(move || {
+        let t = Instant::now();
+        let r = post(port, "/v1/slow", "text/plain", b"first").unwrap();
+        (r, t.elapsed())
+    });
+    wait_until(
+        Duration::from_secs(10),
+        "the first request to be served",
+        || (workers_of(&env)[0]["state"] == "busy").then_some(()),
+    );
+    let big: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let sent = big.clone();
+    let second = std::thread::spawn(move || post(port, "/v1/slow", "application/x-big", &sent));
+    wait_until(
+        Duration::from_secs(10),
+        "the second request to be queued",
+        || {
+            let (_, m) = env.get("/metrics")?;
+            m.contains("paddock_queue_depth{service=\"slow\"} 1")
+                .then_some(())
+        },
+    );
+    let (r, took) = first.join().unwrap();
+    assert_eq!(r.code, 200, "{}", r.text());
+    assert_eq!(r.body, b"first");
+    assert!(
+        took < Duration::from_secs(4),
+        "the first answer took {took:?}"
+    );
+    let r = second.join().unwrap().unwrap();
+    assert_eq!(r.code, 200, "{}", r.text());
+    assert!(r.body == big, "the large body came back changed");
+    env.stop_ok();
+}
