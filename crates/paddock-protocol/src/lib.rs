@@ -271,11 +271,7 @@ impl Frame {
             Frame::Ready { json } => out.extend_from_slice(json.as_bytes()),
             Frame::SetupFailed { text } => out.extend_from_slice(text.as_bytes()),
             Frame::Request(r) => {
-                out.extend_from_slice(&r.id.to_be_bytes());
-                out.extend_from_slice(&r.deadline_ms.to_be_bytes());
-                put_str16(&mut out, &r.method, "method")?;
-                put_str16(&mut out, &r.content_type, "content type")?;
-                out.extend_from_slice(&r.body);
+                return encode_request(r.id, r.deadline_ms, &r.method, &r.content_type, &r.body);
             }
             Frame::Reply {
                 id,
@@ -315,6 +311,31 @@ impl Frame {
         out[..4].copy_from_slice(&len32.to_be_bytes());
         Ok(out)
     }
+}
+
+/// Encodes a REQUEST frame from borrowed parts, in one allocation of the exact
+/// size: the daemon's hot path, which does not own the request's body.
+pub fn encode_request(
+    id: u64,
+    deadline_ms: u32,
+    method: &str,
+    content_type: &str,
+    body: &[u8],
+) -> Result<Vec<u8>, Error> {
+    let len = 1 + 8 + 4 + 2 + method.len() + 2 + content_type.len() + body.len();
+    let len32 = u32::try_from(len).map_err(|_| Error::TooLarge {
+        len,
+        max: u32::MAX as usize,
+    })?;
+    let mut out = Vec::with_capacity(4 + len);
+    out.extend_from_slice(&len32.to_be_bytes());
+    out.push(kind::REQUEST);
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(&deadline_ms.to_be_bytes());
+    put_str16(&mut out, method, "method")?;
+    put_str16(&mut out, content_type, "content type")?;
+    out.extend_from_slice(body);
+    Ok(out)
 }
 
 /// Decodes one frame from the front of `buf`: `Ok(None)` when more bytes are

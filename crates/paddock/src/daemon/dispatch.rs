@@ -23,6 +23,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
+use axum::body::Bytes;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::metrics::Metrics;
@@ -84,7 +85,8 @@ impl Outcome {
 pub struct Job {
     pub method: String,
     pub content_type: String,
-    pub body: Vec<u8>,
+    /// Shared with the HTTP request it came in (no copy on the way to the worker).
+    pub body: Bytes,
     pub reply: oneshot::Sender<Outcome>,
     /// Workers this request was running on when they died.
     pub crashes: u32,
@@ -213,7 +215,7 @@ impl Dispatcher {
         &self,
         method: String,
         content_type: String,
-        body: Vec<u8>,
+        body: Bytes,
     ) -> oneshot::Receiver<Outcome> {
         let (reply, rx) = oneshot::channel();
         let now = Instant::now();

@@ -220,7 +220,7 @@ async fn call(
         return error(StatusCode::BAD_REQUEST, &service, message, json!(null));
     }
     let t = Instant::now();
-    let rx = dispatcher.submit(method.clone(), content_type, body.to_vec());
+    let rx = dispatcher.submit(method.clone(), content_type, body);
     let outcome = rx.await.unwrap_or(Outcome::ShuttingDown);
     let m = &shared.supervisor.metrics;
     m.requests

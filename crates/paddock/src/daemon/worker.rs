@@ -161,6 +161,25 @@ struct InFlight {
     idempotent: bool,
 }
 
+/// The actor's timers. It sleeps only until the earliest one that is set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Timer {
+    /// SIGKILL for a group that was sent SIGTERM (stop_timeout passed).
+    Kill,
+    /// The request being served reached request_timeout.
+    Request,
+    /// The worker closed its socket a second ago and is still running.
+    SocketClosed,
+    /// startup_timeout passed while starting.
+    Startup,
+    /// The restart backoff is over.
+    Backoff,
+    /// A process service's readiness or liveness probe is due.
+    Probe,
+    /// Time to compare the worker's memory with max_rss.
+    Rss,
+}
+
 struct Actor {
     spec: Spec,
     deps: Deps,
@@ -303,17 +322,7 @@ impl Actor {
                 }
                 return;
             }
-            let starting = matches!(self.life.state, State::Starting { .. });
-            let probing = self.spec.service.kind == Kind::Process
-                && (starting || matches!(self.life.state, State::Ready { .. }));
-            let startup_deadline = match self.life.state {
-                State::Starting { since } => Some(since + self.spec.service.startup_timeout),
-                _ => None,
-            };
-            let request_deadline = self.inflight.as_ref().map(|f| f.deadline);
-            let rss_watch =
-                self.spec.service.max_rss > 0 && self.running.is_some() && !self.recycle_asked;
-            let far = Instant::now() + Duration::from_secs(86400);
+            let timer = self.next_timer();
             let event = tokio::select! {
                 biased;
                 cmd = commands.recv() => match cmd {
@@ -324,51 +333,92 @@ impl Actor {
                         if self.inflight.is_none() { Some(Event::StopRequested) } else { None }
                     }
                 },
-                _ = sleep_until(self.kill_at.unwrap_or(far).into()), if self.kill_at.is_some() => {
-                    self.kill_at = None;
-                    if let Some(r) = &self.running {
-                        paddock_sys::signal::kill_group(r.pid, paddock_sys::signal::SIGKILL);
-                    }
-                    None
-                }
                 status = wait(&mut self.running) => {
                     let ev = self.collect_exit(status).await;
                     // A retiring worker is never respawned, whatever ended it.
                     Some(if self.retiring { Event::StopRequested } else { ev })
                 }
+                // Before the timers: a reply that arrives with its deadline counts.
                 frame = next_frame(&mut self.conn) => {
                     let ev = self.on_frame(frame);
                     ev.map(|e| self.answer_violation(e))
                 }
-                _ = sleep_until(request_deadline.unwrap_or(far).into()), if request_deadline.is_some() => {
-                    self.deadline_passed();
-                    Some(Event::DeadlinePassed)
-                }
-                _ = sleep_until(self.eof_at.map(|t| t + Duration::from_secs(1)).unwrap_or(far).into()),
-                    if self.eof_at.is_some() && self.running.is_some() => {
-                    self.eof_at = None;
-                    Some(self.answer_violation(Event::ProtocolViolation(
-                        "the worker closed its protocol socket but kept running".into(),
-                    )))
-                }
-                _ = sleep_until(startup_deadline.unwrap_or(far).into()), if startup_deadline.is_some() => {
-                    Some(Event::StartupTimedOut)
-                }
-                _ = sleep_until(self.backoff_until.unwrap_or(far).into()), if self.backoff_until.is_some() => {
-                    self.backoff_until = None;
-                    Some(Event::BackoffElapsed)
-                }
-                _ = sleep_until(self.next_probe.into()), if probing && self.running.is_some() => {
-                    self.probe(starting).await
-                }
-                _ = sleep_until(self.next_rss_check.into()), if rss_watch => {
-                    self.next_rss_check = Instant::now() + Duration::from_secs(1);
-                    self.check_rss();
-                    None
+                _ = sleep_until(timer.map_or_else(Instant::now, |t| t.0).into()), if timer.is_some() => {
+                    let (_, which) = timer.expect("the branch needs a timer");
+                    self.on_timer(which).await
                 }
             };
             if let Some(ev) = event {
                 self.pending.push_back(ev);
+            }
+        }
+    }
+
+    /// The earliest of the actor's timers, if any is set: the one instant it
+    /// sleeps until (on a tie, the first in `Timer`'s order).
+    fn next_timer(&self) -> Option<(Instant, Timer)> {
+        let s = &self.spec.service;
+        let starting = matches!(self.life.state, State::Starting { .. });
+        let running = self.running.is_some();
+        let probing = s.kind == Kind::Process
+            && running
+            && (starting || matches!(self.life.state, State::Ready { .. }));
+        let startup = match self.life.state {
+            State::Starting { since } => Some(since + s.startup_timeout),
+            _ => None,
+        };
+        let eof = self
+            .eof_at
+            .filter(|_| running)
+            .map(|t| t + Duration::from_secs(1));
+        let rss = (s.max_rss > 0 && running && !self.recycle_asked).then_some(self.next_rss_check);
+        [
+            (self.kill_at, Timer::Kill),
+            (self.inflight.as_ref().map(|f| f.deadline), Timer::Request),
+            (eof, Timer::SocketClosed),
+            (startup, Timer::Startup),
+            (self.backoff_until, Timer::Backoff),
+            (probing.then_some(self.next_probe), Timer::Probe),
+            (rss, Timer::Rss),
+        ]
+        .into_iter()
+        .filter_map(|(at, which)| at.map(|at| (at, which)))
+        .min_by_key(|(at, _)| *at)
+    }
+
+    /// A timer is due.
+    async fn on_timer(&mut self, which: Timer) -> Option<Event> {
+        match which {
+            Timer::Kill => {
+                self.kill_at = None;
+                if let Some(r) = &self.running {
+                    paddock_sys::signal::kill_group(r.pid, paddock_sys::signal::SIGKILL);
+                }
+                None
+            }
+            Timer::Request => {
+                self.deadline_passed();
+                Some(Event::DeadlinePassed)
+            }
+            Timer::SocketClosed => {
+                self.eof_at = None;
+                Some(self.answer_violation(Event::ProtocolViolation(
+                    "the worker closed its protocol socket but kept running".into(),
+                )))
+            }
+            Timer::Startup => Some(Event::StartupTimedOut),
+            Timer::Backoff => {
+                self.backoff_until = None;
+                Some(Event::BackoffElapsed)
+            }
+            Timer::Probe => {
+                let starting = matches!(self.life.state, State::Starting { .. });
+                self.probe(starting).await
+            }
+            Timer::Rss => {
+                self.next_rss_check = Instant::now() + Duration::from_secs(1);
+                self.check_rss();
+                None
             }
         }
     }
@@ -427,15 +477,14 @@ impl Actor {
         self.seq = self.seq.wrapping_add(1);
         let id = paddock_protocol::request_id(self.generation as u32, self.seq);
         let timeout = self.spec.service.request_timeout;
-        let frame = Frame::Request(paddock_protocol::Request {
-            id,
-            deadline_ms: timeout.as_millis().min(u32::MAX as u128) as u32,
-            method: job.method.clone(),
-            content_type: job.content_type.clone(),
-            body: job.body.clone(),
-        });
         let idempotent = conn.idempotent.contains(&job.method);
-        let bytes = match frame.encode() {
+        let bytes = match paddock_protocol::encode_request(
+            id,
+            timeout.as_millis().min(u32::MAX as u128) as u32,
+            &job.method,
+            &job.content_type,
+            &job.body,
+        ) {
             Ok(b) if b.len() <= self.spec.service.max_frame + 4 => b,
             Ok(b) => {
                 let message = format!(

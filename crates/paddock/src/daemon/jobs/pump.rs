@@ -76,7 +76,7 @@ async fn run(
             let rx = dispatcher.submit(
                 job.method.clone(),
                 job.content_type.clone(),
-                job.body.clone(),
+                job.body.clone().into(),
             );
             let store = store.clone();
             let done = done_tx.clone();
