@@ -4,12 +4,6 @@
 
 #![forbid(unsafe_code)]
 
-/// mimalloc instead of glibc's malloc: the request path allocates small, short-lived
-/// buffers, where glibc spent about a tenth of the daemon's user time (perf,
-/// docs/benchmarks.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() {
     std::process::exit(paddock::cli::main());
 }
