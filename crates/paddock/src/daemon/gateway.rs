@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -134,19 +134,17 @@ async fn metrics(State(shared): State<SharedRef>) -> Response {
 async fn call_default(
     State(shared): State<SharedRef>,
     Path(service): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    req: Request,
 ) -> Response {
-    call(shared, service, "predict".into(), headers, body).await
+    call(shared, service, "predict".into(), req).await
 }
 
 async fn call_method(
     State(shared): State<SharedRef>,
     Path((service, method)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
+    req: Request,
 ) -> Response {
-    call(shared, service, method, headers, body).await
+    call(shared, service, method, req).await
 }
 
 fn error(code: StatusCode, service: &str, message: String, cause: serde_json::Value) -> Response {
@@ -184,13 +182,7 @@ pub fn check_request(method: &str, content_type: &str) -> Result<(), String> {
     Ok(())
 }
 
-async fn call(
-    shared: SharedRef,
-    service: String,
-    method: String,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn call(shared: SharedRef, service: String, method: String, req: Request) -> Response {
     use super::dispatch::Outcome;
     let Some(svc) = shared.supervisor.service(&service) else {
         return error(
@@ -211,7 +203,9 @@ async fn call(
         };
         return error(StatusCode::NOT_FOUND, &service, hint, json!(null));
     };
-    let content_type = headers
+    // Headers are read in place (the HeaderMap extractor would clone them all).
+    let content_type = req
+        .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/octet-stream")
@@ -219,6 +213,11 @@ async fn call(
     if let Err(message) = check_request(&method, &content_type) {
         return error(StatusCode::BAD_REQUEST, &service, message, json!(null));
     }
+    // The body, within DefaultBodyLimit (413 past it).
+    let body = match Bytes::from_request(req, &()).await {
+        Ok(b) => b,
+        Err(rejection) => return rejection.into_response(),
+    };
     let t = Instant::now();
     let rx = dispatcher.submit(method.clone(), content_type, body);
     let outcome = rx.await.unwrap_or(Outcome::ShuttingDown);
