@@ -476,3 +476,32 @@ fn an_answer_is_not_held_back_by_a_worker_slow_to_take_its_next_request() {
     assert!(r.body == big, "the large body came back changed");
     env.stop_ok();
 }
+
+#[test]
+fn a_request_that_waits_past_queue_timeout_gets_503() {
+    let env = Env::new();
+    env.config(&env.worker("fake", "workers = 1\nqueue_timeout = \"300ms\""));
+    env.start_ok();
+    let port = env.port;
+    let busy = std::thread::spawn(move || call(port, "fake", &json!({"op": "sleep", "s": 3})));
+    wait_until(Duration::from_secs(10), "the worker to be busy", || {
+        (workers_of(&env)[0]["state"] == "busy").then_some(())
+    });
+    let t = Instant::now();
+    let r = call(env.port, "fake", &json!({"op": "echo", "n": 1}));
+    let waited = t.elapsed();
+    assert_eq!(r.code, 503, "{}", r.text());
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert!(r.text().contains("queue_timeout (300ms)"), "{}", r.text());
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(2),
+        "answered after {waited:?}"
+    );
+    // The request being served is not affected, and the queue works afterwards.
+    assert_eq!(busy.join().unwrap().code, 200);
+    assert_eq!(
+        call(env.port, "fake", &json!({"op": "echo", "n": 2})).code,
+        200
+    );
+    env.stop_ok();
+}
