@@ -116,11 +116,18 @@ def _cut(b, n):
     return b if len(b) <= n else b[:max(0, n)].decode("utf-8", "ignore").encode("utf-8")
 
 
-def _str16(s):
-    b = s.encode("utf-8")
-    if len(b) > 0xFFFF:
-        raise ValueError(f"string of {len(b)} bytes does not fit a str16")
-    return struct.pack(">H", len(b)) + b
+_CTYPES = {}  # content type -> its UTF-8 bytes (a handler returns a handful of them)
+
+
+def _ctype_bytes(ctype):
+    b = _CTYPES.get(ctype)
+    if b is None:
+        b = ctype.encode("utf-8")
+        if len(b) > 0xFFFF:
+            raise ValueError(f"content type of {len(b)} bytes does not fit a str16")
+        if len(_CTYPES) < 64:
+            _CTYPES[ctype] = b
+    return b
 
 
 class _ProtocolError(Exception):
@@ -199,6 +206,15 @@ class _Conn:
             got += k
         return ftype, bytes(data)
 
+    def reply(self, rid, ctype, body):
+        """Sends REPLY (one write for a small body); ctype is bytes."""
+        head = _REPLY_HEAD.pack(11 + len(ctype) + len(body), REPLY, rid, len(ctype)) + ctype
+        if len(body) <= 65536:
+            self.sock.sendall(head + body)
+        else:
+            self.sock.sendall(head)
+            self.sock.sendall(body)
+
     def error(self, rid, message, tb):
         """Sends ERROR, cutting the traceback (then the message) to fit a frame."""
         msg, tbb = message.encode("utf-8"), tb.encode("utf-8")
@@ -208,13 +224,18 @@ class _Conn:
         self.send(ERROR, struct.pack(">QI", rid, len(msg)), msg, tbb)
 
 
+_REQUEST_HEAD = struct.Struct(">QIH")  # id, deadline_ms, method length
+_U16 = struct.Struct(">H")
+_REPLY_HEAD = struct.Struct(">IBQH")  # length, type, id, content type length
+
+
 def _parse_request(p):
     try:
-        rid, deadline_ms, mlen = struct.unpack_from(">QIH", p, 0)
+        rid, deadline_ms, mlen = _REQUEST_HEAD.unpack_from(p, 0)
         at = 14
         method = p[at:at + mlen].decode("utf-8")
         at += mlen
-        (clen,) = struct.unpack_from(">H", p, at)
+        (clen,) = _U16.unpack_from(p, at)
         at += 2
         ctype = p[at:at + clen].decode("utf-8")
         at += clen
@@ -339,13 +360,13 @@ def _run(conn, obj):
             continue
         try:
             ctype, body = _encode(entry[0](req))
-            head = struct.pack(">Q", req.id) + _str16(ctype)
+            ctype = _ctype_bytes(ctype)
         except Exception as e:
             conn.error(req.id, f"{type(e).__name__}: {e}", traceback.format_exc())
             continue
-        size = 1 + len(head) + len(body)
+        size = 11 + len(ctype) + len(body)
         if size > conn.max_frame:
             conn.error(req.id, f"reply too large: {size} bytes, the largest frame is "
                                f"{conn.max_frame} bytes (PADDOCK_MAX_FRAME)", "")
             continue
-        conn.send(REPLY, head, body)
+        conn.reply(req.id, ctype, body)
