@@ -189,12 +189,14 @@ class _Conn:
                 return None
         ftype, end = buf[4], 4 + length
         if len(buf) >= end:
-            data = bytes(memoryview(buf)[5:end])
+            # Views are released before the buffer is resized (PyPy frees them late).
+            with memoryview(buf) as whole, whole[5:end] as part:
+                data = bytes(part)
             del buf[:end]
             return ftype, data
         data = bytearray(length - 1)
         got = len(buf) - 5
-        data[:got] = memoryview(buf)[5:]
+        data[:got] = buf[5:]
         buf.clear()
         view = memoryview(data)
         while got < len(data):

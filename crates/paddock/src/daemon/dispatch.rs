@@ -243,6 +243,11 @@ impl Dispatcher {
 
     /// Puts a request back at the front of the queue (its worker could not run it).
     pub fn requeue(&self, mut job: Job) {
+        // A client that went away is not worth another worker (a crash retry could
+        // crash that one too).
+        if job.reply.is_closed() {
+            return;
+        }
         job.queue_deadline = Instant::now() + self.queue_timeout;
         let mut q = self.lock();
         if q.closed {

@@ -302,8 +302,14 @@ impl Actor {
             // The next request goes to the worker before the answers to earlier
             // ones go back: the worker is busy again while the HTTP side works.
             if let Some(job) = self.after_transition() {
-                if let Some(ev) = self.serve(job).await {
-                    self.pending.push_back(ev);
+                match self.serve(job).await {
+                    Some(ev) => self.pending.push_back(ev),
+                    // Refused (no such handler, too large): answer it now, and let
+                    // other tasks run if a queue full of those keeps coming.
+                    None => {
+                        self.send_replies();
+                        tokio::task::coop::consume_budget().await;
+                    }
                 }
                 continue;
             }
@@ -333,6 +339,11 @@ impl Actor {
                         if self.inflight.is_none() { Some(Event::StopRequested) } else { None }
                     }
                 },
+                // SIGKILL after the grace period comes before frames: a worker that
+                // keeps talking cannot hold off its own kill.
+                _ = sleep_until(self.kill_at.unwrap_or_else(Instant::now).into()), if self.kill_at.is_some() => {
+                    self.on_timer(Timer::Kill).await
+                }
                 status = wait(&mut self.running) => {
                     let ev = self.collect_exit(status).await;
                     // A retiring worker is never respawned, whatever ended it.
@@ -354,8 +365,8 @@ impl Actor {
         }
     }
 
-    /// The earliest of the actor's timers, if any is set: the one instant it
-    /// sleeps until (on a tie, the first in `Timer`'s order).
+    /// The earliest of the actor's timers but `Kill` (which has a branch of its
+    /// own, ahead of frames), if any is set (on a tie, the first in `Timer`'s order).
     fn next_timer(&self) -> Option<(Instant, Timer)> {
         let s = &self.spec.service;
         let starting = matches!(self.life.state, State::Starting { .. });
@@ -373,7 +384,6 @@ impl Actor {
             .map(|t| t + Duration::from_secs(1));
         let rss = (s.max_rss > 0 && running && !self.recycle_asked).then_some(self.next_rss_check);
         [
-            (self.kill_at, Timer::Kill),
             (self.inflight.as_ref().map(|f| f.deadline), Timer::Request),
             (eof, Timer::SocketClosed),
             (startup, Timer::Startup),
@@ -1012,6 +1022,8 @@ impl Actor {
                 }
             }
         }
+        // A reply that came before the exit goes out now, not after the respawn.
+        self.send_replies();
         let requested = matches!(
             self.life.state,
             State::Stopping | State::Restarting { .. } | State::Replacing { .. }
