@@ -15,6 +15,9 @@
 //!   so, retried elsewhere — never dropped;
 //! - the status other tasks read is published through a `watch` channel after every
 //!   transition; nobody else holds the state.
+//! - the answer to a finished request is held only until the worker has been given
+//!   its next one (or found none), never across a wait on the worker: the worker is
+//!   busy again before the HTTP side runs, and no answer waits on a slow worker.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::process::{ExitStatus, Stdio};
