@@ -9,6 +9,13 @@ use serde_json::{Value, json};
 
 use crate::harness::{Env, alive, call, kill, post, wait_until};
 
+/// Waits until the service's first worker is serving a request.
+fn wait_busy(env: &Env) {
+    wait_until(Duration::from_secs(10), "the worker to be busy", || {
+        (workers_of(env)[0]["state"] == "busy").then_some(())
+    });
+}
+
 fn workers_of(env: &Env) -> Vec<Value> {
     env.status()["services"][0]["workers"]
         .as_array()
@@ -447,11 +454,7 @@ fn an_answer_is_not_held_back_by_a_worker_slow_to_take_its_next_request() {
         let r = post(port, "/v1/slow", "text/plain", b"first").unwrap();
         (r, t.elapsed())
     });
-    wait_until(
-        Duration::from_secs(10),
-        "the first request to be served",
-        || (workers_of(&env)[0]["state"] == "busy").then_some(()),
-    );
+    wait_busy(&env);
     let big: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 251) as u8).collect();
     let sent = big.clone();
     let second = std::thread::spawn(move || post(port, "/v1/slow", "application/x-big", &sent));
@@ -484,9 +487,7 @@ fn a_request_that_waits_past_queue_timeout_gets_503() {
     env.start_ok();
     let port = env.port;
     let busy = std::thread::spawn(move || call(port, "fake", &json!({"op": "sleep", "s": 3})));
-    wait_until(Duration::from_secs(10), "the worker to be busy", || {
-        (workers_of(&env)[0]["state"] == "busy").then_some(())
-    });
+    wait_busy(&env);
     let t = Instant::now();
     let r = call(env.port, "fake", &json!({"op": "echo", "n": 1}));
     let waited = t.elapsed();
