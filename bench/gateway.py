@@ -13,36 +13,11 @@ and RSS under load (from /proc/PID/task/*/schedstat and /proc/PID/status).
 import argparse
 import os
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCH = os.path.join(ROOT, "bench")
-PADDOCK = os.path.join(ROOT, "target", "release", "paddock")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def wait_port(port, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"port {port} never opened")
+from common import BENCH, PADDOCK, free_port, start_paddock, wait_port
 
 
 def cpu_ns(pid):
@@ -87,23 +62,6 @@ def wrk(url, duration, connections, pin=()):
     }
 
 
-def start_paddock(args, port, pin):
-    """Starts the paddock side; returns (daemon pid, stop function)."""
-    env = dict(os.environ)
-    cfg = os.path.join(BENCH, "paddock.toml")
-    state = tempfile.mkdtemp(prefix="pdb")
-    env["XDG_STATE_HOME"] = state
-    subprocess.run(pin + [PADDOCK, "-c", cfg, "--port", str(port), "start"], check=True, env=env,
-                   stdout=subprocess.DEVNULL)
-    pid = int(re.search(r'"pid":(\d+)', open(os.path.join(state, "paddock", f"bench-{port}", "lock")).read()).group(1))
-
-    def stop():
-        subprocess.run([PADDOCK, "-c", cfg, "--port", str(port), "stop"], env=env,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        shutil.rmtree(state, ignore_errors=True)
-    return pid, stop
-
-
 def start_uvicorn(args, port, pin):
     p = subprocess.Popen(
         pin + [sys.executable, "-m", "uvicorn", "fastapi_app:app", "--host", "127.0.0.1", "--port", str(port),
@@ -136,12 +94,10 @@ def main():
                     help="servers on CPU 1, wrk on CPU 0 (taskset): the load generator does not "
                          "compete with the server for CPU")
     args = ap.parse_args()
-    if not os.path.exists(PADDOCK):
-        raise SystemExit("build first: cargo build --release")
     server_pin = ["taskset", "-c", "1"] if args.pin else []
     load_pin = ["taskset", "-c", "0"] if args.pin else []
     pd_port, uv_port = free_port(), free_port()
-    pid, stop_paddock = start_paddock(args, pd_port, server_pin)
+    pid, stop_paddock = start_paddock("paddock.toml", pd_port, server_pin)
     stop_uvicorn = None
     rounds = []
     try:

@@ -21,17 +21,7 @@ import tempfile
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCH = os.path.join(ROOT, "bench")
-PADDOCK = os.path.join(ROOT, "target", "release", "paddock")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+from common import free_port, start_paddock
 
 
 def post_many(port, ids, n, clients):
@@ -74,10 +64,7 @@ def count_done(port):
 
 def run_paddock(n, clients):
     port = free_port()
-    state = tempfile.mkdtemp(prefix="pdj")
-    env = dict(os.environ, XDG_STATE_HOME=state)
-    cfg = os.path.join(BENCH, "jobs.toml")
-    subprocess.run([PADDOCK, "-c", cfg, "--port", str(port), "start"], check=True, env=env, stdout=subprocess.DEVNULL)
+    _, stop = start_paddock("jobs.toml", port)
     try:
         ids = []
         t0 = time.monotonic()
@@ -88,9 +75,7 @@ def run_paddock(n, clients):
         total = time.monotonic() - t0
         return {"n": n, "enqueue_s": t_enq, "total_s": total, "jobs_per_s": n / total}
     finally:
-        subprocess.run([PADDOCK, "-c", cfg, "--port", str(port), "stop"], env=env,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        shutil.rmtree(state, ignore_errors=True)
+        stop()
 
 
 CELERY_APP = '''

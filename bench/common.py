@@ -1,0 +1,53 @@
+"""What the benchmarks share: where things are, free ports, and a paddock instance
+started with its own state directory (so a benchmark never touches the user's)."""
+import glob
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "bench")
+PADDOCK = os.path.join(ROOT, "target", "release", "paddock")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def wait_port(port, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"port {port} never opened")
+
+
+def start_paddock(config, port, pin=()):
+    """`paddock start` of bench/<config> on `port` (under `pin`, a command prefix such
+    as taskset); returns (daemon pid, stop function). Exits if no release build."""
+    if not os.path.exists(PADDOCK):
+        raise SystemExit("build first: cargo build --release")
+    cfg = os.path.join(BENCH, config)
+    state = tempfile.mkdtemp(prefix="pdb")
+    env = dict(os.environ, XDG_STATE_HOME=state)
+    subprocess.run(list(pin) + [PADDOCK, "-c", cfg, "--port", str(port), "start"], check=True, env=env,
+                   stdout=subprocess.DEVNULL)
+    (lock,) = glob.glob(os.path.join(state, "paddock", f"*-{port}", "lock"))
+    pid = int(re.search(r'"pid":(\d+)', open(lock).read()).group(1))
+
+    def stop():
+        subprocess.run([PADDOCK, "-c", cfg, "--port", str(port), "stop"], env=env,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        shutil.rmtree(state, ignore_errors=True)
+    return pid, stop
