@@ -300,9 +300,9 @@ fn poison(backend: Backend) {
     env.stop_ok();
 }
 
-/// Jobs survive the daemon being SIGKILLed three times.
-fn sigkill(backend: Backend) {
-    let env = backend.env();
+/// Configures service "fake": two workers, all of them for jobs, each run recorded
+/// (`n pid` lines) in the returned file.
+fn recording_service(env: &Env) -> String {
     let record = env.path().join("record").display().to_string();
     env.config(&env.worker_with(
         "fake",
@@ -310,6 +310,26 @@ fn sigkill(backend: Backend) {
         &[("FAKE_RECORD", &record)],
         "workers = 2\njobs_share = 1.0",
     ));
+    record
+}
+
+/// From a record file: how many times each job ran, and the worker pids that ran them.
+fn read_runs(record: &str) -> (BTreeMap<usize, usize>, BTreeSet<String>) {
+    let mut runs: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut pids = BTreeSet::new();
+    for line in std::fs::read_to_string(record).unwrap().lines() {
+        let mut f = line.split_whitespace();
+        let n: usize = f.next().unwrap().parse().unwrap();
+        pids.insert(f.next().unwrap().to_string());
+        *runs.entry(n).or_default() += 1;
+    }
+    (runs, pids)
+}
+
+/// Jobs survive the daemon being SIGKILLed three times.
+fn sigkill(backend: Backend) {
+    let env = backend.env();
+    let record = recording_service(&env);
     env.start_ok();
     const N: usize = 2000;
     // Slow enough (10 ms a job) that the queue outlasts the enqueueing.
@@ -343,11 +363,7 @@ fn sigkill(backend: Backend) {
     assert_eq!(seen.len(), N);
     assert_eq!(seen, ids.keys().cloned().collect());
     // Ran more than once only if it was running at a kill.
-    let mut runs: BTreeMap<usize, usize> = BTreeMap::new();
-    for line in std::fs::read_to_string(&record).unwrap().lines() {
-        let n = line.split_whitespace().next().unwrap().parse().unwrap();
-        *runs.entry(n).or_default() += 1;
-    }
+    let (runs, _) = read_runs(&record);
     assert_eq!(runs.len(), N, "every job ran");
     let mut twice = 0;
     for j in &jobs {
@@ -391,13 +407,7 @@ fn two_daemons_share_one_postgres() {
     env.instance_extra = env
         .instance_extra
         .replace("lease_timeout = \"1s\"", "lease_timeout = \"2s\"");
-    let record = env.path().join("record").display().to_string();
-    env.config(&env.worker_with(
-        "fake",
-        "fake_worker.py",
-        &[("FAKE_RECORD", &record)],
-        "workers = 2\njobs_share = 1.0",
-    ));
+    let record = recording_service(&env);
     let port_b = crate::harness::free_port();
     env.start_ok();
     let out = env.run(&["--port", &port_b.to_string(), "start"]);
@@ -432,14 +442,7 @@ fn two_daemons_share_one_postgres() {
         all.iter().all(|j| j["state"] == "done").then_some(all)
     });
     assert_eq!(jobs.len(), N);
-    let mut runs: BTreeMap<usize, usize> = BTreeMap::new();
-    let mut pids = BTreeSet::new();
-    for line in std::fs::read_to_string(&record).unwrap().lines() {
-        let mut f = line.split_whitespace();
-        let n: usize = f.next().unwrap().parse().unwrap();
-        pids.insert(f.next().unwrap().to_string());
-        *runs.entry(n).or_default() += 1;
-    }
+    let (runs, pids) = read_runs(&record);
     assert_eq!(runs.len(), N, "every job ran");
     assert!(pids.len() >= 4, "both daemons' workers ran jobs: {pids:?}");
     let mut taken_over = 0;
