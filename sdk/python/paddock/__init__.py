@@ -150,7 +150,9 @@ class _Conn:
         daemon); a large last part (a reply's body) is sent without being copied."""
         size = 1 + sum(len(p) for p in parts)
         head = struct.pack(">IB", size, ftype) + b"".join(parts[:-1])
-        body = parts[-1] if parts else b""
+        self._write(head, parts[-1] if parts else b"")
+
+    def _write(self, head, body):
         if len(body) <= 65536:
             self.sock.sendall(head + bytes(body))
         else:
@@ -211,11 +213,7 @@ class _Conn:
     def reply(self, rid, ctype, body):
         """Sends REPLY (one write for a small body); ctype is bytes."""
         head = _REPLY_HEAD.pack(11 + len(ctype) + len(body), REPLY, rid, len(ctype)) + ctype
-        if len(body) <= 65536:
-            self.sock.sendall(head + body)
-        else:
-            self.sock.sendall(head)
-            self.sock.sendall(body)
+        self._write(head, body)
 
     def error(self, rid, message, tb):
         """Sends ERROR, cutting the traceback (then the message) to fit a frame."""

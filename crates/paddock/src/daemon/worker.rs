@@ -461,9 +461,7 @@ impl Actor {
 
     /// Sends the answers of finished requests to their HTTP clients.
     fn send_replies(&mut self) {
-        for (tx, outcome) in self.replies.drain(..) {
-            let _ = tx.send(outcome);
-        }
+        send_all(&mut self.replies);
     }
 
     /// Sends a request to the worker, or hands it back when this worker cannot take it.
@@ -529,17 +527,12 @@ impl Actor {
         });
         // Usually the whole frame fits in the socket at once; if it does not, the
         // answers held back for this write go out before waiting for the worker.
-        let written = match conn.writer.try_write(&bytes) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
-            Err(_) => 0, // write_all below meets the same error and handles it
-        };
+        // (WouldBlock or an error: write_all below waits, or meets the error again.)
+        let written = conn.writer.try_write(&bytes).unwrap_or(0);
         if written == bytes.len() {
             return Some(Event::Dispatched);
         }
-        for (tx, outcome) in self.replies.drain(..) {
-            let _ = tx.send(outcome);
-        }
+        send_all(&mut self.replies);
         use tokio::io::AsyncWriteExt;
         match tokio::time::timeout(timeout, conn.writer.write_all(&bytes[written..])).await {
             Ok(Ok(())) => Some(Event::Dispatched),
@@ -1186,6 +1179,13 @@ impl Actor {
             }
             changed
         });
+    }
+}
+
+/// Sends held answers to their HTTP clients (a client that left is no error).
+fn send_all(replies: &mut Vec<(oneshot::Sender<Outcome>, Outcome)>) {
+    for (tx, outcome) in replies.drain(..) {
+        let _ = tx.send(outcome);
     }
 }
 
