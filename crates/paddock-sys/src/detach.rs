@@ -70,3 +70,26 @@ pub fn redirect_stdio(devnull: &OwnedFd, log: &OwnedFd) -> Result<(), DetachErro
     }
     Ok(())
 }
+
+/// Waits, at most `limit`, for the child `pid` of this process to exit, and reaps
+/// it. Returns whether it is gone (a pid that is not our child counts as gone).
+///
+/// Neither side of a fork can hand the other a descriptor for its exit without a
+/// thread of its own, so this polls `waitpid(WNOHANG)` after short, growing pauses.
+pub fn wait_child(pid: i32, limit: std::time::Duration) -> bool {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    let deadline = std::time::Instant::now() + limit;
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        match waitpid(nix::unistd::Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => {}
+            Ok(_) | Err(_) => return true,
+        }
+        let now = std::time::Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        std::thread::sleep(pause.min(deadline - now));
+        pause = (pause * 2).min(std::time::Duration::from_millis(20));
+    }
+}

@@ -14,6 +14,8 @@ pub struct ProcInfo {
     pub ppid: i32,
     pub pgid: i32,
     pub sid: i32,
+    /// The state letter (`R`, `S`, `D`, `Z` for a zombie, ...).
+    pub state: char,
     /// Start time in clock ticks since boot; with the pid, a unique identity.
     pub start_time: u64,
 }
@@ -31,6 +33,7 @@ fn parse_stat(pid: i32, s: &str) -> Option<ProcInfo> {
     // After the name: state(0) ppid(1) pgrp(2) session(3) ... starttime(19)
     Some(ProcInfo {
         pid,
+        state: f.first()?.chars().next()?,
         ppid: f.get(1)?.parse().ok()?,
         pgid: f.get(2)?.parse().ok()?,
         sid: f.get(3)?.parse().ok()?,
@@ -45,6 +48,16 @@ pub fn all_processes() -> Vec<ProcInfo> {
     };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter_map(stat)
+        .collect()
+}
+
+/// The processes of group `pgid` that have not exited yet (zombies, which hold no
+/// memory, descriptors or device, do not count).
+pub fn live_group_members(pgid: i32) -> Vec<i32> {
+    all_processes()
+        .into_iter()
+        .filter(|p| p.pgid == pgid && p.state != 'Z')
+        .map(|p| p.pid)
         .collect()
 }
 

@@ -202,6 +202,12 @@ fn wait_for_verdict(
                 if let Some(b) = &bar {
                     b.finish_and_clear();
                 }
+                if code != exit::OK {
+                    // The daemon sends a failed verdict as its last act; its exit
+                    // (and so the lock's release) follows at once. "Did not start"
+                    // means nothing is running when we return.
+                    settle(child, paths);
+                }
                 if json {
                     let v = serde_json::json!({"code": code, "ok": code == 0, "message": message, "detail": detail, "pid": child});
                     println!("{v}");
@@ -222,6 +228,7 @@ fn wait_for_verdict(
                 if let Some(b) = &bar {
                     b.finish_and_clear();
                 }
+                settle(child, paths);
                 output::error(&format!(
                     "the daemon (pid {child}) exited without reporting whether it started; its log follows ({})",
                     paths.daemon_log.display()
@@ -235,6 +242,16 @@ fn wait_for_verdict(
                 return exit::FAILURE;
             }
         }
+    }
+}
+
+/// Waits for the daemon process (our child) to exit after a failed verdict.
+fn settle(child: i32, paths: &Paths) {
+    if !paddock_sys::detach::wait_child(child, Duration::from_secs(10)) {
+        output::error(&format!(
+            "the daemon (pid {child}) reported a failure but has not exited after 10s; see {}",
+            paths.daemon_log.display()
+        ));
     }
 }
 

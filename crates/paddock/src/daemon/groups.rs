@@ -75,6 +75,26 @@ impl Groups {
     }
 }
 
+/// Waits until every process of group `pgid` has exited (after a SIGKILL to the
+/// group), at most `limit`; returns the pids still alive then. A process stuck in
+/// the kernel (an uninterruptible GPU driver call) can outlast any SIGKILL: the
+/// caller says so rather than pretend it is gone.
+///
+/// There is no descriptor to wait on for a whole group, so /proc is read again
+/// after short, growing pauses: the first look almost always finds the group empty.
+pub async fn wait_gone(pgid: i32, limit: std::time::Duration) -> Vec<i32> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        let left = paddock_sys::procfs::live_group_members(pgid);
+        if left.is_empty() || tokio::time::Instant::now() >= deadline {
+            return left;
+        }
+        tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + pause)).await;
+        pause = (pause * 2).min(std::time::Duration::from_millis(20));
+    }
+}
+
 /// Kills the groups a dead daemon recorded, when they are provably its own; returns
 /// how many were killed. Call only while holding the instance lock.
 pub fn kill_leftovers(file: &Path) -> usize {

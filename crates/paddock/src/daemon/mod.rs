@@ -58,30 +58,30 @@ pub(crate) fn jitter() -> f64 {
     (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// Runs the daemon to its end; returns the process's exit code.
-pub fn run(launch: Launch) -> i32 {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .thread_name("paddock-rt")
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            let mut reporter = launch.reporter;
-            reporter.verdict(
-                exit::FAILURE,
-                &format!("could not start the async runtime: {e}"),
-                None,
-            );
-            return exit::FAILURE;
-        }
-    };
-    let code = rt.block_on(main(launch));
-    rt.shutdown_timeout(std::time::Duration::from_secs(2));
-    code
+/// A start that failed: the verdict, sent only once everything the daemon started
+/// is gone (see [`run`]).
+struct Failure {
+    code: i32,
+    message: String,
+    detail: Option<String>,
 }
 
-async fn main(launch: Launch) -> i32 {
+impl Failure {
+    fn new(code: i32, message: impl Into<String>) -> Failure {
+        Failure {
+            code,
+            message: message.into(),
+            detail: None,
+        }
+    }
+}
+
+/// Runs the daemon to its end; returns the process's exit code.
+///
+/// A failed start is reported last: after every worker is stopped and its group has
+/// exited, the runtime is shut down, the reaper has exited and the lock is released.
+/// Whoever reads the verdict may then take it literally: nothing is left running.
+pub fn run(launch: Launch) -> i32 {
     let Launch {
         config,
         paths,
@@ -90,6 +90,46 @@ async fn main(launch: Launch) -> i32 {
         mut reporter,
         started_at,
     } = launch;
+    let reaper_pid = reaper.pid();
+    let outcome = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("paddock-rt")
+        .build()
+    {
+        Ok(rt) => {
+            let outcome = rt.block_on(main(config, paths, reaper, &mut reporter, started_at));
+            // Dropping the tasks closes the reaper's pipe: it exits at once.
+            rt.shutdown_timeout(std::time::Duration::from_secs(2));
+            outcome
+        }
+        Err(e) => {
+            drop(reaper);
+            Err(Failure::new(
+                exit::FAILURE,
+                format!("could not start the async runtime: {e}"),
+            ))
+        }
+    };
+    if !paddock_sys::reaper::wait_exit(reaper_pid, std::time::Duration::from_secs(2)) {
+        tracing::warn!(pid = reaper_pid, "the reaper did not exit within 2s");
+    }
+    drop(lock);
+    match outcome {
+        Ok(code) => code,
+        Err(f) => {
+            reporter.verdict(f.code, &f.message, f.detail);
+            f.code
+        }
+    }
+}
+
+async fn main(
+    config: Config,
+    paths: Paths,
+    reaper: paddock_sys::reaper::Reaper,
+    reporter: &mut Reporter,
+    started_at: SystemTime,
+) -> Result<i32, Failure> {
     let started = Instant::now();
     let pid = std::process::id() as i32;
     tracing::info!(pid, instance = %config.instance.name, listen = %config.instance.listen, "daemon starting (paddock {})", env!("CARGO_PKG_VERSION"));
@@ -100,30 +140,23 @@ async fn main(launch: Launch) -> i32 {
             "killed {leftovers} process group(s) left by a previous daemon of this instance"
         );
     }
-    let spawner = match spawner::Spawner::start(tokio::runtime::Handle::current()) {
-        Ok(s) => s,
-        Err(e) => {
-            reporter.verdict(
-                exit::FAILURE,
-                &format!("could not start the spawner thread: {e}"),
-                None,
-            );
-            return exit::FAILURE;
-        }
-    };
+    let spawner = spawner::Spawner::start(tokio::runtime::Handle::current()).map_err(|e| {
+        Failure::new(
+            exit::FAILURE,
+            format!("could not start the spawner thread: {e}"),
+        )
+    })?;
     let groups = groups::Groups::start(reaper, paths.groups.clone());
 
-    let control = match control_server::bind(&paths.socket) {
-        Ok(l) => l,
-        Err(e) => {
-            let msg = format!(
+    let control = control_server::bind(&paths.socket).map_err(|e| {
+        Failure::new(
+            exit::FAILURE,
+            format!(
                 "cannot create the control socket {}: {e}",
                 paths.socket.display()
-            );
-            reporter.verdict(exit::FAILURE, &msg, None);
-            return exit::FAILURE;
-        }
-    };
+            ),
+        )
+    })?;
     let listen = config.instance.listen;
     let http = match tokio::net::TcpListener::bind(listen).await {
         Ok(l) => l,
@@ -131,34 +164,29 @@ async fn main(launch: Launch) -> i32 {
             let who = ports::holder(listen.port())
                 .map(|w| format!(" (held by {w})"))
                 .unwrap_or_default();
-            let msg = format!(
-                "cannot listen on {listen} for the gateway: {e}{who}; choose another with --port"
-            );
-            reporter.verdict(exit::FAILURE, &msg, None);
-            return exit::FAILURE;
+            return Err(Failure::new(
+                exit::FAILURE,
+                format!(
+                    "cannot listen on {listen} for the gateway: {e}{who}; choose another with --port"
+                ),
+            ));
         }
     };
 
-    let (supervisor, mut startup) = match supervisor::Supervisor::launch(
+    let (supervisor, mut startup) = supervisor::Supervisor::launch(
         &config,
         spawner.clone(),
         groups.clone(),
         &paths.logs,
         Arc::new(metrics::Metrics::new()),
-    ) {
-        Ok(x) => x,
-        Err(e) => {
-            reporter.verdict(exit::FAILURE, &e.to_string(), None);
-            return exit::FAILURE;
-        }
-    };
+    )
+    .map_err(|e| Failure::new(exit::FAILURE, e.to_string()))?;
     let (shutdown, mut shutdown_rx) = watch::channel(false);
     let jobs = match open_jobs(&config, &paths, &supervisor, pid, started_at, &shutdown_rx).await {
         Ok(j) => j,
         Err(e) => {
-            reporter.verdict(exit::FAILURE, &e, None);
-            shared_stop(&supervisor).await;
-            return exit::FAILURE;
+            supervisor.stop().await;
+            return Err(Failure::new(exit::FAILURE, e));
         }
     };
     let shared = Arc::new(shared::Shared {
@@ -256,9 +284,11 @@ async fn main(launch: Launch) -> i32 {
         shared.request_stop();
         let _ = gateway.await;
         stop_all(shared).await;
-        reporter.verdict(code, &message, detail);
-        drop(lock);
-        return code;
+        return Err(Failure {
+            code,
+            message,
+            detail,
+        });
     }
 
     let summary = shared
@@ -294,8 +324,7 @@ async fn main(launch: Launch) -> i32 {
     tracing::info!("stopping");
     let _ = gateway.await;
     stop_all(shared).await;
-    drop(lock);
-    exit::OK
+    Ok(exit::OK)
 }
 
 /// Opens the job store (after the fork, like every handle that may start a thread)
@@ -363,10 +392,6 @@ fn hostname() -> String {
         .or_else(|_| std::fs::read_to_string("/etc/hostname"))
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "localhost".into())
-}
-
-async fn shared_stop(supervisor: &supervisor::Supervisor) {
-    supervisor.stop().await;
 }
 
 async fn stop_all(shared: Arc<shared::Shared>) {

@@ -1025,6 +1025,12 @@ impl Actor {
             State::Stopping | State::Restarting { .. } | State::Replacing { .. }
         );
         self.kill_at = None;
+        // "Stopped" and "failed" promise that nothing of this process is left: wait
+        // until the SIGKILLed group has really exited, not just been signalled.
+        let left = super::groups::wait_gone(r.pid, Duration::from_secs(5)).await;
+        if !left.is_empty() {
+            tracing::warn!(worker = %self.name(), pgid = r.pid, "process(es) {left:?} of the group survive SIGKILL (stuck in the kernel?)");
+        }
         self.deps.groups.remove(r.pid);
         // Let the readers drain what the process wrote before it died; a grandchild
         // that kept the pipe open cannot hold us for more than a moment.

@@ -18,7 +18,7 @@ fn a_service_that_exits_while_starting_fails_the_start_with_its_stderr() {
         "{out:?}"
     );
     assert!(out.stderr.contains("Traceback"), "{out:?}");
-    env.assert_nothing_left();
+    env.assert_nothing_left_now();
     assert_eq!(env.run(&["status"]).code, 4, "the daemon must be gone");
 }
 
@@ -29,7 +29,7 @@ fn exit_zero_while_starting_is_a_failure_too() {
     let out = env.run(&["start"]);
     assert_eq!(out.code, 1, "{out:?}");
     assert!(out.stderr.contains("exited with status 0"), "{out:?}");
-    env.assert_nothing_left();
+    env.assert_nothing_left_now();
 }
 
 #[test]
@@ -39,7 +39,7 @@ fn a_missing_program_fails_the_start() {
     let out = env.run(&["start"]);
     assert_eq!(out.code, 1, "{out:?}");
     assert!(out.stderr.contains("/nonexistent/model-server"), "{out:?}");
-    env.assert_nothing_left();
+    env.assert_nothing_left_now();
 }
 
 #[test]
@@ -60,7 +60,7 @@ fn a_service_that_never_binds_times_out_with_exit_5() {
     for pid in crate::harness::read_pids(&env.path().join("pids")).unwrap_or_default() {
         assert!(!alive(pid), "pid {pid} survived");
     }
-    env.assert_nothing_left();
+    env.assert_nothing_left_now();
 }
 
 #[test]
@@ -100,7 +100,7 @@ fn a_foreign_program_on_the_port_is_named_and_left_alone() {
     );
     foreign.kill().unwrap();
     foreign.wait().unwrap();
-    env.assert_nothing_left();
+    env.assert_nothing_left_now();
 }
 
 #[test]
@@ -118,5 +118,5 @@ fn the_gateway_port_taken_is_reported() {
         out.stderr.contains(&format!("pid {}", std::process::id())),
         "{out:?}"
     );
-    env.assert_nothing_left();
+    env.assert_nothing_left_now();
 }

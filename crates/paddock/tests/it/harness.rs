@@ -232,6 +232,16 @@ impl Env {
             .collect()
     }
 
+    /// After a failed `start`: nothing may be left at the moment it returned (no
+    /// waiting), since a user reads exit 1 or 5 as "nothing is running".
+    pub fn assert_nothing_left_now(&self) {
+        let left = self.leftovers();
+        assert!(
+            left.is_empty(),
+            "left running after a failed start: {left:?}"
+        );
+    }
+
     pub fn assert_nothing_left(&self) {
         let left = wait_until(Duration::from_secs(5), "no process left", || {
             let l = self.leftovers();

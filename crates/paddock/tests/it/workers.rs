@@ -106,7 +106,7 @@ fn an_exception_in_setup_fails_the_start_with_its_traceback() {
         out.stderr.contains("cannot load weights: FAKE_SETUP_FAIL"),
         "{out:?}"
     );
-    env.assert_nothing_left();
+    env.assert_nothing_left_now();
 }
 
 #[test]
