@@ -127,6 +127,7 @@ struct RawService {
     backoff_max: Option<Dur>,
     crash_loop_failures: Option<u32>,
     crash_loop_window: Option<Dur>,
+    stable_after: Option<Dur>,
     max_queue: Option<u32>,
     queue_timeout: Option<Dur>,
     retry_on_crash: Option<u32>,
@@ -197,6 +198,9 @@ pub struct Service {
     pub backoff_max: Duration,
     pub crash_loop_failures: u32,
     pub crash_loop_window: Duration,
+    /// Ready this long, a worker's failures are forgotten (its next one restarts it
+    /// at once).
+    pub stable_after: Duration,
     /// Requests waiting for a worker, at most (worker services).
     pub max_queue: usize,
     /// How long a request may wait for a worker.
@@ -279,6 +283,33 @@ pub fn parse(path: &Path, text: &str, port: Option<u16>) -> Result<Config, Confi
         invalid(offset, full, message)
     };
 
+    // Every number is bounded: a value that cannot work (a 0s deadline that kills
+    // every worker, 10^8 workers) is refused here, naming the key and its line.
+    let dur = |table: &str, key: &str, v: Option<Dur>, default: Duration| {
+        let d = v.map(|d| d.0).unwrap_or(default);
+        if d < MIN_DURATION || d > MAX_DURATION {
+            return Err(at(
+                table,
+                key,
+                format!(
+                    "{} is out of range: write between 1ms and 720h (30 days)",
+                    humanize(d)
+                ),
+            ));
+        }
+        Ok(d)
+    };
+    let num = |table: &str, key: &str, v: Option<u64>, default: u64, min: u64, max: u64| {
+        let n = v.unwrap_or(default);
+        if n < min || n > max {
+            return Err(at(
+                table,
+                key,
+                format!("{n} is out of range: write between {min} and {max}"),
+            ));
+        }
+        Ok(n)
+    };
     let dir = path.parent().unwrap_or(Path::new("/")).to_path_buf();
     let ri = raw.instance;
     let name = match ri.name {
@@ -325,10 +356,14 @@ pub fn parse(path: &Path, text: &str, port: Option<u16>) -> Result<Config, Confi
         Some(p) => dir.join(p),
         None => default_state_dir(),
     };
-    let log_max_files = ri.log_max_files.unwrap_or(5);
-    if log_max_files == 0 {
-        return Err(at("instance", "log_max_files", "must be at least 1".into()));
-    }
+    let log_max_files = num(
+        "instance",
+        "log_max_files",
+        ri.log_max_files.map(u64::from),
+        5,
+        1,
+        1000,
+    )? as u32;
     let store = match ri.store.as_deref() {
         None | Some("sqlite") => Store::Sqlite(None),
         Some(s) if s.starts_with("postgres://") || s.starts_with("postgresql://") => {
@@ -348,10 +383,12 @@ pub fn parse(path: &Path, text: &str, port: Option<u16>) -> Result<Config, Confi
             ));
         }
     };
-    let lease_timeout = ri
-        .lease_timeout
-        .map(|d| d.0)
-        .unwrap_or(Duration::from_secs(30));
+    let lease_timeout = dur(
+        "instance",
+        "lease_timeout",
+        ri.lease_timeout,
+        Duration::from_secs(30),
+    )?;
     if lease_timeout < Duration::from_millis(300) {
         return Err(at(
             "instance",
@@ -391,14 +428,14 @@ pub fn parse(path: &Path, text: &str, port: Option<u16>) -> Result<Config, Confi
                 format!("{share} is not in (0, 1]"),
             ));
         }
-        let workers = rs.workers.unwrap_or(1);
-        if workers == 0 {
-            return Err(at(
-                &table,
-                "workers",
-                "a service needs at least 1 worker".into(),
-            ));
-        }
+        let workers = num(
+            &table,
+            "workers",
+            rs.workers.map(u64::from),
+            1,
+            1,
+            MAX_WORKERS,
+        )? as u32;
         for key in rs.env.keys() {
             if key.is_empty() || key.contains('=') || key.contains('\0') {
                 return Err(at(
@@ -467,14 +504,18 @@ pub fn parse(path: &Path, text: &str, port: Option<u16>) -> Result<Config, Confi
             (Kind::Process, None, Some(_)) => Some(Health::Tcp),
             (_, h, _) => h,
         };
-        let backoff_initial = rs
-            .backoff_initial
-            .map(|d| d.0)
-            .unwrap_or(Duration::from_secs(1));
-        let backoff_max = rs
-            .backoff_max
-            .map(|d| d.0)
-            .unwrap_or(Duration::from_secs(30));
+        let backoff_initial = dur(
+            &table,
+            "backoff_initial",
+            rs.backoff_initial,
+            Duration::from_secs(1),
+        )?;
+        let backoff_max = dur(
+            &table,
+            "backoff_max",
+            rs.backoff_max,
+            Duration::from_secs(30),
+        )?;
         if backoff_max < backoff_initial {
             return Err(at(
                 &table,
@@ -523,53 +564,116 @@ pub fn parse(path: &Path, text: &str, port: Option<u16>) -> Result<Config, Confi
             workers,
             cwd,
             env: rs.env,
-            startup_timeout: rs
-                .startup_timeout
-                .map(|d| d.0)
-                .unwrap_or(Duration::from_secs(60)),
-            request_timeout: rs
-                .request_timeout
-                .map(|d| d.0)
-                .unwrap_or(Duration::from_secs(30)),
-            stop_timeout: rs
-                .stop_timeout
-                .map(|d| d.0)
-                .unwrap_or(Duration::from_secs(10)),
+            startup_timeout: dur(
+                &table,
+                "startup_timeout",
+                rs.startup_timeout,
+                Duration::from_secs(60),
+            )?,
+            request_timeout: dur(
+                &table,
+                "request_timeout",
+                rs.request_timeout,
+                Duration::from_secs(30),
+            )?,
+            stop_timeout: dur(
+                &table,
+                "stop_timeout",
+                rs.stop_timeout,
+                Duration::from_secs(10),
+            )?,
             port: rs.port,
             health,
-            health_interval: rs
-                .health_interval
-                .map(|d| d.0)
-                .unwrap_or(Duration::from_secs(5)),
-            health_timeout: rs
-                .health_timeout
-                .map(|d| d.0)
-                .unwrap_or(Duration::from_secs(2)),
-            health_failures: rs.health_failures.unwrap_or(3).max(1),
+            health_interval: dur(
+                &table,
+                "health_interval",
+                rs.health_interval,
+                Duration::from_secs(5),
+            )?,
+            health_timeout: dur(
+                &table,
+                "health_timeout",
+                rs.health_timeout,
+                Duration::from_secs(2),
+            )?,
+            health_failures: num(
+                &table,
+                "health_failures",
+                rs.health_failures.map(u64::from),
+                3,
+                1,
+                1000,
+            )? as u32,
             backoff_initial,
             backoff_max,
-            crash_loop_failures: rs.crash_loop_failures.unwrap_or(5).max(1),
-            crash_loop_window: rs
-                .crash_loop_window
-                .map(|d| d.0)
-                .unwrap_or(Duration::from_secs(60)),
-            max_queue: rs.max_queue.unwrap_or(256) as usize,
-            queue_timeout: rs
-                .queue_timeout
-                .or(rs.request_timeout)
-                .map(|d| d.0)
-                .unwrap_or(Duration::from_secs(30)),
-            retry_on_crash: rs.retry_on_crash.unwrap_or(0),
-            poison_limit: rs.poison_limit.unwrap_or(2).max(1),
+            crash_loop_failures: num(
+                &table,
+                "crash_loop_failures",
+                rs.crash_loop_failures.map(u64::from),
+                5,
+                1,
+                1000,
+            )? as u32,
+            crash_loop_window: dur(
+                &table,
+                "crash_loop_window",
+                rs.crash_loop_window,
+                Duration::from_secs(60),
+            )?,
+            stable_after: dur(
+                &table,
+                "stable_after",
+                rs.stable_after,
+                Duration::from_secs(10),
+            )?,
+            max_queue: num(
+                &table,
+                "max_queue",
+                rs.max_queue.map(u64::from),
+                256,
+                0,
+                1_000_000,
+            )? as usize,
+            queue_timeout: dur(
+                &table,
+                "queue_timeout",
+                rs.queue_timeout.or(rs.request_timeout),
+                Duration::from_secs(30),
+            )?,
+            retry_on_crash: num(
+                &table,
+                "retry_on_crash",
+                rs.retry_on_crash.map(u64::from),
+                0,
+                0,
+                100,
+            )? as u32,
+            poison_limit: num(
+                &table,
+                "poison_limit",
+                rs.poison_limit.map(u64::from),
+                2,
+                1,
+                100,
+            )? as u32,
             max_requests: rs.max_requests.unwrap_or(0),
             max_rss: rs.max_rss.map(|b| b.0).unwrap_or(0),
             max_frame: max_frame as usize,
-            max_attempts: rs.max_attempts.unwrap_or(3).max(1),
+            max_attempts: num(
+                &table,
+                "max_attempts",
+                rs.max_attempts.map(u64::from),
+                3,
+                1,
+                1000,
+            )? as u32,
             jobs_share: rs.jobs_share.unwrap_or(0.5),
-            job_backoff: rs
-                .job_backoff
-                .map(|d| d.0)
-                .unwrap_or(Duration::from_secs(1)),
+            job_backoff: dur(
+                &table,
+                "job_backoff",
+                rs.job_backoff,
+                Duration::from_secs(1),
+            )?,
         });
     }
     if services.is_empty() {
@@ -584,6 +688,22 @@ pub fn parse(path: &Path, text: &str, port: Option<u16>) -> Result<Config, Confi
         instance,
         services,
     })
+}
+
+/// The most workers one service may have.
+pub const MAX_WORKERS: u64 = 1024;
+/// The shortest duration any key accepts.
+pub const MIN_DURATION: Duration = Duration::from_millis(1);
+/// The longest duration any key accepts (30 days: deadlines are added to clocks).
+pub const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// A duration as a person writes it, for error messages.
+fn humanize(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
 }
 
 /// `$XDG_STATE_HOME/paddock`, else `~/.local/state/paddock`, else a folder in /tmp.

@@ -15,6 +15,9 @@
 //! - the queue is bounded (`max_queue`); a full queue answers 503 at once;
 //! - a request handed to a worker that died in between comes back (`requeue`) to the
 //!   front of the queue: a crash never loses a queued request;
+//! - while every worker of the service is crash-looping, nothing can serve a
+//!   request soon: requests are answered 503 at once with the cause and the time
+//!   of the next try, and what was queued is answered the same way;
 //! - a request that waited `queue_timeout` is answered 503 (by a timer task that
 //!   sleeps until the earliest deadline); one whose client went away is dropped
 //!   without using a worker.
@@ -61,6 +64,12 @@ pub enum Outcome {
     QueueFull,
     QueueTimeout,
     ShuttingDown,
+    /// Every worker is crash-looping: `reason` is one's last failure, and the next
+    /// try is in `retry_after`.
+    Unavailable {
+        reason: String,
+        retry_after: Duration,
+    },
 }
 
 impl Outcome {
@@ -76,6 +85,7 @@ impl Outcome {
             Outcome::QueueFull => "queue_full",
             Outcome::QueueTimeout => "queue_timeout",
             Outcome::ShuttingDown => "shutting_down",
+            Outcome::Unavailable { .. } => "unavailable",
         }
     }
 }
@@ -110,6 +120,10 @@ struct Queue {
     idle: VecDeque<(u64, mpsc::UnboundedSender<Command>)>,
     max_queue: usize,
     closed: bool,
+    /// The workers of the service (their actors are running).
+    members: std::collections::BTreeSet<u64>,
+    /// Workers that are crash-looping: why, and when they try again.
+    down: std::collections::BTreeMap<u64, (String, Instant)>,
     depth: prometheus_client::metrics::gauge::Gauge,
     /// The expiry task's wake-up, also sent when the queue is dropped (it ends then).
     expiry: Arc<Notify>,
@@ -122,6 +136,18 @@ impl Drop for Queue {
 }
 
 impl Queue {
+    /// The answer for a request while no worker can serve one soon.
+    fn unavailable(&self, now: Instant) -> Option<Outcome> {
+        if self.members.is_empty() || self.members.iter().any(|w| !self.down.contains_key(w)) {
+            return None;
+        }
+        let (reason, next) = self.down.values().min_by_key(|(_, at)| *at)?;
+        Some(Outcome::Unavailable {
+            reason: reason.clone(),
+            retry_after: next.saturating_duration_since(now),
+        })
+    }
+
     /// Gives `job` to the first idle worker still there; hands it back when none is.
     fn hand_out(&mut self, mut job: Job) -> Option<Job> {
         while let Some((_, tx)) = self.idle.pop_front() {
@@ -193,6 +219,8 @@ impl Dispatcher {
             idle: VecDeque::new(),
             max_queue,
             closed: false,
+            members: Default::default(),
+            down: Default::default(),
             depth,
             expiry: expiry.clone(),
         }));
@@ -231,6 +259,8 @@ impl Dispatcher {
         let mut q = self.lock();
         if q.closed {
             let _ = job.reply.send(Outcome::ShuttingDown);
+        } else if let Some(down) = q.unavailable(now) {
+            let _ = job.reply.send(down);
         } else if let Some(job) = q.hand_out(job) {
             if q.jobs.len() >= q.max_queue {
                 let _ = job.reply.send(Outcome::QueueFull);
@@ -252,6 +282,8 @@ impl Dispatcher {
         let mut q = self.lock();
         if q.closed {
             let _ = job.reply.send(Outcome::ShuttingDown);
+        } else if let Some(down) = q.unavailable(Instant::now()) {
+            let _ = job.reply.send(down);
         } else if let Some(job) = q.hand_out(job)
             && q.push(job, true)
         {
@@ -269,6 +301,47 @@ impl Dispatcher {
             q.idle.push_back((wid, tx.clone()));
         }
         job
+    }
+
+    /// Worker `wid`'s actor runs (until [`Dispatcher::leave`]).
+    pub fn join(&self, wid: u64) {
+        self.lock().members.insert(wid);
+    }
+
+    /// Worker `wid`'s actor ended.
+    pub fn leave(&self, wid: u64) {
+        let mut q = self.lock();
+        q.members.remove(&wid);
+        q.down.remove(&wid);
+    }
+
+    /// Worker `wid` is crash-looping (`Some`: why, and its next try) or back up.
+    /// When that leaves no worker that may serve soon, what is queued is answered.
+    pub fn set_down(&self, wid: u64, down: Option<(String, Instant)>) {
+        let mut q = self.lock();
+        match down {
+            Some(d) => {
+                q.down.insert(wid, d);
+            }
+            None => {
+                q.down.remove(&wid);
+                return;
+            }
+        }
+        let now = Instant::now();
+        if q.unavailable(now).is_none() {
+            return;
+        }
+        let jobs = std::mem::take(&mut q.jobs);
+        q.depth.set(0);
+        let answers: Vec<_> = jobs
+            .into_iter()
+            .filter_map(|j| Some((j.reply, q.unavailable(now)?)))
+            .collect();
+        drop(q);
+        for (reply, outcome) in answers {
+            let _ = reply.send(outcome);
+        }
     }
 
     /// Answers everything queued with 503 and stops taking requests.

@@ -108,6 +108,7 @@ async fn metrics(State(shared): State<SharedRef>) -> Response {
             "replacing",
             "restarting",
             "backoff",
+            "crash-looping",
             "stopping",
             "stopped",
             "failed",
@@ -303,6 +304,21 @@ async fn call(shared: SharedRef, service: String, method: String, req: Request) 
             ),
             json!(null),
         ),
+        Outcome::Unavailable {
+            reason,
+            retry_after,
+        } => {
+            let mut r = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &service,
+                format!("service {service:?} has no worker that can serve: it is crash-looping"),
+                json!({"state": "crash-looping", "reason": reason, "retry_after_s": retry_after.as_secs_f64()}),
+            );
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs.max(1)));
+            r
+        }
         Outcome::ShuttingDown => error(
             StatusCode::SERVICE_UNAVAILABLE,
             &service,

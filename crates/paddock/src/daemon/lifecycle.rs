@@ -9,9 +9,16 @@
 //! Invariants:
 //! - any exit paddock did not ask for is a failure, exit status 0 included;
 //! - during the initial start, a failure fails the whole `start` (no retries hide it);
-//! - after that, failures restart the worker with exponential backoff, until
-//!   `crash_loop_failures` failures fall within `crash_loop_window`: then the slot is
-//!   `Failed` and stays down, with the reason kept for `status` and `/readyz`.
+//! - after that, a worker that dies *while serving a request* is replaced at once:
+//!   it had proven it can start, so the failure belongs to the request (poison
+//!   limit, retries), not to the crash-loop count — a repeated bad input is no
+//!   denial of service;
+//! - failures to reach READY and deaths while idle are counted: the first restarts
+//!   at once, the next ones after a backoff doubling from `backoff_initial`; the
+//!   count is forgotten once the worker has been ready for `stable_after`;
+//! - `crash_loop_failures` counted failures within `crash_loop_window` make the slot
+//!   `CrashLoop`: it keeps retrying every `backoff_max` (as Kubernetes does) and
+//!   says why; it is never down for good at runtime.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -46,6 +53,12 @@ pub enum State {
     Backoff {
         until: Instant,
     },
+    /// Too many failures close together: the next spawn is at `until`
+    /// (`backoff_max` after the last failure); `reason` says what keeps failing.
+    CrashLoop {
+        until: Instant,
+        reason: String,
+    },
     /// Being stopped on request.
     Stopping,
     Stopped,
@@ -64,6 +77,7 @@ impl State {
             State::Replacing { .. } => "replacing",
             State::Restarting { .. } => "restarting",
             State::Backoff { .. } => "backoff",
+            State::CrashLoop { .. } => "crash-looping",
             State::Stopping => "stopping",
             State::Stopped => "stopped",
             State::Failed { .. } => "failed",
@@ -143,6 +157,8 @@ pub struct Policy {
     pub backoff_max: Duration,
     pub crash_loop_failures: u32,
     pub crash_loop_window: Duration,
+    /// Ready this long, a worker's failure history is forgotten.
+    pub stable_after: Duration,
 }
 
 /// One worker slot's state and history.
@@ -154,6 +170,8 @@ pub struct Lifecycle {
     pub initial: bool,
     pub restarts: u64,
     failures: VecDeque<Instant>,
+    /// When the process now running was proven ready (None while not ready).
+    ready_at: Option<Instant>,
     /// A number in [0, 1) for this slot's jitter, renewed by the actor.
     pub jitter: f64,
 }
@@ -167,6 +185,7 @@ impl Lifecycle {
             initial: true,
             restarts: 0,
             failures: VecDeque::new(),
+            ready_at: None,
             jitter: 0.5,
         };
         (l, vec![Action::Spawn])
@@ -196,6 +215,7 @@ impl Lifecycle {
             (Starting { .. }, Event::ProvenReady) => {
                 let first = self.initial;
                 self.initial = false;
+                self.ready_at = Some(now);
                 (
                     Ready {
                         since: now,
@@ -282,16 +302,22 @@ impl Lifecycle {
                 }
             }
             (Starting { .. } | Ready { .. }, Event::Exited(cause)) => {
-                self.failure(cause.description, now, false)
+                self.failure(cause.description, now)
             }
-            // A crash while serving is the request's doing as much as the worker's:
-            // replace it at once (the crash still counts towards a crash loop).
-            (Busy { .. }, Event::Exited(cause)) => self.failure(cause.description, now, true),
-            (Starting { .. } | Ready { .. } | Backoff { .. }, Event::SpawnFailed(why)) => {
-                self.failure(format!("could not start: {why}"), now, false)
+            // A crash while serving is the request's doing: the worker had proven
+            // it can start. Replace it at once; the request's crash count (poison
+            // limit) deals with an input that kills every worker it meets.
+            (Busy { .. }, Event::Exited(_)) => {
+                self.ready_at = None;
+                self.restarts += 1;
+                (Starting { since: now }, vec![Spawn])
             }
-            (Restarting { reason }, Event::Exited(_)) => self.failure(reason, now, false),
-            (Backoff { .. }, Event::BackoffElapsed) => {
+            (
+                Starting { .. } | Ready { .. } | Backoff { .. } | CrashLoop { .. },
+                Event::SpawnFailed(why),
+            ) => self.failure(format!("could not start: {why}"), now),
+            (Restarting { reason }, Event::Exited(_)) => self.failure(reason, now),
+            (Backoff { .. } | CrashLoop { .. }, Event::BackoffElapsed) => {
                 self.restarts += 1;
                 (Starting { since: now }, vec![Spawn])
             }
@@ -327,7 +353,10 @@ impl Lifecycle {
         }
     }
 
-    fn failure(&mut self, reason: String, now: Instant, immediate: bool) -> (State, Vec<Action>) {
+    /// A counted failure (not while serving a request): restart at once if it is
+    /// the first in a while, after a growing backoff if it follows others closely,
+    /// every `backoff_max` once they make a crash loop.
+    fn failure(&mut self, reason: String, now: Instant) -> (State, Vec<Action>) {
         if self.initial {
             return (
                 State::Failed {
@@ -338,6 +367,14 @@ impl Lifecycle {
                     message: reason,
                 }],
             );
+        }
+        // A worker that had been ready for a stable period starts a new history.
+        if self
+            .ready_at
+            .take()
+            .is_some_and(|t| now.duration_since(t) >= self.policy.stable_after)
+        {
+            self.failures.clear();
         }
         self.failures.push_back(now);
         while let Some(&t) = self.failures.front() {
@@ -350,16 +387,24 @@ impl Lifecycle {
         let n = self.failures.len() as u32;
         if n >= self.policy.crash_loop_failures {
             let reason = format!(
-                "crash loop: {n} failures within {}s; last: {reason}",
-                self.policy.crash_loop_window.as_secs()
+                "crash loop: {n} failures within {}s, retrying every {}s; last: {reason}",
+                self.policy.crash_loop_window.as_secs(),
+                self.policy.backoff_max.as_secs_f64()
             );
-            return (State::Failed { reason }, vec![]);
+            let delay = self.policy.backoff_max;
+            return (
+                State::CrashLoop {
+                    until: now + delay,
+                    reason,
+                },
+                vec![Action::Wait(delay)],
+            );
         }
-        if immediate {
+        if n <= 1 {
             self.restarts += 1;
             return (State::Starting { since: now }, vec![Action::Spawn]);
         }
-        let delay = self.backoff(n);
+        let delay = self.backoff(n - 1);
         (
             State::Backoff { until: now + delay },
             vec![Action::Wait(delay)],
@@ -378,6 +423,7 @@ mod tests {
             backoff_max: Duration::from_secs(30),
             crash_loop_failures: 5,
             crash_loop_window: Duration::from_secs(60),
+            stable_after: Duration::from_secs(10),
         }
     }
 
@@ -418,16 +464,20 @@ mod tests {
     }
 
     #[test]
-    fn exit_zero_after_ready_is_a_failure_with_backoff() {
+    fn exit_zero_after_ready_is_a_failure_restarted_at_once_the_first_time() {
         let t = Instant::now();
         let mut l = ready_slot(t);
-        let a = l.on(exit(0), t);
-        assert!(matches!(a[0], Action::Wait(_)));
-        assert_eq!(l.state.name(), "backoff");
-        assert_eq!(l.on(Event::BackoffElapsed, t), vec![Action::Spawn]);
+        assert_eq!(l.on(exit(0), t), vec![Action::Spawn]);
+        assert_eq!(l.state.name(), "starting");
         assert_eq!(l.restarts, 1);
         // Not the initial start any more: ready again announces nothing.
         assert!(l.on(Event::ProvenReady, t).is_empty());
+        // A second failure soon after waits backoff_initial.
+        let a = l.on(exit(0), t + Duration::from_secs(1));
+        assert!(matches!(a[0], Action::Wait(_)), "{a:?}");
+        assert_eq!(l.state.name(), "backoff");
+        assert_eq!(l.on(Event::BackoffElapsed, t), vec![Action::Spawn]);
+        assert_eq!(l.restarts, 2);
     }
 
     #[test]
@@ -439,22 +489,84 @@ mod tests {
         assert_eq!(l.backoff(10), Duration::from_secs(30));
     }
 
+    /// Fails a ready worker at `at`; returns the delay before its next spawn.
+    fn fail_ready(l: &mut Lifecycle, at: Instant) -> Duration {
+        let a = l.on(exit(1), at);
+        let delay = match a.as_slice() {
+            [Action::Spawn] => Duration::ZERO,
+            [Action::Wait(d)] => {
+                assert_eq!(l.on(Event::BackoffElapsed, at + *d), vec![Action::Spawn]);
+                *d
+            }
+            other => panic!("{other:?}"),
+        };
+        l.on(Event::ProvenReady, at + delay);
+        delay
+    }
+
     #[test]
-    fn crash_loop_ends_failed() {
+    fn backoff_grows_only_over_failures_close_together_and_resets_when_stable() {
         let t = Instant::now();
         let mut l = ready_slot(t);
-        for i in 0..4 {
-            l.on(Event::ProvenReady, t);
-            let a = l.on(exit(1), t + Duration::from_secs(i));
-            assert!(matches!(a[0], Action::Wait(_)), "failure {i}");
-            l.on(Event::BackoffElapsed, t);
+        // Ready for a while, then three failures a few seconds apart (each worker
+        // ready in between for less than stable_after): 0, then 1s, then 2s.
+        let mut at = t + Duration::from_secs(3600);
+        let mut delays = vec![];
+        for _ in 0..3 {
+            delays.push(fail_ready(&mut l, at));
+            at += Duration::from_secs(3);
         }
-        l.on(Event::ProvenReady, t);
-        assert!(l.on(exit(1), t + Duration::from_secs(5)).is_empty());
+        assert_eq!(
+            delays,
+            vec![
+                Duration::ZERO,
+                Duration::from_secs(1),
+                Duration::from_secs(2)
+            ]
+        );
+        // Ready for stable_after: the next failure is a first one again.
+        at += Duration::from_secs(10);
+        assert_eq!(fail_ready(&mut l, at), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_crash_loop_keeps_retrying_every_backoff_max_and_recovers() {
+        let t = Instant::now();
+        let mut l = ready_slot(t);
+        let mut at = t;
+        for i in 0..4 {
+            let a = l.on(exit(1), at);
+            assert!(!a.is_empty(), "failure {i}");
+            if let [Action::Wait(d)] = a.as_slice() {
+                at += *d;
+                l.on(Event::BackoffElapsed, at);
+            }
+            l.on(Event::ProvenReady, at);
+        }
+        let a = l.on(exit(1), at);
+        assert_eq!(a, vec![Action::Wait(Duration::from_secs(30))]);
         match &l.state {
-            State::Failed { reason } => assert!(reason.contains("crash loop: 5 failures")),
+            State::CrashLoop { reason, until } => {
+                assert!(reason.contains("crash loop: 5 failures"), "{reason}");
+                assert!(reason.contains("exited with status 1"), "{reason}");
+                assert_eq!(*until, at + Duration::from_secs(30));
+            }
             s => panic!("{s:?}"),
         }
+        assert_eq!(l.state.name(), "crash-looping");
+        // It tries again; a failure to start keeps it in the loop, at backoff_max.
+        at += Duration::from_secs(30);
+        assert_eq!(l.on(Event::BackoffElapsed, at), vec![Action::Spawn]);
+        assert_eq!(
+            l.on(Event::SpawnFailed("no such file".into()), at),
+            vec![Action::Wait(Duration::from_secs(30))]
+        );
+        assert_eq!(l.state.name(), "crash-looping");
+        // A stop ends it at once: no process is running.
+        at += Duration::from_secs(30);
+        assert_eq!(l.on(Event::BackoffElapsed, at), vec![Action::Spawn]);
+        assert!(l.on(Event::ProvenReady, at).is_empty());
+        assert_eq!(l.state.name(), "ready");
     }
 
     #[test]
@@ -464,8 +576,10 @@ mod tests {
         for i in 0..10u64 {
             l.on(Event::ProvenReady, t);
             let a = l.on(exit(1), t + Duration::from_secs(61 * i));
-            assert!(matches!(a[0], Action::Wait(_)));
-            l.on(Event::BackoffElapsed, t);
+            assert!(!matches!(l.state, State::CrashLoop { .. }), "{a:?}");
+            if let [Action::Wait(_)] = a.as_slice() {
+                l.on(Event::BackoffElapsed, t);
+            }
         }
     }
 
@@ -491,8 +605,8 @@ mod tests {
         assert!(l.on(bad(), t).is_empty());
         assert!(l.on(bad(), t).is_empty());
         assert_eq!(l.on(bad(), t), vec![Action::Terminate]);
-        let a = l.on(exit(143), t);
-        assert!(matches!(a[0], Action::Wait(_)));
+        assert_eq!(l.on(exit(143), t), vec![Action::Spawn]);
+        assert_eq!(l.restarts, 1);
     }
 
     #[test]
@@ -510,17 +624,18 @@ mod tests {
     }
 
     #[test]
-    fn a_crash_while_busy_is_replaced_at_once_but_counts_towards_a_crash_loop() {
+    fn crashes_while_busy_are_replaced_at_once_and_never_make_a_crash_loop() {
         let t = Instant::now();
         let mut l = ready_slot(t);
-        for _ in 0..4 {
+        for _ in 0..50 {
             l.on(Event::Dispatched, t);
             assert_eq!(l.on(exit(139), t), vec![Action::Spawn]);
             l.on(Event::ProvenReady, t);
         }
-        l.on(Event::Dispatched, t);
-        assert!(l.on(exit(139), t).is_empty());
-        assert_eq!(l.state.name(), "failed");
+        assert_eq!(l.state.name(), "ready");
+        assert_eq!(l.restarts, 50);
+        // They are not counted: an idle death afterwards is a first failure.
+        assert_eq!(l.on(exit(1), t), vec![Action::Spawn]);
     }
 
     #[test]
@@ -532,7 +647,8 @@ mod tests {
             l.on(Event::ProtocolViolation("garbage".into()), t),
             vec![Action::Kill]
         );
-        assert!(matches!(l.on(exit(137), t)[0], Action::Wait(_)));
+        assert_eq!(l.on(exit(137), t), vec![Action::Spawn]);
+        assert_eq!(l.restarts, 1);
     }
 
     #[test]
@@ -555,6 +671,8 @@ mod tests {
         assert_eq!(l.state, State::Stopped);
         let mut l = ready_slot(t);
         l.on(exit(1), t);
+        l.on(exit(1), t);
+        assert_eq!(l.state.name(), "backoff");
         assert!(l.on(Event::StopRequested, t).is_empty());
         assert_eq!(l.state, State::Stopped);
     }

@@ -301,7 +301,7 @@ async fn wait_ready(h: &Handle, limit: Duration) -> Result<(), String> {
         st.wait_for(|x| {
             matches!(
                 x.state.as_str(),
-                "ready" | "busy" | "failed" | "stopped" | "backoff"
+                "ready" | "busy" | "failed" | "stopped" | "backoff" | "crash-looping"
             )
         }),
     )

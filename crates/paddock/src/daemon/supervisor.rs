@@ -146,6 +146,11 @@ impl Supervisor {
                         "degraded",
                         Some(format!("{ready} of {} workers ready", workers.len())),
                     )
+                } else if let Some(c) = workers.iter().find(|w| w.state == "crash-looping") {
+                    (
+                        "crash-looping",
+                        c.reason.clone().map(|r| format!("worker {}: {r}", c.index)),
+                    )
                 } else if let Some(f) = failed.first() {
                     (
                         "failed",

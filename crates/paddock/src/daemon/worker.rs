@@ -198,6 +198,8 @@ struct Actor {
     recycle_after: u64,
     recycle_asked: bool,
     retiring: bool,
+    /// Whether the dispatcher was told this worker is crash-looping.
+    down: bool,
     announced: bool,
     crashed_at: Option<Instant>,
     last_exit: Option<ExitCause>,
@@ -233,6 +235,7 @@ impl Actor {
             backoff_max: s.backoff_max,
             crash_loop_failures: s.crash_loop_failures,
             crash_loop_window: s.crash_loop_window,
+            stable_after: s.stable_after,
         };
         let (mut life, _) = Lifecycle::new(policy, Instant::now());
         life.initial = spec.initial;
@@ -257,6 +260,7 @@ impl Actor {
             recycle_after: 0,
             recycle_asked: false,
             retiring: false,
+            down: false,
             announced: false,
             crashed_at: None,
             last_exit: None,
@@ -282,6 +286,9 @@ impl Actor {
     }
 
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        if let Some(d) = &self.deps.dispatcher {
+            d.join(self.spec.wid);
+        }
         self.execute(vec![Action::Spawn]).await;
         loop {
             while let Some(ev) = self.pending.pop_front() {
@@ -292,6 +299,7 @@ impl Actor {
                     match after {
                         State::Failed { reason }
                         | State::Restarting { reason }
+                        | State::CrashLoop { reason, .. }
                         | State::Replacing { reason } => {
                             tracing::warn!(worker = %self.name(), "{before} -> {}: {reason}", after.name())
                         }
@@ -321,7 +329,11 @@ impl Actor {
             }
             self.send_replies();
             self.publish();
+            self.tell_availability();
             if self.life.state == State::Stopped && self.running.is_none() {
+                if let Some(d) = &self.deps.dispatcher {
+                    d.leave(self.spec.wid);
+                }
                 // Requests the dispatcher handed us meanwhile go back to the queue.
                 commands.close();
                 while let Ok(cmd) = commands.try_recv() {
@@ -1131,11 +1143,38 @@ impl Actor {
         }
     }
 
+    /// Tells the dispatcher when this worker starts or stops crash-looping: a
+    /// worker that is trying again after a crash loop stays "down" until it is
+    /// proven ready.
+    fn tell_availability(&mut self) {
+        let Some(d) = &self.deps.dispatcher else {
+            return;
+        };
+        match &self.life.state {
+            State::CrashLoop { until, reason } => {
+                d.set_down(self.spec.wid, Some((reason.clone(), *until)));
+                self.down = true;
+            }
+            State::Starting { .. } => {}
+            _ if self.down => {
+                d.set_down(self.spec.wid, None);
+                self.down = false;
+            }
+            _ => {}
+        }
+    }
+
     fn publish(&self) {
         let reason = match &self.life.state {
             State::Failed { reason }
             | State::Restarting { reason }
             | State::Replacing { reason } => Some(reason.clone()),
+            State::CrashLoop { until, reason } => Some(format!(
+                "{reason}; next try in {:.1}s",
+                until
+                    .saturating_duration_since(Instant::now())
+                    .as_secs_f64()
+            )),
             State::Backoff { until } => Some(format!(
                 "restarting in {:.1}s; last exit: {}",
                 until

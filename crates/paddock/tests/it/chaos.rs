@@ -36,7 +36,7 @@ fn chaos_every_request_gets_its_own_answer() {
     env.config(&env.worker(
         "fake",
         &format!(
-            "workers = 4\nrequest_timeout = \"{TIMEOUT_MS}ms\"\nqueue_timeout = \"120s\"\nmax_queue = 1024\ncrash_loop_failures = 100000"
+            "workers = 4\nrequest_timeout = \"{TIMEOUT_MS}ms\"\nqueue_timeout = \"120s\"\nmax_queue = 1024"
         ),
     ));
     env.start_ok();

@@ -131,3 +131,43 @@ fn missing_config_file() {
     assert_eq!(out.code, 2, "{out:?}");
     assert!(out.stderr.contains("paddock.toml"), "{out:?}");
 }
+
+#[test]
+fn numbers_that_cannot_work_are_refused_with_their_line() {
+    let w = "[services.m]\ncommand = [\"python3\", \"m.py\"]\n";
+    assert_located(
+        &format!("{w}workers = 100000000\n"),
+        3,
+        "services.m.workers",
+        "between 1 and 1024",
+    );
+    assert_located(
+        &format!("{w}request_timeout = \"0s\"\n"),
+        3,
+        "services.m.request_timeout",
+        "between 1ms and 720h",
+    );
+    assert_located(
+        &format!("{w}workers = 2\nstartup_timeout = \"1000h\"\n"),
+        4,
+        "services.m.startup_timeout",
+        "out of range",
+    );
+    assert_located(
+        &format!("{w}poison_limit = 0\n"),
+        3,
+        "services.m.poison_limit",
+        "between 1 and 100",
+    );
+    assert_located(
+        &format!("[instance]\nlog_max_files = 0\n{w}"),
+        2,
+        "instance.log_max_files",
+        "between 1 and 1000",
+    );
+    // The edges themselves are accepted.
+    let out = check(&format!(
+        "{w}workers = 1024\nrequest_timeout = \"1ms\"\nstable_after = \"720h\"\n"
+    ));
+    assert_eq!(out.code, 0, "{out:?}");
+}

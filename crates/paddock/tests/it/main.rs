@@ -4,6 +4,7 @@ mod harness;
 
 mod chaos;
 mod config_errors;
+mod crashloop;
 mod failures;
 mod foreground;
 mod instances;

@@ -1,5 +1,6 @@
-//! After start: crashes are restarted with backoff, crash loops end `failed`, and
-//! a service that stops answering its health probe is restarted.
+//! After start: crashes are restarted (at once the first time, then with backoff),
+//! crash loops are reported and keep retrying every `backoff_max`, and a service
+//! that stops answering its health probe is restarted.
 
 use std::time::Duration;
 
@@ -12,12 +13,12 @@ fn worker(st: &Value) -> Value {
 }
 
 #[test]
-fn a_crash_after_ready_is_restarted_then_a_crash_loop_ends_failed() {
+fn a_crash_after_ready_is_restarted_then_a_crash_loop_keeps_retrying() {
     let env = Env::new();
     env.config(&env.fake(
         "web",
         "--port {port} --crash-after 0.3",
-        "port = \"auto\"\nbackoff_initial = \"100ms\"\ncrash_loop_failures = 4\ncrash_loop_window = \"60s\"",
+        "port = \"auto\"\nbackoff_initial = \"100ms\"\nbackoff_max = \"1s\"\ncrash_loop_failures = 4\ncrash_loop_window = \"60s\"",
     ));
     env.start_ok();
     let first = worker(&env.status());
@@ -33,29 +34,33 @@ fn a_crash_after_ready_is_restarted_then_a_crash_loop_ends_failed() {
     assert_eq!(exit["signal"], Value::Null, "{w}");
     assert_eq!(exit["requested"], false);
 
-    // Crash loop: failed, kept down, reported by status and /readyz.
+    // Crash loop: reported by status, /readyz and metrics, with the last cause...
     let st = wait_until(
         Duration::from_secs(30),
         "the crash loop to be detected",
         || {
             let st = env.status();
-            (st["services"][0]["state"] == "failed").then_some(st)
+            (st["services"][0]["state"] == "crash-looping").then_some(st)
         },
     );
     let reason = st["services"][0]["reason"].as_str().unwrap();
     assert!(reason.contains("crash loop"), "{reason}");
     assert!(reason.contains("exited with status 1"), "{reason}");
-    assert_eq!(
-        worker(&st)["pid"],
-        Value::Null,
-        "a failed service stays down"
-    );
     assert_eq!(st["instance"]["ready"], false);
     let (code, body) = env.get("/readyz").unwrap();
     assert_eq!(code, 503);
     assert!(body.contains("crash loop"), "{body}");
+    let (_, metrics) = env.get("/metrics").unwrap();
+    assert!(metrics.contains("state=\"crash-looping\"} 1"), "{metrics}");
     let out = env.run(&["status"]);
-    assert!(out.stdout.contains("failed"), "{out:?}");
+    assert!(out.stdout.contains("crash-looping"), "{out:?}");
+    // ...and it is never down for good: it keeps trying every backoff_max.
+    let generation = worker(&st)["generation"].as_u64().unwrap();
+    wait_until(
+        Duration::from_secs(20),
+        "another try after the crash loop",
+        || (worker(&env.status())["generation"].as_u64() > Some(generation + 1)).then_some(()),
+    );
     env.stop_ok();
     env.assert_nothing_left();
 }

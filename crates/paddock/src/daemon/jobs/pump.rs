@@ -145,6 +145,9 @@ pub fn finish_of(outcome: Outcome, job: &Claimed, backoff: Duration) -> Finish {
         Outcome::QueueTimeout => Finish::Release {
             why: "no worker became free".into(),
         },
+        Outcome::Unavailable { reason, .. } => Finish::Release {
+            why: format!("no worker can serve: {reason}"),
+        },
         Outcome::ShuttingDown => Finish::Interrupted {
             why: "the daemon stopped".into(),
         },
