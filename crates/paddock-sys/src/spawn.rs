@@ -1,7 +1,7 @@
 //! What a worker process does between `fork` and `exec`.
 //!
 //! Invariant: only async-signal-safe system calls run in the child before `exec`
-//! (`prctl`, `getppid`, `_exit`): the daemon is multi-threaded by then, and anything
+//! (`prctl`, `getppid`, `umask`, `setrlimit`, `_exit`): the daemon is multi-threaded by then, and anything
 //! that takes a lock (the allocator, stdio) could deadlock the child (seed 003).
 //!
 //! The process group comes from `CommandExt::process_group(0)` (set by std in the
@@ -20,11 +20,28 @@ use std::process::Command;
 /// cleared), for the worker protocol's socket.
 pub fn supervise(cmd: &mut Command, daemon_pid: i32, inherit: Option<(RawFd, RawFd)>) {
     cmd.process_group(0);
+    // Read before the fork: the child only copies these numbers.
+    let given_back = crate::limits::for_children();
     // SAFETY: the closure runs in the forked child before exec and calls only
-    // async-signal-safe functions (prctl, getppid, dup2, fcntl, _exit); it allocates
-    // nothing and touches no lock.
+    // async-signal-safe functions (prctl, getppid, dup2, fcntl, umask, getrlimit,
+    // setrlimit, _exit); it allocates nothing and touches no lock.
     unsafe {
         cmd.pre_exec(move || {
+            // The worker gets the umask and descriptor limit the daemon was started
+            // with, not the ones the daemon chose for itself.
+            if let Some(mask) = given_back.umask {
+                libc::umask(mask as libc::mode_t);
+            }
+            if let Some(soft) = given_back.nofile_soft {
+                let mut lim = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+                    lim.rlim_cur = (soft as libc::rlim_t).min(lim.rlim_max);
+                    libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+                }
+            }
             #[cfg(target_os = "linux")]
             {
                 if libc::prctl(

@@ -11,6 +11,9 @@ use crate::instance::{LockInfo, Paths};
 use super::output;
 
 pub fn run(config: Config) -> i32 {
+    // Every file and folder the daemon makes is private (0600/0700), whatever
+    // the umask; workers get the umask back (paddock_sys::limits).
+    paddock_sys::limits::private_umask();
     let paths = Paths::of(&config);
     if let Err(e) = paths.create() {
         output::error(&format!(

@@ -103,6 +103,9 @@ struct RawInstance {
     log_max_files: Option<u32>,
     store: Option<String>,
     lease_timeout: Option<Dur>,
+    max_connections: Option<u64>,
+    header_timeout: Option<Dur>,
+    body_timeout: Option<Dur>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -166,6 +169,13 @@ pub struct Instance {
     pub store: Store,
     /// PostgreSQL store: how long a claimed job stays claimed without a heartbeat.
     pub lease_timeout: Duration,
+    /// Gateway connections open at once, at most (more wait in the backlog).
+    pub max_connections: usize,
+    /// A connection must send a whole request head within this long of becoming
+    /// idle (on connect and after each response), or it is closed.
+    pub header_timeout: Duration,
+    /// A request's body must arrive within this long (408 otherwise).
+    pub body_timeout: Duration,
 }
 
 /// The job store: SQLite in the instance's folder, or a shared PostgreSQL.
@@ -396,7 +406,30 @@ pub fn parse(path: &Path, text: &str, port: Option<u16>) -> Result<Config, Confi
             "must be at least 300ms".into(),
         ));
     }
+    let max_connections = num(
+        "instance",
+        "max_connections",
+        ri.max_connections,
+        4096,
+        1,
+        1_000_000,
+    )? as usize;
+    let header_timeout = dur(
+        "instance",
+        "header_timeout",
+        ri.header_timeout,
+        Duration::from_secs(10),
+    )?;
+    let body_timeout = dur(
+        "instance",
+        "body_timeout",
+        ri.body_timeout,
+        Duration::from_secs(60),
+    )?;
     let instance = Instance {
+        max_connections,
+        header_timeout,
+        body_timeout,
         lease_timeout,
         store,
         name,

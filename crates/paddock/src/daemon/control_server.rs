@@ -26,8 +26,15 @@ pub fn bind(path: &std::path::Path) -> std::io::Result<UnixListener> {
 pub async fn serve(listener: UnixListener, shared: SharedRef) {
     let uid = paddock_sys::current_uid();
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // Out of descriptors (a flooded gateway, say): retrying at once would
+                // spin; a connection closing elsewhere frees one soon.
+                tracing::warn!("control socket: cannot accept a connection: {e}; pausing 100ms");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
         };
         match stream.peer_cred() {
             Ok(c) if c.uid() == uid => {}

@@ -215,9 +215,21 @@ async fn call(shared: SharedRef, service: String, method: String, req: Request) 
         return error(StatusCode::BAD_REQUEST, &service, message, json!(null));
     }
     // The body, within DefaultBodyLimit (413 past it).
-    let body = match Bytes::from_request(req, &()).await {
-        Ok(b) => b,
-        Err(rejection) => return rejection.into_response(),
+    let body_timeout = shared.config.instance.body_timeout;
+    let body = match tokio::time::timeout(body_timeout, Bytes::from_request(req, &())).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(rejection)) => return rejection.into_response(),
+        Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                &service,
+                format!(
+                    "the request body did not arrive within {}ms (instance.body_timeout)",
+                    body_timeout.as_millis()
+                ),
+                json!(null),
+            );
+        }
     };
     let t = Instant::now();
     let rx = dispatcher.submit(method.clone(), content_type, body);

@@ -15,6 +15,7 @@ mod dispatch;
 mod env;
 mod gateway;
 mod groups;
+mod http_server;
 mod jobs;
 mod lifecycle;
 mod logsink;
@@ -91,13 +92,29 @@ pub fn run(launch: Launch) -> i32 {
         started_at,
     } = launch;
     let reaper_pid = reaper.pid();
+    // Descriptors: as many as the hard limit allows (the gateway caps its own
+    // connections below that, so the control socket and workers always have some).
+    let nofile = match paddock_sys::limits::raise_nofile() {
+        Ok((soft, _)) => soft,
+        Err(e) => {
+            eprintln!("paddock: could not raise the descriptor limit: {e}");
+            paddock_sys::limits::nofile_soft()
+        }
+    };
     let outcome = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name("paddock-rt")
         .build()
     {
         Ok(rt) => {
-            let outcome = rt.block_on(main(config, paths, reaper, &mut reporter, started_at));
+            let outcome = rt.block_on(main(
+                config,
+                paths,
+                reaper,
+                &mut reporter,
+                started_at,
+                nofile,
+            ));
             // Dropping the tasks closes the reaper's pipe: it exits at once.
             rt.shutdown_timeout(std::time::Duration::from_secs(2));
             outcome
@@ -129,6 +146,7 @@ async fn main(
     reaper: paddock_sys::reaper::Reaper,
     reporter: &mut Reporter,
     started_at: SystemTime,
+    nofile: u64,
 ) -> Result<i32, Failure> {
     let started = Instant::now();
     let pid = std::process::id() as i32;
@@ -158,7 +176,7 @@ async fn main(
         )
     })?;
     let listen = config.instance.listen;
-    let http = match tokio::net::TcpListener::bind(listen).await {
+    let http = match http_server::bind(listen) {
         Ok(l) => l,
         Err(e) => {
             let who = ports::holder(listen.port())
@@ -202,14 +220,15 @@ async fn main(
     tokio::spawn(signals(shared.clone()));
     tokio::spawn(control_server::serve(control, shared.clone()));
     let app = gateway::router(shared.clone());
-    let mut gw_shutdown = shutdown_rx.clone();
-    let gateway = tokio::spawn(async move {
-        let _ = axum::serve(http, app)
-            .with_graceful_shutdown(async move {
-                let _ = gw_shutdown.wait_for(|s| *s).await;
-            })
-            .await;
-    });
+    let limits = http_server::Limits {
+        max_connections: gateway_cap(shared.config.instance.max_connections, nofile),
+        header_timeout: shared.config.instance.header_timeout,
+    };
+    tracing::info!(
+        "gateway: at most {} connections (descriptor limit {nofile})",
+        limits.max_connections
+    );
+    let gateway = tokio::spawn(http_server::serve(http, app, limits, shutdown_rx.clone()));
 
     // Wait for every worker's verdict.
     let mut pending = shared.supervisor.worker_count();
@@ -384,6 +403,17 @@ async fn open_jobs(
         );
     }
     Ok(Some(shared::Jobs { store, wake }))
+}
+
+/// Descriptors kept out of the gateway's reach: the control socket, workers' pipes
+/// and sockets, log files, the job store.
+const RESERVED_FDS: u64 = 256;
+
+/// The gateway's connection cap: the configured one, but always leaving
+/// `RESERVED_FDS` descriptors for everything else.
+fn gateway_cap(configured: usize, nofile: u64) -> usize {
+    let room = nofile.saturating_sub(RESERVED_FDS).max(16);
+    configured.min(room as usize)
 }
 
 /// This machine's name, for job owners (several machines share one PostgreSQL).

@@ -65,6 +65,8 @@ pub struct Env {
     pub extra_env: Vec<(String, String)>,
     /// Extra lines for the [instance] table written by `config`.
     pub instance_extra: String,
+    /// A program (and its arguments) that runs paddock, e.g. `prlimit --nofile=...`.
+    pub wrap: Vec<String>,
     daemons: std::cell::RefCell<Vec<i32>>,
 }
 
@@ -80,6 +82,7 @@ impl Env {
             port: free_port(),
             extra_env: vec![],
             instance_extra: String::new(),
+            wrap: vec![],
             daemons: Default::default(),
         }
     }
@@ -129,7 +132,14 @@ impl Env {
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
+        let mut c = match self.wrap.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
         c.arg("-c").arg(self.config_path()).args(args);
         c.current_dir(self.path());
         c.env_remove("NOTIFY_SOCKET");

@@ -7,6 +7,7 @@ mod config_errors;
 mod crashloop;
 mod failures;
 mod foreground;
+mod hardening;
 mod instances;
 mod jobs;
 mod logs;

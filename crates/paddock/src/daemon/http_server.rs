@@ -1,0 +1,177 @@
+//! Serving the gateway's HTTP connections, with the limits a hostile client meets.
+//!
+//! Why not `axum::serve`: it has no header-read timer, no connection cap and no way
+//! to drop a connection that is merely idle when the daemon stops, so one client
+//! that sends half a request head could keep the daemon alive for as long as it
+//! liked, and a flood of idle connections could use every descriptor.
+//!
+//! Invariants:
+//! - at most `max_connections` connections are open; beyond that new connections
+//!   wait in the listen backlog (they are not accepted, so they cost no descriptor
+//!   of ours) until one closes;
+//! - a connection must send a complete request head within `header_timeout` of
+//!   becoming idle (when it is accepted, and after each response): a slow sender
+//!   and an idle keep-alive connection are closed alike;
+//! - when the daemon stops, a connection with no request being handled is closed at
+//!   once; one with a request in a handler gets its answer first (the handler is
+//!   bounded by the service's deadlines), then closes;
+//! - `accept` failing for want of descriptors (EMFILE, ENFILE) pauses the loop
+//!   instead of spinning on the error.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tower::ServiceExt;
+
+/// The limits of the gateway's connections.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+}
+
+/// The listen backlog: connections past `max_connections` wait here.
+const BACKLOG: u32 = 4096;
+
+/// Binds `addr` with a deep backlog.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
+/// Whether an accept error means "out of descriptors" (wait for one to close).
+fn out_of_descriptors(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(n) if n == paddock_sys::limits::EMFILE || n == paddock_sys::limits::ENFILE
+    )
+}
+
+/// Accepts and serves connections until `shutdown` turns true; returns when every
+/// connection has closed (see the module's invariants for how long that takes).
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let mut conns = JoinSet::new();
+    let mut warned_full = false;
+    loop {
+        // Reap finished connection tasks as we go.
+        while conns.try_join_next().is_some() {}
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            _ = shutdown.wait_for(|s| *s) => break,
+        };
+        if slots.available_permits() == 0 && !warned_full {
+            tracing::warn!(
+                "the gateway has {} connections open (instance.max_connections): new ones wait until one closes",
+                limits.max_connections
+            );
+            warned_full = true;
+        } else if slots.available_permits() > limits.max_connections / 2 {
+            warned_full = false;
+        }
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = shutdown.wait_for(|s| *s) => break,
+        };
+        let stream = match accepted {
+            Ok((s, _)) => s,
+            Err(e) => {
+                let pause = if out_of_descriptors(&e) {
+                    tracing::warn!("gateway: cannot accept a connection: {e}; pausing 100ms");
+                    Duration::from_millis(100)
+                } else {
+                    Duration::from_millis(5)
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = shutdown.wait_for(|s| *s) => break,
+                }
+                continue;
+            }
+        };
+        let app = app.clone();
+        let stop = shutdown.clone();
+        conns.spawn(async move {
+            connection(stream, app, limits, stop).await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    while conns.join_next().await.is_some() {}
+}
+
+/// Serves one connection to its end.
+async fn connection(
+    stream: TcpStream,
+    app: Router,
+    limits: Limits,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let busy = Arc::new(AtomicUsize::new(0));
+    let counter = busy.clone();
+    let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+        let guard = Busy::enter(counter.clone());
+        let app = app.clone();
+        async move {
+            let response = app.oneshot(req.map(axum::body::Body::new)).await;
+            drop(guard);
+            Ok::<_, Infallible>(response.unwrap_or_else(|e| match e {}))
+        }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true);
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = shutdown.wait_for(|s| *s) => {}
+    }
+    // Stopping. Nobody waits on a connection that is idle or still sending its
+    // request head: drop it now.
+    if busy.load(Ordering::Acquire) == 0 {
+        return;
+    }
+    // A request is in a handler: let it answer, then close.
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
+}
+
+/// Counts a request in a handler for as long as it lives.
+struct Busy(Arc<AtomicUsize>);
+
+impl Busy {
+    fn enter(n: Arc<AtomicUsize>) -> Busy {
+        n.fetch_add(1, Ordering::AcqRel);
+        Busy(n)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}

@@ -1,0 +1,254 @@
+//! What a hostile client, a careless config or an operator's mistake can do: slow
+//! and idle connections, a flood of them, files other users could read.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::harness::{Env, call, wait_until};
+
+/// Opens a connection and sends half a request head (no blank line).
+fn half_sent(port: u16) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"POST /v1/fake HTTP/1.1\r\nX: b").unwrap();
+    s
+}
+
+/// Whether the server closed `s` (EOF or reset) within `limit`.
+fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 256];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            // A 408 or similar before the close is fine; keep reading to the end.
+            Ok(_) => continue,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                return false;
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+#[test]
+fn a_half_sent_request_does_not_hold_up_stop() {
+    let env = Env::new();
+    env.config(&env.worker("fake", "workers = 1"));
+    env.start_ok();
+    let mut slow = half_sent(env.port);
+    let mut idle = TcpStream::connect(("127.0.0.1", env.port)).unwrap();
+    // Make sure both are accepted and being read before the stop.
+    let r = call(env.port, "fake", &json!({"op": "echo", "n": 1}));
+    assert_eq!(r.code, 200);
+    let out = env.run(&["stop"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.took < Duration::from_secs(5),
+        "stop took {:?}",
+        out.took
+    );
+    assert!(closed_within(&mut slow, Duration::from_secs(1)));
+    assert!(closed_within(&mut idle, Duration::from_secs(1)));
+    env.assert_nothing_left();
+}
+
+#[test]
+fn sigterm_is_not_held_up_by_a_half_sent_request_either() {
+    let env = Env::new();
+    env.config(&env.worker("fake", "workers = 1"));
+    env.start_ok();
+    let _slow = half_sent(env.port);
+    let pid = env.lock_info().unwrap()["pid"].as_i64().unwrap() as i32;
+    let t = Instant::now();
+    crate::harness::kill(pid, 15);
+    wait_until(
+        Duration::from_secs(5),
+        "the daemon to exit on SIGTERM",
+        || (!crate::harness::alive(pid)).then_some(()),
+    );
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    env.assert_nothing_left();
+}
+
+#[test]
+fn slow_and_idle_connections_are_closed_after_header_timeout() {
+    let mut env = Env::new();
+    env.instance_extra = "header_timeout = \"500ms\"\n".into();
+    env.config(&env.worker("fake", "workers = 1"));
+    env.start_ok();
+    let mut slow = half_sent(env.port);
+    let mut idle = TcpStream::connect(("127.0.0.1", env.port)).unwrap();
+    // A keep-alive connection that sent one request and then went quiet.
+    let mut kept = TcpStream::connect(("127.0.0.1", env.port)).unwrap();
+    let body = br#"{"op": "echo", "n": 1}"#;
+    write!(
+        kept,
+        "POST /v1/fake HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    kept.write_all(body).unwrap();
+    let t = Instant::now();
+    assert!(closed_within(&mut slow, Duration::from_secs(5)), "slow");
+    assert!(closed_within(&mut idle, Duration::from_secs(5)), "idle");
+    assert!(closed_within(&mut kept, Duration::from_secs(5)), "kept");
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+    // The gateway still serves.
+    assert_eq!(
+        call(env.port, "fake", &json!({"op": "echo", "n": 2})).code,
+        200
+    );
+    env.stop_ok();
+}
+
+#[test]
+fn a_body_that_never_arrives_gets_408() {
+    let mut env = Env::new();
+    env.instance_extra = "body_timeout = \"300ms\"\n".into();
+    env.config(&env.worker("fake", "workers = 1"));
+    env.start_ok();
+    let mut s = TcpStream::connect(("127.0.0.1", env.port)).unwrap();
+    s.write_all(b"POST /v1/fake HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"op\"")
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 512];
+    let n = s.read(&mut buf).unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("body_timeout"), "{text}");
+    env.stop_ok();
+}
+
+#[test]
+fn a_flood_of_idle_and_slow_connections_at_the_descriptor_limit_harms_nothing() {
+    let mut env = Env::new();
+    // The daemon runs with 1,024 descriptors, soft and hard, so the limit is real.
+    env.wrap = vec!["prlimit".into(), "--nofile=1024:1024".into(), "--".into()];
+    env.instance_extra = "header_timeout = \"1s\"\n".into();
+    env.config(&env.worker("fake", "workers = 2"));
+    env.start_ok();
+    // This test holds ~3,200 sockets itself.
+    paddock_sys::limits::raise_nofile().unwrap();
+    assert!(
+        paddock_sys::limits::nofile_soft() > 4000,
+        "the test needs 4,000 descriptors"
+    );
+
+    let idle: Vec<TcpStream> = (0..3000)
+        .map(|_| TcpStream::connect(("127.0.0.1", env.port)).unwrap())
+        .collect();
+    let slow: Vec<TcpStream> = (0..100).map(|_| half_sent(env.port)).collect();
+    // Slowloris: one more header byte on each slow connection, now and then,
+    // until the server closes it (bounded: 40 rounds).
+    let trickle = std::thread::spawn(move || {
+        let mut slow = slow;
+        for _ in 0..40 {
+            slow.retain_mut(|s| s.write_all(b"x").is_ok());
+            if slow.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        slow.len()
+    });
+
+    // The control socket answers while the gateway is flooded.
+    let out = env.run(&["status", "--json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.took < Duration::from_secs(1),
+        "status took {:?}",
+        out.took
+    );
+
+    // Normal requests get through: those beyond the cap wait in the backlog until
+    // idle connections are closed.
+    let t = Instant::now();
+    for i in 0..1000 {
+        let r = call(env.port, "fake", &json!({"op": "echo", "n": i}));
+        assert_eq!(r.code, 200, "request {i}: {}", r.text());
+    }
+    let served_in = t.elapsed();
+    let out = env.run(&["status", "--json"]);
+    assert!(
+        out.took < Duration::from_secs(1),
+        "status took {:?}",
+        out.took
+    );
+    let still_open = trickle.join().unwrap();
+    assert_eq!(
+        still_open, 0,
+        "slowloris connections outlived header_timeout"
+    );
+    drop(idle);
+
+    // A new batch of idle connections does not delay the stop.
+    let _idle: Vec<TcpStream> = (0..500)
+        .map(|_| TcpStream::connect(("127.0.0.1", env.port)).unwrap())
+        .collect();
+    let out = env.run(&["stop"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.took < Duration::from_secs(10),
+        "stop took {:?}",
+        out.took
+    );
+    let log = std::fs::read_to_string(env.state_dir().join("daemon.log")).unwrap();
+    assert!(log.contains("descriptor limit 1024"), "{log}");
+    eprintln!("1,000 requests through the flood in {served_in:?}");
+    env.assert_nothing_left();
+}
+
+#[test]
+fn every_file_and_folder_paddock_writes_is_private_whatever_the_umask() {
+    let mut env = Env::new();
+    env.wrap = vec![
+        "sh".into(),
+        "-c".into(),
+        "umask 000; exec \"$0\" \"$@\"".into(),
+    ];
+    let db = env.path().join("data/jobs.db");
+    std::fs::create_dir_all(db.parent().unwrap()).unwrap();
+    env.instance_extra = format!("store = \"sqlite:{}\"\n", db.display());
+    env.config(&env.worker("fake", "workers = 1"));
+    env.start_ok();
+    let r = crate::harness::post(
+        env.port,
+        "/v1/jobs/fake",
+        "application/json",
+        br#"{"op": "echo", "n": 1}"#,
+    )
+    .unwrap();
+    assert_eq!(r.code, 202, "{}", r.text());
+    let state = env.state_dir();
+    let mut files = vec![
+        db.clone(),
+        db.with_extension("db-wal"),
+        db.with_extension("db-shm"),
+        state.join("daemon.log"),
+        state.join("lock"),
+        state.join("logs/fake.log"),
+    ];
+    files.retain(|f| f.exists() || f == &db);
+    assert!(files.len() >= 4, "{files:?}");
+    for f in &files {
+        let mode = std::fs::metadata(f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{} is {mode:o}", f.display());
+    }
+    for d in [state.clone(), state.join("logs")] {
+        let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{} is {mode:o}", d.display());
+    }
+    // Workers get the umask paddock was started with, not its own.
+    let r = call(env.port, "fake", &json!({"op": "umask"}));
+    assert_eq!(r.code, 200, "{}", r.text());
+    assert_eq!(r.json()["umask"], 0, "{}", r.text());
+    env.stop_ok();
+}
