@@ -52,8 +52,13 @@ pub struct WorkerStatus {
     pub last_exit: Option<ExitCause>,
     /// Why the worker is failed or in backoff.
     pub reason: Option<String>,
-    /// The environment variables paddock set for this worker (not inherited ones).
+    /// The environment variables paddock computed for this worker (thread-pool
+    /// sizes, `PADDOCK_*`, `PORT`), with their values.
     pub env_set: BTreeMap<String, String>,
+    /// The names of the variables the service's `env` sets. Their values may be
+    /// secrets (`HF_TOKEN`): they are never shown.
+    #[serde(default)]
+    pub env_from_config: Vec<String>,
 }
 
 /// How a worker process ended. An exit code and a signal are kept distinct.

@@ -43,6 +43,15 @@ pub fn worker_env(
     set
 }
 
+/// The part of `set` that paddock computed itself (safe to show anyone): everything
+/// but what the service's `env` set, whose values may be secrets.
+pub fn computed(service: &Service, set: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    set.iter()
+        .filter(|(k, _)| !service.env.contains_key(*k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 /// Replaces `{port}` in each argument.
 pub fn expand_argv(argv: &[String], port: Option<u16>) -> Vec<String> {
     match port {
@@ -98,6 +107,18 @@ mod tests {
             !e.contains_key("MKL_NUM_THREADS"),
             "inherited values are not overridden"
         );
+    }
+
+    #[test]
+    fn values_from_the_config_are_never_in_the_computed_part() {
+        let s = service(&[("HF_TOKEN", "hf_secret"), ("OMP_NUM_THREADS", "3")]);
+        let set = worker_env(&s, 0, 1, 8, Some(81), &BTreeMap::new());
+        let shown = computed(&s, &set);
+        assert!(!shown.contains_key("HF_TOKEN"));
+        assert!(!shown.contains_key("OMP_NUM_THREADS"));
+        assert_eq!(shown["MKL_NUM_THREADS"], "8");
+        assert_eq!(shown["PORT"], "81");
+        assert!(!format!("{shown:?}").contains("hf_secret"));
     }
 
     #[test]

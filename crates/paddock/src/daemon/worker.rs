@@ -128,7 +128,8 @@ pub fn start(spec: Spec, deps: Deps) -> Handle {
         ready_since: None,
         last_exit: None,
         reason: None,
-        env_set: spec.env_set.clone(),
+        env_set: super::env::computed(&spec.service, &spec.env_set),
+        env_from_config: spec.service.env.keys().cloned().collect(),
     });
     let (commands, rx) = mpsc::unbounded_channel();
     let wid = spec.wid;

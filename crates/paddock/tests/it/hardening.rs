@@ -252,3 +252,44 @@ fn every_file_and_folder_paddock_writes_is_private_whatever_the_umask() {
     assert_eq!(r.json()["umask"], 0, "{}", r.text());
     env.stop_ok();
 }
+
+#[test]
+fn env_values_from_the_config_are_shown_by_name_only() {
+    let env = Env::new();
+    let secret = "hf_TOPSECRETvalue123";
+    env.config(&env.worker_with(
+        "fake",
+        "fake_worker.py",
+        &[("HF_TOKEN", secret)],
+        "workers = 1",
+    ));
+    env.start_ok();
+    let (code, body) = env.get("/status").unwrap();
+    assert_eq!(code, 200);
+    assert!(!body.contains(secret), "{body}");
+    let st: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let w = &st["services"][0]["workers"][0];
+    let names: Vec<&str> = w["env_from_config"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"HF_TOKEN"), "{w}");
+    // What paddock computed itself stays visible.
+    assert_eq!(w["env_set"]["PADDOCK_SERVICE"], "fake", "{w}");
+    assert!(w["env_set"]["OMP_NUM_THREADS"].is_string(), "{w}");
+    let out = env.run(&["status", "--json"]);
+    assert!(!out.stdout.contains(secret));
+    let out = env.run(&["status"]);
+    assert!(!out.stdout.contains(secret));
+    let (_, metrics) = env.get("/metrics").unwrap();
+    assert!(!metrics.contains(secret));
+    // A crash's error body carries the log tail, never the environment.
+    let r = call(env.port, "fake", &json!({"op": "segv"}));
+    assert_eq!(r.code, 502);
+    assert!(!r.text().contains(secret), "{}", r.text());
+    env.stop_ok();
+    let log = std::fs::read_to_string(env.state_dir().join("daemon.log")).unwrap();
+    assert!(!log.contains(secret), "{log}");
+}
