@@ -1,4 +1,4 @@
-//! The paddock worker protocol (version 1), specified in `docs/protocol.md`.
+//! The paddock worker protocol (version 2), specified in `docs/protocol.md`.
 //!
 //! Why a crate of its own: the protocol is the contract between the daemon and
 //! workers written in any language; it must be testable (property tests, a fuzz
@@ -16,7 +16,10 @@
 pub mod io;
 
 /// The protocol version this crate speaks.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
+/// The oldest version a worker may say in HELLO (version 2 only added a frame
+/// that version-1 workers never send).
+pub const MIN_VERSION: u16 = 1;
 /// The default maximum frame size (type byte and payload), 64 MiB.
 pub const DEFAULT_MAX_FRAME: usize = 64 << 20;
 /// The descriptor number the worker's socket gets.
@@ -32,6 +35,7 @@ pub mod kind {
     pub const STREAM_START: u8 = 0x13;
     pub const CHUNK: u8 = 0x14;
     pub const STREAM_END: u8 = 0x15;
+    pub const BAD_REQUEST: u8 = 0x16;
     pub const SHUTDOWN: u8 = 0x20;
 }
 
@@ -59,6 +63,11 @@ pub enum Frame {
         id: u64,
         message: String,
         traceback: String,
+    },
+    /// The request was wrong (version 2): `message` is meant for the client.
+    BadRequest {
+        id: u64,
+        message: String,
     },
     StreamStart {
         id: u64,
@@ -169,6 +178,7 @@ impl Frame {
             kind::REQUEST => "REQUEST",
             kind::REPLY => "REPLY",
             kind::ERROR => "ERROR",
+            kind::BAD_REQUEST => "BAD_REQUEST",
             kind::STREAM_START => "STREAM_START",
             kind::CHUNK => "CHUNK",
             kind::STREAM_END => "STREAM_END",
@@ -186,6 +196,7 @@ impl Frame {
             Frame::Request(_) => kind::REQUEST,
             Frame::Reply { .. } => kind::REPLY,
             Frame::Error { .. } => kind::ERROR,
+            Frame::BadRequest { .. } => kind::BAD_REQUEST,
             Frame::StreamStart { .. } => kind::STREAM_START,
             Frame::Chunk { .. } => kind::CHUNK,
             Frame::StreamEnd { .. } => kind::STREAM_END,
@@ -241,6 +252,13 @@ impl Frame {
                     traceback: String::from_utf8_lossy(r.rest()).into_owned(),
                 }
             }
+            kind::BAD_REQUEST => {
+                let id = r.u64()?;
+                Frame::BadRequest {
+                    id,
+                    message: String::from_utf8_lossy(r.rest()).into_owned(),
+                }
+            }
             kind::STREAM_START => Frame::StreamStart {
                 id: r.u64()?,
                 content_type: r.str16()?,
@@ -291,6 +309,10 @@ impl Frame {
                 out.extend_from_slice(&(message.len() as u32).to_be_bytes());
                 out.extend_from_slice(message.as_bytes());
                 out.extend_from_slice(traceback.as_bytes());
+            }
+            Frame::BadRequest { id, message } => {
+                out.extend_from_slice(&id.to_be_bytes());
+                out.extend_from_slice(message.as_bytes());
             }
             Frame::StreamStart { id, content_type } => {
                 out.extend_from_slice(&id.to_be_bytes());
@@ -413,6 +435,7 @@ mod tests {
                     traceback,
                 }
             }),
+            (any::<u64>(), ".{0,60}").prop_map(|(id, message)| Frame::BadRequest { id, message }),
             (any::<u64>(), s16)
                 .prop_map(|(id, content_type)| Frame::StreamStart { id, content_type }),
             (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..100))
@@ -481,6 +504,24 @@ mod tests {
             decode(&[0, 0, 0, 2, kind::SHUTDOWN, 9], 100),
             Err(Error::Trailing("SHUTDOWN"))
         );
+    }
+
+    #[test]
+    fn bad_request_layout_is_the_documented_one() {
+        // docs/protocol.md: type 0x16, `id: u64`, then the message to the end.
+        let bytes = Frame::BadRequest {
+            id: 0x0102_0304_0506_0708,
+            message: "no text".into(),
+        }
+        .encode()
+        .unwrap();
+        let mut want = vec![0, 0, 0, 16, 0x16, 1, 2, 3, 4, 5, 6, 7, 8];
+        want.extend_from_slice(b"no text");
+        assert_eq!(bytes, want);
+        assert!(matches!(
+            Frame::decode_body(&[0x16, 0, 0, 0]),
+            Err(Error::Truncated("BAD_REQUEST"))
+        ));
     }
 
     #[test]

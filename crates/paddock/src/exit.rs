@@ -11,3 +11,5 @@ pub const ALREADY_RUNNING: i32 = 3;
 pub const NOT_RUNNING: i32 = 4;
 /// Timed out waiting for readiness.
 pub const TIMED_OUT: i32 = 5;
+/// `stop`: timed out waiting for the daemon to stop.
+pub const STOP_TIMED_OUT: i32 = 6;

@@ -8,7 +8,10 @@
 
         @paddock.handler                      # `predict` is the default handler
         def predict(self, req):
-            return {"vector": self.model(req.json()["text"])}
+            data = req.json()                 # raises paddock.BadRequest if not JSON
+            if "text" not in data:
+                raise paddock.BadRequest("need a 'text' field")   # -> HTTP 400
+            return {"vector": self.model(data["text"])}
 
         @paddock.handler(idempotent=True)     # safe for the daemon to retry
         def voices(self, req):
@@ -16,20 +19,27 @@
 
     paddock.serve(Embedder())
 
-This file implements docs/protocol.md (version 1). Its invariants:
+This file implements docs/protocol.md (version 2: version 1 plus the BAD_REQUEST
+frame). Its invariants:
 
 * Everything happens on the main thread: `setup()` and every handler run on the
   thread that called `serve()`, which must be the main thread. The SDK never starts
   a thread, so models that insist on the main thread (signals, some GPU runtimes)
   work, and a handler that hangs is killed by the daemon at its deadline.
 * One request at a time: the daemon sends a REQUEST only after the previous one was
-  answered, and the worker answers each with exactly one REPLY or ERROR.
+  answered, and the worker answers each with exactly one REPLY, ERROR or BAD_REQUEST.
+* A handler that raises `paddock.BadRequest` (as `req.json()` does for a body that is
+  not JSON) answers BAD_REQUEST: its message is meant for the client (HTTP 400), and
+  nothing is logged. Any other exception answers ERROR with the message and the
+  traceback (HTTP 500; the daemon logs them), and its traceback is also written to
+  stderr, which the daemon captures into the service's log.
 * The worker exits when the daemon is gone (end-of-file on the socket) with status 0,
   on SHUTDOWN with 0, after a failed setup with 1, and on a protocol error with 1.
   It exits through os._exit (after flushing stdout and stderr), so a stray
   non-daemon thread started by a library can never keep a dead worker alive.
 * The SDK writes nothing to stdout or stderr except when it is run outside paddock,
-  when setup fails, and when the daemon sends something it does not understand.
+  when setup fails, when a handler raises an unexpected exception (its traceback, to
+  stderr), and when the daemon sends something it does not understand.
 """
 
 import json
@@ -43,14 +53,15 @@ import threading
 import time
 import traceback
 
-__all__ = ["handler", "serve", "Request", "Response", "PROTOCOL_VERSION"]
+__all__ = ["handler", "serve", "Request", "Response", "BadRequest", "PROTOCOL_VERSION"]
 __version__ = "0.1.0"
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # said in HELLO; 2 adds BAD_REQUEST to version 1
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024
 
 HELLO, READY, SETUP_FAILED = 0x01, 0x02, 0x03
 REQUEST, REPLY, ERROR = 0x10, 0x11, 0x12
+BAD_REQUEST = 0x16  # id: u64, then the UTF-8 message to the end (version 2)
 SHUTDOWN = 0x20
 
 _MARK = "_paddock_handler"
@@ -67,6 +78,20 @@ def handler(fn=None, *, idempotent=False):
     return mark(fn) if fn is not None else mark
 
 
+class BadRequest(ValueError):
+    """Raise it in a handler when the *request* is wrong (a missing field, a value out
+    of range): `raise paddock.BadRequest("need a 'text' field")`.
+
+    The worker answers BAD_REQUEST with `str(exc)` as the message, which the daemon
+    gives the client as HTTP 400 `{"error": <message>, ...}`; a job that gets it is
+    failed without a retry. Write the message for the client: it is sent as is, with
+    no traceback, and nothing is logged. `Request.json()` raises it for a body that
+    is not JSON. Any other exception is the handler's own failure (HTTP 500).
+
+    It is a ValueError, so handlers that caught ValueError around `req.json()` (whose
+    JSON errors were ValueErrors before) keep working."""
+
+
 class Request:
     """One request: `.id`, `.method`, `.content_type`, `.body` (bytes), and `.deadline`,
     the time.monotonic() value at which the daemon kills this worker."""
@@ -78,7 +103,18 @@ class Request:
         self.body, self.deadline = body, deadline
 
     def json(self):
-        return json.loads(self.body)
+        """The body parsed as JSON; raises BadRequest when it is not JSON (or not
+        UTF-8), with a short message for the client and no traceback."""
+        try:
+            return json.loads(self.body)
+        except UnicodeDecodeError as e:
+            raise BadRequest("the request body is not valid JSON: it is not UTF-8 "
+                             f"(invalid byte at position {e.start})") from None
+        except ValueError as e:  # JSONDecodeError, huge integers
+            raise BadRequest(f"the request body is not valid JSON: {e}") from None
+        except RecursionError:
+            raise BadRequest("the request body is not valid JSON: "
+                             "it is nested too deeply") from None
 
     def text(self):
         return self.body.decode("utf-8")
@@ -223,6 +259,11 @@ class _Conn:
         tbb = _cut(tbb, room - len(msg))
         self.send(ERROR, struct.pack(">QI", rid, len(msg)), msg, tbb)
 
+    def bad_request(self, rid, message):
+        """Sends BAD_REQUEST, cutting the message to fit a frame."""
+        msg = _cut(message.encode("utf-8"), self.max_frame - 1 - 8)
+        self.send(BAD_REQUEST, struct.pack(">Q", rid), msg)
+
 
 _REQUEST_HEAD = struct.Struct(">QIH")  # id, deadline_ms, method length
 _U16 = struct.Struct(">H")
@@ -260,6 +301,16 @@ def _handlers(obj):
     if "predict" in found:
         found = {"predict": found.pop("predict"), **found}
     return found
+
+
+def _log(text):
+    """Writes text to stderr (the service's log); a closed or broken stderr must not
+    stop the worker."""
+    try:
+        sys.stderr.write(text if text.endswith("\n") else text + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
 
 
 def _exit(code, message=None):
@@ -361,8 +412,13 @@ def _run(conn, obj):
         try:
             ctype, body = _encode(entry[0](req))
             ctype = _ctype_bytes(ctype)
+        except BadRequest as e:
+            conn.bad_request(req.id, str(e) or "bad request")
+            continue
         except Exception as e:
-            conn.error(req.id, f"{type(e).__name__}: {e}", traceback.format_exc())
+            tb = traceback.format_exc()
+            conn.error(req.id, f"{type(e).__name__}: {e}", tb)
+            _log(f"paddock: handler {req.method!r} failed on request {req.id}:\n{tb}")
             continue
         size = 11 + len(ctype) + len(body)
         if size > conn.max_frame:

@@ -24,6 +24,7 @@ TIMEOUT = 10.0  # seconds: generous, only reached when something is broken
 
 HELLO, READY, SETUP_FAILED = 0x01, 0x02, 0x03
 REQUEST, REPLY, ERROR, SHUTDOWN = 0x10, 0x11, 0x12, 0x20
+BAD_REQUEST = 0x16
 
 
 def str16(s):
@@ -108,6 +109,12 @@ def parse_error(p):
     return rid, p[12:12 + mlen].decode(), p[12 + mlen:].decode()
 
 
+def parse_bad_request(p):
+    """docs/protocol.md: `id: u64`, then the UTF-8 message to the end of the frame."""
+    (rid,) = struct.unpack_from(">Q", p, 0)
+    return rid, p[8:].decode()  # strict UTF-8
+
+
 class WorkerTests(unittest.TestCase):
     def start(self, script="basic_worker.py", **kw):
         w = Worker(script, **kw)
@@ -132,12 +139,25 @@ class WorkerTests(unittest.TestCase):
         self.assertEqual(got_id, rid)
         return message, tb
 
+    def bad_request(self, w, rid, method, body=b""):
+        ftype, p = self.call(w, rid, method, body)
+        self.assertEqual(ftype, BAD_REQUEST, p)
+        got_id, message = parse_bad_request(p)
+        self.assertEqual(got_id, rid)
+        return message
+
+    def stop(self, w):
+        """Shuts the worker down; its stderr (what the daemon would log)."""
+        w.send(SHUTDOWN)
+        self.assertEqual(w.wait(), 0)
+        return w.stderr
+
     def test_hello_comes_first_then_ready_lists_handlers(self):
         w = self.start()
         ftype, p = w.recv()
         self.assertEqual(ftype, HELLO)
         version, pid = struct.unpack_from(">HI", p, 0)
-        self.assertEqual(version, 1)
+        self.assertEqual(version, 2)  # version 2: BAD_REQUEST
         self.assertEqual(pid, w.proc.pid)
         meta = json.loads(p[6:])
         self.assertEqual(meta["sdk"], "python")
@@ -148,8 +168,8 @@ class WorkerTests(unittest.TestCase):
         ready = json.loads(p)
         self.assertEqual(ready["methods"][0], "predict")
         self.assertEqual(sorted(ready["methods"]), sorted(
-            ["predict", "raw", "text", "typed", "nothing", "boom", "long_error", "nan", "big",
-             "thread"]))
+            ["predict", "raw", "text", "typed", "nothing", "boom", "needs_text",
+             "long_bad_request", "long_error", "nan", "big", "thread"]))
         self.assertEqual(sorted(ready["idempotent"]), ["raw", "thread"])
 
     def test_json_request_gets_json_reply_with_same_id(self):
@@ -179,6 +199,52 @@ class WorkerTests(unittest.TestCase):
         self.assertIn("ValueError: bad input: oops", tb)
         ctype, out = self.reply(w, 8, "predict", b"{}")
         self.assertEqual(json.loads(out)["echo"], {})
+
+    def test_unexpected_exception_traceback_also_goes_to_stderr(self):
+        w = self.start()
+        w.handshake()
+        message, tb = self.error(w, 9, "boom", b"oops")
+        self.assertEqual(message, "ValueError: bad input: oops")
+        self.assertIn("Traceback (most recent call last)", tb)
+        err = self.stop(w)
+        self.assertIn("'boom'", err)
+        self.assertIn("request 9", err)
+        self.assertIn(tb, err)  # the whole traceback, as sent in the ERROR frame
+
+    def test_bad_request_raised_by_a_handler_becomes_bad_request(self):
+        w = self.start()
+        w.handshake()
+        rid = (3 << 32) | 5
+        message = self.bad_request(w, rid, "needs_text", b'{"txt": "hi"}')
+        self.assertEqual(message, "need a 'text' field")
+        # the worker keeps serving, and a good request still gets its reply
+        self.assertEqual(self.reply(w, rid + 1, "needs_text", b'{"text": "hi"}'),
+                         ("application/json", b'{"text":"hi"}'))
+        self.assertEqual(self.stop(w), "")  # a client's mistake is not logged
+
+    def test_invalid_json_body_is_a_bad_request_without_traceback(self):
+        w = self.start()
+        w.handshake()
+        for rid, body in enumerate([b"{not json", b"", b'{"text": "a"} extra',
+                                    b'"\xff\xfe\xff"', b"[" * 100000], 1):
+            message = self.bad_request(w, rid, "predict", body)
+            self.assertIn("JSON", message)
+            self.assertNotIn("Traceback", message)
+            self.assertNotIn("/", message)  # no file paths
+            self.assertNotIn(".py", message)
+            self.assertLess(len(message), 200, message)
+        self.assertEqual(self.reply(w, 10, "nothing"), ("application/json", b"null"))
+        self.assertEqual(self.stop(w), "")
+
+    def test_bad_request_is_cut_to_fit_a_frame_without_splitting_characters(self):
+        w = self.start(env={"PADDOCK_MAX_FRAME": "4096"})
+        w.handshake()
+        ftype, p = self.call(w, 1, "long_bad_request")
+        self.assertEqual(ftype, BAD_REQUEST)
+        self.assertLessEqual(len(p) + 1, 4096)
+        self.assertGreater(len(p) + 1, 4090)
+        _, message = parse_bad_request(p)  # decodes as strict UTF-8
+        self.assertEqual(set(message), {"é"})
 
     def test_return_types_choose_content_types(self):
         w = self.start()
@@ -338,7 +404,20 @@ class ApiTests(unittest.TestCase):
         r = paddock.Request(5, "predict", "application/json", b'{"a": 1}', 0.0)
         self.assertEqual(r.json(), {"a": 1})
         self.assertEqual(r.text(), '{"a": 1}')
-        self.assertEqual(paddock.PROTOCOL_VERSION, 1)
+        self.assertEqual(paddock.PROTOCOL_VERSION, 2)
+
+    def test_json_raises_bad_request(self):
+        self.assertIn("BadRequest", paddock.__all__)
+        self.assertTrue(paddock.BadRequest.__doc__)
+        for body in (b"{", b"\xff", b"1 2"):
+            r = paddock.Request(5, "predict", "application/json", body, 0.0)
+            with self.assertRaises(paddock.BadRequest) as cm:
+                r.json()
+            self.assertTrue(str(cm.exception).startswith(
+                "the request body is not valid JSON: "), str(cm.exception))
+            self.assertTrue(cm.exception.__suppress_context__)  # `from None`
+            # handlers that caught the ValueError json.loads raised keep working
+            self.assertIsInstance(cm.exception, ValueError)
 
 
 if __name__ == "__main__":

@@ -104,6 +104,7 @@ struct RawInstance {
     store: Option<String>,
     lease_timeout: Option<Dur>,
     max_connections: Option<u64>,
+    expose_errors: Option<bool>,
     header_timeout: Option<Dur>,
     body_timeout: Option<Dur>,
 }
@@ -176,6 +177,9 @@ pub struct Instance {
     pub header_timeout: Duration,
     /// A request's body must arrive within this long (408 otherwise).
     pub body_timeout: Duration,
+    /// Handler exceptions' messages and tracebacks go to HTTP clients too (a
+    /// debugging aid; loopback only).
+    pub expose_errors: bool,
 }
 
 /// The job store: SQLite in the instance's folder, or a shared PostgreSQL.
@@ -426,7 +430,18 @@ pub fn parse(path: &Path, text: &str, port: Option<u16>) -> Result<Config, Confi
         ri.body_timeout,
         Duration::from_secs(60),
     )?;
+    let expose_errors = ri.expose_errors.unwrap_or(false);
+    if expose_errors && !listen.ip().is_loopback() {
+        return Err(at(
+            "instance",
+            "expose_errors",
+            format!(
+                "tracebacks would reach other machines through {listen}: expose_errors needs a loopback listen address"
+            ),
+        ));
+    }
     let instance = Instance {
+        expose_errors,
         max_connections,
         header_timeout,
         body_timeout,

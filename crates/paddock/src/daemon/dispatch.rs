@@ -39,10 +39,13 @@ pub enum Outcome {
         content_type: String,
         body: Vec<u8>,
     },
+    /// The handler raised: `message` and `traceback` are in the service's log
+    /// under `error_id`; clients see them only with `expose_errors`.
     HandlerError {
         message: String,
         traceback: String,
         worker: u32,
+        error_id: String,
     },
     Crashed {
         cause: serde_json::Value,

@@ -261,12 +261,22 @@ async fn call(shared: SharedRef, service: String, method: String, req: Request) 
             message,
             traceback,
             worker,
-        } => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &service,
-            format!("handler {method:?} raised: {message}"),
-            json!({"worker": worker, "traceback": traceback}),
-        ),
+            error_id,
+        } => {
+            let cause = if shared.config.instance.expose_errors {
+                json!({"error_id": error_id, "worker": worker, "message": message, "traceback": traceback})
+            } else {
+                json!({"error_id": error_id, "worker": worker})
+            };
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &service,
+                format!(
+                    "handler {method:?} failed (error id {error_id}; the service's log has the details)"
+                ),
+                cause,
+            )
+        }
         Outcome::Crashed { cause } => error(
             StatusCode::BAD_GATEWAY,
             &service,
@@ -296,7 +306,7 @@ async fn call(shared: SharedRef, service: String, method: String, req: Request) 
             StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST),
             &service,
             message,
-            json!(null),
+            json!({"kind": "bad_request"}),
         ),
         Outcome::NotFound { message } => {
             error(StatusCode::NOT_FOUND, &service, message, json!(null))

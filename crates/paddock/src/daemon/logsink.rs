@@ -239,6 +239,16 @@ impl LogSink {
             .await;
     }
 
+    /// Like [`LogSink::note`], from code that cannot wait: dropped only if the
+    /// log's queue is full (4,096 lines behind).
+    pub fn note_now(&self, worker: u32, text: String) {
+        let _ = self.tx.try_send(Msg::Line {
+            worker,
+            stream: Stream::Paddock,
+            text,
+        });
+    }
+
     /// The last `n` lines of a worker's output (paddock's notes excluded).
     pub async fn tail(&self, worker: u32, n: usize) -> Vec<String> {
         let (reply, rx) = oneshot::channel();

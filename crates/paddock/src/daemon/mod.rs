@@ -341,6 +341,13 @@ async fn main(
     let _ = shutdown_rx.wait_for(|s| *s).await;
     notify::notify("STOPPING=1");
     tracing::info!("stopping");
+    // Queued requests are answered 503 now, not after the connections that wait
+    // for them have drained.
+    for s in &shared.supervisor.services {
+        if let Some(d) = &s.dispatcher {
+            d.close();
+        }
+    }
     let _ = gateway.await;
     stop_all(shared).await;
     Ok(exit::OK)
@@ -400,6 +407,7 @@ async fn open_jobs(
             dispatcher,
             notify,
             shutdown.clone(),
+            config.instance.expose_errors,
         );
     }
     Ok(Some(shared::Jobs { store, wake }))

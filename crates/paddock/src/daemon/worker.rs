@@ -145,6 +145,8 @@ struct Conn {
     frames: FrameReader<OwnedReadHalf>,
     writer: OwnedWriteHalf,
     hello: bool,
+    /// The protocol version the worker said in HELLO.
+    version: u16,
     methods: Vec<String>,
     idempotent: Vec<String>,
 }
@@ -576,6 +578,23 @@ impl Actor {
 
     /// Answers the request being served; the answer goes out with the next
     /// `send_replies` (after the worker got its next request, if there is one).
+    /// A handler's unexpected exception: tagged with an error id that the client
+    /// gets, while the message and traceback go to the service's log.
+    fn handler_error(&self, message: String, traceback: String) -> Outcome {
+        let error_id = format!("E-{:08x}", (super::jitter() * f64::from(u32::MAX)) as u32);
+        let worker = self.spec.index;
+        self.deps.logs.note_now(
+            worker,
+            format!("error {error_id}: {message}\n{}", traceback.trim_end()),
+        );
+        Outcome::HandlerError {
+            message,
+            traceback,
+            worker,
+            error_id,
+        }
+    }
+
     fn finish(&mut self, outcome: Outcome) {
         if let Some(f) = self.take_inflight() {
             self.replies.push((f.job.reply, outcome));
@@ -603,13 +622,17 @@ impl Actor {
         if !conn.hello {
             return match frame {
                 Frame::Hello { version, pid, meta } => {
-                    if version != paddock_protocol::VERSION {
+                    if !(paddock_protocol::MIN_VERSION..=paddock_protocol::VERSION)
+                        .contains(&version)
+                    {
                         return Some(Event::ProtocolViolation(format!(
-                            "the worker speaks protocol version {version}; this daemon speaks {}",
+                            "the worker speaks protocol version {version}; this daemon speaks {} to {}",
+                            paddock_protocol::MIN_VERSION,
                             paddock_protocol::VERSION
                         )));
                     }
                     conn.hello = true;
+                    conn.version = version;
                     tracing::debug!(worker = %self.name(), pid, "HELLO {meta}");
                     self.progress("loading (HELLO received)".into());
                     None
@@ -671,12 +694,16 @@ impl Actor {
                 traceback,
             } => match &self.inflight {
                 Some(f) if f.id == id => {
-                    let worker = self.spec.index;
-                    self.finish(Outcome::HandlerError {
-                        message,
-                        traceback,
-                        worker,
-                    });
+                    let outcome = self.handler_error(message, traceback);
+                    self.finish(outcome);
+                    self.after_request();
+                    Some(Event::Finished)
+                }
+                _ => Some(self.wrong_id(id)),
+            },
+            Frame::BadRequest { id, message } if conn.version >= 2 => match &self.inflight {
+                Some(f) if f.id == id => {
+                    self.finish(Outcome::BadRequest { message, code: 400 });
                     self.after_request();
                     Some(Event::Finished)
                 }
@@ -1020,12 +1047,13 @@ impl Actor {
                         message,
                         traceback,
                     } if self.inflight.as_ref().is_some_and(|f| f.id == id) => {
-                        let worker = self.spec.index;
-                        self.finish(Outcome::HandlerError {
-                            message,
-                            traceback,
-                            worker,
-                        });
+                        let outcome = self.handler_error(message, traceback);
+                        self.finish(outcome);
+                    }
+                    Frame::BadRequest { id, message }
+                        if self.inflight.as_ref().is_some_and(|f| f.id == id) =>
+                    {
+                        self.finish(Outcome::BadRequest { message, code: 400 });
                     }
                     _ => {}
                 }
@@ -1254,6 +1282,7 @@ fn connect(ours: std::os::unix::net::UnixStream, max_frame: usize) -> std::io::R
         frames: FrameReader::new(read, max_frame),
         writer,
         hello: false,
+        version: 0,
         methods: vec![],
         idempotent: vec![],
     })

@@ -293,3 +293,59 @@ fn env_values_from_the_config_are_shown_by_name_only() {
     let log = std::fs::read_to_string(env.state_dir().join("daemon.log")).unwrap();
     assert!(!log.contains(secret), "{log}");
 }
+
+#[test]
+fn bad_input_is_a_400_with_the_message_only_and_tracebacks_stay_in_the_log() {
+    let env = Env::new();
+    env.config(&env.worker("fake", "workers = 1"));
+    env.start_ok();
+    // Invalid JSON: req.json() raises paddock.BadRequest.
+    let r = crate::harness::post(env.port, "/v1/fake", "application/json", b"{not json").unwrap();
+    assert_eq!(r.code, 400, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["cause"]["kind"], "bad_request", "{v}");
+    assert!(v["error"].as_str().unwrap().contains("JSON"), "{v}");
+    assert!(!r.text().contains("Traceback"), "{v}");
+    assert!(!r.text().contains(".py"), "{v}");
+    // The worker was not harmed.
+    assert_eq!(
+        call(env.port, "fake", &json!({"op": "echo", "n": 1})).code,
+        200
+    );
+    env.stop_ok();
+}
+
+#[test]
+fn expose_errors_sends_the_traceback_and_is_loopback_only() {
+    let mut env = Env::new();
+    env.instance_extra = "expose_errors = true\n".into();
+    env.config(&env.worker("fake", "workers = 1"));
+    env.start_ok();
+    let r = call(env.port, "fake", &json!({"op": "raise"}));
+    assert_eq!(r.code, 500, "{}", r.text());
+    let v = r.json();
+    assert!(
+        v["cause"]["traceback"]
+            .as_str()
+            .unwrap()
+            .contains("Traceback"),
+        "{v}"
+    );
+    assert!(
+        v["cause"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("bad input"),
+        "{v}"
+    );
+    env.stop_ok();
+
+    let env = Env::new();
+    env.raw_config(
+        "[instance]\nlisten = \"0.0.0.0:8799\"\nauth_token = \"t0ken-long-enough\"\nexpose_errors = true\n[services.m]\ncommand = [\"python3\"]\n",
+    );
+    let out = env.run(&["check"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("paddock.toml:4:"), "{out:?}");
+    assert!(out.stderr.contains("expose_errors"), "{out:?}");
+}

@@ -13,4 +13,5 @@ mod jobs;
 mod logs;
 mod orphans;
 mod restarts;
+mod stopping;
 mod workers;

@@ -45,25 +45,24 @@ fn requests_reach_handlers_on_the_main_thread() {
     assert_eq!(r.body, raw);
     assert_eq!(r.header("content-type"), Some("application/x-test"));
 
-    // A handler's exception: 500 with the traceback, and the worker keeps serving.
+    // A handler's exception: 500 with an error id (the traceback and message go to
+    // the service's log, not the client), and the worker keeps serving.
     let pids: Vec<_> = workers_of(&env).iter().map(|w| w["pid"].clone()).collect();
     let r = call(env.port, "fake", &json!({"op": "raise"}));
     assert_eq!(r.code, 500, "{}", r.text());
     let v = r.json();
-    assert!(
-        v["error"]
-            .as_str()
-            .unwrap()
-            .contains("ValueError: bad input"),
-        "{v}"
-    );
-    assert!(
-        v["cause"]["traceback"]
-            .as_str()
-            .unwrap()
-            .contains("Traceback"),
-        "{v}"
-    );
+    let error_id = v["cause"]["error_id"].as_str().unwrap().to_string();
+    assert!(error_id.starts_with("E-"), "{v}");
+    assert!(v["error"].as_str().unwrap().contains(&error_id), "{v}");
+    assert!(!r.text().contains("Traceback"), "{v}");
+    assert!(!r.text().contains("bad input"), "{v}");
+    assert!(!r.text().contains(".py"), "{v}");
+    let log = wait_until(Duration::from_secs(5), "the error in the log", || {
+        let log = std::fs::read_to_string(env.state_dir().join("logs/fake.log")).ok()?;
+        log.contains(&error_id).then_some(log)
+    });
+    assert!(log.contains("ValueError: bad input"), "{log}");
+    assert!(log.contains("Traceback"), "{log}");
     assert_eq!(
         call(env.port, "fake", &json!({"op": "echo", "n": 1})).code,
         200

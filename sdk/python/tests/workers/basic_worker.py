@@ -41,6 +41,17 @@ class Basic:
         raise ValueError("bad input: " + req.text())
 
     @paddock.handler
+    def needs_text(self, req):
+        data = req.json()
+        if not isinstance(data, dict) or "text" not in data:
+            raise paddock.BadRequest("need a 'text' field")
+        return {"text": data["text"]}
+
+    @paddock.handler
+    def long_bad_request(self, req):
+        raise paddock.BadRequest("é" * 5000)
+
+    @paddock.handler
     def long_error(self, req):
         raise RuntimeError("é" * 5000)
 

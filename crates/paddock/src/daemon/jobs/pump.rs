@@ -32,8 +32,16 @@ pub fn start(
     dispatcher: Dispatcher,
     wake: Arc<Notify>,
     shutdown: watch::Receiver<bool>,
+    expose_errors: bool,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(run(service, store, dispatcher, wake, shutdown))
+    tokio::spawn(run(
+        service,
+        store,
+        dispatcher,
+        wake,
+        shutdown,
+        expose_errors,
+    ))
 }
 
 async fn run(
@@ -42,6 +50,7 @@ async fn run(
     dispatcher: Dispatcher,
     wake: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
+    expose_errors: bool,
 ) {
     let cap = capacity(&service);
     let prefetch = cap * 4;
@@ -83,7 +92,10 @@ async fn run(
             let backoff = service.job_backoff;
             tokio::spawn(async move {
                 let outcome = rx.await.unwrap_or(Outcome::ShuttingDown);
-                store.finish(job.id.clone(), finish_of(outcome, &job, backoff));
+                store.finish(
+                    job.id.clone(),
+                    finish_of(outcome, &job, backoff, expose_errors),
+                );
                 let _ = done.send(());
             });
         }
@@ -108,7 +120,8 @@ async fn run(
 }
 
 /// The record of an attempt's end.
-pub fn finish_of(outcome: Outcome, job: &Claimed, backoff: Duration) -> Finish {
+/// `expose`: the instance's `expose_errors` (tracebacks in job results).
+pub fn finish_of(outcome: Outcome, job: &Claimed, backoff: Duration, expose: bool) -> Finish {
     let backoff_ms = (backoff.as_millis() as u64)
         .saturating_mul(1u64 << job.failures.min(20))
         .min(300_000);
@@ -123,9 +136,12 @@ pub fn finish_of(outcome: Outcome, job: &Claimed, backoff: Duration) -> Finish {
             message,
             traceback,
             worker,
-        } => failed(
-            json!({"kind": "handler_error", "message": message, "traceback": traceback, "worker": worker}),
-        ),
+            error_id,
+        } => failed(if expose {
+            json!({"kind": "handler_error", "error_id": error_id, "message": message, "traceback": traceback, "worker": worker})
+        } else {
+            json!({"kind": "handler_error", "error_id": error_id, "worker": worker})
+        }),
         Outcome::Crashed { cause } => failed(json!({"kind": "crash", "detail": cause})),
         Outcome::Poison { cause } => failed(json!({"kind": "crash", "detail": cause})),
         Outcome::DeadlineKilled { cause } => failed(json!({"kind": "deadline", "detail": cause})),

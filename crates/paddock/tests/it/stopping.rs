@@ -1,0 +1,88 @@
+//! `stop` waits for the drain it asked for, says what it waits on, and its own
+//! deadline follows from the config; a daemon that never stops is exit 6.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::harness::{Env, call, kill, wait_until};
+
+#[test]
+fn stop_waits_for_a_long_request_to_drain_and_says_so() {
+    let env = Env::new();
+    // The request runs longer than the old fixed limit (stop_timeout + 15s = 16s).
+    env.config(&env.worker(
+        "fake",
+        "workers = 1\nrequest_timeout = \"40s\"\nstop_timeout = \"1s\"",
+    ));
+    env.start_ok();
+    let port = env.port;
+    let client = std::thread::spawn(move || call(port, "fake", &json!({"op": "sleep", "s": 18})));
+    wait_until(Duration::from_secs(10), "the worker to be busy", || {
+        (env.status()["services"][0]["workers"][0]["state"] == "busy").then_some(())
+    });
+    let out = env.run_with(&["stop"], Duration::from_secs(90));
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains("at most 57s"), "{out:?}");
+    assert!(out.stderr.contains("waiting for fake/0 (busy)"), "{out:?}");
+    let r = client.join().unwrap();
+    assert_eq!(
+        r.code,
+        200,
+        "the request in flight is answered: {}",
+        r.text()
+    );
+    env.assert_nothing_left();
+}
+
+#[test]
+fn a_daemon_that_does_not_stop_in_time_is_exit_6() {
+    let env = Env::new();
+    env.config(&env.worker(
+        "fake",
+        "workers = 1\nrequest_timeout = \"5s\"\nstop_timeout = \"1s\"",
+    ));
+    env.start_ok();
+    let pid = env.lock_info().unwrap()["pid"].as_i64().unwrap() as i32;
+    let port = env.port;
+    let client = std::thread::spawn(move || call(port, "fake", &json!({"op": "sleep", "s": 4})));
+    wait_until(Duration::from_secs(10), "the worker to be busy", || {
+        (env.status()["services"][0]["workers"][0]["state"] == "busy").then_some(())
+    });
+    let stopper = {
+        let cfg = env.config_path();
+        let cwd = env.path().to_path_buf();
+        std::thread::spawn(move || {
+            let t = std::time::Instant::now();
+            let out = std::process::Command::new(crate::harness::BIN)
+                .arg("-c")
+                .arg(cfg)
+                .arg("stop")
+                .current_dir(cwd)
+                .output()
+                .unwrap();
+            (out, t.elapsed())
+        })
+    };
+    // The daemon took the stop and is draining the request: freeze it there.
+    wait_until(Duration::from_secs(10), "the stop to be taken", || {
+        let log = std::fs::read_to_string(env.state_dir().join("daemon.log")).ok()?;
+        log.contains("stop requested").then_some(())
+    });
+    kill(pid, 19);
+    let (out, took) = stopper.join().unwrap();
+    kill(pid, 18);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "{stderr}");
+    // 5s request_timeout + 1s + 1s stop_timeout + 15s.
+    assert!(stderr.contains("did not stop within 22s"), "{stderr}");
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    let _ = client.join();
+    // Once thawed it finishes its stop.
+    wait_until(
+        Duration::from_secs(20),
+        "the daemon to finish stopping",
+        || (env.run(&["status"]).code == 4).then_some(()),
+    );
+    env.assert_nothing_left();
+}
