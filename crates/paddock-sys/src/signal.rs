@@ -37,3 +37,18 @@ pub fn group_alive(pgid: i32) -> bool {
 
 pub const SIGTERM: i32 = libc::SIGTERM;
 pub const SIGKILL: i32 = libc::SIGKILL;
+
+/// Restores the default action of SIGPIPE (end the process), which Rust's runtime
+/// sets to "ignore": a command whose output goes into a closed pipe then ends
+/// quietly, as `cat` does, instead of panicking on the write's error. For
+/// commands that only print, never for the daemon.
+pub fn die_on_broken_pipe() {
+    // SAFETY: installing SIG_DFL runs no handler code; called from the main thread
+    // of a short-lived CLI command before it starts any thread.
+    unsafe {
+        let _ = nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigDfl,
+        );
+    }
+}

@@ -47,7 +47,7 @@ pub fn run(config: &Config, json: bool) -> i32 {
             None => String::new(),
         };
         println!(
-            "  {} ({:?}, {} worker{}{port}): {}",
+            "  {} ({}, {} worker{}{port}): {}",
             s.name,
             s.kind,
             s.workers,

@@ -40,6 +40,7 @@ struct Cli {
 enum Cmd {
     /// Validate the config; errors name the file, line and key.
     Check {
+        /// Print the result as JSON (`ok`, the config's path, its services).
         #[arg(long)]
         json: bool,
     },
@@ -53,16 +54,19 @@ enum Cmd {
     Run,
     /// Stop the daemon gracefully and wait until it is gone.
     Stop {
+        /// Print the outcome as JSON (`stopped`, `seconds`).
         #[arg(long)]
         json: bool,
     },
     /// Replace every worker one at a time, with no failed request.
     Reload {
+        /// Print what was replaced as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Show the instance, its services and workers.
     Status {
+        /// Print the full status as JSON (the same as GET /status).
         #[arg(long)]
         json: bool,
     },
@@ -112,6 +116,12 @@ pub fn main() -> i32 {
 }
 
 fn dispatch(cmd: Cmd, config: Config) -> i32 {
+    // Commands that only print end quietly when their reader goes away
+    // (`paddock status --json | head`), as Unix tools do. Never for `start` and
+    // `run`: the daemon must survive a client that hangs up on it.
+    if !matches!(cmd, Cmd::Start { .. } | Cmd::Run) {
+        paddock_sys::signal::die_on_broken_pipe();
+    }
     match cmd {
         Cmd::Check { json } => check::run(&config, json),
         Cmd::Start { json } => start::run(config, json),

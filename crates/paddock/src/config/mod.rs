@@ -54,6 +54,22 @@ pub enum Kind {
     Process,
 }
 
+impl Kind {
+    /// As written in the config: `worker` or `process`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Worker => "worker",
+            Kind::Process => "process",
+        }
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// How readiness and liveness are proven.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

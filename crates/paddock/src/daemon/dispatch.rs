@@ -127,6 +127,8 @@ struct Queue {
     members: std::collections::BTreeSet<u64>,
     /// Workers that are crash-looping: why, and when they try again.
     down: std::collections::BTreeMap<u64, (String, Instant)>,
+    /// The handlers the service's workers said they have (READY), once one has.
+    methods: Option<Vec<String>>,
     depth: prometheus_client::metrics::gauge::Gauge,
     /// The expiry task's wake-up, also sent when the queue is dropped (it ends then).
     expiry: Arc<Notify>,
@@ -224,6 +226,7 @@ impl Dispatcher {
             closed: false,
             members: Default::default(),
             down: Default::default(),
+            methods: None,
             depth,
             expiry: expiry.clone(),
         }));
@@ -304,6 +307,19 @@ impl Dispatcher {
             q.idle.push_back((wid, tx.clone()));
         }
         job
+    }
+
+    /// A worker became ready with these handlers (the latest generation's list).
+    pub fn set_methods(&self, methods: &[String]) {
+        let mut q = self.lock();
+        if q.methods.as_deref() != Some(methods) {
+            q.methods = Some(methods.to_vec());
+        }
+    }
+
+    /// The service's handlers, once a worker has said.
+    pub fn methods(&self) -> Option<Vec<String>> {
+        self.lock().methods.clone()
     }
 
     /// Worker `wid`'s actor runs (until [`Dispatcher::leave`]).

@@ -33,20 +33,40 @@ pub fn router(shared: SharedRef) -> Router {
     r.with_state(shared)
 }
 
+/// Whether the request carried the instance's token (set by `auth`; always true
+/// when no token is configured).
+#[derive(Clone, Copy)]
+struct Authenticated(bool);
+
+/// Compares secrets in time that depends on their length only, not on where they
+/// first differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a
+        .iter()
+        .zip(b)
+        .fold(0u8, |acc, (x, y)| acc | std::hint::black_box(x ^ y));
+    diff == 0
+}
+
 async fn auth(
     State(shared): State<SharedRef>,
     headers: HeaderMap,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Response {
     if let Some(token) = &shared.config.instance.auth_token {
-        let ok = req.uri().path() == "/healthz"
-            || headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .is_some_and(|t| t == token);
-        if !ok {
+        let authenticated = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|t| same_secret(t.as_bytes(), token.as_bytes()));
+        // Orchestrators' probes carry no token: they get the verdict, not the details.
+        let probe = matches!(req.uri().path(), "/healthz" | "/readyz");
+        req.extensions_mut().insert(Authenticated(authenticated));
+        if !authenticated && !probe {
             return (
                 StatusCode::UNAUTHORIZED,
                 Json(json!({"error": "missing or wrong bearer token (instance.auth_token)"})),
@@ -57,14 +77,34 @@ async fn auth(
     next.run(req).await
 }
 
-async fn healthz(State(shared): State<SharedRef>) -> impl IntoResponse {
+async fn healthz(
+    State(shared): State<SharedRef>,
+    auth: Option<axum::Extension<Authenticated>>,
+) -> impl IntoResponse {
+    if auth.is_some_and(|a| !a.0.0) {
+        return Json(json!({"status": "alive"}));
+    }
     Json(
         json!({"status": "alive", "pid": shared.pid, "instance": shared.config.instance.name.to_string()}),
     )
 }
 
-async fn readyz(State(shared): State<SharedRef>) -> Response {
+async fn readyz(
+    State(shared): State<SharedRef>,
+    auth: Option<axum::Extension<Authenticated>>,
+) -> Response {
     let services = shared.supervisor.status();
+    if auth.is_some_and(|a| !a.0.0) {
+        let ready = services
+            .iter()
+            .all(|s| s.state == "ready" || s.state == "degraded");
+        let code = if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        return (code, Json(json!({"ready": ready}))).into_response();
+    }
     let not_ready: Vec<_> = services
         .iter()
         .filter(|s| s.state != "ready" && s.state != "degraded")
@@ -356,4 +396,15 @@ async fn not_found(req: Request) -> Response {
         Json(json!({"error": format!("no route for {} {}", req.method(), req.uri().path())})),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn same_secret_compares_whole_values() {
+        assert!(super::same_secret(b"abc123", b"abc123"));
+        assert!(!super::same_secret(b"abc123", b"abc124"));
+        assert!(!super::same_secret(b"abc123", b"abc12"));
+        assert!(!super::same_secret(b"", b"x"));
+    }
 }

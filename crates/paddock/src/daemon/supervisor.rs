@@ -170,7 +170,7 @@ impl Supervisor {
                 };
                 ServiceStatus {
                     name: s.config.name.to_string(),
-                    kind: format!("{:?}", s.config.kind).to_lowercase(),
+                    kind: s.config.kind.as_str().to_string(),
                     state: state.into(),
                     reason,
                     port: s.port,

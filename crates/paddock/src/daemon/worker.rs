@@ -665,6 +665,9 @@ impl Actor {
                 };
                 conn.methods = list("methods");
                 conn.idempotent = list("idempotent");
+                if let Some(d) = &self.deps.dispatcher {
+                    d.set_methods(&conn.methods);
+                }
                 if let Some(r) = &self.running {
                     let secs = r.spawned.elapsed().as_secs_f64();
                     self.deps

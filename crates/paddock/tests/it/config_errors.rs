@@ -34,6 +34,8 @@ fn a_valid_config_passes() {
     let out = check(SVC);
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stdout.contains("ok"), "{out:?}");
+    // Kinds as the config spells them.
+    assert!(out.stdout.contains("web (process, 1 worker"), "{out:?}");
     let env = Env::new();
     env.raw_config(SVC);
     let out = env.run(&["check", "--json"]);

@@ -349,3 +349,26 @@ fn expose_errors_sends_the_traceback_and_is_loopback_only() {
     assert!(out.stderr.contains("paddock.toml:4:"), "{out:?}");
     assert!(out.stderr.contains("expose_errors"), "{out:?}");
 }
+
+#[test]
+fn status_json_into_a_closed_pipe_does_not_panic() {
+    let env = Env::new();
+    env.config(&env.worker("fake", "workers = 2"));
+    env.start_ok();
+    // `| head -c 0`: the reader is gone before status writes anything.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = env
+        .command(&["status", "--json"])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.is_empty(), "{err}");
+    // Ended by SIGPIPE, as `cat` would be, not exit 101 (a panic).
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(13), "{:?}", out.status);
+    env.stop_ok();
+}

@@ -212,13 +212,38 @@ fn long_state_path_moves_the_socket_to_the_runtime_dir() {
 }
 
 #[test]
-fn an_auth_token_guards_every_route_but_healthz() {
+fn an_auth_token_guards_every_route_but_the_probes() {
     let mut env = Env::new();
     env.instance_extra = "auth_token = \"s3cret\"\n".into();
     env.config(&env.worker("fake", "workers = 1"));
     env.start_ok();
-    assert_eq!(env.get("/healthz").unwrap().0, 200);
+    // Kubernetes' probes carry no token: they get the verdict, and no details.
+    let (code, body) = env.get("/healthz").unwrap();
+    assert_eq!(code, 200);
+    assert!(!body.contains("pid"), "{body}");
+    let (code, body) = env.get("/readyz").unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body, r#"{"ready":true}"#);
+    let r = crate::harness::request(
+        env.port,
+        "GET",
+        "/readyz",
+        "Authorization: Bearer s3cret\r\n",
+        b"",
+    )
+    .unwrap();
+    assert_eq!(r.code, 200);
+    let r = crate::harness::request(
+        env.port,
+        "GET",
+        "/healthz",
+        "Authorization: Bearer s3cret\r\n",
+        b"",
+    )
+    .unwrap();
+    assert!(r.text().contains("pid"), "{}", r.text());
     assert_eq!(env.get("/status").unwrap().0, 401);
+    assert_eq!(env.get("/metrics").unwrap().0, 401);
     let body = br#"{"op": "echo", "n": 1}"#;
     let r = crate::harness::post(env.port, "/v1/fake", "application/json", body).unwrap();
     assert_eq!(r.code, 401);

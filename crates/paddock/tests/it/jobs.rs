@@ -203,6 +203,15 @@ fn api(backend: Backend) {
     assert_eq!(b.code, 200);
     assert_eq!(a.json()["id"], b.json()["id"]);
     assert_eq!(b.json()["created"], false);
+    // The same key with another request is a client's mistake: 409, never the old job.
+    let c = enqueue(
+        &env,
+        "/v1/jobs/fake",
+        &json!({"op": "echo", "n": 2}),
+        Some("order-42"),
+    );
+    assert_eq!(c.code, 409, "{}", c.text());
+    assert!(c.text().contains("order-42"), "{}", c.text());
 
     // Cancel: a slow job holds the one worker, the pump prefetches a few more, the
     // last ones stay queued and can be cancelled.
@@ -297,11 +306,10 @@ fn poison(backend: Backend) {
         let j = wait_state(&env, id, "done");
         assert_eq!(j["failures"], 0);
     }
-    // No handler: dead at once, not retried.
+    // No handler: refused at enqueue (the workers said which handlers they have).
     let nope = crate::harness::post(env.port, "/v1/jobs/fake/nope", "text/plain", b"x").unwrap();
-    let n = wait_state(&env, nope.json()["id"].as_str().unwrap(), "dead");
-    assert_eq!(n["attempts"], 1);
-    assert_eq!(n["history"][0]["cause"]["kind"], "no_handler");
+    assert_eq!(nope.code, 404, "{}", nope.text());
+    assert!(nope.text().contains("predict"), "{}", nope.text());
     env.stop_ok();
 }
 

@@ -35,7 +35,9 @@ fn error(code: StatusCode, message: String) -> Response {
 fn job_error(e: JobError) -> Response {
     match e {
         JobError::NotFound(_) => error(StatusCode::NOT_FOUND, e.to_string()),
-        JobError::Conflict { .. } => error(StatusCode::CONFLICT, e.to_string()),
+        JobError::Conflict { .. } | JobError::KeyReused { .. } => {
+            error(StatusCode::CONFLICT, e.to_string())
+        }
         JobError::Store(_) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }
@@ -106,6 +108,20 @@ async fn enqueue(
     };
     if let Err(message) = crate::daemon::gateway::check_request(&job.method, &job.content_type) {
         return error(StatusCode::BAD_REQUEST, message);
+    }
+    // A method no worker has (once one told us its handlers) would only die later.
+    if let Some(d) = &svc.dispatcher
+        && let Some(methods) = d.methods()
+        && !methods.iter().any(|m| m == &job.method)
+    {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "service {service:?} has no handler {:?} (it has: {})",
+                job.method,
+                methods.join(", ")
+            ),
+        );
     }
     match store.enqueue(job).await {
         Ok((view, created)) => {

@@ -116,6 +116,18 @@ pub enum JobError {
     },
     #[error("job store: {0}")]
     Store(String),
+    /// An Idempotency-Key sent again with a different request (as Stripe: 409).
+    #[error(
+        "Idempotency-Key {key:?} was first used for job {id} with a different request (method, content type or body); use a new key for a new request"
+    )]
+    KeyReused { key: String, id: String },
+}
+
+impl NewJob {
+    /// Whether a stored job with this key is this very request (a retry).
+    pub fn same_request(&self, method: &str, content_type: &str, body: &[u8]) -> bool {
+        self.method == method && self.content_type == content_type && self.body == body
+    }
 }
 
 /// A request to the store.

@@ -438,17 +438,8 @@ async fn apply(tx: &Transaction<'_>, cmd: Cmd, owner: &str, lease_ms: i64) -> Re
 }
 
 async fn enqueue(tx: &Transaction<'_>, job: NewJob) -> Result<(JobView, bool), JobError> {
-    if let Some(key) = &job.idempotency_key
-        && let Some(row) = tx
-            .query_opt(
-                "SELECT id FROM paddock_jobs WHERE service = $1 AND idempotency_key = $2",
-                &[&job.service, key],
-            )
-            .await
-            .map_err(db)?
-    {
-        let id: String = row.get(0);
-        return Ok((get(tx, &id).await?, false));
+    if let Some(existing) = same_key(tx, &job).await? {
+        return Ok((get(tx, &existing).await?, false));
     }
     let id = new_id();
     let now = now_ms();
@@ -463,20 +454,42 @@ async fn enqueue(tx: &Transaction<'_>, job: NewJob) -> Result<(JobView, bool), J
         .await
         .map_err(db)?;
     if inserted == 0 {
-        let row = tx
-            .query_one(
-                "SELECT id FROM paddock_jobs WHERE service = $1 AND idempotency_key = $2",
-                &[&job.service, &job.idempotency_key],
-            )
-            .await
-            .map_err(db)?;
-        let existing: String = row.get(0);
+        let existing = same_key(tx, &job)
+            .await?
+            .ok_or_else(|| JobError::Store("a job with this Idempotency-Key vanished".into()))?;
         return Ok((get(tx, &existing).await?, false));
     }
     tx.execute("SELECT pg_notify('paddock_jobs', $1)", &[&job.service])
         .await
         .map_err(db)?;
     Ok((get(tx, &id).await?, true))
+}
+
+/// The job already enqueued with `job`'s Idempotency-Key, if any; an error when
+/// that job was a different request.
+async fn same_key(tx: &Transaction<'_>, job: &NewJob) -> Result<Option<String>, JobError> {
+    let Some(key) = &job.idempotency_key else {
+        return Ok(None);
+    };
+    let Some(row) = tx
+        .query_opt(
+            "SELECT id, method, content_type, body FROM paddock_jobs WHERE service = $1 AND idempotency_key = $2",
+            &[&job.service, key],
+        )
+        .await
+        .map_err(db)?
+    else {
+        return Ok(None);
+    };
+    let id: String = row.get(0);
+    let (method, content_type, body): (String, String, Vec<u8>) = (row.get(1), row.get(2), row.get(3));
+    if !job.same_request(&method, &content_type, &body) {
+        return Err(JobError::KeyReused {
+            key: key.clone(),
+            id,
+        });
+    }
+    Ok(Some(id))
 }
 
 async fn claim(

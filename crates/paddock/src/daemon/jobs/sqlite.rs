@@ -252,15 +252,21 @@ fn apply(tx: &rusqlite::Transaction<'_>, cmd: Cmd, owner: &str) -> Reply {
 
 fn enqueue(tx: &rusqlite::Transaction<'_>, job: NewJob) -> Result<(JobView, bool), JobError> {
     if let Some(key) = &job.idempotency_key {
-        let existing: Option<String> = tx
+        let existing: Option<(String, String, String, Vec<u8>)> = tx
             .query_row(
-                "SELECT id FROM jobs WHERE service = ?1 AND idempotency_key = ?2",
+                "SELECT id, method, content_type, body FROM jobs WHERE service = ?1 AND idempotency_key = ?2",
                 params![job.service, key],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .optional()
             .map_err(store_err)?;
-        if let Some(id) = existing {
+        if let Some((id, method, content_type, body)) = existing {
+            if !job.same_request(&method, &content_type, &body) {
+                return Err(JobError::KeyReused {
+                    key: key.clone(),
+                    id,
+                });
+            }
             return Ok((get(tx, &id)?, false));
         }
     }
