@@ -35,6 +35,20 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
+/// A duration as the config writes it: "500ms", "3s", "2m", "1h30m".
+pub fn config_duration(d: Duration) -> String {
+    if d.subsec_millis() != 0 || d.is_zero() {
+        return format!("{}ms", d.as_millis());
+    }
+    let s = d.as_secs();
+    match (s / 3600, s % 3600 / 60, s % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, 0) => format!("{m}m"),
+        (h, 0, 0) => format!("{h}h"),
+        _ => format!("{s}s"),
+    }
+}
+
 /// "3h12m", "45s": a short human duration.
 pub fn human(d: Duration) -> String {
     let s = d.as_secs();
@@ -49,6 +63,15 @@ pub fn human(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_as_the_config_writes_them() {
+        assert_eq!(config_duration(Duration::from_millis(500)), "500ms");
+        assert_eq!(config_duration(Duration::from_secs(3)), "3s");
+        assert_eq!(config_duration(Duration::from_secs(120)), "2m");
+        assert_eq!(config_duration(Duration::from_secs(7200)), "2h");
+        assert_eq!(config_duration(Duration::from_secs(90)), "90s");
+    }
 
     #[test]
     fn formats_known_instants() {

@@ -113,7 +113,11 @@ pub enum Event {
     /// The process could not be started at all.
     SpawnFailed(String),
     /// `startup_timeout` passed while starting.
-    StartupTimedOut,
+    /// With what the worker last did, for the message.
+    StartupTimedOut {
+        after: Duration,
+        last: String,
+    },
     /// A foreign process holds the service's port.
     PortStolen(String),
     BackoffElapsed,
@@ -224,8 +228,16 @@ impl Lifecycle {
                     if first { vec![AnnounceReady] } else { vec![] },
                 )
             }
-            (Starting { .. }, Event::StartupTimedOut) => self.kill_for(
-                "not ready within its startup_timeout".into(),
+            (Starting { .. }, Event::StartupTimedOut { after, last }) => self.kill_for(
+                format!(
+                    "not ready within its startup_timeout ({}); the last thing it did: {}",
+                    crate::timefmt::config_duration(after),
+                    if last.is_empty() {
+                        "nothing reported"
+                    } else {
+                        &last
+                    }
+                ),
                 None,
                 crate::exit::TIMED_OUT,
             ),
@@ -458,7 +470,13 @@ mod tests {
     fn startup_timeout_exits_5() {
         let t = Instant::now();
         let (mut l, _) = Lifecycle::new(policy(), t);
-        let a = l.on(Event::StartupTimedOut, t);
+        let a = l.on(
+            Event::StartupTimedOut {
+                after: Duration::from_secs(3),
+                last: "loading (HELLO received)".into(),
+            },
+            t,
+        );
         assert_eq!(a[0], Action::Kill);
         assert!(matches!(a[1], Action::FailStart { code: 5, .. }));
     }

@@ -244,6 +244,7 @@ async fn main(
                     reporter.progress(&format!("{service}/{worker}"), "ready");
                 }
                 Some(StartupEvent::Failed { service, worker, code, message, tail }) => {
+                    let message = report::shorten_shown(&message, &tail);
                     let detail = if tail.is_empty() {
                         None
                     } else {

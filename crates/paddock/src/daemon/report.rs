@@ -18,6 +18,8 @@ pub enum Reporter {
 impl Reporter {
     pub fn progress(&mut self, service: &str, message: &str) {
         match self {
+            // `run`: the daemon's own log (on the same terminal) already says it.
+            Reporter::Terminal => {}
             Reporter::Pipe(Some(f)) => {
                 let ev = StartEvent::Progress {
                     service: service.into(),
@@ -26,7 +28,6 @@ impl Reporter {
                 let _ = writeln!(f, "{}", serde_json::to_string(&ev).unwrap_or_default());
             }
             Reporter::Pipe(None) => {}
-            Reporter::Terminal => eprintln!("paddock: {service}: {message}"),
         }
     }
 
@@ -42,16 +43,62 @@ impl Reporter {
                     let _ = writeln!(f, "{}", serde_json::to_string(&ev).unwrap_or_default());
                 }
             }
+            // `run`: the daemon's log already has the message (`start failed: …` or
+            // `instance … ready`); only the worker's last lines are news.
             Reporter::Terminal => {
-                if code == 0 {
-                    eprintln!("paddock: {message}");
-                } else {
-                    eprintln!("paddock: error: {message}");
-                }
-                if let Some(d) = detail {
+                if code != 0
+                    && let Some(d) = detail
+                {
                     eprintln!("{d}");
                 }
             }
         }
+    }
+}
+
+/// A failure message that quotes what the worker's last lines already show (a
+/// setup() traceback, say) is cut to its first line and the quote's last line, so
+/// that `start` shows the traceback once.
+pub fn shorten_shown(message: &str, tail: &[String]) -> String {
+    let mut lines = message.lines();
+    let Some(first) = lines.next() else {
+        return String::new();
+    };
+    let quoted: Vec<&str> = lines.filter(|l| !l.trim().is_empty()).collect();
+    let shown = |l: &&str| tail.iter().any(|t| t.trim_end() == l.trim_end());
+    match quoted.last() {
+        Some(last) if quoted.iter().all(shown) => {
+            format!("{} {}", first.trim_end(), last.trim())
+        }
+        _ => message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shorten_shown;
+
+    #[test]
+    fn a_traceback_the_tail_shows_is_not_repeated() {
+        let msg = "setup() raised an exception:\nTraceback (most recent call last):\n  File \"w.py\"\nRuntimeError: no weights";
+        let tail: Vec<String> = [
+            "loading",
+            "Traceback (most recent call last):",
+            "  File \"w.py\"",
+            "RuntimeError: no weights",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(
+            shorten_shown(msg, &tail),
+            "setup() raised an exception: RuntimeError: no weights"
+        );
+        // Not in the tail (the worker printed nothing): kept whole.
+        assert_eq!(shorten_shown(msg, &tail[..1]), msg);
+        assert_eq!(
+            shorten_shown("exited with status 1", &tail),
+            "exited with status 1"
+        );
     }
 }

@@ -434,7 +434,10 @@ impl Actor {
                     "the worker closed its protocol socket but kept running".into(),
                 )))
             }
-            Timer::Startup => Some(Event::StartupTimedOut),
+            Timer::Startup => Some(Event::StartupTimedOut {
+                after: self.spec.service.startup_timeout,
+                last: self.last_progress.clone(),
+            }),
             Timer::Backoff => {
                 self.backoff_until = None;
                 Some(Event::BackoffElapsed)

@@ -54,7 +54,8 @@ fn a_service_that_never_binds_times_out_with_exit_5() {
     assert_eq!(out.code, 5, "{out:?}");
     assert!(out.took >= Duration::from_secs(2), "took {:?}", out.took);
     assert!(out.took < Duration::from_secs(10), "took {:?}", out.took);
-    assert!(out.stderr.contains("startup_timeout"), "{out:?}");
+    assert!(out.stderr.contains("startup_timeout (2s)"), "{out:?}");
+    assert!(out.stderr.contains("the last thing it did: "), "{out:?}");
     // On a loaded machine the service may not have reached its pidfile before the
     // deadline; whatever it did start is in the daemon's session and checked below.
     for pid in crate::harness::read_pids(&env.path().join("pids")).unwrap_or_default() {

@@ -62,3 +62,25 @@ fn run_refuses_a_second_instance() {
     assert_eq!(out.code, 3, "{out:?}");
     env.stop_ok();
 }
+
+#[test]
+fn run_says_each_thing_once() {
+    let env = Env::new();
+    env.config(&env.worker_with(
+        "fake",
+        "fake_worker.py",
+        &[("FAKE_SETUP_FAIL", "1")],
+        "workers = 1",
+    ));
+    let out = env.run(&["run"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(out.stderr.matches("spawned").count(), 1, "{}", out.stderr);
+    assert_eq!(
+        out.stderr.matches("start failed").count(),
+        1,
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.stderr.matches("Traceback").count(), 1, "{}", out.stderr);
+    env.assert_nothing_left_now();
+}

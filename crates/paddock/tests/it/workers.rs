@@ -105,6 +105,9 @@ fn an_exception_in_setup_fails_the_start_with_its_traceback() {
         out.stderr.contains("cannot load weights: FAKE_SETUP_FAIL"),
         "{out:?}"
     );
+    // Shown once: the message names the exception, the worker's lines show the
+    // traceback.
+    assert_eq!(out.stderr.matches("Traceback").count(), 1, "{}", out.stderr);
     env.assert_nothing_left_now();
 }
 

@@ -482,7 +482,8 @@ async fn same_key(tx: &Transaction<'_>, job: &NewJob) -> Result<Option<String>, 
         return Ok(None);
     };
     let id: String = row.get(0);
-    let (method, content_type, body): (String, String, Vec<u8>) = (row.get(1), row.get(2), row.get(3));
+    let (method, content_type, body): (String, String, Vec<u8>) =
+        (row.get(1), row.get(2), row.get(3));
     if !job.same_request(&method, &content_type, &body) {
         return Err(JobError::KeyReused {
             key: key.clone(),
