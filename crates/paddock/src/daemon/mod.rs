@@ -302,8 +302,7 @@ async fn main(
     if let Some((code, message, detail)) = verdict {
         tracing::error!("start failed: {message}");
         shared.request_stop();
-        let _ = gateway.await;
-        stop_all(shared).await;
+        let _ = tokio::join!(gateway, stop_all(shared));
         return Err(Failure {
             code,
             message,
@@ -349,8 +348,9 @@ async fn main(
             d.close();
         }
     }
-    let _ = gateway.await;
-    stop_all(shared).await;
+    // The workers are told at once (no replacement is spawned once a stop began)
+    // while the gateway waits for the answers to the requests they are serving.
+    let _ = tokio::join!(gateway, stop_all(shared));
     Ok(exit::OK)
 }
 

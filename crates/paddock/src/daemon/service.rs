@@ -27,6 +27,8 @@ struct Slot {
     port: Option<u16>,
     argv: Vec<String>,
     env_set: BTreeMap<String, String>,
+    /// The slot's generation counter (see `worker::Spec::generations`).
+    generations: Arc<std::sync::atomic::AtomicU64>,
     handle: Handle,
 }
 
@@ -62,6 +64,7 @@ pub fn start(service: Arc<Service>, plans: Vec<Plan>, mut deps: Deps) -> Service
         .into_iter()
         .map(|p| {
             next_wid += 1;
+            let generations = Arc::new(std::sync::atomic::AtomicU64::new(0));
             let handle = worker::start(
                 worker::Spec {
                     service: service.clone(),
@@ -71,7 +74,7 @@ pub fn start(service: Arc<Service>, plans: Vec<Plan>, mut deps: Deps) -> Service
                     argv: p.argv.clone(),
                     env_set: p.env_set.clone(),
                     initial: true,
-                    generation: 0,
+                    generations: generations.clone(),
                 },
                 deps.clone(),
             );
@@ -80,6 +83,7 @@ pub fn start(service: Arc<Service>, plans: Vec<Plan>, mut deps: Deps) -> Service
                 port: p.port,
                 argv: p.argv,
                 env_set: p.env_set,
+                generations,
                 handle,
             }
         })
@@ -168,10 +172,17 @@ impl Coordinator {
         let _ = self.workers_tx.send(v);
     }
 
-    fn spawn_for(&mut self, i: usize) -> Handle {
+    /// Starts another actor for slot `i`. `on_probation`: a replacement that must
+    /// prove itself once (any failure before READY ends it, no retry: the old
+    /// worker keeps serving); otherwise it restarts as any worker does.
+    fn spawn_for(&mut self, i: usize, on_probation: bool) -> Handle {
         self.next_wid += 1;
         let slot = &self.slots[i];
-        let generation = slot.handle.status.borrow().generation;
+        let mut deps = self.deps.clone();
+        if on_probation {
+            // Its verdict is read from its status, not from the start-up channel.
+            deps.startup = mpsc::unbounded_channel().0;
+        }
         worker::start(
             worker::Spec {
                 service: self.service.clone(),
@@ -180,10 +191,10 @@ impl Coordinator {
                 port: slot.port,
                 argv: slot.argv.clone(),
                 env_set: slot.env_set.clone(),
-                initial: false,
-                generation,
+                initial: on_probation,
+                generations: slot.generations.clone(),
             },
-            self.deps.clone(),
+            deps,
         )
     }
 
@@ -196,22 +207,38 @@ impl Coordinator {
         if self.service.kind == Kind::Process {
             // In place: the port may be fixed, so the old one must go first.
             retire(&self.slots[i].handle, patience).await;
-            let new = self.spawn_for(i);
+            let new = self.spawn_for(i, false);
             self.slots[i].handle = new;
             self.publish();
             wait_ready(&self.slots[i].handle, limit)
                 .await
                 .map_err(|e| format!("{name}: {e}"))?;
         } else {
-            let new = self.spawn_for(i);
+            let new = self.spawn_for(i, true);
             self.extra.push(new.status.clone());
             self.publish();
             if let Err(e) = wait_ready(&new, limit).await {
                 let _ = new.commands.send(Command::Stop);
+                let mut st = new.status.clone();
+                let _ = st.wait_for(|x| x.state == "stopped").await;
                 self.extra.clear();
                 self.publish();
+                let generation = new.status.borrow().generation;
+                let tail = self.deps.logs.tail(self.slots[i].index, 10).await;
+                let lines = if tail.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "\nlast {} lines of {name}:\n{}",
+                        tail.len(),
+                        tail.iter()
+                            .map(|l| format!("  | {l}"))
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    )
+                };
                 return Err(format!(
-                    "{name}: the replacement did not become ready: {e}; the old worker keeps serving"
+                    "{name}: the replacement (generation {generation}) failed before it was ready: {e}; it was stopped, and the old worker keeps serving{lines}"
                 ));
             }
             let old = std::mem::replace(&mut self.slots[i].handle, new);
@@ -310,13 +337,10 @@ async fn wait_ready(h: &Handle, limit: Duration) -> Result<(), String> {
         Err(_) => Err(format!("not ready within {}s", limit.as_secs())),
         Ok(Err(_)) => Err("the worker's actor ended".into()),
         Ok(Ok(s)) if s.state == "ready" || s.state == "busy" => Ok(()),
-        Ok(Ok(s)) => Err(format!(
-            "it is {}{}",
-            s.state,
-            s.reason
-                .as_ref()
-                .map(|r| format!(": {r}"))
-                .unwrap_or_default()
-        )),
+        Ok(Ok(s)) => Err(s
+            .reason
+            .clone()
+            .or_else(|| s.last_exit.as_ref().map(|c| c.description.clone()))
+            .unwrap_or_else(|| format!("it is {}", s.state))),
     }
 }

@@ -32,7 +32,21 @@ pub type SharedRef = Arc<Shared>;
 
 impl Shared {
     pub fn status(&self) -> Status {
-        let services = self.supervisor.status();
+        let mut services = self.supervisor.status();
+        // Once a stop began, every service not yet stopped is stopping (a worker
+        // draining its last request is not "starting").
+        if *self.shutdown.borrow() {
+            for s in &mut services {
+                if s.state != "stopped" {
+                    let left = s.workers.iter().filter(|w| w.state != "stopped").count();
+                    s.state = "stopping".into();
+                    s.reason = Some(format!(
+                        "the instance is stopping: {left} of {} workers still running",
+                        s.workers.len()
+                    ));
+                }
+            }
+        }
         let ready = services
             .iter()
             .all(|s| s.state == "ready" || s.state == "degraded");

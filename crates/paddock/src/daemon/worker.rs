@@ -107,8 +107,11 @@ pub struct Spec {
     pub env_set: BTreeMap<String, String>,
     /// Part of the initial start: a failure fails `paddock start`.
     pub initial: bool,
-    /// The generation of this slot's previous process (0 for a new slot).
-    pub generation: u64,
+    /// The slot's generation counter (the last generation issued), shared by the
+    /// slot's successive actors: every spawn takes the next number, so no two
+    /// processes of a slot ever share one (docs/protocol.md), even when a failed
+    /// replacement and the worker it was to replace spawn side by side.
+    pub generations: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The supervisor's handle to a worker actor.
@@ -121,7 +124,7 @@ pub struct Handle {
 pub fn start(spec: Spec, deps: Deps) -> Handle {
     let (status_tx, status) = watch::channel(WorkerStatus {
         index: spec.index,
-        generation: spec.generation,
+        generation: spec.generations.load(std::sync::atomic::Ordering::Acquire),
         state: "starting".into(),
         pid: None,
         restarts: 0,
@@ -242,7 +245,7 @@ impl Actor {
         };
         let (mut life, _) = Lifecycle::new(policy, Instant::now());
         life.initial = spec.initial;
-        let generation = spec.generation;
+        let generation = spec.generations.load(std::sync::atomic::Ordering::Acquire);
         let in_flight = deps
             .metrics
             .in_flight
@@ -941,7 +944,11 @@ impl Actor {
             self.pending.push_back(Event::PortStolen(who));
             return;
         }
-        let next_generation = self.generation + 1;
+        let next_generation = self
+            .spec
+            .generations
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+            + 1;
         // Worker services: a socketpair, one end inherited by the worker as fd 3.
         let pair = if s.kind == Kind::Worker {
             match std::os::unix::net::UnixStream::pair() {
@@ -1222,8 +1229,10 @@ impl Actor {
             )),
             _ => None,
         };
+        // A worker finishing its last request while stopping was serving: its
+        // READY SINCE stays until it is gone.
         let ready_since = match self.life.state {
-            State::Ready { .. } | State::Busy { .. } => self.ready_since.clone(),
+            State::Ready { .. } | State::Busy { .. } | State::Stopping => self.ready_since.clone(),
             _ => None,
         };
         // Field by field, so that the hot path (ready <-> busy) allocates nothing;

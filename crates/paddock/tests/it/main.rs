@@ -12,6 +12,7 @@ mod instances;
 mod jobs;
 mod logs;
 mod orphans;
+mod reloads;
 mod restarts;
 mod stopping;
 mod workers;

@@ -86,3 +86,59 @@ fn a_daemon_that_does_not_stop_in_time_is_exit_6() {
     );
     env.assert_nothing_left();
 }
+
+#[test]
+fn nothing_is_spawned_once_a_stop_began_and_status_says_stopping() {
+    let env = Env::new();
+    env.config(&env.worker(
+        "fake",
+        "workers = 1\nrequest_timeout = \"2s\"\nstop_timeout = \"1s\"",
+    ));
+    env.start_ok();
+    let port = env.port;
+    // A request that will hit its deadline while the daemon is stopping.
+    let client = std::thread::spawn(move || call(port, "fake", &json!({"op": "spin"})));
+    wait_until(Duration::from_secs(10), "the worker to be busy", || {
+        (env.status()["services"][0]["workers"][0]["state"] == "busy").then_some(())
+    });
+    let stopper = {
+        let cfg = env.config_path();
+        let cwd = env.path().to_path_buf();
+        std::thread::spawn(move || {
+            std::process::Command::new(crate::harness::BIN)
+                .arg("-c")
+                .arg(cfg)
+                .arg("stop")
+                .current_dir(cwd)
+                .output()
+                .unwrap()
+        })
+    };
+    // While it drains: the service is "stopping", and the busy worker keeps its
+    // READY SINCE.
+    let st = wait_until(Duration::from_secs(10), "status while stopping", || {
+        let out = env.run(&["status", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).ok()?;
+        (v["services"][0]["state"] == "stopping").then_some(v)
+    });
+    let w = &st["services"][0]["workers"][0];
+    assert!(w["ready_since"].is_string(), "{st}");
+    assert!(
+        st["services"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("stopping"),
+        "{st}"
+    );
+    let out = stopper.join().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let r = client.join().unwrap();
+    assert_eq!(r.code, 504, "{}", r.text());
+    let log = std::fs::read_to_string(env.state_dir().join("daemon.log")).unwrap();
+    assert!(log.contains("generation=1"), "{log}");
+    assert!(
+        !log.contains("generation=2"),
+        "a replacement was spawned:\n{log}"
+    );
+    env.assert_nothing_left();
+}
