@@ -44,6 +44,19 @@ fn key_prefix(key: &str) -> String {
     }
 }
 
+/// How `paddock reload` (and a recycle) replaces a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReloadStrategy {
+    /// Start the replacement, wait until it is ready, then retire the old worker:
+    /// capacity never drops (worker services' default).
+    StartFirst,
+    /// Retire the old worker first, then start its replacement: for what cannot be
+    /// open twice (a ChromaDB PersistentClient, a SQLite file, a GPU too small for
+    /// two copies of the model). Capacity drops by one worker while it reloads.
+    StopFirst,
+}
+
 /// The kind of a service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -148,6 +161,8 @@ struct RawService {
     crash_loop_failures: Option<u32>,
     crash_loop_window: Option<Dur>,
     stable_after: Option<Dur>,
+    reload: Option<ReloadStrategy>,
+    start_stagger: Option<Dur>,
     max_queue: Option<u32>,
     queue_timeout: Option<Dur>,
     retry_on_crash: Option<u32>,
@@ -231,6 +246,10 @@ pub struct Service {
     /// Ready this long, a worker's failures are forgotten (its next one restarts it
     /// at once).
     pub stable_after: Duration,
+    /// How a reload replaces each worker (process services: always stop-first).
+    pub reload: ReloadStrategy,
+    /// Worker N's first spawn waits N times this long (0: all at once).
+    pub start_stagger: Duration,
     /// Requests waiting for a worker, at most (worker services).
     pub max_queue: usize,
     /// How long a request may wait for a worker.
@@ -616,6 +635,17 @@ pub fn parse(path: &Path, text: &str, port: Option<u16>) -> Result<Config, Confi
                 format!("`{key}` applies to kind = \"worker\" services only"),
             ));
         }
+        let reload = match (rs.kind, rs.reload) {
+            (Kind::Process, Some(ReloadStrategy::StartFirst)) => {
+                return Err(at(
+                    &table,
+                    "reload",
+                    "a process service is replaced in place (its port may be fixed): only \"stop-first\" applies".into(),
+                ));
+            }
+            (Kind::Process, _) => ReloadStrategy::StopFirst,
+            (Kind::Worker, r) => r.unwrap_or(ReloadStrategy::StartFirst),
+        };
         let cwd = match rs.cwd {
             Some(p) if p.is_absolute() => p,
             Some(p) => dir.join(p),
@@ -690,6 +720,11 @@ pub fn parse(path: &Path, text: &str, port: Option<u16>) -> Result<Config, Confi
                 rs.stable_after,
                 Duration::from_secs(10),
             )?,
+            reload,
+            start_stagger: match rs.start_stagger {
+                None => Duration::ZERO,
+                Some(_) => dur(&table, "start_stagger", rs.start_stagger, Duration::ZERO)?,
+            },
             max_queue: num(
                 &table,
                 "max_queue",

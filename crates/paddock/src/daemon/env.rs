@@ -33,7 +33,7 @@ pub fn worker_env(
         }
     }
     for (k, v) in &service.env {
-        set.insert(k.clone(), v.clone());
+        set.insert(k.clone(), expand(v, index, port));
     }
     set.insert("PADDOCK_SERVICE".into(), service.name.to_string());
     set.insert("PADDOCK_WORKER".into(), index.to_string());
@@ -52,14 +52,27 @@ pub fn computed(service: &Service, set: &BTreeMap<String, String>) -> BTreeMap<S
         .collect()
 }
 
-/// Replaces `{port}` in each argument.
-pub fn expand_argv(argv: &[String], port: Option<u16>) -> Vec<String> {
+/// Replaces `{worker}` (the worker's index) and `{port}` (its port, when it has
+/// one) in a value of `command`, `env` or `cwd`: one path per worker is one line of
+/// config (a database file each, say).
+pub fn expand(value: &str, worker: u32, port: Option<u16>) -> String {
+    let v = value.replace("{worker}", &worker.to_string());
     match port {
-        Some(p) => argv
-            .iter()
-            .map(|a| a.replace("{port}", &p.to_string()))
-            .collect(),
-        None => argv.to_vec(),
+        Some(p) => v.replace("{port}", &p.to_string()),
+        None => v,
+    }
+}
+
+/// [`expand`] on each argument.
+pub fn expand_argv(argv: &[String], worker: u32, port: Option<u16>) -> Vec<String> {
+    argv.iter().map(|a| expand(a, worker, port)).collect()
+}
+
+/// [`expand`] on a working directory.
+pub fn expand_path(path: &std::path::Path, worker: u32, port: Option<u16>) -> std::path::PathBuf {
+    match path.to_str() {
+        Some(s) => expand(s, worker, port).into(),
+        None => path.to_path_buf(),
     }
 }
 
@@ -124,6 +137,15 @@ mod tests {
     #[test]
     fn port_placeholder() {
         let s = service(&[]);
-        assert_eq!(expand_argv(&s.command, Some(81)), vec!["x", "--port=81"]);
+        assert_eq!(expand_argv(&s.command, 0, Some(81)), vec!["x", "--port=81"]);
+        let argv = vec!["--db=/data/w{worker}.db".to_string()];
+        assert_eq!(expand_argv(&argv, 3, None), vec!["--db=/data/w3.db"]);
+        let s = service(&[("CHROMA_PATH", "/data/chroma-{worker}")]);
+        let e = worker_env(&s, 2, 4, 8, None, &BTreeMap::new());
+        assert_eq!(e["CHROMA_PATH"], "/data/chroma-2");
+        assert_eq!(
+            expand_path(std::path::Path::new("/srv/w{worker}"), 1, None),
+            std::path::PathBuf::from("/srv/w1")
+        );
     }
 }

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::dispatch::Dispatcher;
 use super::worker::{self, Ask, Command, Deps, Handle};
-use crate::config::{Kind, Service};
+use crate::config::{Kind, ReloadStrategy, Service};
 use crate::status::WorkerStatus;
 
 /// Everything needed to start another actor for a slot.
@@ -26,6 +26,7 @@ struct Slot {
     index: u32,
     port: Option<u16>,
     argv: Vec<String>,
+    cwd: std::path::PathBuf,
     env_set: BTreeMap<String, String>,
     /// The slot's generation counter (see `worker::Spec::generations`).
     generations: Arc<std::sync::atomic::AtomicU64>,
@@ -53,6 +54,7 @@ pub struct Plan {
     pub index: u32,
     pub port: Option<u16>,
     pub argv: Vec<String>,
+    pub cwd: std::path::PathBuf,
     pub env_set: BTreeMap<String, String>,
 }
 
@@ -72,8 +74,10 @@ pub fn start(service: Arc<Service>, plans: Vec<Plan>, mut deps: Deps) -> Service
                     wid: next_wid,
                     port: p.port,
                     argv: p.argv.clone(),
+                    cwd: p.cwd.clone(),
                     env_set: p.env_set.clone(),
                     initial: true,
+                    start_delay: service.start_stagger * p.index,
                     generations: generations.clone(),
                 },
                 deps.clone(),
@@ -82,6 +86,7 @@ pub fn start(service: Arc<Service>, plans: Vec<Plan>, mut deps: Deps) -> Service
                 index: p.index,
                 port: p.port,
                 argv: p.argv,
+                cwd: p.cwd,
                 env_set: p.env_set,
                 generations,
                 handle,
@@ -190,8 +195,10 @@ impl Coordinator {
                 wid: self.next_wid,
                 port: slot.port,
                 argv: slot.argv.clone(),
+                cwd: slot.cwd.clone(),
                 env_set: slot.env_set.clone(),
                 initial: on_probation,
+                start_delay: Duration::ZERO,
                 generations: slot.generations.clone(),
             },
             deps,
@@ -204,48 +211,43 @@ impl Coordinator {
         let old_pid = self.slots[i].handle.status.borrow().pid;
         let limit = self.service.startup_timeout + Duration::from_secs(5);
         let patience = self.service.request_timeout + Duration::from_secs(5);
-        if self.service.kind == Kind::Process {
-            // In place: the port may be fixed, so the old one must go first.
-            retire(&self.slots[i].handle, patience).await;
-            let new = self.spawn_for(i, false);
-            self.slots[i].handle = new;
-            self.publish();
-            wait_ready(&self.slots[i].handle, limit)
-                .await
-                .map_err(|e| format!("{name}: {e}"))?;
-        } else {
-            let new = self.spawn_for(i, true);
-            self.extra.push(new.status.clone());
-            self.publish();
-            if let Err(e) = wait_ready(&new, limit).await {
-                let _ = new.commands.send(Command::Stop);
-                let mut st = new.status.clone();
-                let _ = st.wait_for(|x| x.state == "stopped").await;
-                self.extra.clear();
+        match self.service.reload {
+            ReloadStrategy::StopFirst => {
+                // In place: the old worker finishes its request and goes first (a
+                // fixed port, a file or a GPU that cannot be held twice).
+                retire(&self.slots[i].handle, patience).await;
+                let new = self.spawn_for(i, false);
+                self.slots[i].handle = new;
                 self.publish();
-                let generation = new.status.borrow().generation;
-                let tail = self.deps.logs.tail(self.slots[i].index, 10).await;
-                let lines = if tail.is_empty() {
-                    String::new()
-                } else {
-                    format!(
-                        "\nlast {} lines of {name}:\n{}",
-                        tail.len(),
-                        tail.iter()
-                            .map(|l| format!("  | {l}"))
-                            .collect::<Vec<_>>()
-                            .join("\n")
-                    )
-                };
-                return Err(format!(
-                    "{name}: the replacement (generation {generation}) failed before it was ready: {e}; it was stopped, and the old worker keeps serving{lines}"
-                ));
+                if let Err(e) = wait_ready(&self.slots[i].handle, limit).await {
+                    let tail = self.tail_of(i).await;
+                    return Err(format!(
+                        "{name}: the replacement failed before it was ready: {e}; the old worker was already retired (reload = \"stop-first\"), so the new one keeps retrying{tail}"
+                    ));
+                }
             }
-            let old = std::mem::replace(&mut self.slots[i].handle, new);
-            self.extra.clear();
-            self.publish_with(&old);
-            retire(&old, patience).await;
-            self.publish();
+            ReloadStrategy::StartFirst => {
+                let new = self.spawn_for(i, true);
+                self.extra.push(new.status.clone());
+                self.publish();
+                if let Err(e) = wait_ready(&new, limit).await {
+                    let _ = new.commands.send(Command::Stop);
+                    let mut st = new.status.clone();
+                    let _ = st.wait_for(|x| x.state == "stopped").await;
+                    self.extra.clear();
+                    self.publish();
+                    let generation = new.status.borrow().generation;
+                    let tail = self.tail_of(i).await;
+                    return Err(format!(
+                        "{name}: the replacement (generation {generation}) failed before it was ready: {e}; it was stopped, and the old worker keeps serving{tail}"
+                    ));
+                }
+                let old = std::mem::replace(&mut self.slots[i].handle, new);
+                self.extra.clear();
+                self.publish_with(&old);
+                retire(&old, patience).await;
+                self.publish();
+            }
         }
         let new_pid = self.slots[i].handle.status.borrow().pid;
         let line = format!(
@@ -255,6 +257,24 @@ impl Coordinator {
         );
         tracing::info!("{line}");
         Ok(line)
+    }
+
+    /// The slot's last log lines, formatted to follow an error message.
+    async fn tail_of(&self, i: usize) -> String {
+        let tail = self.deps.logs.tail(self.slots[i].index, 10).await;
+        if tail.is_empty() {
+            return String::new();
+        }
+        format!(
+            "\nlast {} lines of {}/{}:\n{}",
+            tail.len(),
+            self.service.name,
+            self.slots[i].index,
+            tail.iter()
+                .map(|l| format!("  | {l}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
     }
 
     /// Publishes the slots plus a worker that is being retired.

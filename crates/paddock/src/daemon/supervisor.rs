@@ -105,7 +105,8 @@ impl Supervisor {
                 .map(|(i, &port)| Plan {
                     index: i as u32,
                     port,
-                    argv: env::expand_argv(&s.command, port),
+                    argv: env::expand_argv(&s.command, i as u32, port),
+                    cwd: env::expand_path(&s.cwd, i as u32, port),
                     env_set: env::worker_env(s, i as u32, total, cores, port, &inherited),
                 })
                 .collect();

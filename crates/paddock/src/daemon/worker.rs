@@ -104,7 +104,11 @@ pub struct Spec {
     pub wid: u64,
     pub port: Option<u16>,
     pub argv: Vec<String>,
+    /// The working directory (`cwd` with `{worker}` expanded).
+    pub cwd: std::path::PathBuf,
     pub env_set: BTreeMap<String, String>,
+    /// How long to wait before the first spawn (`start_stagger`).
+    pub start_delay: Duration,
     /// Part of the initial start: a failure fails `paddock start`.
     pub initial: bool,
     /// The slot's generation counter (the last generation issued), shared by the
@@ -134,9 +138,33 @@ pub fn start(spec: Spec, deps: Deps) -> Handle {
         env_set: super::env::computed(&spec.service, &spec.env_set),
         env_from_config: spec.service.env.keys().cloned().collect(),
     });
-    let (commands, rx) = mpsc::unbounded_channel();
+    let (commands, mut rx) = mpsc::unbounded_channel();
     let wid = spec.wid;
-    tokio::spawn(Actor::new(spec, deps, status_tx, commands.clone()).run(rx));
+    let me = commands.clone();
+    tokio::spawn(async move {
+        // start_stagger: this worker's first spawn waits its turn; a stop meanwhile
+        // ends it without a process ever existing.
+        if !spec.start_delay.is_zero() {
+            status_tx.send_modify(|s| {
+                s.reason = Some(format!(
+                    "waiting {:.1}s (start_stagger)",
+                    spec.start_delay.as_secs_f64()
+                ))
+            });
+            tokio::select! {
+                _ = tokio::time::sleep(spec.start_delay) => {}
+                _ = stop_asked(&mut rx) => {
+                    status_tx.send_modify(|s| {
+                        s.state = "stopped".into();
+                        s.reason = None;
+                    });
+                    return;
+                }
+            }
+            status_tx.send_modify(|s| s.reason = None);
+        }
+        Actor::new(spec, deps, status_tx, me).run(rx).await
+    });
     Handle {
         wid,
         status,
@@ -933,7 +961,7 @@ impl Actor {
         let s = self.spec.service.clone();
         let mut cmd = std::process::Command::new(&self.spec.argv[0]);
         cmd.args(&self.spec.argv[1..])
-            .current_dir(&s.cwd)
+            .current_dir(&self.spec.cwd)
             .envs(&self.spec.env_set)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -1268,6 +1296,16 @@ impl Actor {
             }
             changed
         });
+    }
+}
+
+/// Completes when a stop (or retire) is asked of an actor that has not started.
+async fn stop_asked(rx: &mut mpsc::UnboundedReceiver<Command>) {
+    loop {
+        match rx.recv().await {
+            Some(Command::Stop | Command::Retire) | None => return,
+            Some(_) => {}
+        }
     }
 }
 

@@ -59,3 +59,78 @@ fn a_failed_reload_says_what_happened_and_generations_stay_unique() {
     env.stop_ok();
     env.assert_nothing_left();
 }
+
+/// A single-writer resource (as ChromaDB's PersistentClient or a SQLite file): the
+/// default reload cannot open it twice; `reload = "stop-first"` can.
+#[test]
+fn stop_first_reloads_what_cannot_be_open_twice() {
+    for (strategy, ok) in [("start-first", false), ("stop-first", true)] {
+        let env = Env::new();
+        let db = env.path().join("db-{worker}");
+        let db_s = db.display().to_string();
+        env.config(&env.worker_with(
+            "fake",
+            "fake_worker.py",
+            &[("FAKE_EXCLUSIVE", &db_s)],
+            &format!("workers = 2\nreload = \"{strategy}\""),
+        ));
+        env.start_ok();
+        // {worker}: one file per worker, so the two workers never collide.
+        assert!(env.path().join("db-0").exists() && env.path().join("db-1").exists());
+        let before: Vec<Value> = env.status()["services"][0]["workers"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let out = env.run(&["reload"]);
+        if ok {
+            assert_eq!(out.code, 0, "{strategy}: {out:?}");
+            let after = env.status();
+            for (i, w) in after["services"][0]["workers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .enumerate()
+            {
+                assert_ne!(w["pid"], before[i]["pid"], "{strategy}: {after}");
+                assert_eq!(w["state"], "ready", "{after}");
+            }
+        } else {
+            assert_eq!(out.code, 1, "{strategy}: {out:?}");
+            assert!(
+                out.stderr.contains("already open in another process"),
+                "{out:?}"
+            );
+        }
+        assert_eq!(
+            call(env.port, "fake", &json!({"op": "echo", "n": 1})).code,
+            200
+        );
+        env.stop_ok();
+        env.assert_nothing_left();
+    }
+}
+
+#[test]
+fn start_stagger_spaces_the_first_spawns() {
+    let env = Env::new();
+    let pidfile = env.path().join("pid-{worker}");
+    let p = pidfile.display().to_string();
+    env.config(&env.worker_with(
+        "fake",
+        "fake_worker.py",
+        &[("FAKE_PIDFILE", &p)],
+        "workers = 2\nstart_stagger = \"1s\"",
+    ));
+    env.start_ok();
+    let t0 = std::fs::metadata(env.path().join("pid-0"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let t1 = std::fs::metadata(env.path().join("pid-1"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let gap = t1.duration_since(t0).unwrap();
+    assert!(gap >= Duration::from_millis(900), "{gap:?}");
+    env.stop_ok();
+}
