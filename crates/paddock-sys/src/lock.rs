@@ -77,6 +77,17 @@ pub fn try_acquire(path: &Path, patience: Duration) -> Result<Option<HeldLock>, 
 }
 
 impl HeldLock {
+    /// Whether the file this lock is held on is still the one at `path` (not
+    /// deleted or replaced): otherwise nobody can see that the instance runs.
+    pub fn is_at(&self, path: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let f: &File = &self.file;
+        match (f.metadata(), std::fs::metadata(path)) {
+            (Ok(held), Ok(there)) => held.dev() == there.dev() && held.ino() == there.ino(),
+            _ => false,
+        }
+    }
+
     /// Replaces the lock file's contents (the holder's description).
     pub fn write_info(&mut self, contents: &str) -> Result<(), LockError> {
         let f: &mut File = &mut self.file;

@@ -103,6 +103,25 @@ pub struct LockInfo {
 }
 
 impl LockInfo {
+    /// This process's description, as the holder of `config`'s instance lock.
+    pub fn of_this_process(
+        config: &crate::config::Config,
+        started: std::time::SystemTime,
+    ) -> LockInfo {
+        LockInfo {
+            pid: std::process::id() as i32,
+            name: config.instance.name.to_string(),
+            port: config.instance.listen.port(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            started_at: crate::timefmt::rfc3339(started),
+            started_unix_ms: started
+                .duration_since(std::time::SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            config: config.path.clone(),
+        }
+    }
+
     /// The holder as one line: "pid 123, port 8700, started 2026-...".
     pub fn describe(&self) -> String {
         format!(

@@ -60,19 +60,7 @@ pub fn take_lock(
             super::start::already_running(config, paths),
         ));
     };
-    let now = SystemTime::now();
-    let info = LockInfo {
-        pid: std::process::id() as i32,
-        name: config.instance.name.to_string(),
-        port: config.instance.listen.port(),
-        version: env!("CARGO_PKG_VERSION").into(),
-        started_at: crate::timefmt::rfc3339(now),
-        started_unix_ms: now
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0),
-        config: config.path.clone(),
-    };
+    let info = LockInfo::of_this_process(config, SystemTime::now());
     lock.write_info(&serde_json::to_string(&info).unwrap_or_default())
         .map_err(|e| (exit::FAILURE, e.to_string()))?;
     Ok(lock)

@@ -27,6 +27,7 @@ pub mod report;
 mod service;
 mod shared;
 mod spawner;
+mod state;
 mod supervisor;
 mod worker;
 
@@ -114,6 +115,7 @@ pub fn run(launch: Launch) -> i32 {
                 &mut reporter,
                 started_at,
                 nofile,
+                &lock,
             ));
             // Dropping the tasks closes the reaper's pipe: it exits at once.
             rt.shutdown_timeout(std::time::Duration::from_secs(2));
@@ -147,6 +149,7 @@ async fn main(
     reporter: &mut Reporter,
     started_at: SystemTime,
     nofile: u64,
+    lock: &paddock_sys::lock::HeldLock,
 ) -> Result<i32, Failure> {
     let started = Instant::now();
     let pid = std::process::id() as i32;
@@ -216,6 +219,7 @@ async fn main(
         supervisor,
         shutdown,
         jobs,
+        jobs_lost: watch::channel(None).0,
     });
     tokio::spawn(signals(shared.clone()));
     tokio::spawn(control_server::serve(control, shared.clone()));
@@ -338,7 +342,17 @@ async fn main(
     reporter.verdict(exit::OK, &message, None);
     notify::notify("READY=1");
 
-    let _ = shutdown_rx.wait_for(|s| *s).await;
+    // Serve until asked to stop, checking once a second that the instance's files
+    // are still where clients look for them.
+    let mut relocked = vec![];
+    let mut check = tokio::time::interval(std::time::Duration::from_secs(1));
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown_rx.wait_for(|s| *s) => break,
+            _ = check.tick() => state::check(&shared, lock, &mut relocked),
+        }
+    }
     notify::notify("STOPPING=1");
     tracing::info!("stopping");
     // Queued requests are answered 503 now, not after the connections that wait

@@ -20,6 +20,9 @@ pub struct Shared {
     pub supervisor: Supervisor,
     pub shutdown: watch::Sender<bool>,
     pub jobs: Option<Jobs>,
+    /// Set when the job database vanished from its path while the daemon ran
+    /// (its folder deleted, say): enqueues are refused with this reason.
+    pub jobs_lost: watch::Sender<Option<String>>,
 }
 
 /// The job store and a way to wake each service's pump.

@@ -372,3 +372,34 @@ fn status_json_into_a_closed_pipe_does_not_panic() {
     assert_eq!(out.status.signal(), Some(13), "{:?}", out.status);
     env.stop_ok();
 }
+
+#[test]
+fn deleting_the_state_folder_while_running_is_detected_and_repaired() {
+    let env = Env::new();
+    env.config(&env.worker("fake", "workers = 1"));
+    env.start_ok();
+    let pid = env.lock_info().unwrap()["pid"].as_i64().unwrap();
+    std::fs::remove_dir_all(env.state_dir()).unwrap();
+    // The daemon puts its lock and control socket back: status and stop find it.
+    let out = wait_until(Duration::from_secs(10), "status to find the daemon", || {
+        let out = env.run(&["status", "--json"]);
+        (out.code == 0).then_some(out)
+    });
+    let st: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(st["instance"]["pid"], pid, "{st}");
+    // A job would go into a deleted database: refused, with the reason.
+    let r = crate::harness::post(env.port, "/v1/jobs/fake", "application/json", b"{}").unwrap();
+    assert_eq!(r.code, 503, "{}", r.text());
+    assert!(r.text().contains("was deleted"), "{}", r.text());
+    // Online requests still work.
+    assert_eq!(
+        call(env.port, "fake", &json!({"op": "echo", "n": 1})).code,
+        200
+    );
+    // A second start names the daemon that runs.
+    let out = env.run(&["start"]);
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(out.stderr.contains(&format!("pid {pid}")), "{out:?}");
+    env.stop_ok();
+    env.assert_nothing_left();
+}

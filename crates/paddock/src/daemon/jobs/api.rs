@@ -81,6 +81,12 @@ async fn enqueue(
     let Some(store) = store(&shared) else {
         return no_jobs();
     };
+    if let Some(reason) = shared.jobs_lost.borrow().clone() {
+        let mut r = error(StatusCode::SERVICE_UNAVAILABLE, reason);
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("60"));
+        return r;
+    }
     let Some(svc) = shared
         .supervisor
         .service(&service)
