@@ -3,6 +3,7 @@
 
 mod check;
 mod client;
+pub mod exec_listen;
 mod jobs;
 mod logs;
 mod output;
@@ -90,6 +91,10 @@ enum Cmd {
 
 /// Runs the CLI; returns the process exit code.
 pub fn main() -> i32 {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == exec_listen::ARG) {
+        return exec_listen::run(&args[2..]);
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -163,6 +163,8 @@ struct RawService {
     stable_after: Option<Dur>,
     reload: Option<ReloadStrategy>,
     start_stagger: Option<Dur>,
+    #[serde(default)]
+    listen_fd: bool,
     max_queue: Option<u32>,
     queue_timeout: Option<Dur>,
     retry_on_crash: Option<u32>,
@@ -250,6 +252,10 @@ pub struct Service {
     pub reload: ReloadStrategy,
     /// Worker N's first spawn waits N times this long (0: all at once).
     pub start_stagger: Duration,
+    /// Process services: paddock binds the listening socket (127.0.0.1:port) and
+    /// hands it to every generation as descriptor 3 (`LISTEN_FDS`/`LISTEN_PID`), so
+    /// connections wait in its backlog across a restart or reload.
+    pub listen_fd: bool,
     /// Requests waiting for a worker, at most (worker services).
     pub max_queue: usize,
     /// How long a request may wait for a worker.
@@ -635,6 +641,22 @@ pub fn parse(path: &Path, text: &str, port: Option<u16>) -> Result<Config, Confi
                 format!("`{key}` applies to kind = \"worker\" services only"),
             ));
         }
+        if rs.listen_fd {
+            if rs.kind != Kind::Process || rs.port.is_none() {
+                return Err(at(
+                    &table,
+                    "listen_fd",
+                    "listen_fd is for kind = \"process\" services with a `port`".into(),
+                ));
+            }
+            if !matches!(health, Some(Health::Http(_) | Health::Exec(_))) {
+                return Err(at(
+                    &table,
+                    "listen_fd",
+                    "with listen_fd the kernel accepts connections on paddock's socket before the program runs, so a tcp probe (the default) proves nothing: set health = { http = \"/path\" } or { exec = [...] }".into(),
+                ));
+            }
+        }
         let reload = match (rs.kind, rs.reload) {
             (Kind::Process, Some(ReloadStrategy::StartFirst)) => {
                 return Err(at(
@@ -721,6 +743,7 @@ pub fn parse(path: &Path, text: &str, port: Option<u16>) -> Result<Config, Confi
                 Duration::from_secs(10),
             )?,
             reload,
+            listen_fd: rs.listen_fd,
             start_stagger: match rs.start_stagger {
                 None => Duration::ZERO,
                 Some(_) => dur(&table, "start_stagger", rs.start_stagger, Duration::ZERO)?,

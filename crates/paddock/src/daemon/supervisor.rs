@@ -75,6 +75,25 @@ impl Supervisor {
         }
         let mut services = vec![];
         for (s, ports_of) in config.services.iter().zip(port_plans) {
+            // listen_fd: paddock binds each worker's socket now and keeps it for the
+            // daemon's life; every generation inherits it as descriptor 3.
+            let mut listeners = vec![];
+            for port in &ports_of {
+                listeners.push(match (s.listen_fd, port) {
+                    (true, Some(p)) => {
+                        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], *p));
+                        let l = super::http_server::bind(addr)
+                            .and_then(|l| l.into_std())
+                            .and_then(|l| l.set_nonblocking(false).map(|()| l))
+                            .map_err(|e| LaunchError {
+                                service: s.name.to_string(),
+                                message: format!("cannot listen on {addr} for listen_fd: {e}"),
+                            })?;
+                        Some(Arc::new(l))
+                    }
+                    _ => None,
+                });
+            }
             let service = Arc::new(s.clone());
             let logs = LogSink::start(
                 s.name.as_str(),
@@ -106,6 +125,7 @@ impl Supervisor {
                     index: i as u32,
                     port,
                     argv: env::expand_argv(&s.command, i as u32, port),
+                    listener: listeners[i].clone(),
                     cwd: env::expand_path(&s.cwd, i as u32, port),
                     env_set: env::worker_env(s, i as u32, total, cores, port, &inherited),
                 })

@@ -104,6 +104,8 @@ pub struct Spec {
     pub wid: u64,
     pub port: Option<u16>,
     pub argv: Vec<String>,
+    /// `listen_fd`: the listening socket every generation inherits as descriptor 3.
+    pub listener: Option<Arc<std::net::TcpListener>>,
     /// The working directory (`cwd` with `{worker}` expanded).
     pub cwd: std::path::PathBuf,
     pub env_set: BTreeMap<String, String>,
@@ -849,7 +851,9 @@ impl Actor {
         let pid = self.running.as_ref()?.pid;
         if starting {
             self.next_probe = Instant::now() + Duration::from_millis(100);
-            if let Some(port) = self.spec.port {
+            // listen_fd: paddock's own socket listens from the start; only the
+            // health probe (http or exec, required) proves the program answers.
+            if let Some(port) = self.spec.port.filter(|_| self.spec.listener.is_none()) {
                 match ports::ownership(port, pid) {
                     Ownership::NotListening => {
                         self.progress(format!("waiting for port {port} to be bound"));
@@ -959,14 +963,32 @@ impl Actor {
 
     async fn spawn(&mut self) {
         let s = self.spec.service.clone();
-        let mut cmd = std::process::Command::new(&self.spec.argv[0]);
-        cmd.args(&self.spec.argv[1..])
-            .current_dir(&self.spec.cwd)
+        let mut cmd = match &self.spec.listener {
+            // Through `paddock __exec-listen`, which sets LISTEN_PID to the
+            // program's own pid (see cli/exec_listen.rs).
+            Some(_) => {
+                let exe = std::env::current_exe()
+                    .unwrap_or_else(|_| std::path::PathBuf::from("/proc/self/exe"));
+                let mut c = std::process::Command::new(exe);
+                c.arg(crate::cli::exec_listen::ARG)
+                    .args(&self.spec.argv)
+                    .env("LISTEN_FDS", "1")
+                    .env("LISTEN_FDNAMES", self.spec.service.name.as_str());
+                c
+            }
+            None => {
+                let mut c = std::process::Command::new(&self.spec.argv[0]);
+                c.args(&self.spec.argv[1..]);
+                c
+            }
+        };
+        cmd.current_dir(&self.spec.cwd)
             .envs(&self.spec.env_set)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         if let Some(port) = self.spec.port
+            && self.spec.listener.is_none()
             && let Some(who) = ports::holder(port)
         {
             self.pending.push_back(Event::PortStolen(who));
@@ -995,10 +1017,14 @@ impl Actor {
                 .env("PADDOCK_MAX_FRAME", s.max_frame.to_string())
                 .env("PADDOCK_GENERATION", next_generation.to_string());
         }
-        let inherit = pair.as_ref().map(|(_, theirs)| {
+        let inherit = {
             use std::os::fd::AsRawFd;
-            (theirs.as_raw_fd(), paddock_protocol::WORKER_FD)
-        });
+            match (&pair, &self.spec.listener) {
+                (Some((_, theirs)), _) => Some((theirs.as_raw_fd(), paddock_protocol::WORKER_FD)),
+                (None, Some(l)) => Some((l.as_raw_fd(), paddock_protocol::WORKER_FD)),
+                (None, None) => None,
+            }
+        };
         let oom_kills_at_spawn = paddock_sys::procfs::cgroup_oom_kills();
         match self.deps.spawner.spawn_with_fd(cmd, inherit).await {
             Ok(mut child) => {

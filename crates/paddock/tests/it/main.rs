@@ -10,6 +10,7 @@ mod foreground;
 mod hardening;
 mod instances;
 mod jobs;
+mod listen_fd;
 mod logs;
 mod orphans;
 mod reloads;

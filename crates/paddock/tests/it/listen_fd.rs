@@ -1,0 +1,188 @@
+//! `listen_fd`: paddock holds a process service's listening socket, so a reload
+//! refuses no connection (they wait in the backlog for the next generation).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crate::harness::{Env, fixture};
+
+fn get(port: u16, path: &str) -> Result<String, String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").map_err(|e| format!("write: {e}"))?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)
+        .map_err(|e| format!("read: {e}"))?;
+    if out.starts_with("HTTP/1.0 200") {
+        Ok(out)
+    } else {
+        Err(format!("answer: {out:?}"))
+    }
+}
+
+fn service(env: &Env, extra: &str) -> String {
+    format!(
+        "[services.web]\nkind = \"process\"\ncommand = [\"python3\", {:?}, \"--tag\", {:?}]\nport = \"auto\"\n{extra}\n",
+        fixture("listen_fd_server.py"),
+        env.path().display().to_string()
+    )
+}
+
+#[test]
+fn a_reload_under_load_refuses_no_connection() {
+    let env = Env::new();
+    env.config(&service(
+        &env,
+        "listen_fd = true\nhealth = { http = \"/\" }\nhealth_interval = \"200ms\"",
+    ));
+    env.start_ok();
+    let port = env.status()["services"][0]["port"].as_u64().unwrap() as u16;
+    let first = env.status()["services"][0]["workers"][0]["pid"].clone();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(std::sync::Mutex::new(vec![]));
+    let clients: Vec<_> = (0..4)
+        .map(|i| {
+            let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
+            std::thread::spawn(move || {
+                // Bounded: at most 5,000 requests per client.
+                for _ in 0..5000 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    match get(port, if i == 0 { "/slow" } else { "/" }) {
+                        Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                        Err(e) => {
+                            failures.lock().unwrap().push(e);
+                            0
+                        }
+                    };
+                }
+            })
+        })
+        .collect();
+    for _ in 0..5 {
+        let out = env.run(&["reload"]);
+        assert_eq!(out.code, 0, "{out:?}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let failures = failures.lock().unwrap().clone();
+    assert!(
+        failures.is_empty(),
+        "{} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(
+        ok.load(Ordering::Relaxed) >= 20,
+        "{}",
+        ok.load(Ordering::Relaxed)
+    );
+    let st = env.status();
+    let w = &st["services"][0]["workers"][0];
+    assert_ne!(w["pid"], first, "{st}");
+    assert_eq!(w["generation"], 6, "{st}");
+    // The program got the socket, not a port of its own.
+    let log = std::fs::read_to_string(env.state_dir().join("logs/web.log")).unwrap();
+    assert!(log.contains("serving on inherited fd 3"), "{log}");
+    env.stop_ok();
+    env.assert_nothing_left();
+}
+
+#[test]
+fn listen_fd_needs_a_probe_that_proves_the_program_answers() {
+    let env = Env::new();
+    env.config(&service(&env, "listen_fd = true"));
+    let out = env.run(&["check"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("listen_fd"), "{out:?}");
+    assert!(out.stderr.contains("tcp probe"), "{out:?}");
+    env.config(&service(&env, "listen_fd = true\nhealth = { tcp = true }"));
+    assert_eq!(env.run(&["check"]).code, 2);
+}
+
+/// The Python with the tests' pinned packages (.ci/test makes it).
+fn test_python() -> String {
+    let venv = format!(
+        "{}/../../.venv-test/bin/python3",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let python = std::env::var("PADDOCK_TEST_PYTHON").unwrap_or(venv);
+    let ok = std::process::Command::new(&python)
+        .args(["-c", "import gunicorn"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ok,
+        "{python} cannot import gunicorn: run .ci/test (it makes .venv-test from crates/paddock/tests/python/requirements.txt), or set PADDOCK_TEST_PYTHON"
+    );
+    python
+}
+
+/// The real thing: gunicorn reads LISTEN_FDS/LISTEN_PID and serves paddock's socket.
+#[test]
+fn gunicorn_is_reloaded_under_load_with_no_failed_request() {
+    let env = Env::new();
+    let python = test_python();
+    let app_dir = format!("{}/../../examples/gunicorn", env!("CARGO_MANIFEST_DIR"));
+    env.config(&format!(
+        "[services.web]\nkind = \"process\"\ncommand = [{python:?}, \"-m\", \"gunicorn\", \"--workers\", \"2\", \"--graceful-timeout\", \"10\", \"--bind\", \"127.0.0.1:1\", \"--chdir\", {app_dir:?}, \"app:app\"]\nport = \"auto\"\nlisten_fd = true\nhealth = {{ http = \"/\" }}\nstop_timeout = \"15s\"\n"
+    ));
+    env.start_ok();
+    let port = env.status()["services"][0]["port"].as_u64().unwrap() as u16;
+    // gunicorn ignores --bind when LISTEN_FDS names a socket for it: it answers on
+    // the port only paddock bound.
+    assert!(get(port, "/").unwrap().contains("ok "));
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(std::sync::Mutex::new(vec![]));
+    let clients: Vec<_> = (0..4)
+        .map(|i| {
+            let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
+            std::thread::spawn(move || {
+                for _ in 0..5000 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    match get(port, if i == 0 { "/slow" } else { "/" }) {
+                        Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                        Err(e) => {
+                            failures.lock().unwrap().push(e);
+                            0
+                        }
+                    };
+                }
+            })
+        })
+        .collect();
+    for _ in 0..2 {
+        let out = env.run(&["reload"]);
+        assert_eq!(out.code, 0, "{out:?}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let failures = failures.lock().unwrap().clone();
+    let served = ok.load(Ordering::Relaxed);
+    eprintln!(
+        "gunicorn through 2 reloads: {served} requests, {} failed",
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(served >= 20, "{served}");
+    env.stop_ok();
+    env.assert_nothing_left();
+}
