@@ -31,17 +31,10 @@ fn service(env: &Env, extra: &str) -> String {
     )
 }
 
-#[test]
-fn a_reload_under_load_refuses_no_connection() {
-    let env = Env::new();
-    env.config(&service(
-        &env,
-        "listen_fd = true\nhealth = { http = \"/\" }\nhealth_interval = \"200ms\"",
-    ));
-    env.start_ok();
-    let port = env.status()["services"][0]["port"].as_u64().unwrap() as u16;
-    let first = env.status()["services"][0]["workers"][0]["pid"].clone();
-
+/// Four clients GET `port` in a loop (one on a slow path) while `reloads` reloads
+/// run one after another; returns (answered, failures). Bounded: 5,000 requests a
+/// client at most.
+fn load_through_reloads(env: &Env, port: u16, reloads: usize) -> (usize, Vec<String>) {
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicUsize::new(0));
     let failures = Arc::new(std::sync::Mutex::new(vec![]));
@@ -49,7 +42,6 @@ fn a_reload_under_load_refuses_no_connection() {
         .map(|i| {
             let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
             std::thread::spawn(move || {
-                // Bounded: at most 5,000 requests per client.
                 for _ in 0..5000 {
                     if stop.load(Ordering::Relaxed) {
                         break;
@@ -65,7 +57,7 @@ fn a_reload_under_load_refuses_no_connection() {
             })
         })
         .collect();
-    for _ in 0..5 {
+    for _ in 0..reloads {
         let out = env.run(&["reload"]);
         assert_eq!(out.code, 0, "{out:?}");
     }
@@ -74,17 +66,28 @@ fn a_reload_under_load_refuses_no_connection() {
         c.join().unwrap();
     }
     let failures = failures.lock().unwrap().clone();
+    (ok.load(Ordering::Relaxed), failures)
+}
+
+#[test]
+fn a_reload_under_load_refuses_no_connection() {
+    let env = Env::new();
+    env.config(&service(
+        &env,
+        "listen_fd = true\nhealth = { http = \"/\" }\nhealth_interval = \"200ms\"",
+    ));
+    env.start_ok();
+    let port = env.status()["services"][0]["port"].as_u64().unwrap() as u16;
+    let first = env.status()["services"][0]["workers"][0]["pid"].clone();
+
+    let (served, failures) = load_through_reloads(&env, port, 5);
     assert!(
         failures.is_empty(),
         "{} failed: {:?}",
         failures.len(),
         &failures[..failures.len().min(5)]
     );
-    assert!(
-        ok.load(Ordering::Relaxed) >= 20,
-        "{}",
-        ok.load(Ordering::Relaxed)
-    );
+    assert!(served >= 20, "{served}");
     let st = env.status();
     let w = &st["services"][0]["workers"][0];
     assert_ne!(w["pid"], first, "{st}");
@@ -140,38 +143,7 @@ fn gunicorn_is_reloaded_under_load_with_no_failed_request() {
     // gunicorn ignores --bind when LISTEN_FDS names a socket for it: it answers on
     // the port only paddock bound.
     assert!(get(port, "/").unwrap().contains("ok "));
-    let stop = Arc::new(AtomicBool::new(false));
-    let ok = Arc::new(AtomicUsize::new(0));
-    let failures = Arc::new(std::sync::Mutex::new(vec![]));
-    let clients: Vec<_> = (0..4)
-        .map(|i| {
-            let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
-            std::thread::spawn(move || {
-                for _ in 0..5000 {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    match get(port, if i == 0 { "/slow" } else { "/" }) {
-                        Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
-                        Err(e) => {
-                            failures.lock().unwrap().push(e);
-                            0
-                        }
-                    };
-                }
-            })
-        })
-        .collect();
-    for _ in 0..2 {
-        let out = env.run(&["reload"]);
-        assert_eq!(out.code, 0, "{out:?}");
-    }
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.join().unwrap();
-    }
-    let failures = failures.lock().unwrap().clone();
-    let served = ok.load(Ordering::Relaxed);
+    let (served, failures) = load_through_reloads(&env, port, 2);
     eprintln!(
         "gunicorn through 2 reloads: {served} requests, {} failed",
         failures.len()

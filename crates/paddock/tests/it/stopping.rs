@@ -7,6 +7,23 @@ use serde_json::json;
 
 use crate::harness::{Env, call, kill, wait_until};
 
+/// Waits until the service's first worker is serving a request.
+fn wait_busy(env: &Env) {
+    wait_until(Duration::from_secs(10), "the worker to be busy", || {
+        (env.status()["services"][0]["workers"][0]["state"] == "busy").then_some(())
+    });
+}
+
+/// `paddock stop` in another thread: its output, and how long it took.
+fn stop_in_background(env: &Env) -> std::thread::JoinHandle<(std::process::Output, Duration)> {
+    let mut cmd = env.command(&["stop"]);
+    std::thread::spawn(move || {
+        let t = std::time::Instant::now();
+        let out = cmd.output().unwrap();
+        (out, t.elapsed())
+    })
+}
+
 #[test]
 fn stop_waits_for_a_long_request_to_drain_and_says_so() {
     let env = Env::new();
@@ -18,9 +35,7 @@ fn stop_waits_for_a_long_request_to_drain_and_says_so() {
     env.start_ok();
     let port = env.port;
     let client = std::thread::spawn(move || call(port, "fake", &json!({"op": "sleep", "s": 18})));
-    wait_until(Duration::from_secs(10), "the worker to be busy", || {
-        (env.status()["services"][0]["workers"][0]["state"] == "busy").then_some(())
-    });
+    wait_busy(&env);
     let out = env.run_with(&["stop"], Duration::from_secs(90));
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stderr.contains("at most 57s"), "{out:?}");
@@ -46,24 +61,8 @@ fn a_daemon_that_does_not_stop_in_time_is_exit_6() {
     let pid = env.lock_info().unwrap()["pid"].as_i64().unwrap() as i32;
     let port = env.port;
     let client = std::thread::spawn(move || call(port, "fake", &json!({"op": "sleep", "s": 4})));
-    wait_until(Duration::from_secs(10), "the worker to be busy", || {
-        (env.status()["services"][0]["workers"][0]["state"] == "busy").then_some(())
-    });
-    let stopper = {
-        let cfg = env.config_path();
-        let cwd = env.path().to_path_buf();
-        std::thread::spawn(move || {
-            let t = std::time::Instant::now();
-            let out = std::process::Command::new(crate::harness::BIN)
-                .arg("-c")
-                .arg(cfg)
-                .arg("stop")
-                .current_dir(cwd)
-                .output()
-                .unwrap();
-            (out, t.elapsed())
-        })
-    };
+    wait_busy(&env);
+    let stopper = stop_in_background(&env);
     // The daemon took the stop and is draining the request: freeze it there.
     wait_until(Duration::from_secs(10), "the stop to be taken", || {
         let log = std::fs::read_to_string(env.state_dir().join("daemon.log")).ok()?;
@@ -98,22 +97,8 @@ fn nothing_is_spawned_once_a_stop_began_and_status_says_stopping() {
     let port = env.port;
     // A request that will hit its deadline while the daemon is stopping.
     let client = std::thread::spawn(move || call(port, "fake", &json!({"op": "spin"})));
-    wait_until(Duration::from_secs(10), "the worker to be busy", || {
-        (env.status()["services"][0]["workers"][0]["state"] == "busy").then_some(())
-    });
-    let stopper = {
-        let cfg = env.config_path();
-        let cwd = env.path().to_path_buf();
-        std::thread::spawn(move || {
-            std::process::Command::new(crate::harness::BIN)
-                .arg("-c")
-                .arg(cfg)
-                .arg("stop")
-                .current_dir(cwd)
-                .output()
-                .unwrap()
-        })
-    };
+    wait_busy(&env);
+    let stopper = stop_in_background(&env);
     // While it drains: the service is "stopping", and the busy worker keeps its
     // READY SINCE.
     let st = wait_until(Duration::from_secs(10), "status while stopping", || {
@@ -130,7 +115,7 @@ fn nothing_is_spawned_once_a_stop_began_and_status_says_stopping() {
             .contains("stopping"),
         "{st}"
     );
-    let out = stopper.join().unwrap();
+    let (out, _) = stopper.join().unwrap();
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let r = client.join().unwrap();
     assert_eq!(r.code, 504, "{}", r.text());
