@@ -1,0 +1,524 @@
+//! The worker actor: one task owns one worker slot of a service — its process, its
+//! protocol socket, its timers, its probes, the request it is serving — and drives
+//! the [`Lifecycle`] state machine.
+//!
+//! One concern per file: `handle.rs` (what others hold and send), `conn.rs` (the
+//! protocol connection and frame checks), `request.rs` (the request being served,
+//! its answer, retries and recycling), `process.rs` (spawn, probes, exit). This file
+//! is the actor itself: its state, its select loop, its timers and the carrying out
+//! of the lifecycle's actions.
+//!
+//! Invariants:
+//! - only this task signals its process group, so a kill can never hit a newer
+//!   generation by mistake;
+//! - at most one request is outstanding, and only a reply carrying exactly its id
+//!   (generation in the high bits) can answer it; anything else from the worker is a
+//!   protocol violation that kills it;
+//! - after any exit the whole process group is SIGKILLed and forgotten by the
+//!   registry before anything else is spawned: a crashed worker's children never
+//!   linger;
+//! - the request a dying worker held is answered (502/504) or, when the policy says
+//!   so, retried elsewhere — never dropped;
+//! - the status other tasks read is published through a `watch` channel after every
+//!   transition; nobody else holds the state.
+//! - the answer to a finished request is held only until the worker has been given
+//!   its next one (or found none), never across a wait on the worker: the worker is
+//!   busy again before the HTTP side runs, and no answer waits on a slow worker.
+
+mod conn;
+mod handle;
+mod process;
+mod request;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use paddock_protocol::Frame;
+use paddock_protocol::io::{FrameReader, ReadError};
+use serde_json::json;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::process::Child;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::sleep_until;
+
+use super::dispatch::{Dispatcher, Job, Outcome};
+use super::groups::Groups;
+use super::lifecycle::{Action, Event, Lifecycle, Policy, State};
+use super::logsink::{LogSink, Stream};
+use super::metrics::{CauseLabels, Metrics};
+use super::ports::{self, Ownership};
+use super::spawner::Spawner;
+use crate::config::{Kind, Service};
+use crate::status::{ExitCause, WorkerStatus};
+
+use conn::{Conn, connect, next_frame};
+use process::{Running, not_running, wait};
+use request::{InFlight, recycle_after};
+
+pub use handle::{Ask, Command, Deps, Handle, Spec, StartupEvent, TAIL_LINES, start};
+pub use process::describe_status;
+
+/// The actor's timers. It sleeps only until the earliest one that is set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Timer {
+    /// SIGKILL for a group that was sent SIGTERM (stop_timeout passed).
+    Kill,
+    /// The request being served reached request_timeout.
+    Request,
+    /// The worker closed its socket a second ago and is still running.
+    SocketClosed,
+    /// startup_timeout passed while starting.
+    Startup,
+    /// The restart backoff is over.
+    Backoff,
+    /// A process service's readiness or liveness probe is due.
+    Probe,
+    /// Time to compare the worker's memory with max_rss.
+    Rss,
+}
+
+struct Actor {
+    spec: Spec,
+    deps: Deps,
+    status: watch::Sender<WorkerStatus>,
+    me: mpsc::UnboundedSender<Command>,
+    life: Lifecycle,
+    running: Option<Running>,
+    conn: Option<Conn>,
+    inflight: Option<InFlight>,
+    generation: u64,
+    seq: u32,
+    served: u64,
+    recycle_after: u64,
+    recycle_asked: bool,
+    retiring: bool,
+    /// Whether the dispatcher was told this worker is crash-looping.
+    down: bool,
+    announced: bool,
+    crashed_at: Option<Instant>,
+    last_exit: Option<ExitCause>,
+    /// When to send SIGKILL to a group that was sent SIGTERM.
+    kill_at: Option<Instant>,
+    /// When the worker closed its protocol socket (its exit should follow at once).
+    eof_at: Option<Instant>,
+    next_probe: Instant,
+    /// When to compare the worker's memory with max_rss next (a fixed instant, so
+    /// that a stream of requests cannot keep postponing it).
+    next_rss_check: Instant,
+    backoff_until: Option<Instant>,
+    last_progress: String,
+    ready_since: Option<String>,
+    pending: VecDeque<Event>,
+    /// Answers not sent yet (see `finish`).
+    replies: Vec<(oneshot::Sender<Outcome>, Outcome)>,
+    /// This service's in-flight gauge.
+    in_flight: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Actor {
+    pub(super) fn new(
+        spec: Spec,
+        deps: Deps,
+        status: watch::Sender<WorkerStatus>,
+        me: mpsc::UnboundedSender<Command>,
+    ) -> Actor {
+        let s = &spec.service;
+        let policy = Policy {
+            health_failures: s.health_failures,
+            backoff_initial: s.backoff_initial,
+            backoff_max: s.backoff_max,
+            crash_loop_failures: s.crash_loop_failures,
+            crash_loop_window: s.crash_loop_window,
+            stable_after: s.stable_after,
+        };
+        let (mut life, _) = Lifecycle::new(policy, Instant::now());
+        life.initial = spec.initial;
+        let generation = spec.generations.load(std::sync::atomic::Ordering::Acquire);
+        let in_flight = deps
+            .metrics
+            .in_flight
+            .get_or_create(&Metrics::service(spec.service.name.as_str()))
+            .clone();
+        Actor {
+            spec,
+            deps,
+            status,
+            me,
+            life,
+            running: None,
+            conn: None,
+            inflight: None,
+            generation,
+            seq: 0,
+            served: 0,
+            recycle_after: 0,
+            recycle_asked: false,
+            retiring: false,
+            down: false,
+            announced: false,
+            crashed_at: None,
+            last_exit: None,
+            kill_at: None,
+            eof_at: None,
+            next_probe: Instant::now(),
+            next_rss_check: Instant::now(),
+            backoff_until: None,
+            last_progress: String::new(),
+            ready_since: None,
+            pending: VecDeque::new(),
+            replies: Vec::new(),
+            in_flight,
+        }
+    }
+
+    pub(super) fn name(&self) -> String {
+        format!("{}/{}", self.spec.service.name, self.spec.index)
+    }
+
+    pub(super) fn service(&self) -> &str {
+        self.spec.service.name.as_str()
+    }
+
+    pub(super) async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        if let Some(d) = &self.deps.dispatcher {
+            d.join(self.spec.wid);
+        }
+        self.execute(vec![Action::Spawn]).await;
+        loop {
+            while let Some(ev) = self.pending.pop_front() {
+                let before = self.life.state.name();
+                let actions = self.life.on(ev, Instant::now());
+                let after = &self.life.state;
+                if before != after.name() {
+                    match after {
+                        State::Failed { reason }
+                        | State::Restarting { reason }
+                        | State::CrashLoop { reason, .. }
+                        | State::Replacing { reason } => {
+                            tracing::warn!(worker = %self.name(), "{before} -> {}: {reason}", after.name())
+                        }
+                        State::Busy { .. } => {}
+                        _ if before == "busy" => {}
+                        _ => tracing::info!(worker = %self.name(), "{before} -> {}", after.name()),
+                    }
+                }
+                self.execute(actions).await;
+            }
+            // The next request goes to the worker before the answers to earlier
+            // ones go back: the worker is busy again while the HTTP side works.
+            if let Some(job) = self.after_transition() {
+                match self.serve(job).await {
+                    Some(ev) => self.pending.push_back(ev),
+                    // Refused (no such handler, too large): answer it now, and let
+                    // other tasks run if a queue full of those keeps coming.
+                    None => {
+                        self.send_replies();
+                        tokio::task::coop::consume_budget().await;
+                    }
+                }
+                continue;
+            }
+            if !self.pending.is_empty() {
+                continue;
+            }
+            self.send_replies();
+            self.publish();
+            self.tell_availability();
+            if self.life.state == State::Stopped && self.running.is_none() {
+                if let Some(d) = &self.deps.dispatcher {
+                    d.leave(self.spec.wid);
+                }
+                // Requests the dispatcher handed us meanwhile go back to the queue.
+                commands.close();
+                while let Ok(cmd) = commands.try_recv() {
+                    if let (Command::Serve(job), Some(d)) = (cmd, &self.deps.dispatcher) {
+                        d.requeue(job);
+                    }
+                }
+                return;
+            }
+            let timer = self.next_timer();
+            let event = tokio::select! {
+                biased;
+                cmd = commands.recv() => match cmd {
+                    Some(Command::Stop) | None => Some(Event::StopRequested),
+                    Some(Command::Serve(job)) => self.serve(job).await,
+                    Some(Command::Retire) => {
+                        self.retiring = true;
+                        if self.inflight.is_none() { Some(Event::StopRequested) } else { None }
+                    }
+                },
+                // SIGKILL after the grace period comes before frames: a worker that
+                // keeps talking cannot hold off its own kill.
+                _ = sleep_until(self.kill_at.unwrap_or_else(Instant::now).into()), if self.kill_at.is_some() => {
+                    self.on_timer(Timer::Kill).await
+                }
+                status = wait(&mut self.running) => {
+                    let ev = self.collect_exit(status).await;
+                    // A retiring worker is never respawned, whatever ended it.
+                    Some(if self.retiring { Event::StopRequested } else { ev })
+                }
+                // Before the timers: a reply that arrives with its deadline counts.
+                frame = next_frame(&mut self.conn) => {
+                    let ev = self.on_frame(frame);
+                    ev.map(|e| self.answer_violation(e))
+                }
+                _ = sleep_until(timer.map_or_else(Instant::now, |t| t.0).into()), if timer.is_some() => {
+                    let (_, which) = timer.expect("the branch needs a timer");
+                    self.on_timer(which).await
+                }
+            };
+            if let Some(ev) = event {
+                self.pending.push_back(ev);
+            }
+        }
+    }
+
+    /// The earliest of the actor's timers but `Kill` (which has a branch of its
+    /// own, ahead of frames), if any is set (on a tie, the first in `Timer`'s order).
+    pub(super) fn next_timer(&self) -> Option<(Instant, Timer)> {
+        let s = &self.spec.service;
+        let starting = matches!(self.life.state, State::Starting { .. });
+        let running = self.running.is_some();
+        let probing = s.kind == Kind::Process
+            && running
+            && (starting || matches!(self.life.state, State::Ready { .. }));
+        let startup = match self.life.state {
+            State::Starting { since } => Some(since + s.startup_timeout),
+            _ => None,
+        };
+        let eof = self
+            .eof_at
+            .filter(|_| running)
+            .map(|t| t + Duration::from_secs(1));
+        let rss = (s.max_rss > 0 && running && !self.recycle_asked).then_some(self.next_rss_check);
+        [
+            (self.inflight.as_ref().map(|f| f.deadline), Timer::Request),
+            (eof, Timer::SocketClosed),
+            (startup, Timer::Startup),
+            (self.backoff_until, Timer::Backoff),
+            (probing.then_some(self.next_probe), Timer::Probe),
+            (rss, Timer::Rss),
+        ]
+        .into_iter()
+        .filter_map(|(at, which)| at.map(|at| (at, which)))
+        .min_by_key(|(at, _)| *at)
+    }
+
+    /// A timer is due.
+    pub(super) async fn on_timer(&mut self, which: Timer) -> Option<Event> {
+        match which {
+            Timer::Kill => {
+                self.kill_at = None;
+                if let Some(r) = &self.running {
+                    paddock_sys::signal::kill_group(r.pid, paddock_sys::signal::SIGKILL);
+                }
+                None
+            }
+            Timer::Request => {
+                self.deadline_passed();
+                Some(Event::DeadlinePassed)
+            }
+            Timer::SocketClosed => {
+                self.eof_at = None;
+                Some(self.answer_violation(Event::ProtocolViolation(
+                    "the worker closed its protocol socket but kept running".into(),
+                )))
+            }
+            Timer::Startup => Some(Event::StartupTimedOut {
+                after: self.spec.service.startup_timeout,
+                last: self.last_progress.clone(),
+            }),
+            Timer::Backoff => {
+                self.backoff_until = None;
+                Some(Event::BackoffElapsed)
+            }
+            Timer::Probe => {
+                let starting = matches!(self.life.state, State::Starting { .. });
+                self.probe(starting).await
+            }
+            Timer::Rss => {
+                self.next_rss_check = Instant::now() + Duration::from_secs(1);
+                self.check_rss();
+                None
+            }
+        }
+    }
+
+    /// Whenever the worker is ready and idle: the next queued request for it, or
+    /// else this worker goes on the dispatcher's idle list.
+    pub(super) fn after_transition(&mut self) -> Option<Job> {
+        let ready = matches!(self.life.state, State::Ready { .. }) && self.inflight.is_none();
+        if !ready {
+            return None;
+        }
+        if self.retiring {
+            self.pending.push_back(Event::StopRequested);
+            return None;
+        }
+        // Without a connection it could serve nothing: never offer it.
+        if !self.announced
+            && self.conn.is_some()
+            && let Some(d) = &self.deps.dispatcher
+        {
+            let job = d.next_for(self.spec.wid, &self.me);
+            self.announced = job.is_none();
+            return job;
+        }
+        None
+    }
+
+    pub(super) fn progress(&mut self, message: String) {
+        if !self.life.initial || message == self.last_progress {
+            return;
+        }
+        self.last_progress = message.clone();
+        let _ = self.deps.startup.send(StartupEvent::Progress {
+            service: self.spec.service.name.to_string(),
+            worker: self.spec.index,
+            message,
+        });
+    }
+
+    pub(super) async fn execute(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Spawn => self.spawn().await,
+                Action::Terminate => match &self.running {
+                    Some(r) => {
+                        paddock_sys::signal::kill_group(r.pid, paddock_sys::signal::SIGTERM);
+                        self.kill_at = Some(Instant::now() + self.spec.service.stop_timeout);
+                    }
+                    None => self.pending.push_back(not_running()),
+                },
+                Action::Kill => match &self.running {
+                    Some(r) => {
+                        paddock_sys::signal::kill_group(r.pid, paddock_sys::signal::SIGKILL);
+                    }
+                    None => self.pending.push_back(not_running()),
+                },
+                Action::AnnounceReady => {
+                    let _ = self.deps.startup.send(StartupEvent::Ready {
+                        service: self.spec.service.name.to_string(),
+                        worker: self.spec.index,
+                    });
+                }
+                Action::FailStart { code, message } => {
+                    let tail = self.deps.logs.tail(self.spec.index, TAIL_LINES).await;
+                    let _ = self.deps.startup.send(StartupEvent::Failed {
+                        service: self.spec.service.name.to_string(),
+                        worker: self.spec.index,
+                        code,
+                        message,
+                        tail,
+                    });
+                }
+                Action::Wait(d) => {
+                    self.backoff_until = Some(Instant::now() + d);
+                    self.life.jitter = super::jitter();
+                    tracing::info!(worker = %self.name(), "restarting in {:.1}s", d.as_secs_f64());
+                }
+            }
+        }
+        if matches!(self.life.state, State::Ready { .. } | State::Busy { .. })
+            && self.ready_since.is_none()
+        {
+            self.ready_since = Some(crate::timefmt::now());
+            if let Some(t) = self.crashed_at.take() {
+                let svc = Metrics::service(self.service());
+                self.deps
+                    .metrics
+                    .crash_to_ready
+                    .get_or_create(&svc)
+                    .observe(t.elapsed().as_secs_f64());
+            }
+        }
+    }
+
+    /// Tells the dispatcher when this worker starts or stops crash-looping: a
+    /// worker that is trying again after a crash loop stays "down" until it is
+    /// proven ready.
+    pub(super) fn tell_availability(&mut self) {
+        let Some(d) = &self.deps.dispatcher else {
+            return;
+        };
+        match &self.life.state {
+            State::CrashLoop { until, reason } => {
+                d.set_down(self.spec.wid, Some((reason.clone(), *until)));
+                self.down = true;
+            }
+            State::Starting { .. } => {}
+            _ if self.down => {
+                d.set_down(self.spec.wid, None);
+                self.down = false;
+            }
+            _ => {}
+        }
+    }
+
+    pub(super) fn publish(&self) {
+        let reason = match &self.life.state {
+            State::Failed { reason }
+            | State::Restarting { reason }
+            | State::Replacing { reason } => Some(reason.clone()),
+            State::CrashLoop { until, reason } => Some(format!(
+                "{reason}; next try in {:.1}s",
+                until
+                    .saturating_duration_since(Instant::now())
+                    .as_secs_f64()
+            )),
+            State::Backoff { until } => Some(format!(
+                "restarting in {:.1}s; last exit: {}",
+                until
+                    .saturating_duration_since(Instant::now())
+                    .as_secs_f64(),
+                self.last_exit
+                    .as_ref()
+                    .map(|c| c.description.as_str())
+                    .unwrap_or("unknown")
+            )),
+            _ => None,
+        };
+        // A worker finishing its last request while stopping was serving: its
+        // READY SINCE stays until it is gone.
+        let ready_since = match self.life.state {
+            State::Ready { .. } | State::Busy { .. } | State::Stopping => self.ready_since.clone(),
+            _ => None,
+        };
+        // Field by field, so that the hot path (ready <-> busy) allocates nothing;
+        // env_set and index never change after the actor starts.
+        let state = self.life.state.name();
+        let pid = self.running.as_ref().map(|r| r.pid);
+        self.status.send_if_modified(|cur| {
+            let mut changed = false;
+            if cur.state != state {
+                cur.state = state.to_string();
+                changed = true;
+            }
+            if cur.generation != self.generation
+                || cur.pid != pid
+                || cur.restarts != self.life.restarts
+            {
+                cur.generation = self.generation;
+                cur.pid = pid;
+                cur.restarts = self.life.restarts;
+                changed = true;
+            }
+            if cur.ready_since != ready_since {
+                cur.ready_since = ready_since;
+                changed = true;
+            }
+            if cur.last_exit.as_ref().map(|c| &c.at) != self.last_exit.as_ref().map(|c| &c.at) {
+                cur.last_exit = self.last_exit.clone();
+                changed = true;
+            }
+            if cur.reason != reason {
+                cur.reason = reason;
+                changed = true;
+            }
+            changed
+        });
+    }
+}

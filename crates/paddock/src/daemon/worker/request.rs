@@ -1,0 +1,257 @@
+//! The request a worker is serving: sending it, its deadline, its answer (held
+//! until the worker has its next request), a crash's retry or poison verdict, and
+//! recycling by request count and memory.
+
+use super::*;
+
+pub(super) struct InFlight {
+    pub(super) id: u64,
+    pub(super) job: Job,
+    pub(super) deadline: Instant,
+    pub(super) started: Instant,
+    pub(super) idempotent: bool,
+}
+
+impl Actor {
+    /// Sends a request to the worker, or hands it back when this worker cannot take it.
+    pub(super) async fn serve(&mut self, job: Job) -> Option<Event> {
+        self.announced = false;
+        let dispatcher = self.deps.dispatcher.clone()?;
+        let ready = matches!(self.life.state, State::Ready { .. })
+            && self.inflight.is_none()
+            && !self.retiring;
+        let Some(conn) = self.conn.as_mut().filter(|_| ready) else {
+            dispatcher.requeue(job);
+            return None;
+        };
+        if !conn.methods.contains(&job.method) {
+            let message = format!(
+                "service {} has no handler {:?} (it has: {})",
+                self.spec.service.name,
+                job.method,
+                conn.methods.join(", ")
+            );
+            let _ = job.reply.send(Outcome::NotFound { message });
+            return None;
+        }
+        self.seq = self.seq.wrapping_add(1);
+        let id = paddock_protocol::request_id(self.generation as u32, self.seq);
+        let timeout = self.spec.service.request_timeout;
+        let idempotent = conn.idempotent.contains(&job.method);
+        let bytes = match paddock_protocol::encode_request(
+            id,
+            timeout.as_millis().min(u32::MAX as u128) as u32,
+            &job.method,
+            &job.content_type,
+            &job.body,
+        ) {
+            Ok(b) if b.len() <= self.spec.service.max_frame + 4 => b,
+            Ok(b) => {
+                let message = format!(
+                    "the request is {} bytes, over this service's max_frame ({})",
+                    b.len(),
+                    self.spec.service.max_frame
+                );
+                let _ = job.reply.send(Outcome::BadRequest { message, code: 413 });
+                return None;
+            }
+            Err(e) => {
+                let _ = job.reply.send(Outcome::BadRequest {
+                    message: e.to_string(),
+                    code: 400,
+                });
+                return None;
+            }
+        };
+        // In flight (with its deadline) before the first byte is written: a worker
+        // that stops reading cannot stall this actor past the deadline.
+        let now = Instant::now();
+        self.in_flight.inc();
+        self.inflight = Some(InFlight {
+            id,
+            job,
+            deadline: now + timeout,
+            started: now,
+            idempotent,
+        });
+        // Usually the whole frame fits in the socket at once; if it does not, the
+        // answers held back for this write go out before waiting for the worker.
+        // (WouldBlock or an error: write_all below waits, or meets the error again.)
+        let written = conn.writer.try_write(&bytes).unwrap_or(0);
+        if written == bytes.len() {
+            return Some(Event::Dispatched);
+        }
+        send_all(&mut self.replies);
+        use tokio::io::AsyncWriteExt;
+        match tokio::time::timeout(timeout, conn.writer.write_all(&bytes[written..])).await {
+            Ok(Ok(())) => Some(Event::Dispatched),
+            Ok(Err(e)) => {
+                // The worker is going away; its exit follows. The request waits for another.
+                tracing::warn!(worker = %self.name(), "could not send a request: {e}");
+                self.conn = None;
+                if let Some(f) = self.take_inflight() {
+                    dispatcher.requeue(f.job);
+                }
+                None
+            }
+            Err(_) => {
+                self.deadline_passed();
+                self.pending.push_back(Event::Dispatched);
+                self.pending.push_back(Event::DeadlinePassed);
+                None
+            }
+        }
+    }
+
+    /// Takes the request being served, if any, out of the in-flight count.
+    pub(super) fn take_inflight(&mut self) -> Option<InFlight> {
+        let f = self.inflight.take()?;
+        self.in_flight.dec();
+        Some(f)
+    }
+
+    /// Answers the request being served; the answer goes out with the next
+    /// `send_replies` (after the worker got its next request, if there is one).
+    /// A handler's unexpected exception: tagged with an error id that the client
+    /// gets, while the message and traceback go to the service's log.
+    pub(super) fn handler_error(&self, message: String, traceback: String) -> Outcome {
+        let error_id = format!(
+            "E-{:08x}",
+            (crate::daemon::jitter() * f64::from(u32::MAX)) as u32
+        );
+        let worker = self.spec.index;
+        self.deps.logs.note_now(
+            worker,
+            format!("error {error_id}: {message}\n{}", traceback.trim_end()),
+        );
+        Outcome::HandlerError {
+            message,
+            traceback,
+            worker,
+            error_id,
+        }
+    }
+
+    pub(super) fn finish(&mut self, outcome: Outcome) {
+        if let Some(f) = self.take_inflight() {
+            self.replies.push((f.job.reply, outcome));
+        }
+    }
+
+    /// Sends the answers of finished requests to their HTTP clients.
+    pub(super) fn send_replies(&mut self) {
+        send_all(&mut self.replies);
+    }
+
+    /// After a request was answered: count it, and ask for a recycle when due.
+    pub(super) fn after_request(&mut self) {
+        self.served += 1;
+        if self.recycle_after > 0 && self.served >= self.recycle_after && !self.recycle_asked {
+            self.ask_recycle(format!("served {} requests (max_requests)", self.served));
+        }
+    }
+
+    pub(super) fn ask_recycle(&mut self, reason: String) {
+        self.recycle_asked = true;
+        tracing::info!(worker = %self.name(), "asking for a recycle: {reason}");
+        let _ = self.deps.coordinator.send(Ask::Recycle {
+            wid: self.spec.wid,
+            reason,
+        });
+    }
+
+    pub(super) fn check_rss(&mut self) {
+        let Some(r) = &self.running else { return };
+        let rss: u64 = paddock_sys::procfs::tree_of_group(r.pid)
+            .iter()
+            .filter_map(|&p| paddock_sys::procfs::rss_bytes(p))
+            .sum();
+        if rss > self.spec.service.max_rss {
+            self.ask_recycle(format!(
+                "resident memory {} MiB is over max_rss ({} MiB)",
+                rss >> 20,
+                self.spec.service.max_rss >> 20
+            ));
+        }
+    }
+
+    pub(super) fn deadline_passed(&mut self) {
+        let Some(r) = &self.running else { return };
+        let pid = r.pid;
+        let timeout = self.spec.service.request_timeout;
+        let cause = match &self.inflight {
+            Some(f) => json!({
+                "worker": self.spec.index,
+                "pid": pid,
+                "generation": self.generation,
+                "request_timeout_ms": timeout.as_millis() as u64,
+                "queued_ms": f.started.duration_since(f.job.received).as_millis() as u64,
+                "ran_ms": f.started.elapsed().as_millis() as u64,
+            }),
+            None => return,
+        };
+        let svc = Metrics::service(self.service());
+        self.deps.metrics.deadline_kills.get_or_create(&svc).inc();
+        self.finish(Outcome::DeadlineKilled { cause });
+        tracing::warn!(worker = %self.name(), pid, "request passed its {}ms deadline: killing the worker", timeout.as_millis());
+    }
+
+    /// The request a dead worker held: retried elsewhere when allowed, else answered.
+    pub(super) async fn resolve_crashed(&mut self, f: InFlight, pid: i32, cause: &ExitCause) {
+        let mut job = f.job;
+        if matches!(self.life.state, State::Stopping) {
+            let _ = job.reply.send(Outcome::ShuttingDown);
+            return;
+        }
+        job.crashes += 1;
+        let s = &self.spec.service;
+        let tail = self.deps.logs.tail(self.spec.index, TAIL_LINES).await;
+        let detail = json!({
+            "worker": self.spec.index,
+            "pid": pid,
+            "generation": self.generation,
+            "signal": cause.signal,
+            "exit_code": cause.exit_code,
+            "oom_killed": cause.oom_killed,
+            "description": cause.description,
+            "workers_killed_by_this_request": job.crashes,
+            "log_tail": tail,
+        });
+        if job.crashes >= s.poison_limit && s.poison_limit > 1 {
+            let _ = job.reply.send(Outcome::Poison { cause: detail });
+        } else if f.idempotent && job.crashes <= s.retry_on_crash && job.crashes < s.poison_limit {
+            tracing::info!(worker = %self.name(), "retrying {:?} on another worker after a crash", job.method);
+            if let Some(d) = &self.deps.dispatcher {
+                d.requeue(job);
+            }
+        } else {
+            let _ = job.reply.send(Outcome::Crashed { cause: detail });
+        }
+    }
+}
+
+/// Sends held answers to their HTTP clients (a client that left is no error).
+pub(super) fn send_all(replies: &mut Vec<(oneshot::Sender<Outcome>, Outcome)>) {
+    for (tx, outcome) in replies.drain(..) {
+        let _ = tx.send(outcome);
+    }
+}
+
+/// The request count after which a worker is recycled: `max` less up to 10 %.
+pub(super) fn recycle_after(max: u64, jitter: f64) -> u64 {
+    if max == 0 {
+        return 0;
+    }
+    (max - (max as f64 * 0.1 * jitter) as u64).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn recycle_after_has_up_to_ten_percent_jitter() {
+        assert_eq!(super::recycle_after(0, 0.5), 0);
+        assert_eq!(super::recycle_after(1000, 0.0), 1000);
+        assert_eq!(super::recycle_after(1000, 0.999), 901);
+        assert_eq!(super::recycle_after(1, 0.9), 1);
+    }
+}
