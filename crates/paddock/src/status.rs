@@ -82,3 +82,13 @@ impl ExitCause {
         self.description.clone()
     }
 }
+
+/// "exited with status 1", "was killed by SIGSEGV".
+pub fn describe_exit(st: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (st.code(), st.signal()) {
+        (Some(c), _) => format!("exited with status {c}"),
+        (None, Some(s)) => format!("was killed by {}", paddock_sys::signal::name(s)),
+        _ => "ended for an unknown reason".into(),
+    }
+}

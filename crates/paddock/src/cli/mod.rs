@@ -3,6 +3,7 @@
 
 mod check;
 mod client;
+mod daemonize;
 pub mod exec_listen;
 mod jobs;
 mod logs;

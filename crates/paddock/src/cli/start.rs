@@ -10,13 +10,13 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader};
 use std::os::fd::OwnedFd;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::control::StartEvent;
-use crate::daemon::{self, report::Reporter};
+use crate::daemon::report::Reporter;
 use crate::exit;
-use crate::instance::{LockInfo, Paths};
+use crate::instance::Paths;
 
 use super::output;
 
@@ -100,22 +100,7 @@ fn become_daemon(config: Config, paths: Paths, pipe: OwnedFd) -> i32 {
         }
     };
     drop(pipe);
-    let lock = match super::run::take_lock(&config, &paths) {
-        Ok(l) => l,
-        Err((code, message)) => {
-            reporter.verdict(code, &message, None);
-            return code;
-        }
-    };
-    super::run::init_tracing(false);
-    daemon::run(daemon::Launch {
-        config,
-        paths,
-        lock,
-        reaper,
-        reporter,
-        started_at: SystemTime::now(),
-    })
+    super::daemonize::run_daemon(config, paths, reaper, reporter, false)
 }
 
 fn open_daemon_log(paths: &Paths, max: u64) -> std::io::Result<File> {
@@ -255,22 +240,5 @@ fn settle(child: i32, paths: &Paths) {
             "the daemon (pid {child}) reported a failure but has not exited after 10s; see {}",
             paths.daemon_log.display()
         ));
-    }
-}
-
-/// The message for an instance that is already running.
-pub fn already_running(config: &Config, paths: &Paths) -> String {
-    match LockInfo::read_settled(&paths.lock) {
-        Some(i) => format!(
-            "instance {} is already running: {}",
-            config.instance.name,
-            i.describe()
-        ),
-        None => format!(
-            "instance {} (port {}) is already running (its lock {} is held)",
-            config.instance.name,
-            config.instance.listen.port(),
-            paths.lock.display()
-        ),
     }
 }

@@ -29,85 +29,8 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use super::messages::{Command, Job, Outcome};
 use super::metrics::Metrics;
-use super::worker::Command;
-
-/// How a request ended, for the gateway to turn into an HTTP response.
-#[derive(Debug)]
-pub enum Outcome {
-    Ok {
-        content_type: String,
-        body: Vec<u8>,
-    },
-    /// The handler raised: `message` and `traceback` are in the service's log
-    /// under `error_id`; clients see them only with `expose_errors`.
-    HandlerError {
-        message: String,
-        traceback: String,
-        worker: u32,
-        error_id: String,
-    },
-    Crashed {
-        cause: serde_json::Value,
-    },
-    Poison {
-        cause: serde_json::Value,
-    },
-    DeadlineKilled {
-        cause: serde_json::Value,
-    },
-    NotFound {
-        message: String,
-    },
-    /// The request cannot be sent to a worker (too large, a header too long).
-    BadRequest {
-        message: String,
-        code: u16,
-    },
-    QueueFull,
-    QueueTimeout,
-    ShuttingDown,
-    /// Every worker is crash-looping: `reason` is one's last failure, and the next
-    /// try is in `retry_after`.
-    Unavailable {
-        reason: String,
-        retry_after: Duration,
-    },
-}
-
-impl Outcome {
-    pub fn label(&self) -> &'static str {
-        match self {
-            Outcome::Ok { .. } => "ok",
-            Outcome::HandlerError { .. } => "handler_error",
-            Outcome::Crashed { .. } => "crashed",
-            Outcome::Poison { .. } => "poison",
-            Outcome::DeadlineKilled { .. } => "deadline",
-            Outcome::NotFound { .. } => "not_found",
-            Outcome::BadRequest { .. } => "bad_request",
-            Outcome::QueueFull => "queue_full",
-            Outcome::QueueTimeout => "queue_timeout",
-            Outcome::ShuttingDown => "shutting_down",
-            Outcome::Unavailable { .. } => "unavailable",
-        }
-    }
-}
-
-/// One request on its way to a worker.
-#[derive(Debug)]
-pub struct Job {
-    pub method: String,
-    pub content_type: String,
-    /// Shared with the HTTP request it came in (no copy on the way to the worker).
-    pub body: Bytes,
-    pub reply: oneshot::Sender<Outcome>,
-    /// Workers this request was running on when they died.
-    pub crashes: u32,
-    /// When it gives up waiting for a worker.
-    pub queue_deadline: Instant,
-    /// When the gateway received it.
-    pub received: Instant,
-}
 
 /// A handle to a service's dispatcher.
 #[derive(Clone)]

@@ -22,7 +22,7 @@ pub fn router(shared: SharedRef) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/{service}", post(call_default))
         .route("/v1/{service}/{method}", post(call_method))
-        .merge(super::jobs::api::routes())
+        .merge(super::jobs_api::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body(&shared)));
     // The bearer-token check only exists where a token is configured: the common
@@ -201,30 +201,8 @@ fn error(code: StatusCode, service: &str, message: String, cause: serde_json::Va
     r
 }
 
-/// Checks what goes into a protocol frame: a method name that can be a handler, and
-/// a content type of sane length. Err is the message for a 400.
-pub fn check_request(method: &str, content_type: &str) -> Result<(), String> {
-    if method.is_empty()
-        || method.len() > 128
-        || !method
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_')
-    {
-        return Err(format!(
-            "{method:?} is not a handler name (1 to 128 letters, digits or '_')"
-        ));
-    }
-    if content_type.len() > 1024 {
-        return Err(format!(
-            "the Content-Type header is {} bytes; at most 1024",
-            content_type.len()
-        ));
-    }
-    Ok(())
-}
-
 async fn call(shared: SharedRef, service: String, method: String, req: Request) -> Response {
-    use super::dispatch::Outcome;
+    use super::messages::{Outcome, check_request};
     let Some(svc) = shared.supervisor.service(&service) else {
         return error(
             StatusCode::NOT_FOUND,

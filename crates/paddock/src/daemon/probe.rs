@@ -91,7 +91,7 @@ async fn probe(
                 Err(format!(
                     "health program {:?} {}",
                     argv[0],
-                    super::worker::describe_status(status)
+                    crate::status::describe_exit(status)
                 ))
             }
         }

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::dispatch::Dispatcher;
-use super::worker::{self, Ask, Command, Deps, Handle};
+use super::messages::Command;
+use super::worker::{self, Ask, Deps, Handle};
 use crate::config::{Kind, ReloadStrategy, Service};
 use crate::status::WorkerStatus;
 

@@ -10,7 +10,6 @@
 //! The store is SQLite (one thread owns the connection, and commits in groups) or
 //! PostgreSQL. Either way the store is opened only after the daemon forked.
 
-pub mod api;
 pub mod postgres;
 pub mod pump;
 pub mod sqlite;

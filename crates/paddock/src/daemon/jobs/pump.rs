@@ -19,7 +19,8 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use super::{Claimed, Finish, Store};
 use crate::config::Service;
-use crate::daemon::dispatch::{Dispatcher, Outcome};
+use crate::daemon::dispatch::Dispatcher;
+use crate::daemon::messages::Outcome;
 
 /// How many jobs may be with workers at once.
 pub fn capacity(service: &Service) -> usize {

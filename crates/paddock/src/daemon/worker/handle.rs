@@ -28,17 +28,6 @@ pub enum StartupEvent {
     },
 }
 
-/// Orders for a worker's actor.
-#[derive(Debug)]
-pub enum Command {
-    /// Stop now (SIGTERM, then SIGKILL after stop_timeout).
-    Stop,
-    /// Serve this request.
-    Serve(Job),
-    /// Take no more requests; stop once the current one is answered.
-    Retire,
-}
-
 /// What the actor asks of its service's coordinator.
 #[derive(Debug)]
 pub enum Ask {

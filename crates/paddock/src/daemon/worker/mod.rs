@@ -43,10 +43,11 @@ use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::sleep_until;
 
-use super::dispatch::{Dispatcher, Job, Outcome};
+use super::dispatch::Dispatcher;
 use super::groups::Groups;
 use super::lifecycle::{Action, Event, Lifecycle, Policy, State};
 use super::logsink::{LogSink, Stream};
+use super::messages::{Command, Job, Outcome};
 use super::metrics::{CauseLabels, Metrics};
 use super::ports::{self, Ownership};
 use super::spawner::Spawner;
@@ -57,8 +58,7 @@ use conn::{Conn, connect, next_frame};
 use process::{Running, not_running, wait};
 use request::{InFlight, recycle_after};
 
-pub use handle::{Ask, Command, Deps, Handle, Spec, StartupEvent, TAIL_LINES, start};
-pub use process::describe_status;
+pub use handle::{Ask, Deps, Handle, Spec, StartupEvent, TAIL_LINES, start};
 
 /// The actor's timers. It sleeps only until the earliest one that is set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -344,16 +344,6 @@ pub(super) async fn join_all(handles: Vec<tokio::task::JoinHandle<()>>) {
     }
 }
 
-/// "exited with status 1", "was killed by SIGSEGV".
-pub fn describe_status(st: ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (st.code(), st.signal()) {
-        (Some(c), _) => format!("exited with status {c}"),
-        (None, Some(s)) => format!("was killed by {}", paddock_sys::signal::name(s)),
-        _ => "ended for an unknown reason".into(),
-    }
-}
-
 pub(super) fn exit_cause(st: ExitStatus, requested: bool) -> ExitCause {
     use std::os::unix::process::ExitStatusExt;
     ExitCause {
@@ -362,6 +352,6 @@ pub(super) fn exit_cause(st: ExitStatus, requested: bool) -> ExitCause {
         requested,
         oom_killed: false,
         at: crate::timefmt::now(),
-        description: describe_status(st),
+        description: crate::status::describe_exit(st),
     }
 }

@@ -1,4 +1,5 @@
-//! The job routes of the gateway:
+//! The job routes of the gateway (the HTTP side of `daemon::jobs`, kept apart so
+//! that the job store depends on nothing of the gateway):
 //!
 //! - `POST /v1/jobs/{service}[/{method}]` → 202 `{"id", "state": "queued"}`; with an
 //!   `Idempotency-Key` header a repeat returns the same job (200);
@@ -15,7 +16,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-use super::{JobError, ListQuery, NewJob};
+use super::jobs::{JobError, ListQuery, NewJob};
 use crate::daemon::shared::SharedRef;
 
 pub fn routes() -> Router<SharedRef> {
@@ -42,7 +43,7 @@ fn job_error(e: JobError) -> Response {
     }
 }
 
-fn store(shared: &SharedRef) -> Option<&super::Store> {
+fn store(shared: &SharedRef) -> Option<&super::jobs::Store> {
     shared.jobs.as_ref().map(|j| &j.store)
 }
 
@@ -112,7 +113,7 @@ async fn enqueue(
         idempotency_key: header_str("idempotency-key"),
         max_attempts: svc.config.max_attempts,
     };
-    if let Err(message) = crate::daemon::gateway::check_request(&job.method, &job.content_type) {
+    if let Err(message) = crate::daemon::messages::check_request(&job.method, &job.content_type) {
         return error(StatusCode::BAD_REQUEST, message);
     }
     // A method no worker has (once one told us its handlers) would only die later.

@@ -1,0 +1,122 @@
+//! The messages the daemon's parts exchange about requests: a [`Job`] on its way to
+//! a worker, the [`Command`]s a worker's actor takes, and the [`Outcome`] that goes
+//! back to the gateway or the job pump.
+//!
+//! Why a module of its own: the dispatcher, the worker actor, the gateway and the job
+//! pump all speak these types; here they depend on none of those parts, so no two
+//! of them import each other.
+
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use tokio::sync::oneshot;
+
+/// How a request ended, for the gateway to turn into an HTTP response.
+#[derive(Debug)]
+pub enum Outcome {
+    Ok {
+        content_type: String,
+        body: Vec<u8>,
+    },
+    /// The handler raised: `message` and `traceback` are in the service's log
+    /// under `error_id`; clients see them only with `expose_errors`.
+    HandlerError {
+        message: String,
+        traceback: String,
+        worker: u32,
+        error_id: String,
+    },
+    Crashed {
+        cause: serde_json::Value,
+    },
+    Poison {
+        cause: serde_json::Value,
+    },
+    DeadlineKilled {
+        cause: serde_json::Value,
+    },
+    NotFound {
+        message: String,
+    },
+    /// The request cannot be sent to a worker (too large, a header too long).
+    BadRequest {
+        message: String,
+        code: u16,
+    },
+    QueueFull,
+    QueueTimeout,
+    ShuttingDown,
+    /// Every worker is crash-looping: `reason` is one's last failure, and the next
+    /// try is in `retry_after`.
+    Unavailable {
+        reason: String,
+        retry_after: Duration,
+    },
+}
+
+impl Outcome {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Ok { .. } => "ok",
+            Outcome::HandlerError { .. } => "handler_error",
+            Outcome::Crashed { .. } => "crashed",
+            Outcome::Poison { .. } => "poison",
+            Outcome::DeadlineKilled { .. } => "deadline",
+            Outcome::NotFound { .. } => "not_found",
+            Outcome::BadRequest { .. } => "bad_request",
+            Outcome::QueueFull => "queue_full",
+            Outcome::QueueTimeout => "queue_timeout",
+            Outcome::ShuttingDown => "shutting_down",
+            Outcome::Unavailable { .. } => "unavailable",
+        }
+    }
+}
+
+/// One request on its way to a worker.
+#[derive(Debug)]
+pub struct Job {
+    pub method: String,
+    pub content_type: String,
+    /// Shared with the HTTP request it came in (no copy on the way to the worker).
+    pub body: Bytes,
+    pub reply: oneshot::Sender<Outcome>,
+    /// Workers this request was running on when they died.
+    pub crashes: u32,
+    /// When it gives up waiting for a worker.
+    pub queue_deadline: Instant,
+    /// When the gateway received it.
+    pub received: Instant,
+}
+
+/// Orders for a worker's actor.
+#[derive(Debug)]
+pub enum Command {
+    /// Stop now (SIGTERM, then SIGKILL after stop_timeout).
+    Stop,
+    /// Serve this request.
+    Serve(Job),
+    /// Take no more requests; stop once the current one is answered.
+    Retire,
+}
+
+/// Checks what goes into a protocol frame: a method name that can be a handler, and
+/// a content type of sane length. Err is the message for a 400.
+pub fn check_request(method: &str, content_type: &str) -> Result<(), String> {
+    if method.is_empty()
+        || method.len() > 128
+        || !method
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        return Err(format!(
+            "{method:?} is not a handler name (1 to 128 letters, digits or '_')"
+        ));
+    }
+    if content_type.len() > 1024 {
+        return Err(format!(
+            "the Content-Type header is {} bytes; at most 1024",
+            content_type.len()
+        ));
+    }
+    Ok(())
+}
