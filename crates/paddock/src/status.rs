@@ -6,6 +6,107 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+/// Where a worker is: its lifecycle state, as `status`, `/status` and the metrics
+/// name it. The daemon's parts compare these, never strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    Starting,
+    Ready,
+    Busy,
+    Replacing,
+    Restarting,
+    Backoff,
+    CrashLooping,
+    Stopping,
+    Stopped,
+    Failed,
+}
+
+impl Phase {
+    /// Every phase, in the order the metrics list them.
+    pub const ALL: [Phase; 10] = [
+        Phase::Starting,
+        Phase::Ready,
+        Phase::Busy,
+        Phase::Replacing,
+        Phase::Restarting,
+        Phase::Backoff,
+        Phase::CrashLooping,
+        Phase::Stopping,
+        Phase::Stopped,
+        Phase::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Ready => "ready",
+            Phase::Busy => "busy",
+            Phase::Replacing => "replacing",
+            Phase::Restarting => "restarting",
+            Phase::Backoff => "backoff",
+            Phase::CrashLooping => "crash-looping",
+            Phase::Stopping => "stopping",
+            Phase::Stopped => "stopped",
+            Phase::Failed => "failed",
+        }
+    }
+
+    /// Ready or busy: the worker serves.
+    pub fn serving(self) -> bool {
+        matches!(self, Phase::Ready | Phase::Busy)
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A service as a whole, from its workers' phases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServiceState {
+    /// Every worker serves.
+    Ready,
+    /// Some workers serve.
+    Degraded,
+    Starting,
+    /// No worker serves and one is crash-looping.
+    CrashLooping,
+    /// The initial start failed.
+    Failed,
+    Stopping,
+    Stopped,
+}
+
+impl ServiceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceState::Ready => "ready",
+            ServiceState::Degraded => "degraded",
+            ServiceState::Starting => "starting",
+            ServiceState::CrashLooping => "crash-looping",
+            ServiceState::Failed => "failed",
+            ServiceState::Stopping => "stopping",
+            ServiceState::Stopped => "stopped",
+        }
+    }
+
+    /// At least one worker serves (what `/readyz` asks of every service).
+    pub fn serving(self) -> bool {
+        matches!(self, ServiceState::Ready | ServiceState::Degraded)
+    }
+}
+
+impl std::fmt::Display for ServiceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
     pub instance: InstanceStatus,
@@ -31,8 +132,7 @@ pub struct InstanceStatus {
 pub struct ServiceStatus {
     pub name: String,
     pub kind: String,
-    /// ready, degraded, starting, failed or stopped.
-    pub state: String,
+    pub state: ServiceState,
     /// Why the service is not ready, when it is not.
     pub reason: Option<String>,
     pub port: Option<u16>,
@@ -44,8 +144,7 @@ pub struct WorkerStatus {
     pub index: u32,
     /// Increases by one each time this slot's process is replaced.
     pub generation: u64,
-    /// starting, ready, backoff, stopping, stopped or failed.
-    pub state: String,
+    pub state: Phase,
     pub pid: Option<i32>,
     pub restarts: u64,
     pub ready_since: Option<String>,

@@ -78,7 +78,7 @@ pub fn render(s: &Status, tty: bool) -> String {
         for w in &svc.workers {
             t.add_row(vec![
                 name.clone(),
-                w.state.clone(),
+                w.state.to_string(),
                 w.index.to_string(),
                 w.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
                 w.restarts.to_string(),

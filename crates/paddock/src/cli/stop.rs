@@ -123,7 +123,7 @@ fn waiting_on(paths: &Paths) -> Option<String> {
         .flat_map(|s| {
             s.workers
                 .iter()
-                .filter(|w| w.state != "stopped")
+                .filter(|w| w.state != crate::status::Phase::Stopped)
                 .map(move |w| format!("{}/{} ({})", s.name, w.index, w.state))
         })
         .collect();

@@ -95,9 +95,7 @@ async fn readyz(
 ) -> Response {
     let services = shared.supervisor.status();
     if auth.is_some_and(|a| !a.0.0) {
-        let ready = services
-            .iter()
-            .all(|s| s.state == "ready" || s.state == "degraded");
+        let ready = services.iter().all(|s| s.state.serving());
         let code = if ready {
             StatusCode::OK
         } else {
@@ -107,7 +105,7 @@ async fn readyz(
     }
     let not_ready: Vec<_> = services
         .iter()
-        .filter(|s| s.state != "ready" && s.state != "degraded")
+        .filter(|s| !s.state.serving())
         .map(|s| json!({"service": s.name, "state": s.state, "reason": s.reason}))
         .collect();
     if not_ready.is_empty() {
@@ -141,23 +139,12 @@ fn max_body(shared: &SharedRef) -> usize {
 async fn metrics(State(shared): State<SharedRef>) -> Response {
     let m = &shared.supervisor.metrics;
     for s in shared.supervisor.status() {
-        for state in [
-            "starting",
-            "ready",
-            "busy",
-            "replacing",
-            "restarting",
-            "backoff",
-            "crash-looping",
-            "stopping",
-            "stopped",
-            "failed",
-        ] {
+        for state in crate::status::Phase::ALL {
             let n = s.workers.iter().filter(|w| w.state == state).count();
             m.workers
                 .get_or_create(&super::metrics::StateLabels {
                     service: s.name.clone(),
-                    state: state.into(),
+                    state: state.as_str().into(),
                 })
                 .set(n as i64);
         }
@@ -352,7 +339,7 @@ async fn call(shared: SharedRef, service: String, method: String, req: Request) 
                 StatusCode::SERVICE_UNAVAILABLE,
                 &service,
                 format!("service {service:?} has no worker that can serve: it is crash-looping"),
-                json!({"state": "crash-looping", "reason": reason, "retry_after_s": retry_after.as_secs_f64()}),
+                json!({"state": crate::status::Phase::CrashLooping, "reason": reason, "retry_after_s": retry_after.as_secs_f64()}),
             );
             let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
             r.headers_mut()

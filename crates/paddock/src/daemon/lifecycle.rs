@@ -23,7 +23,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::status::ExitCause;
+use crate::status::{ExitCause, Phase};
 
 /// Where a worker slot is.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,17 +70,22 @@ pub enum State {
 
 impl State {
     pub fn name(&self) -> &'static str {
+        self.phase().as_str()
+    }
+
+    /// The phase `status` shows for this state.
+    pub fn phase(&self) -> Phase {
         match self {
-            State::Starting { .. } => "starting",
-            State::Ready { .. } => "ready",
-            State::Busy { .. } => "busy",
-            State::Replacing { .. } => "replacing",
-            State::Restarting { .. } => "restarting",
-            State::Backoff { .. } => "backoff",
-            State::CrashLoop { .. } => "crash-looping",
-            State::Stopping => "stopping",
-            State::Stopped => "stopped",
-            State::Failed { .. } => "failed",
+            State::Starting { .. } => Phase::Starting,
+            State::Ready { .. } => Phase::Ready,
+            State::Busy { .. } => Phase::Busy,
+            State::Replacing { .. } => Phase::Replacing,
+            State::Restarting { .. } => Phase::Restarting,
+            State::Backoff { .. } => Phase::Backoff,
+            State::CrashLoop { .. } => Phase::CrashLooping,
+            State::Stopping => Phase::Stopping,
+            State::Stopped => Phase::Stopped,
+            State::Failed { .. } => Phase::Failed,
         }
     }
 

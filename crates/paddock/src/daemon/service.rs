@@ -20,7 +20,7 @@ use super::dispatch::Dispatcher;
 use super::messages::Command;
 use super::worker::{self, Ask, Deps, Handle};
 use crate::config::{Kind, ReloadStrategy, Service};
-use crate::status::WorkerStatus;
+use crate::status::{Phase, WorkerStatus};
 
 /// Everything needed to start another actor for a slot.
 struct Slot {
@@ -239,7 +239,7 @@ impl Coordinator {
                 if let Err(e) = wait_ready(&new, limit).await {
                     let _ = new.commands.send(Command::Stop);
                     let mut st = new.status.clone();
-                    let _ = st.wait_for(|x| x.state == "stopped").await;
+                    let _ = st.wait_for(|x| x.state == Phase::Stopped).await;
                     self.extra.clear();
                     self.publish();
                     let generation = new.status.borrow().generation;
@@ -302,10 +302,12 @@ impl Coordinator {
             let deadline = Instant::now() + patience;
             for s in &self.slots {
                 let mut st = s.handle.status.clone();
-                let drained =
-                    tokio::time::timeout_at(deadline.into(), st.wait_for(|x| x.state == "stopped"))
-                        .await
-                        .is_ok();
+                let drained = tokio::time::timeout_at(
+                    deadline.into(),
+                    st.wait_for(|x| x.state == Phase::Stopped),
+                )
+                .await
+                .is_ok();
                 if !drained {
                     tracing::warn!(
                         "{}/{} did not finish its request within request_timeout: stopping it",
@@ -321,7 +323,7 @@ impl Coordinator {
         for s in &self.slots {
             let mut st = s.handle.status.clone();
             // Err means the actor ended, which it does only once stopped.
-            let _ = st.wait_for(|x| x.state == "stopped").await;
+            let _ = st.wait_for(|x| x.state == Phase::Stopped).await;
         }
         self.publish();
     }
@@ -332,7 +334,7 @@ impl Coordinator {
 async fn retire(h: &Handle, patience: Duration) {
     let _ = h.commands.send(Command::Retire);
     let mut st = h.status.clone();
-    let stopped = tokio::time::timeout(patience, st.wait_for(|x| x.state == "stopped"))
+    let stopped = tokio::time::timeout(patience, st.wait_for(|x| x.state == Phase::Stopped))
         .await
         .is_ok();
     if !stopped {
@@ -342,7 +344,7 @@ async fn retire(h: &Handle, patience: Duration) {
             patience.as_secs()
         );
         let _ = h.commands.send(Command::Stop);
-        let _ = st.wait_for(|x| x.state == "stopped").await;
+        let _ = st.wait_for(|x| x.state == Phase::Stopped).await;
     }
 }
 
@@ -353,8 +355,13 @@ async fn wait_ready(h: &Handle, limit: Duration) -> Result<(), String> {
         deadline.into(),
         st.wait_for(|x| {
             matches!(
-                x.state.as_str(),
-                "ready" | "busy" | "failed" | "stopped" | "backoff" | "crash-looping"
+                x.state,
+                Phase::Ready
+                    | Phase::Busy
+                    | Phase::Failed
+                    | Phase::Stopped
+                    | Phase::Backoff
+                    | Phase::CrashLooping
             )
         }),
     )
@@ -362,7 +369,7 @@ async fn wait_ready(h: &Handle, limit: Duration) -> Result<(), String> {
     match r {
         Err(_) => Err(format!("not ready within {}s", limit.as_secs())),
         Ok(Err(_)) => Err("the worker's actor ended".into()),
-        Ok(Ok(s)) if s.state == "ready" || s.state == "busy" => Ok(()),
+        Ok(Ok(s)) if s.state.serving() => Ok(()),
         Ok(Ok(s)) => Err(s
             .reason
             .clone()

@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use super::supervisor::Supervisor;
 use crate::config::Config;
 use crate::instance::Paths;
-use crate::status::{InstanceStatus, Status};
+use crate::status::{InstanceStatus, Phase, ServiceState, Status};
 
 pub struct Shared {
     pub config: Config,
@@ -40,9 +40,13 @@ impl Shared {
         // draining its last request is not "starting").
         if *self.shutdown.borrow() {
             for s in &mut services {
-                if s.state != "stopped" {
-                    let left = s.workers.iter().filter(|w| w.state != "stopped").count();
-                    s.state = "stopping".into();
+                if s.state != ServiceState::Stopped {
+                    let left = s
+                        .workers
+                        .iter()
+                        .filter(|w| w.state != Phase::Stopped)
+                        .count();
+                    s.state = ServiceState::Stopping;
                     s.reason = Some(format!(
                         "the instance is stopping: {left} of {} workers still running",
                         s.workers.len()
@@ -50,9 +54,7 @@ impl Shared {
                 }
             }
         }
-        let ready = services
-            .iter()
-            .all(|s| s.state == "ready" || s.state == "degraded");
+        let ready = services.iter().all(|s| s.state.serving());
         Status {
             instance: InstanceStatus {
                 name: self.config.instance.name.to_string(),

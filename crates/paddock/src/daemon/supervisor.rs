@@ -16,7 +16,7 @@ use super::service::{self, Order, Plan, ServiceHandle};
 use super::worker::{Deps, StartupEvent};
 use super::{env, groups::Groups, logsink::LogSink, ports, spawner::Spawner};
 use crate::config::{Config, Kind, PortSpec};
-use crate::status::ServiceStatus;
+use crate::status::{Phase, ServiceState, ServiceStatus};
 
 pub struct Supervisor {
     pub services: Vec<ServiceHandle>,
@@ -156,33 +156,35 @@ impl Supervisor {
                     .iter()
                     .map(|w| w.borrow().clone())
                     .collect();
-                let serving =
-                    |w: &&crate::status::WorkerStatus| w.state == "ready" || w.state == "busy";
+                let serving = |w: &&crate::status::WorkerStatus| w.state.serving();
                 let ready = workers.iter().filter(serving).count();
-                let failed: Vec<_> = workers.iter().filter(|w| w.state == "failed").collect();
+                let failed: Vec<_> = workers
+                    .iter()
+                    .filter(|w| w.state == Phase::Failed)
+                    .collect();
                 let (state, reason) = if ready == workers.len() {
-                    ("ready", None)
+                    (ServiceState::Ready, None)
                 } else if ready > 0 {
                     (
-                        "degraded",
+                        ServiceState::Degraded,
                         Some(format!("{ready} of {} workers ready", workers.len())),
                     )
-                } else if let Some(c) = workers.iter().find(|w| w.state == "crash-looping") {
+                } else if let Some(c) = workers.iter().find(|w| w.state == Phase::CrashLooping) {
                     (
-                        "crash-looping",
+                        ServiceState::CrashLooping,
                         c.reason.clone().map(|r| format!("worker {}: {r}", c.index)),
                     )
                 } else if let Some(f) = failed.first() {
                     (
-                        "failed",
+                        ServiceState::Failed,
                         f.reason.clone().map(|r| format!("worker {}: {r}", f.index)),
                     )
-                } else if workers.iter().all(|w| w.state == "stopped") {
-                    ("stopped", Some("stopped".to_string()))
+                } else if workers.iter().all(|w| w.state == Phase::Stopped) {
+                    (ServiceState::Stopped, Some("stopped".to_string()))
                 } else {
-                    let w = workers.iter().find(|w| w.state != "ready");
+                    let w = workers.iter().find(|w| w.state != Phase::Ready);
                     (
-                        "starting",
+                        ServiceState::Starting,
                         w.map(|w| match &w.reason {
                             Some(r) => format!("worker {} is {}: {r}", w.index, w.state),
                             None => format!("worker {} is {}", w.index, w.state),
@@ -192,7 +194,7 @@ impl Supervisor {
                 ServiceStatus {
                     name: s.config.name.to_string(),
                     kind: s.config.kind.as_str().to_string(),
-                    state: state.into(),
+                    state,
                     reason,
                     port: s.port,
                     workers,

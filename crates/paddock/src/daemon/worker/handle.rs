@@ -82,7 +82,7 @@ pub fn start(spec: Spec, deps: Deps) -> Handle {
     let (status_tx, status) = watch::channel(WorkerStatus {
         index: spec.index,
         generation: spec.generations.load(std::sync::atomic::Ordering::Acquire),
-        state: "starting".into(),
+        state: Phase::Starting,
         pid: None,
         restarts: 0,
         ready_since: None,
@@ -108,7 +108,7 @@ pub fn start(spec: Spec, deps: Deps) -> Handle {
                 _ = tokio::time::sleep(spec.start_delay) => {}
                 _ = stop_asked(&mut rx) => {
                     status_tx.send_modify(|s| {
-                        s.state = "stopped".into();
+                        s.state = Phase::Stopped;
                         s.reason = None;
                     });
                     return;

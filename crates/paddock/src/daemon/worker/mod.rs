@@ -52,7 +52,7 @@ use super::metrics::{CauseLabels, Metrics};
 use super::ports::{self, Ownership};
 use super::spawner::Spawner;
 use crate::config::{Kind, Service};
-use crate::status::{ExitCause, WorkerStatus};
+use crate::status::{ExitCause, Phase, WorkerStatus};
 
 use conn::{Conn, connect, next_frame};
 use process::{Running, not_running, wait};
@@ -188,10 +188,10 @@ impl Actor {
         self.execute(vec![Action::Spawn]).await;
         loop {
             while let Some(ev) = self.pending.pop_front() {
-                let before = self.life.state.name();
+                let before = self.life.state.phase();
                 let actions = self.life.on(ev, Instant::now());
                 let after = &self.life.state;
-                if before != after.name() {
+                if before != after.phase() {
                     match after {
                         State::Failed { reason }
                         | State::Restarting { reason }
@@ -200,7 +200,7 @@ impl Actor {
                             tracing::warn!(worker = %self.name(), "{before} -> {}: {reason}", after.name())
                         }
                         State::Busy { .. } => {}
-                        _ if before == "busy" => {}
+                        _ if before == Phase::Busy => {}
                         _ => tracing::info!(worker = %self.name(), "{before} -> {}", after.name()),
                     }
                 }
@@ -489,12 +489,12 @@ impl Actor {
         };
         // Field by field, so that the hot path (ready <-> busy) allocates nothing;
         // env_set and index never change after the actor starts.
-        let state = self.life.state.name();
+        let state = self.life.state.phase();
         let pid = self.running.as_ref().map(|r| r.pid);
         self.status.send_if_modified(|cur| {
             let mut changed = false;
             if cur.state != state {
-                cur.state = state.to_string();
+                cur.state = state;
                 changed = true;
             }
             if cur.generation != self.generation
