@@ -20,7 +20,11 @@ use std::time::Duration;
 
 use serde_json::json;
 use tokio::sync::{Notify, mpsc};
-use tokio_postgres::{AsyncMessage, Client, NoTls, Row, Transaction};
+use tokio_postgres::{Client, Row, Transaction};
+
+mod conn;
+
+use conn::{connect, listen, pg_error, reconnect};
 
 use super::{
     Claimed, Cmd, Finish, JobError, JobView, ListQuery, NewJob, Page, Reply, Store, claim_reply,
@@ -84,58 +88,6 @@ fn db(e: tokio_postgres::Error) -> JobError {
     JobError::Store(pg_error(&e))
 }
 
-/// The server's message, not just "db error".
-fn pg_error(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(d) => format!("{}: {}", d.severity(), d.message()),
-        None => e.to_string(),
-    }
-}
-
-async fn connect(url: &str) -> Result<Client, String> {
-    let (client, conn) = tokio_postgres::connect(url, NoTls)
-        .await
-        .map_err(|e| format!("job store {}: {e}", redact(url)))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::error!("job store connection: {e}");
-        }
-    });
-    Ok(client)
-}
-
-/// Connects again after a connection was lost, with backoff, until it works.
-async fn reconnect(url: &str, what: &str) -> Client {
-    let mut delay = Duration::from_millis(100);
-    loop {
-        match connect(url).await {
-            Ok(c) => {
-                tracing::info!("job store: {what} connection re-established");
-                return c;
-            }
-            Err(e) => {
-                tracing::error!("job store: reconnecting the {what} connection: {e}");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
-}
-
-/// The URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(a), Some(b)) if b > a => {
-            let creds = &url[a + 3..b];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..a + 3], &url[b..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
-
 /// Connects, creates the schema, and starts the store task, the heartbeat and the
 /// listener that wakes pumps.
 pub async fn open(
@@ -193,67 +145,6 @@ pub async fn open(
         url.to_string(),
     ));
     Ok(Store::Postgres(tx))
-}
-
-/// A connection that LISTENs for new jobs and wakes the matching pump; it
-/// reconnects if the connection is lost (the pumps' periodic claim covers the gap).
-async fn listen(url: String, wake: HashMap<String, Arc<Notify>>) -> Result<(), String> {
-    let first = tokio_postgres::connect(&url, NoTls)
-        .await
-        .map_err(|e| format!("job store {}: {e}", redact(&url)))?;
-    tokio::spawn(async move {
-        let mut next = Some(first);
-        let mut delay = Duration::from_millis(100);
-        loop {
-            let (client, mut conn) = match next.take() {
-                Some(c) => c,
-                None => match tokio_postgres::connect(&url, NoTls).await {
-                    Ok(c) => {
-                        tracing::info!("job store: notification connection re-established");
-                        delay = Duration::from_millis(100);
-                        c
-                    }
-                    Err(e) => {
-                        tracing::error!("job store: reconnecting the notification connection: {e}");
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(5));
-                        continue;
-                    }
-                },
-            };
-            let listening = client.batch_execute("LISTEN paddock_jobs");
-            let mut listening = std::pin::pin!(listening);
-            let mut subscribed = false;
-            loop {
-                tokio::select! {
-                    r = &mut listening, if !subscribed => {
-                        subscribed = true;
-                        if let Err(e) = r {
-                            tracing::error!("LISTEN paddock_jobs: {e}");
-                        }
-                    }
-                    msg = std::future::poll_fn(|cx| conn.poll_message(cx)) => match msg {
-                        Some(Ok(AsyncMessage::Notification(n))) => {
-                            if let Some(w) = wake.get(n.payload()) {
-                                w.notify_one();
-                            }
-                        }
-                        Some(Ok(_)) => {}
-                        Some(Err(e)) => {
-                            tracing::error!("job store notifications: {e}");
-                            break;
-                        }
-                        None => break,
-                    }
-                }
-            }
-            // Wake every pump: notifications may have been missed meanwhile.
-            for w in wake.values() {
-                w.notify_one();
-            }
-        }
-    });
-    Ok(())
 }
 
 async fn run(
@@ -630,16 +521,4 @@ async fn list(tx: &Transaction<'_>, q: ListQuery) -> Result<Page, JobError> {
         .map_err(db)?;
     let jobs: Vec<JobView> = rows.iter().map(view).collect();
     Ok(page(jobs, limit))
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            super::redact("postgres://u:secret@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
-        assert_eq!(super::redact("postgres://u@h/db"), "postgres://u@h/db");
-    }
 }

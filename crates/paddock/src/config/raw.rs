@@ -1,0 +1,78 @@
+//! The config file as TOML says it, before defaults and validation.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::model::{Health, Kind, ReloadStrategy};
+use super::values::{Argv, Bytes, Dur, Name, PortSpec};
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawInstance {
+    pub(super) name: Option<Name>,
+    pub(super) listen: Option<String>,
+    pub(super) state_dir: Option<PathBuf>,
+    pub(super) auth_token: Option<String>,
+    pub(super) log_max_size: Option<Bytes>,
+    pub(super) log_max_files: Option<u32>,
+    pub(super) store: Option<String>,
+    pub(super) lease_timeout: Option<Dur>,
+    pub(super) max_connections: Option<u64>,
+    pub(super) expose_errors: Option<bool>,
+    pub(super) header_timeout: Option<Dur>,
+    pub(super) body_timeout: Option<Dur>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawService {
+    #[serde(default = "default_kind")]
+    pub(super) kind: Kind,
+    pub(super) command: Argv,
+    pub(super) workers: Option<u32>,
+    pub(super) cwd: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) env: BTreeMap<String, String>,
+    pub(super) startup_timeout: Option<Dur>,
+    pub(super) request_timeout: Option<Dur>,
+    pub(super) stop_timeout: Option<Dur>,
+    pub(super) port: Option<PortSpec>,
+    pub(super) health: Option<Health>,
+    pub(super) health_interval: Option<Dur>,
+    pub(super) health_timeout: Option<Dur>,
+    pub(super) health_failures: Option<u32>,
+    pub(super) backoff_initial: Option<Dur>,
+    pub(super) backoff_max: Option<Dur>,
+    pub(super) crash_loop_failures: Option<u32>,
+    pub(super) crash_loop_window: Option<Dur>,
+    pub(super) stable_after: Option<Dur>,
+    pub(super) reload: Option<ReloadStrategy>,
+    pub(super) start_stagger: Option<Dur>,
+    #[serde(default)]
+    pub(super) listen_fd: bool,
+    pub(super) max_queue: Option<u32>,
+    pub(super) queue_timeout: Option<Dur>,
+    pub(super) retry_on_crash: Option<u32>,
+    pub(super) poison_limit: Option<u32>,
+    pub(super) max_requests: Option<u64>,
+    pub(super) max_rss: Option<Bytes>,
+    pub(super) max_frame: Option<Bytes>,
+    pub(super) max_attempts: Option<u32>,
+    pub(super) jobs_share: Option<f64>,
+    pub(super) job_backoff: Option<Dur>,
+}
+
+pub(super) fn default_kind() -> Kind {
+    Kind::Worker
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    #[serde(default)]
+    pub(super) instance: RawInstance,
+    #[serde(default)]
+    pub(super) services: BTreeMap<Name, RawService>,
+}
