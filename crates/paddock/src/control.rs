@@ -11,14 +11,28 @@ pub enum Request {
     Status,
     Stop,
     Reload,
-    /// `action`: list, show, cancel or retry.
-    Jobs {
-        action: String,
-        id: Option<String>,
+    /// Inspect or steer durable jobs.
+    Jobs(JobsRequest),
+}
+
+/// What `paddock jobs …` asks of the daemon.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "lowercase")]
+pub enum JobsRequest {
+    List {
         state: Option<String>,
         service: Option<String>,
         limit: Option<u32>,
         after: Option<i64>,
+    },
+    Show {
+        id: String,
+    },
+    Cancel {
+        id: String,
+    },
+    Retry {
+        id: String,
     },
 }
 

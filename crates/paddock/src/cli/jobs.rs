@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use super::{client, output};
 use crate::config::Config;
-use crate::control::{Reply, Request};
+use crate::control::{JobsRequest, Reply, Request};
 use crate::exit;
 use crate::instance::Paths;
 
@@ -60,26 +60,20 @@ pub fn run(config: &Config, cmd: JobsCmd) -> i32 {
             after,
             json,
         } => (
-            request("list", None, state, service, Some(limit), after),
+            JobsRequest::List {
+                state,
+                service,
+                limit: Some(limit),
+                after,
+            },
             json,
             "list",
         ),
-        JobsCmd::Show { id, json } => (
-            request("show", Some(id), None, None, None, None),
-            json,
-            "one",
-        ),
-        JobsCmd::Cancel { id, json } => (
-            request("cancel", Some(id), None, None, None, None),
-            json,
-            "one",
-        ),
-        JobsCmd::Retry { id, json } => (
-            request("retry", Some(id), None, None, None, None),
-            json,
-            "one",
-        ),
+        JobsCmd::Show { id, json } => (JobsRequest::Show { id }, json, "one"),
+        JobsCmd::Cancel { id, json } => (JobsRequest::Cancel { id }, json, "one"),
+        JobsCmd::Retry { id, json } => (JobsRequest::Retry { id }, json, "one"),
     };
+    let req = Request::Jobs(req);
     let value = match client::request(&paths, &req) {
         Ok(Reply::Jobs { value }) => value,
         Ok(Reply::Error { error }) => {
@@ -106,24 +100,6 @@ pub fn run(config: &Config, cmd: JobsCmd) -> i32 {
         print_one(&value);
     }
     exit::OK
-}
-
-fn request(
-    action: &str,
-    id: Option<String>,
-    state: Option<String>,
-    service: Option<String>,
-    limit: Option<u32>,
-    after: Option<i64>,
-) -> Request {
-    Request::Jobs {
-        action: action.into(),
-        id,
-        state,
-        service,
-        limit,
-        after,
-    }
 }
 
 fn s(v: &Value) -> String {

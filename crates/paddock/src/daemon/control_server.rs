@@ -9,6 +9,9 @@ use tokio::net::{UnixListener, UnixStream};
 
 use super::shared::SharedRef;
 use crate::control::{Reply, Request};
+use tokio::io::AsyncReadExt as _;
+
+mod handlers;
 
 /// Binds the socket, replacing a stale file (we hold the instance lock, so any
 /// file there belongs to a dead daemon).
@@ -58,39 +61,10 @@ async fn handle(stream: UnixStream, shared: SharedRef) {
         return;
     }
     let reply = match serde_json::from_str::<Request>(&line) {
-        Ok(Request::Status) => Reply::Status {
-            status: Box::new(shared.status()),
-        },
-        Ok(Request::Stop) => {
-            tracing::info!("stop requested over the control socket");
-            shared.request_stop();
-            Reply::Stopping
-        }
-        Ok(Request::Reload) => match shared.supervisor.reload().await {
-            Ok(replaced) => Reply::Reloaded { replaced },
-            Err(error) => Reply::Error { error },
-        },
-        Ok(Request::Jobs {
-            action,
-            id,
-            state,
-            service,
-            limit,
-            after,
-        }) => {
-            jobs(
-                &shared,
-                &action,
-                id,
-                super::jobs::ListQuery {
-                    state,
-                    service,
-                    limit,
-                    after,
-                },
-            )
-            .await
-        }
+        Ok(Request::Status) => handlers::status(&shared),
+        Ok(Request::Stop) => handlers::stop(&shared),
+        Ok(Request::Reload) => handlers::reload(&shared).await,
+        Ok(Request::Jobs(req)) => handlers::jobs(&shared, req).await,
         Err(e) => Reply::Error {
             error: format!("bad request: {e}"),
         },
@@ -98,61 +72,4 @@ async fn handle(stream: UnixStream, shared: SharedRef) {
     let mut out = serde_json::to_vec(&reply).unwrap_or_default();
     out.push(b'\n');
     let _ = w.write_all(&out).await;
-}
-
-use tokio::io::AsyncReadExt as _;
-
-async fn jobs(
-    shared: &SharedRef,
-    action: &str,
-    id: Option<String>,
-    query: super::jobs::ListQuery,
-) -> Reply {
-    let Some(j) = &shared.jobs else {
-        return Reply::Error {
-            error: "this instance has no worker services, so no jobs".into(),
-        };
-    };
-    let need_id = || {
-        id.clone()
-            .ok_or_else(|| super::jobs::JobError::NotFound("(no id given)".into()))
-    };
-    let r = match action {
-        "list" => j
-            .store
-            .list(query)
-            .await
-            .map(|(jobs, next)| serde_json::json!({"jobs": jobs, "next": next})),
-        "show" => match need_id() {
-            Ok(id) => j.store.get(id).await.map(|v| serde_json::json!(v)),
-            Err(e) => Err(e),
-        },
-        "cancel" => match need_id() {
-            Ok(id) => j.store.cancel(id).await.map(|v| serde_json::json!(v)),
-            Err(e) => Err(e),
-        },
-        "retry" => match need_id() {
-            Ok(id) => {
-                let r = j.store.retry(id).await;
-                if let Ok(v) = &r
-                    && let Some(w) = j.wake.get(&v.service)
-                {
-                    w.notify_one();
-                }
-                r.map(|v| serde_json::json!(v))
-            }
-            Err(e) => Err(e),
-        },
-        other => {
-            return Reply::Error {
-                error: format!("unknown jobs action {other:?}"),
-            };
-        }
-    };
-    match r {
-        Ok(value) => Reply::Jobs { value },
-        Err(e) => Reply::Error {
-            error: e.to_string(),
-        },
-    }
 }

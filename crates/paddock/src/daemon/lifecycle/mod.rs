@@ -48,6 +48,7 @@ pub enum State {
     /// Being killed so that it can be restarted; `reason` is the failure.
     Restarting {
         reason: String,
+        cause: RestartCause,
     },
     /// Waiting before the next spawn.
     Backoff {
@@ -100,6 +101,27 @@ impl State {
                 | State::Restarting { .. }
                 | State::Stopping
         )
+    }
+}
+
+/// Why paddock kills a worker to restart it (the metrics' `cause` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartCause {
+    /// It failed: exited, timed out starting, lost its port, setup() raised.
+    Crash,
+    /// It broke the worker protocol.
+    Protocol,
+    /// Its health probe failed `health_failures` times in a row.
+    Health,
+}
+
+impl RestartCause {
+    pub fn label(self) -> &'static str {
+        match self {
+            RestartCause::Crash => "crash",
+            RestartCause::Protocol => "protocol",
+            RestartCause::Health => "health",
+        }
     }
 }
 
@@ -245,11 +267,13 @@ impl Lifecycle {
                 ),
                 None,
                 crate::exit::TIMED_OUT,
+                RestartCause::Crash,
             ),
             (Starting { .. } | Ready { .. }, Event::PortStolen(who)) => self.kill_for(
                 format!("its port is held by another program: {who}"),
                 None,
                 crate::exit::FAILURE,
+                RestartCause::Crash,
             ),
             (Ready { .. }, Event::Dispatched) => (Busy { since: now }, vec![]),
             (Busy { .. }, Event::Finished) => (
@@ -270,6 +294,7 @@ impl Lifecycle {
                     format!("protocol violation: {why}"),
                     None,
                     crate::exit::FAILURE,
+                    RestartCause::Protocol,
                 ),
             (Starting { .. }, Event::SetupFailed(traceback)) => self.kill_for(
                 "setup() raised an exception".into(),
@@ -278,6 +303,7 @@ impl Lifecycle {
                     traceback.trim_end()
                 )),
                 crate::exit::FAILURE,
+                RestartCause::Crash,
             ),
             (Replacing { .. }, Event::Exited(_)) => {
                 self.restarts += 1;
@@ -305,6 +331,7 @@ impl Lifecycle {
                                 "health check failed {} times in a row (last: {detail})",
                                 probe_failures + 1
                             ),
+                            cause: RestartCause::Health,
                         },
                         vec![Terminate],
                     )
@@ -333,7 +360,7 @@ impl Lifecycle {
                 Starting { .. } | Ready { .. } | Backoff { .. } | CrashLoop { .. },
                 Event::SpawnFailed(why),
             ) => self.failure(format!("could not start: {why}"), now),
-            (Restarting { reason }, Event::Exited(_)) => self.failure(reason, now),
+            (Restarting { reason, .. }, Event::Exited(_)) => self.failure(reason, now),
             (Backoff { .. } | CrashLoop { .. }, Event::BackoffElapsed) => {
                 self.restarts += 1;
                 (Starting { since: now }, vec![Spawn])
@@ -353,6 +380,7 @@ impl Lifecycle {
         reason: String,
         message: Option<String>,
         code: i32,
+        cause: RestartCause,
     ) -> (State, Vec<Action>) {
         if self.initial {
             let message = message.unwrap_or_else(|| reason.clone());
@@ -364,6 +392,7 @@ impl Lifecycle {
             (
                 State::Restarting {
                     reason: message.unwrap_or(reason),
+                    cause,
                 },
                 vec![Action::Kill],
             )

@@ -41,7 +41,58 @@ pub(super) async fn next_frame(conn: &mut Option<Conn>) -> Option<Result<Frame, 
     }
 }
 
+/// A worker's answer to the request it holds: one parse, used both while the worker
+/// runs and when its last frames are read after it exited.
+pub(super) enum Answer {
+    Reply {
+        content_type: String,
+        body: Vec<u8>,
+    },
+    /// The handler raised (an unexpected exception).
+    Error {
+        message: String,
+        traceback: String,
+    },
+    /// The request was wrong (protocol version 2).
+    BadRequest {
+        message: String,
+    },
+}
+
+impl Answer {
+    /// The request id and answer a frame carries, or the frame back when it is no
+    /// answer (or one that `version` does not have).
+    pub(super) fn of(frame: Frame, version: u16) -> Result<(u64, Answer), Frame> {
+        match frame {
+            Frame::Reply {
+                id,
+                content_type,
+                body,
+            } => Ok((id, Answer::Reply { content_type, body })),
+            Frame::Error {
+                id,
+                message,
+                traceback,
+            } => Ok((id, Answer::Error { message, traceback })),
+            Frame::BadRequest { id, message } if version >= 2 => {
+                Ok((id, Answer::BadRequest { message }))
+            }
+            other => Err(other),
+        }
+    }
+}
+
 impl Actor {
+    /// The request in flight is answered (the caller checked the id).
+    pub(super) fn take_answer(&mut self, answer: Answer) {
+        let outcome = match answer {
+            Answer::Reply { content_type, body } => Outcome::Ok { content_type, body },
+            Answer::Error { message, traceback } => self.handler_error(message, traceback),
+            Answer::BadRequest { message } => Outcome::BadRequest { message, code: 400 },
+        };
+        self.finish(outcome);
+    }
+
     pub(super) fn on_frame(&mut self, frame: Option<Result<Frame, ReadError>>) -> Option<Event> {
         let conn = self.conn.as_mut()?;
         let frame = match frame {
@@ -120,39 +171,21 @@ impl Actor {
                 Some(Event::ProvenReady)
             }
             Frame::SetupFailed { text } => Some(Event::SetupFailed(text)),
-            Frame::Reply {
-                id,
-                content_type,
-                body,
-            } => match &self.inflight {
-                Some(f) if f.id == id => {
-                    self.finish(Outcome::Ok { content_type, body });
-                    self.after_request();
-                    Some(Event::Finished)
+            frame @ (Frame::Reply { .. } | Frame::Error { .. } | Frame::BadRequest { .. }) => {
+                match Answer::of(frame, conn.version) {
+                    Ok((id, answer)) if self.inflight.as_ref().is_some_and(|f| f.id == id) => {
+                        self.take_answer(answer);
+                        self.after_request();
+                        Some(Event::Finished)
+                    }
+                    Ok((id, _)) => Some(self.wrong_id(id)),
+                    Err(other) => Some(Event::ProtocolViolation(format!(
+                        "frame 0x{:02x} is not part of protocol version {}",
+                        other.kind(),
+                        conn.version
+                    ))),
                 }
-                _ => Some(self.wrong_id(id)),
-            },
-            Frame::Error {
-                id,
-                message,
-                traceback,
-            } => match &self.inflight {
-                Some(f) if f.id == id => {
-                    let outcome = self.handler_error(message, traceback);
-                    self.finish(outcome);
-                    self.after_request();
-                    Some(Event::Finished)
-                }
-                _ => Some(self.wrong_id(id)),
-            },
-            Frame::BadRequest { id, message } if conn.version >= 2 => match &self.inflight {
-                Some(f) if f.id == id => {
-                    self.finish(Outcome::BadRequest { message, code: 400 });
-                    self.after_request();
-                    Some(Event::Finished)
-                }
-                _ => Some(self.wrong_id(id)),
-            },
+            }
             Frame::StreamStart { .. } | Frame::Chunk { .. } | Frame::StreamEnd { .. } => {
                 Some(Event::ProtocolViolation(
                     "streamed replies are not supported by this daemon yet".into(),

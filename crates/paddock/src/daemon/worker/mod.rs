@@ -54,7 +54,7 @@ use super::spawner::Spawner;
 use crate::config::{Kind, Service};
 use crate::status::{ExitCause, Phase, WorkerStatus};
 
-use conn::{Conn, connect, next_frame};
+use conn::{Answer, Conn, connect, next_frame};
 use process::{Running, not_running, wait};
 use request::{InFlight, recycle_after};
 
@@ -194,7 +194,7 @@ impl Actor {
                 if before != after.phase() {
                     match after {
                         State::Failed { reason }
-                        | State::Restarting { reason }
+                        | State::Restarting { reason, .. }
                         | State::CrashLoop { reason, .. }
                         | State::Replacing { reason } => {
                             tracing::warn!(worker = %self.name(), "{before} -> {}: {reason}", after.name())
@@ -461,7 +461,7 @@ impl Actor {
     pub(super) fn publish(&self) {
         let reason = match &self.life.state {
             State::Failed { reason }
-            | State::Restarting { reason }
+            | State::Restarting { reason, .. }
             | State::Replacing { reason } => Some(reason.clone()),
             State::CrashLoop { until, reason } => Some(format!(
                 "{reason}; next try in {:.1}s",

@@ -212,29 +212,13 @@ impl Actor {
         if let Some(mut c) = self.conn.take() {
             let drain = Duration::from_millis(500);
             while let Ok(Ok(frame)) = tokio::time::timeout(drain, c.frames.next()).await {
-                match frame {
-                    Frame::SetupFailed { text } => setup_failed = Some(text),
-                    Frame::Reply {
-                        id,
-                        content_type,
-                        body,
-                    } if self.inflight.as_ref().is_some_and(|f| f.id == id) => {
-                        self.finish(Outcome::Ok { content_type, body });
+                match Answer::of(frame, c.version) {
+                    Ok((id, answer)) if self.inflight.as_ref().is_some_and(|f| f.id == id) => {
+                        self.take_answer(answer);
                     }
-                    Frame::Error {
-                        id,
-                        message,
-                        traceback,
-                    } if self.inflight.as_ref().is_some_and(|f| f.id == id) => {
-                        let outcome = self.handler_error(message, traceback);
-                        self.finish(outcome);
-                    }
-                    Frame::BadRequest { id, message }
-                        if self.inflight.as_ref().is_some_and(|f| f.id == id) =>
-                    {
-                        self.finish(Outcome::BadRequest { message, code: 400 });
-                    }
-                    _ => {}
+                    Ok(_) => {}
+                    Err(Frame::SetupFailed { text }) => setup_failed = Some(text),
+                    Err(_) => {}
                 }
             }
         }
@@ -289,8 +273,7 @@ impl Actor {
         let restart_cause = match &self.life.state {
             State::Stopping => None,
             State::Replacing { .. } => Some("deadline"),
-            State::Restarting { reason } if reason.starts_with("protocol") => Some("protocol"),
-            State::Restarting { reason } if reason.starts_with("health") => Some("health"),
+            State::Restarting { cause, .. } => Some(cause.label()),
             _ => Some("crash"),
         };
         if let Some(c) = restart_cause {
