@@ -8,10 +8,10 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
-pub mod config;
-pub mod control;
-pub mod daemon;
-pub mod exit;
-pub mod instance;
-pub mod status;
-pub mod timefmt;
+pub(crate) mod config;
+pub(crate) mod control;
+pub(crate) mod daemon;
+pub(crate) mod exit;
+pub(crate) mod instance;
+pub(crate) mod status;
+pub(crate) mod timefmt;

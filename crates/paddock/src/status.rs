@@ -176,12 +176,6 @@ pub struct ExitCause {
     pub description: String,
 }
 
-impl ExitCause {
-    pub fn summary(&self) -> String {
-        self.description.clone()
-    }
-}
-
 /// "exited with status 1", "was killed by SIGSEGV".
 pub fn describe_exit(st: std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;

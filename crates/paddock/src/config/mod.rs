@@ -20,7 +20,7 @@ use std::time::Duration;
 
 pub use model::{Config, Health, Instance, Kind, ReloadStrategy, Service, Store};
 use raw::RawConfig;
-pub use values::{Argv, Bytes, Dur, Name, PortSpec};
+pub use values::{Dur, Name, PortSpec};
 
 /// A config error: where it is, and what is wrong.
 #[derive(Debug, thiserror::Error)]
