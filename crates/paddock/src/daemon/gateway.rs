@@ -287,25 +287,25 @@ async fn call(shared: SharedRef, service: String, method: String, req: Request) 
             &service,
             format!(
                 "worker {} crashed while serving the request: it {}",
-                cause["worker"],
-                cause["description"].as_str().unwrap_or("died")
+                cause.worker(),
+                cause.description()
             ),
-            cause,
+            json!(cause),
         ),
         Outcome::Poison { cause } => error(
             StatusCode::BAD_GATEWAY,
             &service,
             format!(
                 "poison request: it killed {} workers and will not be retried",
-                cause["workers_killed_by_this_request"]
+                cause.workers_killed()
             ),
-            cause,
+            json!(cause),
         ),
         Outcome::DeadlineKilled { cause } => error(
             StatusCode::GATEWAY_TIMEOUT,
             &service,
             format!("deadline of {timeout}ms passed; the worker was killed and is being replaced"),
-            cause,
+            json!(cause),
         ),
         Outcome::BadRequest { message, code } => error(
             StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST),

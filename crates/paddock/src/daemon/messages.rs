@@ -26,14 +26,17 @@ pub enum Outcome {
         worker: u32,
         error_id: String,
     },
+    /// The worker died (or broke the protocol) while serving the request.
     Crashed {
-        cause: serde_json::Value,
+        cause: CrashCause,
     },
+    /// The request killed `poison_limit` workers: it is not retried.
     Poison {
-        cause: serde_json::Value,
+        cause: CrashCause,
     },
+    /// The request passed its deadline; the worker was killed.
     DeadlineKilled {
-        cause: serde_json::Value,
+        cause: DeadlineCause,
     },
     NotFound {
         message: String,
@@ -70,6 +73,74 @@ impl Outcome {
             Outcome::Unavailable { .. } => "unavailable",
         }
     }
+}
+
+/// Why a request's worker died, as the client's 502 body (`cause`) says it.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(untagged)]
+pub enum CrashCause {
+    /// The process ended: its exit status or signal, and its last lines.
+    Exit(ExitDetail),
+    /// The worker broke the protocol and was killed for it.
+    Violation(ViolationDetail),
+}
+
+impl CrashCause {
+    pub fn worker(&self) -> u32 {
+        match self {
+            CrashCause::Exit(d) => d.worker,
+            CrashCause::Violation(d) => d.worker,
+        }
+    }
+
+    pub fn description(&self) -> &str {
+        match self {
+            CrashCause::Exit(d) => &d.description,
+            CrashCause::Violation(d) => &d.description,
+        }
+    }
+
+    /// How many workers this request has killed (a violation counts none).
+    pub fn workers_killed(&self) -> u32 {
+        match self {
+            CrashCause::Exit(d) => d.workers_killed_by_this_request,
+            CrashCause::Violation(_) => 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ExitDetail {
+    pub worker: u32,
+    pub pid: i32,
+    pub generation: u64,
+    pub signal: Option<String>,
+    pub exit_code: Option<i32>,
+    pub oom_killed: bool,
+    pub description: String,
+    pub workers_killed_by_this_request: u32,
+    pub log_tail: Vec<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ViolationDetail {
+    pub worker: u32,
+    pub pid: Option<i32>,
+    pub generation: u64,
+    pub protocol_violation: String,
+    pub description: String,
+    pub queued_ms: u64,
+}
+
+/// The request that passed its deadline, as the client's 504 body says it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeadlineCause {
+    pub worker: u32,
+    pub pid: i32,
+    pub generation: u64,
+    pub request_timeout_ms: u64,
+    pub queued_ms: u64,
+    pub ran_ms: u64,
 }
 
 /// One request on its way to a worker.

@@ -3,6 +3,7 @@
 //! protocol violation that kills the worker.
 
 use super::*;
+use crate::daemon::messages::{CrashCause, ViolationDetail};
 
 pub(super) struct Conn {
     pub(super) frames: FrameReader<OwnedReadHalf>,
@@ -205,13 +206,13 @@ impl Actor {
         };
         let why = why.clone();
         if let Some(f) = &self.inflight {
-            let cause = json!({
-                "worker": self.spec.index,
-                "pid": self.running.as_ref().map(|r| r.pid),
-                "generation": self.generation,
-                "protocol_violation": why,
-                "description": format!("broke the worker protocol ({why}) and was killed"),
-                "queued_ms": f.started.duration_since(f.job.received).as_millis() as u64,
+            let cause = CrashCause::Violation(ViolationDetail {
+                worker: self.spec.index,
+                pid: self.running.as_ref().map(|r| r.pid),
+                generation: self.generation,
+                description: format!("broke the worker protocol ({why}) and was killed"),
+                protocol_violation: why,
+                queued_ms: f.started.duration_since(f.job.received).as_millis() as u64,
             });
             self.finish(Outcome::Crashed { cause });
         }

@@ -37,7 +37,6 @@ use std::time::{Duration, Instant};
 
 use paddock_protocol::Frame;
 use paddock_protocol::io::{FrameReader, ReadError};
-use serde_json::json;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot, watch};

@@ -3,6 +3,7 @@
 //! recycling by request count and memory.
 
 use super::*;
+use crate::daemon::messages::{CrashCause, DeadlineCause, ExitDetail};
 
 pub(super) struct InFlight {
     pub(super) id: u64,
@@ -180,14 +181,14 @@ impl Actor {
         let pid = r.pid;
         let timeout = self.spec.service.request_timeout;
         let cause = match &self.inflight {
-            Some(f) => json!({
-                "worker": self.spec.index,
-                "pid": pid,
-                "generation": self.generation,
-                "request_timeout_ms": timeout.as_millis() as u64,
-                "queued_ms": f.started.duration_since(f.job.received).as_millis() as u64,
-                "ran_ms": f.started.elapsed().as_millis() as u64,
-            }),
+            Some(f) => DeadlineCause {
+                worker: self.spec.index,
+                pid,
+                generation: self.generation,
+                request_timeout_ms: timeout.as_millis() as u64,
+                queued_ms: f.started.duration_since(f.job.received).as_millis() as u64,
+                ran_ms: f.started.elapsed().as_millis() as u64,
+            },
             None => return,
         };
         let svc = Metrics::service(self.service());
@@ -206,16 +207,16 @@ impl Actor {
         job.crashes += 1;
         let s = &self.spec.service;
         let tail = self.deps.logs.tail(self.spec.index, TAIL_LINES).await;
-        let detail = json!({
-            "worker": self.spec.index,
-            "pid": pid,
-            "generation": self.generation,
-            "signal": cause.signal,
-            "exit_code": cause.exit_code,
-            "oom_killed": cause.oom_killed,
-            "description": cause.description,
-            "workers_killed_by_this_request": job.crashes,
-            "log_tail": tail,
+        let detail = CrashCause::Exit(ExitDetail {
+            worker: self.spec.index,
+            pid,
+            generation: self.generation,
+            signal: cause.signal.clone(),
+            exit_code: cause.exit_code,
+            oom_killed: cause.oom_killed,
+            description: cause.description.clone(),
+            workers_killed_by_this_request: job.crashes,
+            log_tail: tail,
         });
         if job.crashes >= s.poison_limit && s.poison_limit > 1 {
             let _ = job.reply.send(Outcome::Poison { cause: detail });
