@@ -10,6 +10,8 @@
 //! The store is SQLite (one thread owns the connection, and commits in groups) or
 //! PostgreSQL. Either way the store is opened only after the daemon forked.
 
+mod state;
+pub use state::JobState;
 pub mod postgres;
 pub mod pump;
 pub mod sqlite;
@@ -24,7 +26,7 @@ pub struct JobView {
     pub seq: i64,
     pub service: String,
     pub method: String,
-    pub state: String,
+    pub state: JobState,
     /// Times it was started.
     pub attempts: u32,
     /// Attempts that failed (they count towards max_attempts).
@@ -110,7 +112,7 @@ pub enum JobError {
     #[error("job {id} is {state}: {what}")]
     Conflict {
         id: String,
-        state: String,
+        state: JobState,
         what: String,
     },
     #[error("job store: {0}")]

@@ -27,8 +27,8 @@ mod conn;
 use conn::{connect, listen, pg_error, reconnect};
 
 use super::{
-    Claimed, Cmd, Finish, JobError, JobView, ListQuery, NewJob, Page, Reply, Store, claim_reply,
-    ms_to_rfc3339, new_id, now_ms, page, reply,
+    Claimed, Cmd, Finish, JobError, JobState, JobView, ListQuery, NewJob, Page, Reply, Store,
+    claim_reply, ms_to_rfc3339, new_id, now_ms, page, reply,
 };
 
 const SCHEMA: &str = "
@@ -279,8 +279,8 @@ async fn apply(tx: &Transaction<'_>, cmd: Cmd, owner: &str, lease_ms: i64) -> Re
                     .await
                     .map_err(db)?
                     .ok_or_else(|| JobError::NotFound(id.clone()))?;
-                let state: String = row.get(0);
-                if state != "done" {
+                let state: JobState = row.get(0);
+                if state != JobState::Done {
                     return Err(JobError::Conflict {
                         id: id.clone(),
                         state,

@@ -17,8 +17,8 @@ use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use serde_json::json;
 
 use super::{
-    Claimed, Cmd, Finish, JobError, JobView, ListQuery, NewJob, Reply, Store, claim_reply,
-    ms_to_rfc3339, new_id, now_ms, page, reply,
+    Claimed, Cmd, Finish, JobError, JobState, JobView, ListQuery, NewJob, Reply, Store,
+    claim_reply, ms_to_rfc3339, new_id, now_ms, page, reply,
 };
 
 const SCHEMA: &str = "
@@ -204,7 +204,7 @@ fn apply(tx: &rusqlite::Transaction<'_>, cmd: Cmd, owner: &str) -> Reply {
         Cmd::Get(id, r) => reply(r, get(tx, &id)),
         Cmd::Result(id, r) => {
             let v = (|| {
-                let (state, ct, body): (String, Option<String>, Option<Vec<u8>>) = tx
+                let (state, ct, body): (JobState, Option<String>, Option<Vec<u8>>) = tx
                     .query_row(
                         "SELECT state, result_content_type, result FROM jobs WHERE id = ?1",
                         [&id],
@@ -213,7 +213,7 @@ fn apply(tx: &rusqlite::Transaction<'_>, cmd: Cmd, owner: &str) -> Reply {
                     .optional()
                     .map_err(store_err)?
                     .ok_or_else(|| JobError::NotFound(id.clone()))?;
-                if state != "done" {
+                if state != JobState::Done {
                     return Err(JobError::Conflict {
                         id: id.clone(),
                         state,
