@@ -39,14 +39,6 @@ impl Reaper {
     }
 }
 
-/// Waits, at most `limit`, for the reaper `pid` (a child of this process) to exit,
-/// and reaps it. The reaper exits as soon as the daemon's end of its pipe is closed,
-/// so a daemon that dropped its [`Reaper`] can wait for it before it reports that
-/// nothing it started is left. Returns whether it exited.
-pub fn wait_exit(pid: i32, limit: std::time::Duration) -> bool {
-    crate::detach::wait_child(pid, limit)
-}
-
 /// Forks the reaper. Must be called while single-threaded; `close_in_child` are
 /// descriptors the reaper must not keep open (a progress pipe, for instance).
 pub fn fork_reaper(close_in_child: &[RawFd]) -> Result<Reaper, crate::detach::DetachError> {

@@ -270,19 +270,21 @@ impl Dispatcher {
                 return;
             }
         }
-        let now = Instant::now();
-        if q.unavailable(now).is_none() {
+        let Some(Outcome::Unavailable {
+            reason,
+            retry_after,
+        }) = q.unavailable(Instant::now())
+        else {
             return;
-        }
+        };
         let jobs = std::mem::take(&mut q.jobs);
         q.depth.set(0);
-        let answers: Vec<_> = jobs
-            .into_iter()
-            .filter_map(|j| Some((j.reply, q.unavailable(now)?)))
-            .collect();
         drop(q);
-        for (reply, outcome) in answers {
-            let _ = reply.send(outcome);
+        for job in jobs {
+            let _ = job.reply.send(Outcome::Unavailable {
+                reason: reason.clone(),
+                retry_after,
+            });
         }
     }
 

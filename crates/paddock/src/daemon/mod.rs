@@ -131,7 +131,8 @@ pub fn run(launch: Launch) -> i32 {
             ))
         }
     };
-    if !paddock_sys::reaper::wait_exit(reaper_pid, std::time::Duration::from_secs(2)) {
+    // The reaper exits as soon as its pipe is closed (the runtime's tasks dropped).
+    if !paddock_sys::detach::wait_child(reaper_pid, std::time::Duration::from_secs(2)) {
         tracing::warn!(pid = reaper_pid, "the reaper did not exit within 2s");
     }
     drop(lock);
@@ -251,11 +252,7 @@ async fn main(
                 }
                 Some(StartupEvent::Failed { service, worker, code, message, tail }) => {
                     let message = report::shorten_shown(&message, &tail);
-                    let detail = if tail.is_empty() {
-                        None
-                    } else {
-                        Some(format!("last {} lines of {service}/{worker}:\n{}", tail.len(), tail.iter().map(|l| format!("  | {l}")).collect::<Vec<_>>().join("\n")))
-                    };
+                    let detail = report::tail_block(&format!("{service}/{worker}"), &tail);
                     verdict = Some((code, format!("service {service} (worker {worker}) {message}"), detail));
                     break;
                 }

@@ -56,6 +56,20 @@ impl Reporter {
     }
 }
 
+/// A worker's last lines under a failure message: "last N lines of NAME:" and the
+/// lines, indented; None when there are none.
+pub fn tail_block(name: &str, tail: &[String]) -> Option<String> {
+    if tail.is_empty() {
+        return None;
+    }
+    let lines: Vec<String> = tail.iter().map(|l| format!("  | {l}")).collect();
+    Some(format!(
+        "last {} lines of {name}:\n{}",
+        tail.len(),
+        lines.join("\n")
+    ))
+}
+
 /// A failure message that quotes what the worker's last lines already show (a
 /// setup() traceback, say) is cut to its first line and the quote's last line, so
 /// that `start` shows the traceback once.

@@ -268,19 +268,10 @@ impl Coordinator {
     /// The slot's last log lines, formatted to follow an error message.
     async fn tail_of(&self, i: usize) -> String {
         let tail = self.deps.logs.tail(self.slots[i].index, 10).await;
-        if tail.is_empty() {
-            return String::new();
-        }
-        format!(
-            "\nlast {} lines of {}/{}:\n{}",
-            tail.len(),
-            self.service.name,
-            self.slots[i].index,
-            tail.iter()
-                .map(|l| format!("  | {l}"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
+        let name = format!("{}/{}", self.service.name, self.slots[i].index);
+        super::report::tail_block(&name, &tail)
+            .map(|t| format!("\n{t}"))
+            .unwrap_or_default()
     }
 
     /// Publishes the slots plus a worker that is being retired.
