@@ -89,27 +89,41 @@ fn a_daemon_that_does_not_stop_in_time_is_exit_6() {
 #[test]
 fn nothing_is_spawned_once_a_stop_began_and_status_says_stopping() {
     let env = Env::new();
-    env.config(&env.worker(
-        "fake",
-        "workers = 1\nrequest_timeout = \"2s\"\nstop_timeout = \"1s\"",
+    // "a" hits its 2 s deadline while the stop still waits on "b"'s longer request:
+    // the deadline kill must not be followed by a replacement.
+    env.config(&format!(
+        "{}{}",
+        env.worker(
+            "a",
+            "workers = 1\nrequest_timeout = \"2s\"\nstop_timeout = \"1s\""
+        ),
+        env.worker(
+            "b",
+            "workers = 1\nrequest_timeout = \"10s\"\nstop_timeout = \"1s\""
+        )
     ));
     env.start_ok();
     let port = env.port;
-    // A request that will hit its deadline while the daemon is stopping.
-    let client = std::thread::spawn(move || call(port, "fake", &json!({"op": "spin"})));
-    wait_busy(&env);
+    let spin = std::thread::spawn(move || call(port, "a", &json!({"op": "spin"})));
+    let slow = std::thread::spawn(move || call(port, "b", &json!({"op": "sleep", "s": 4})));
+    wait_until(Duration::from_secs(10), "both workers busy", || {
+        let st = env.status();
+        (st["services"][0]["workers"][0]["state"] == "busy"
+            && st["services"][1]["workers"][0]["state"] == "busy")
+            .then_some(())
+    });
     let stopper = stop_in_background(&env);
-    // While it drains: the service is "stopping", and the busy worker keeps its
+    // While it drains: the services are "stopping", and the busy workers keep their
     // READY SINCE.
     let st = wait_until(Duration::from_secs(10), "status while stopping", || {
         let out = env.run(&["status", "--json"]);
         let v: serde_json::Value = serde_json::from_str(&out.stdout).ok()?;
-        (v["services"][0]["state"] == "stopping").then_some(v)
+        (v["services"][1]["state"] == "stopping").then_some(v)
     });
-    let w = &st["services"][0]["workers"][0];
+    let w = &st["services"][1]["workers"][0];
     assert!(w["ready_since"].is_string(), "{st}");
     assert!(
-        st["services"][0]["reason"]
+        st["services"][1]["reason"]
             .as_str()
             .unwrap()
             .contains("stopping"),
@@ -117,8 +131,10 @@ fn nothing_is_spawned_once_a_stop_began_and_status_says_stopping() {
     );
     let (out, _) = stopper.join().unwrap();
     assert_eq!(out.status.code(), Some(0), "{out:?}");
-    let r = client.join().unwrap();
+    let r = spin.join().unwrap();
     assert_eq!(r.code, 504, "{}", r.text());
+    let r = slow.join().unwrap();
+    assert_eq!(r.code, 200, "{}", r.text());
     let log = std::fs::read_to_string(env.state_dir().join("daemon.log")).unwrap();
     assert!(log.contains("generation=1"), "{log}");
     assert!(
