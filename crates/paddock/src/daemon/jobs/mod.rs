@@ -7,9 +7,15 @@
 //! attempts the job is dead. Each attempt's cause is recorded. A result is committed
 //! in the same transaction that marks the job done, so a done job never runs again.
 //!
-//! The store is SQLite (one thread owns the connection, and commits in groups) or
-//! PostgreSQL. Either way the store is opened only after the daemon forked.
+//! The store is SQLite (one thread owns the connection) or PostgreSQL. Either way
+//! the store is opened only after the daemon forked, and it has one model: the
+//! lifecycle in `state.rs`, the rules in `apply.rs`, the group-commit loop in
+//! `group.rs`, the row mapping in `row.rs`; `sqlite.rs` and `postgres.rs` hold only
+//! their dialect's SQL, their connections and (PostgreSQL) leases.
 
+mod apply;
+mod group;
+mod row;
 mod state;
 pub use state::JobState;
 pub mod postgres;
@@ -152,20 +158,16 @@ pub enum Cmd {
     Sync(oneshot::Sender<()>),
 }
 
-/// A handle to the job store: the SQLite thread or the PostgreSQL task.
+/// A handle to the job store's group loop (on the SQLite thread or the PostgreSQL
+/// task).
 #[derive(Clone)]
-pub enum Store {
-    Sqlite(std::sync::mpsc::Sender<Cmd>),
-    Postgres(tokio::sync::mpsc::UnboundedSender<Cmd>),
-}
+pub struct Store(tokio::sync::mpsc::UnboundedSender<Cmd>);
 
 impl Store {
     fn send(&self, c: Cmd) -> Result<(), JobError> {
-        let closed = |_| JobError::Store("the job store is closed".into());
-        match self {
-            Store::Sqlite(tx) => tx.send(c).map_err(|e| closed(e.0)),
-            Store::Postgres(tx) => tx.send(c).map_err(|e| closed(e.0)),
-        }
+        self.0
+            .send(c)
+            .map_err(|_| JobError::Store("the job store is closed".into()))
     }
 
     pub async fn enqueue(&self, job: NewJob) -> Result<(JobView, bool), JobError> {
@@ -263,6 +265,23 @@ fn claim_reply(tx: oneshot::Sender<Vec<Claimed>>, claimed: Vec<Claimed>) -> Repl
             claimed
         });
     })
+}
+
+/// The reply of a command that was never applied (its transaction could not
+/// begin): its caller hears the group's error.
+fn refused(cmd: Cmd) -> Reply {
+    let not_applied = || JobError::Store("not applied".into());
+    match cmd {
+        Cmd::Enqueue(_, r) => reply(r, Err(not_applied())),
+        Cmd::Claim { reply: r, .. } => claim_reply(r, vec![]),
+        Cmd::Finish { .. } => Box::new(|_| {}),
+        Cmd::Get(_, r) | Cmd::Cancel(_, r) | Cmd::Retry(_, r) => reply(r, Err(not_applied())),
+        Cmd::Result(_, r) => reply(r, Err(not_applied())),
+        Cmd::List(_, r) => reply(r, Err(not_applied())),
+        Cmd::Sync(r) => Box::new(move |_| {
+            let _ = r.send(());
+        }),
+    }
 }
 
 /// A page of at most `limit` jobs from `jobs` (queried with `limit + 1` rows), and

@@ -12,23 +12,28 @@
 //! - an enqueue sends `NOTIFY paddock_jobs` in its transaction; every daemon
 //!   LISTENs and wakes the service's pump, so no one polls for new work.
 //!
-//! Commands are applied in groups, one transaction per group, like the SQLite store.
+//! Commands are applied in groups by the loop in `group.rs`, one transaction per
+//! group and a savepoint per command; the rules are in `apply.rs`. This file holds
+//! only PostgreSQL's dialect: schema, statements, connections, leases, NOTIFY.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use serde_json::json;
 use tokio::sync::{Notify, mpsc};
-use tokio_postgres::{Client, Row, Transaction};
+use tokio_postgres::{Client, Transaction};
 
 mod conn;
 
 use conn::{connect, listen, pg_error, reconnect};
 
+use super::apply::{ApiChange, Keyed, Stored, Tx, apply, change_sql};
+use super::group::{self, Applied, Dialect};
+use super::row::{COLUMNS, view};
+use super::state::Transition;
 use super::{
-    Claimed, Cmd, Finish, JobError, JobState, JobView, ListQuery, NewJob, Page, Reply, Store,
-    claim_reply, ms_to_rfc3339, new_id, now_ms, page, reply,
+    Claimed, Cmd, Finish, JobError, JobState, JobView, ListQuery, NewJob, Store, ms_to_rfc3339,
+    now_ms, refused,
 };
 
 const SCHEMA: &str = "
@@ -58,31 +63,6 @@ CREATE UNIQUE INDEX IF NOT EXISTS paddock_jobs_idempotency ON paddock_jobs(servi
 CREATE INDEX IF NOT EXISTS paddock_jobs_queue ON paddock_jobs(service, state, run_after_ms, seq);
 CREATE INDEX IF NOT EXISTS paddock_jobs_owner ON paddock_jobs(owner) WHERE state = 'running';
 ";
-
-const COLUMNS: &str = "id, seq, service, method, state, attempts, failures, max_attempts, idempotency_key, \
-                       created_ms, started_ms, finished_ms, run_after_ms, history::text, result_content_type, owner";
-
-fn view(r: &Row) -> JobView {
-    let history: String = r.get(13);
-    JobView {
-        id: r.get(0),
-        seq: r.get(1),
-        service: r.get(2),
-        method: r.get(3),
-        state: r.get(4),
-        attempts: r.get::<_, i32>(5) as u32,
-        failures: r.get::<_, i32>(6) as u32,
-        max_attempts: r.get::<_, i32>(7) as u32,
-        idempotency_key: r.get(8),
-        created_at: ms_to_rfc3339(r.get(9)),
-        started_at: r.get::<_, Option<i64>>(10).map(ms_to_rfc3339),
-        finished_at: r.get::<_, Option<i64>>(11).map(ms_to_rfc3339),
-        run_after: ms_to_rfc3339(r.get(12)),
-        history: serde_json::from_str(&history).unwrap_or(json!([])),
-        result_content_type: r.get(14),
-        owner: r.get(15),
-    }
-}
 
 fn db(e: tokio_postgres::Error) -> JobError {
     JobError::Store(pg_error(&e))
@@ -124,9 +104,7 @@ pub async fn open(
                 .execute(
                     // SKIP LOCKED: rows the store task is finishing right now are
                     // not waited for (waiting could deadlock with it).
-                    "UPDATE paddock_jobs SET lease_until_ms = $1 WHERE seq IN (
-                       SELECT seq FROM paddock_jobs WHERE owner = $2 AND state = 'running'
-                       ORDER BY seq FOR UPDATE SKIP LOCKED)",
+                    HEARTBEAT.as_str(),
                     &[&(now + lease_ms), &hb_owner],
                 )
                 .await
@@ -136,389 +114,364 @@ pub async fn open(
         }
     });
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(run(
-        client,
+    tokio::spawn(group::run(
         rx,
-        tx.clone(),
-        owner,
-        lease_ms,
-        url.to_string(),
+        Postgres {
+            client,
+            owner,
+            lease_ms,
+            url: url.to_string(),
+        },
     ));
-    Ok(Store::Postgres(tx))
+    Ok(Store(tx))
 }
 
-async fn run(
-    mut client: Client,
-    mut rx: mpsc::UnboundedReceiver<Cmd>,
-    me: mpsc::UnboundedSender<Cmd>,
+/// Renews this daemon's leases on its running jobs.
+static HEARTBEAT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE paddock_jobs SET lease_until_ms = $1 WHERE seq IN (
+           SELECT seq FROM paddock_jobs WHERE owner = $2 AND state = '{}'
+           ORDER BY seq FOR UPDATE SKIP LOCKED)",
+        JobState::Running.as_str()
+    )
+});
+
+/// Claims queued jobs and takes over running ones whose lease expired (recorded in
+/// their history as interrupted).
+static CLAIM: LazyLock<String> = LazyLock::new(|| {
+    let (claim, take_over) = (Transition::Claim, Transition::TakeOver);
+    format!(
+        "UPDATE paddock_jobs SET
+           history = CASE WHEN state IN ({over})
+             THEN history || jsonb_build_array(jsonb_build_object('attempt', attempts, 'at', $5::text,
+                  'outcome', 'interrupted', 'cause', jsonb_build_object('kind', 'lease_expired', 'owner', owner)))
+             ELSE history END,
+           state = {to}, attempts = attempts + 1, started_ms = $1, owner = $2, lease_until_ms = $1 + $6
+         WHERE seq IN (
+           SELECT seq FROM paddock_jobs
+           WHERE service = $3 AND ((state IN ({queued}) AND run_after_ms <= $1) OR (state IN ({over}) AND lease_until_ms < $1))
+           ORDER BY run_after_ms, seq LIMIT $4 FOR UPDATE SKIP LOCKED)
+         RETURNING id, method, content_type, body, failures, seq",
+        over = take_over.sources_sql(),
+        queued = claim.sources_sql(),
+        to = claim.to_sql(),
+    )
+});
+
+static COMPLETE: LazyLock<String> = LazyLock::new(|| {
+    Transition::Complete.sql(
+        "UPDATE paddock_jobs SET state = {to}, result = $2, result_content_type = $3, finished_ms = $4, owner = NULL,
+           lease_until_ms = NULL,
+           history = history || jsonb_build_array(jsonb_build_object('attempt', attempts, 'at', $5::text, 'outcome', 'done'))
+         WHERE id = $1 AND state IN ({from}) AND owner = $6",
+    )
+});
+
+static FAIL: LazyLock<String> = LazyLock::new(|| {
+    // Dead when the failure is permanent or no attempt is left, queued otherwise.
+    Transition::FailAgain
+        .sql(
+            "UPDATE paddock_jobs SET failures = failures + 1, owner = NULL, lease_until_ms = NULL,
+           state = CASE WHEN ($2::boolean OR failures + 1 >= max_attempts) THEN {dead} ELSE {to} END,
+           finished_ms = CASE WHEN ($2::boolean OR failures + 1 >= max_attempts) THEN $3::bigint ELSE NULL END,
+           run_after_ms = $3::bigint + $4::bigint,
+           history = history || jsonb_build_array(jsonb_build_object('attempt', attempts, 'at', $5::text,
+             'outcome', 'failed', 'cause', $6::text::jsonb))
+         WHERE id = $1 AND state IN ({from}) AND owner = $7",
+        )
+        .replace("{dead}", &Transition::FailDead.to_sql())
+});
+
+static INTERRUPT: LazyLock<String> = LazyLock::new(|| {
+    Transition::Interrupt.sql(
+        "UPDATE paddock_jobs SET state = {to}, owner = NULL, lease_until_ms = NULL, run_after_ms = $2::bigint,
+           history = history || jsonb_build_array(jsonb_build_object('attempt', attempts, 'at', $3::text,
+             'outcome', 'interrupted', 'cause', jsonb_build_object('kind', 'daemon_stopped', 'message', $4::text)))
+         WHERE id = $1 AND state IN ({from}) AND owner = $5",
+    )
+});
+
+static RELEASE: LazyLock<String> = LazyLock::new(|| {
+    Transition::Release.sql(
+        "UPDATE paddock_jobs SET state = {to}, attempts = attempts - 1, owner = NULL, lease_until_ms = NULL, run_after_ms = $2
+         WHERE id = $1 AND state IN ({from}) AND owner = $3",
+    )
+});
+
+static INSERT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO paddock_jobs (id, service, method, content_type, body, state, max_attempts, idempotency_key, created_ms, run_after_ms)
+         VALUES ($1, $2, $3, $4, $5, '{}', $6, $7, $8, $8)
+         ON CONFLICT (service, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
+        JobState::Queued.as_str()
+    )
+});
+
+/// The store task's connection.
+struct Postgres {
+    client: Client,
     owner: String,
     lease_ms: i64,
     url: String,
-) {
-    while let Some(first) = rx.recv().await {
-        if client.is_closed() {
-            client = reconnect(&url, "store").await;
+}
+
+impl Dialect for Postgres {
+    async fn apply_group(&mut self, cmds: Vec<Cmd>) -> Applied {
+        if self.client.is_closed() {
+            self.client = reconnect(&self.url, "store").await;
         }
-        let mut batch = vec![first];
-        while batch.len() < 1024 {
-            match rx.try_recv() {
-                Ok(c) => batch.push(c),
-                Err(_) => break,
-            }
-        }
-        let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
-        // Every outcome in this group, to send again if the group cannot commit.
-        let finishes: Vec<(String, Finish)> = batch
-            .iter()
-            .filter_map(|c| match c {
-                Cmd::Finish { id, finish } => Some((id.clone(), finish.clone())),
-                _ => None,
-            })
-            .collect();
-        let result = async {
-            let tx = client.transaction().await?;
-            for cmd in batch {
-                // One failing statement aborts a PostgreSQL transaction: each command
-                // runs under a savepoint, so a failure undoes that command alone and
-                // its caller hears of it, instead of the whole group rolling back
-                // behind acknowledged replies.
-                tx.batch_execute("SAVEPOINT cmd").await?;
-                let again = match &cmd {
-                    Cmd::Finish { id, finish } => Some((id.clone(), finish.clone())),
-                    _ => None,
+        let tx = match self.client.transaction().await {
+            Ok(tx) => PgTx {
+                tx,
+                owner: &self.owner,
+                lease_ms: self.lease_ms,
+            },
+            Err(e) => {
+                return Applied {
+                    replies: cmds.into_iter().map(refused).collect(),
+                    commit: Err(pg_error(&e)),
+                    again: vec![],
                 };
-                let r = apply(&tx, cmd, &owner, lease_ms).await;
-                if let Err(e) = tx.batch_execute("RELEASE SAVEPOINT cmd").await {
+            }
+        };
+        let mut replies = Vec::with_capacity(cmds.len());
+        let mut again = vec![];
+        let mut broken = None;
+        let mut cmds = cmds.into_iter();
+        for cmd in cmds.by_ref() {
+            // One failing statement aborts a PostgreSQL transaction: each command
+            // runs under a savepoint, so a failure undoes that command alone and its
+            // caller hears of it, instead of the whole group rolling back behind
+            // acknowledged replies.
+            if let Err(e) = tx.tx.batch_execute("SAVEPOINT cmd").await {
+                broken = Some(pg_error(&e));
+                replies.push(refused(cmd));
+                break;
+            }
+            let outcome = cmd.outcome();
+            let r = apply(&tx, cmd).await;
+            match tx.tx.batch_execute("RELEASE SAVEPOINT cmd").await {
+                Ok(()) => replies.push(r),
+                Err(e) => {
                     let why = pg_error(&e);
                     tracing::error!("job store command rolled back: {why}");
-                    tx.batch_execute("ROLLBACK TO SAVEPOINT cmd; RELEASE SAVEPOINT cmd")
-                        .await?;
-                    // A job's outcome must not be lost to a transient failure (a
-                    // deadlock, a serialization failure): try again shortly.
-                    if let Some(f) = again {
-                        resend(&me, vec![f]);
-                    }
                     replies.push(Box::new(move |_| r(Some(&format!("rolled back: {why}")))));
-                } else {
-                    replies.push(r);
+                    // A job's outcome must not be lost to a transient failure (a
+                    // deadlock, a serialization failure): it goes in a later group.
+                    again.extend(outcome);
+                    if let Err(e) = tx
+                        .tx
+                        .batch_execute("ROLLBACK TO SAVEPOINT cmd; RELEASE SAVEPOINT cmd")
+                        .await
+                    {
+                        broken = Some(pg_error(&e));
+                        break;
+                    }
                 }
             }
-            tx.commit().await
         }
-        .await;
-        let err = result.err().map(|e| pg_error(&e));
-        if let Some(e) = &err {
-            tracing::error!("job store commit failed: {e}");
-            resend(&me, finishes);
-        }
-        for r in replies {
-            r(err.as_deref());
+        replies.extend(cmds.map(refused));
+        let commit = match broken {
+            Some(e) => Err(e),
+            None => tx.tx.commit().await.map_err(|e| pg_error(&e)),
+        };
+        Applied {
+            replies,
+            commit,
+            again,
         }
     }
 }
 
-/// Sends job outcomes back to the store after a short pause (they failed to commit).
-fn resend(me: &mpsc::UnboundedSender<Cmd>, finishes: Vec<(String, Finish)>) {
-    if finishes.is_empty() {
-        return;
+/// The group's transaction, with this daemon's identity for its leases.
+struct PgTx<'a> {
+    tx: Transaction<'a>,
+    owner: &'a str,
+    lease_ms: i64,
+}
+
+impl Tx for PgTx<'_> {
+    async fn get(&self, id: &str) -> Result<Option<JobView>, JobError> {
+        let row = self
+            .tx
+            .query_opt(
+                &format!("SELECT {COLUMNS} FROM paddock_jobs WHERE id = $1"),
+                &[&id],
+            )
+            .await
+            .map_err(db)?;
+        row.map(|r| view(&r)).transpose().map_err(JobError::Store)
     }
-    let me = me.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        for (id, finish) in finishes {
-            let _ = me.send(Cmd::Finish { id, finish });
-        }
-    });
-}
 
-async fn get(tx: &Transaction<'_>, id: &str) -> Result<JobView, JobError> {
-    tx.query_opt(
-        &format!("SELECT {COLUMNS} FROM paddock_jobs WHERE id = $1"),
-        &[&id],
-    )
-    .await
-    .map_err(db)?
-    .map(|r| view(&r))
-    .ok_or_else(|| JobError::NotFound(id.to_string()))
-}
+    async fn by_key(&self, service: &str, key: &str) -> Result<Option<Keyed>, JobError> {
+        let row = self
+            .tx
+            .query_opt(
+                "SELECT id, method, content_type, body FROM paddock_jobs WHERE service = $1 AND idempotency_key = $2",
+                &[&service, &key],
+            )
+            .await
+            .map_err(db)?;
+        Ok(row.map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))))
+    }
 
-async fn apply(tx: &Transaction<'_>, cmd: Cmd, owner: &str, lease_ms: i64) -> Reply {
-    match cmd {
-        Cmd::Enqueue(job, r) => reply(r, enqueue(tx, job).await),
-        Cmd::Claim {
-            service,
-            limit,
-            reply,
-        } => {
-            let claimed = claim(tx, &service, limit, owner, lease_ms)
+    async fn insert(&self, id: &str, job: &NewJob, now: i64) -> Result<bool, JobError> {
+        let inserted = self
+            .tx
+            .execute(
+                INSERT.as_str(),
+                &[
+                    &id,
+                    &job.service,
+                    &job.method,
+                    &job.content_type,
+                    &job.body,
+                    &(job.max_attempts as i32),
+                    &job.idempotency_key,
+                    &now,
+                ],
+            )
+            .await
+            .map_err(db)?;
+        if inserted > 0 {
+            self.tx
+                .execute("SELECT pg_notify('paddock_jobs', $1)", &[&job.service])
                 .await
-                .unwrap_or_else(|e| {
-                    tracing::error!("claiming jobs of {service}: {}", pg_error(&e));
-                    vec![]
-                });
-            claim_reply(reply, claimed)
+                .map_err(db)?;
         }
-        Cmd::Finish { id, finish } => {
-            match finish_job(tx, &id, finish, owner).await {
-                Ok(0) => tracing::warn!(
-                    "job {id} was taken over by another node (its lease expired); outcome dropped"
-                ),
-                Ok(_) => {}
-                Err(e) => tracing::error!("finishing job {id}: {}", pg_error(&e)),
-            }
-            Box::new(|_| {})
-        }
-        Cmd::Get(id, r) => reply(r, get(tx, &id).await),
-        Cmd::Result(id, r) => {
-            let v = async {
-                let row = tx
-                    .query_opt(
-                        "SELECT state, result_content_type, result FROM paddock_jobs WHERE id = $1",
-                        &[&id],
+        Ok(inserted > 0)
+    }
+
+    async fn claim(&self, service: &str, limit: usize) -> Result<Vec<(i64, Claimed)>, String> {
+        let now = now_ms();
+        let at = ms_to_rfc3339(now);
+        let rows = self
+            .tx
+            .query(
+                CLAIM.as_str(),
+                &[
+                    &now,
+                    &self.owner,
+                    &service,
+                    &(limit as i64),
+                    &at,
+                    &self.lease_ms,
+                ],
+            )
+            .await
+            .map_err(|e| pg_error(&e))?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get(5),
+                    Claimed {
+                        id: r.get(0),
+                        method: r.get(1),
+                        content_type: r.get(2),
+                        body: r.get(3),
+                        failures: r.get::<_, i32>(4) as u32,
+                    },
+                )
+            })
+            .collect())
+    }
+
+    async fn finish(&self, id: &str, finish: Finish) -> Result<u64, String> {
+        let now = now_ms();
+        let at = ms_to_rfc3339(now);
+        let owner = self.owner;
+        let n = match finish {
+            Finish::Done { content_type, body } => {
+                self.tx
+                    .execute(
+                        COMPLETE.as_str(),
+                        &[&id, &body, &content_type, &now, &at, &owner],
                     )
                     .await
-                    .map_err(db)?
-                    .ok_or_else(|| JobError::NotFound(id.clone()))?;
-                let state: JobState = row.get(0);
-                if state != JobState::Done {
-                    return Err(JobError::Conflict {
-                        id: id.clone(),
-                        state,
-                        what: "it has no result".into(),
-                    });
-                }
-                Ok((
-                    row.get::<_, Option<String>>(1).unwrap_or_default(),
-                    row.get::<_, Option<Vec<u8>>>(2).unwrap_or_default(),
-                ))
             }
-            .await;
-            reply(r, v)
-        }
-        Cmd::Cancel(id, r) => {
-            let v = transition(
-                tx,
-                &id,
-                "UPDATE paddock_jobs SET state = 'cancelled', finished_ms = $2 WHERE id = $1 AND state = 'queued'",
-                "only a queued job can be cancelled",
-            )
-            .await;
-            reply(r, v)
-        }
-        Cmd::Retry(id, r) => {
-            let v = transition(
-                tx,
-                &id,
-                "UPDATE paddock_jobs SET state = 'queued', failures = 0, run_after_ms = $2, finished_ms = NULL
-                 WHERE id = $1 AND state IN ('dead', 'cancelled')",
-                "only a dead or cancelled job can be retried",
-            )
-            .await;
-            if let Ok(v) = &v {
-                let _ = tx
-                    .execute("SELECT pg_notify('paddock_jobs', $1)", &[&v.service])
-                    .await;
+            Finish::Failed {
+                cause,
+                permanent,
+                backoff_ms,
+            } => {
+                // PostgreSQL's jsonb refuses NUL characters.
+                let cause = cause.to_string().replace("\\u0000", "");
+                self.tx
+                    .execute(
+                        FAIL.as_str(),
+                        &[
+                            &id,
+                            &permanent,
+                            &now,
+                            &(backoff_ms as i64),
+                            &at,
+                            &cause,
+                            &owner,
+                        ],
+                    )
+                    .await
             }
-            reply(r, v)
-        }
-        Cmd::List(q, r) => reply(r, list(tx, q).await),
-        Cmd::Sync(r) => Box::new(move |_| {
-            let _ = r.send(());
-        }),
+            Finish::Interrupted { why } => {
+                self.tx
+                    .execute(INTERRUPT.as_str(), &[&id, &now, &at, &why, &owner])
+                    .await
+            }
+            Finish::Release { why } => {
+                tracing::debug!("job {id} released: {why}");
+                self.tx
+                    .execute(RELEASE.as_str(), &[&id, &now, &owner])
+                    .await
+            }
+        };
+        n.map_err(|e| pg_error(&e))
     }
-}
 
-async fn enqueue(tx: &Transaction<'_>, job: NewJob) -> Result<(JobView, bool), JobError> {
-    if let Some(existing) = same_key(tx, &job).await? {
-        return Ok((get(tx, &existing).await?, false));
-    }
-    let id = new_id();
-    let now = now_ms();
-    // ON CONFLICT: another daemon inserted the same key in the meantime.
-    let inserted = tx
-        .execute(
-            "INSERT INTO paddock_jobs (id, service, method, content_type, body, state, max_attempts, idempotency_key, created_ms, run_after_ms)
-             VALUES ($1, $2, $3, $4, $5, 'queued', $6, $7, $8, $8)
-             ON CONFLICT (service, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
-            &[&id, &job.service, &job.method, &job.content_type, &job.body, &(job.max_attempts as i32), &job.idempotency_key, &now],
-        )
-        .await
-        .map_err(db)?;
-    if inserted == 0 {
-        let existing = same_key(tx, &job)
-            .await?
-            .ok_or_else(|| JobError::Store("a job with this Idempotency-Key vanished".into()))?;
-        return Ok((get(tx, &existing).await?, false));
-    }
-    tx.execute("SELECT pg_notify('paddock_jobs', $1)", &[&job.service])
-        .await
-        .map_err(db)?;
-    Ok((get(tx, &id).await?, true))
-}
-
-/// The job already enqueued with `job`'s Idempotency-Key, if any; an error when
-/// that job was a different request.
-async fn same_key(tx: &Transaction<'_>, job: &NewJob) -> Result<Option<String>, JobError> {
-    let Some(key) = &job.idempotency_key else {
-        return Ok(None);
-    };
-    let Some(row) = tx
-        .query_opt(
-            "SELECT id, method, content_type, body FROM paddock_jobs WHERE service = $1 AND idempotency_key = $2",
-            &[&job.service, key],
-        )
-        .await
-        .map_err(db)?
-    else {
-        return Ok(None);
-    };
-    let id: String = row.get(0);
-    let (method, content_type, body): (String, String, Vec<u8>) =
-        (row.get(1), row.get(2), row.get(3));
-    if !job.same_request(&method, &content_type, &body) {
-        return Err(JobError::KeyReused {
-            key: key.clone(),
-            id,
-        });
-    }
-    Ok(Some(id))
-}
-
-async fn claim(
-    tx: &Transaction<'_>,
-    service: &str,
-    limit: usize,
-    owner: &str,
-    lease_ms: i64,
-) -> Result<Vec<Claimed>, tokio_postgres::Error> {
-    let now = now_ms();
-    let at = ms_to_rfc3339(now);
-    let rows = tx
-        .query(
-            "UPDATE paddock_jobs SET
-               history = CASE WHEN state = 'running'
-                 THEN history || jsonb_build_array(jsonb_build_object('attempt', attempts, 'at', $5::text,
-                      'outcome', 'interrupted', 'cause', jsonb_build_object('kind', 'lease_expired', 'owner', owner)))
-                 ELSE history END,
-               state = 'running', attempts = attempts + 1, started_ms = $1, owner = $2, lease_until_ms = $1 + $6
-             WHERE seq IN (
-               SELECT seq FROM paddock_jobs
-               WHERE service = $3 AND ((state = 'queued' AND run_after_ms <= $1) OR (state = 'running' AND lease_until_ms < $1))
-               ORDER BY run_after_ms, seq LIMIT $4 FOR UPDATE SKIP LOCKED)
-             RETURNING id, method, content_type, body, failures, seq",
-            &[&now, &owner, &service, &(limit as i64), &at, &lease_ms],
-        )
-        .await?;
-    let mut out: Vec<(i64, Claimed)> = rows
-        .iter()
-        .map(|r| {
-            (
-                r.get(5),
-                Claimed {
-                    id: r.get(0),
-                    method: r.get(1),
-                    content_type: r.get(2),
-                    body: r.get(3),
-                    failures: r.get::<_, i32>(4) as u32,
-                },
-            )
-        })
-        .collect();
-    out.sort_by_key(|(seq, _)| *seq);
-    Ok(out.into_iter().map(|(_, c)| c).collect())
-}
-
-async fn finish_job(
-    tx: &Transaction<'_>,
-    id: &str,
-    finish: Finish,
-    owner: &str,
-) -> Result<u64, tokio_postgres::Error> {
-    let now = now_ms();
-    let at = ms_to_rfc3339(now);
-    match finish {
-        Finish::Done { content_type, body } => {
-            tx.execute(
-                "UPDATE paddock_jobs SET state = 'done', result = $2, result_content_type = $3, finished_ms = $4, owner = NULL,
-                   lease_until_ms = NULL,
-                   history = history || jsonb_build_array(jsonb_build_object('attempt', attempts, 'at', $5::text, 'outcome', 'done'))
-                 WHERE id = $1 AND state = 'running' AND owner = $6",
-                &[&id, &body, &content_type, &now, &at, &owner],
+    async fn result(&self, id: &str) -> Result<Option<Stored>, JobError> {
+        let row = self
+            .tx
+            .query_opt(
+                "SELECT state, result_content_type, result FROM paddock_jobs WHERE id = $1",
+                &[&id],
             )
             .await
+            .map_err(db)?;
+        Ok(row.map(|r| (r.get(0), r.get(1), r.get(2))))
+    }
+
+    async fn change(&self, id: &str, c: ApiChange) -> Result<u64, JobError> {
+        let n = self
+            .tx
+            .execute(change_sql("paddock_jobs", c).as_str(), &[&id, &now_ms()])
+            .await
+            .map_err(db)?;
+        if n > 0 && c == ApiChange::Retry {
+            // Wake the pumps of every daemon serving the job's service.
+            self.tx
+                .execute(
+                    "SELECT pg_notify('paddock_jobs', service) FROM paddock_jobs WHERE id = $1",
+                    &[&id],
+                )
+                .await
+                .map_err(db)?;
         }
-        Finish::Failed {
-            cause,
-            permanent,
-            backoff_ms,
-        } => {
-            let dead = "($2::boolean OR failures + 1 >= max_attempts)";
-            tx.execute(
+        Ok(n)
+    }
+
+    async fn list(&self, q: &ListQuery, limit: i64) -> Result<Vec<JobView>, JobError> {
+        let rows = self
+            .tx
+            .query(
                 &format!(
-                    "UPDATE paddock_jobs SET failures = failures + 1, owner = NULL, lease_until_ms = NULL,
-                       state = CASE WHEN {dead} THEN 'dead' ELSE 'queued' END,
-                       finished_ms = CASE WHEN {dead} THEN $3::bigint ELSE NULL END,
-                       run_after_ms = $3::bigint + $4::bigint,
-                       history = history || jsonb_build_array(jsonb_build_object('attempt', attempts, 'at', $5::text,
-                         'outcome', 'failed', 'cause', $6::text::jsonb))
-                     WHERE id = $1 AND state = 'running' AND owner = $7"
+                    "SELECT {COLUMNS} FROM paddock_jobs WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR service = $2)
+                     AND seq > $3 ORDER BY seq LIMIT $4"
                 ),
-                &[&id, &permanent, &now, &(backoff_ms as i64), &at, &cause.to_string().replace("\\u0000", ""), &owner],
+                &[&q.state, &q.service, &q.after.unwrap_or(0), &limit],
             )
             .await
-        }
-        Finish::Interrupted { why } => {
-            tx.execute(
-                "UPDATE paddock_jobs SET state = 'queued', owner = NULL, lease_until_ms = NULL, run_after_ms = $2::bigint,
-                   history = history || jsonb_build_array(jsonb_build_object('attempt', attempts, 'at', $3::text,
-                     'outcome', 'interrupted', 'cause', jsonb_build_object('kind', 'daemon_stopped', 'message', $4::text)))
-                 WHERE id = $1 AND state = 'running' AND owner = $5",
-                &[&id, &now, &at, &why, &owner],
-            )
-            .await
-        }
-        Finish::Release { why } => {
-            tracing::debug!("job {id} released: {why}");
-            tx.execute(
-                "UPDATE paddock_jobs SET state = 'queued', attempts = attempts - 1, owner = NULL, lease_until_ms = NULL, run_after_ms = $2
-                 WHERE id = $1 AND state = 'running' AND owner = $3",
-                &[&id, &now, &owner],
-            )
-            .await
-        }
+            .map_err(db)?;
+        rows.iter()
+            .map(|r| view(r).map_err(JobError::Store))
+            .collect()
     }
-}
-
-async fn transition(
-    tx: &Transaction<'_>,
-    id: &str,
-    sql: &str,
-    what: &str,
-) -> Result<JobView, JobError> {
-    let n = tx.execute(sql, &[&id, &now_ms()]).await.map_err(db)?;
-    let v = get(tx, id).await?;
-    if n == 0 {
-        return Err(JobError::Conflict {
-            id: id.to_string(),
-            state: v.state,
-            what: what.to_string(),
-        });
-    }
-    Ok(v)
-}
-
-async fn list(tx: &Transaction<'_>, q: ListQuery) -> Result<Page, JobError> {
-    let limit = q.limit.unwrap_or(50).clamp(1, 1000) as i64;
-    let rows = tx
-        .query(
-            &format!(
-                "SELECT {COLUMNS} FROM paddock_jobs WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR service = $2)
-                 AND seq > $3 ORDER BY seq LIMIT $4"
-            ),
-            &[&q.state, &q.service, &q.after.unwrap_or(0), &(limit + 1)],
-        )
-        .await
-        .map_err(db)?;
-    let jobs: Vec<JobView> = rows.iter().map(view).collect();
-    Ok(page(jobs, limit))
 }

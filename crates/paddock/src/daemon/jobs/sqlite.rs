@@ -1,24 +1,28 @@
 //! The embedded job store: SQLite (WAL, `synchronous = FULL`) in the instance's
 //! folder, owned by one thread.
 //!
+//! This file holds only SQLite's dialect: its schema, its statements and its
+//! connection; the rules are in `apply.rs`, the group-commit loop in `group.rs`.
+//!
 //! Invariants:
-//! - the connection is opened after the daemon forked, on this thread only;
-//! - commands are applied in groups: the thread takes every command waiting, runs
-//!   them in one transaction, commits (one fsync), and only then answers — so an
-//!   enqueue is acknowledged only once it is durable, and a result is durable before
-//!   anyone can see the job as done;
+//! - the connection is opened after the daemon forked, and used on this store's
+//!   thread only (a current-thread runtime runs the group loop there);
+//! - each group is one `IMMEDIATE` transaction and one fsync;
 //! - at open, jobs left `running` are queued again at once: the instance lock proves
 //!   their owner is dead, no timeout needed.
 
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::LazyLock;
 
-use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
-use serde_json::json;
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use tokio::sync::mpsc;
 
+use super::apply::{ApiChange, Keyed, Stored, Tx, apply, change_sql};
+use super::group::{self, Applied, Dialect};
+use super::row::{COLUMNS, view};
+use super::state::Transition;
 use super::{
-    Claimed, Cmd, Finish, JobError, JobState, JobView, ListQuery, NewJob, Reply, Store,
-    claim_reply, ms_to_rfc3339, new_id, now_ms, page, reply,
+    Claimed, Cmd, Finish, JobError, JobView, ListQuery, NewJob, Store, ms_to_rfc3339, now_ms,
 };
 
 const SCHEMA: &str = "
@@ -48,30 +52,70 @@ CREATE INDEX IF NOT EXISTS jobs_queue ON jobs(service, state, run_after_ms, seq)
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);
 ";
 
-const COLUMNS: &str = "id, seq, service, method, state, attempts, failures, max_attempts, idempotency_key, \
-                       created_ms, started_ms, finished_ms, run_after_ms, history, result_content_type, owner";
+/// Jobs whose daemon died (queued again at open).
+static RECOVER: LazyLock<String> = LazyLock::new(|| {
+    Transition::Interrupt.sql(
+        "UPDATE jobs SET state = {to}, owner = NULL, run_after_ms = ?1,
+           history = json_insert(history, '$[#]', json_object('attempt', attempts, 'at', ?2,
+             'outcome', 'interrupted', 'cause', json_object('kind', 'daemon_died', 'owner', owner)))
+         WHERE state IN ({from})",
+    )
+});
 
-fn view(r: &Row<'_>) -> rusqlite::Result<JobView> {
-    let history: String = r.get(13)?;
-    Ok(JobView {
-        id: r.get(0)?,
-        seq: r.get(1)?,
-        service: r.get(2)?,
-        method: r.get(3)?,
-        state: r.get(4)?,
-        attempts: r.get(5)?,
-        failures: r.get(6)?,
-        max_attempts: r.get(7)?,
-        idempotency_key: r.get(8)?,
-        created_at: ms_to_rfc3339(r.get(9)?),
-        started_at: r.get::<_, Option<i64>>(10)?.map(ms_to_rfc3339),
-        finished_at: r.get::<_, Option<i64>>(11)?.map(ms_to_rfc3339),
-        run_after: ms_to_rfc3339(r.get(12)?),
-        history: serde_json::from_str(&history).unwrap_or(json!([])),
-        result_content_type: r.get(14)?,
-        owner: r.get(15)?,
-    })
-}
+static CLAIM: LazyLock<String> = LazyLock::new(|| {
+    Transition::Claim.sql(
+        "UPDATE jobs SET state = {to}, attempts = attempts + 1, started_ms = ?1, owner = ?2
+         WHERE seq IN (SELECT seq FROM jobs WHERE service = ?3 AND state IN ({from}) AND run_after_ms <= ?1
+                       ORDER BY run_after_ms, seq LIMIT ?4)
+         RETURNING id, method, content_type, body, failures, seq",
+    )
+});
+
+static COMPLETE: LazyLock<String> = LazyLock::new(|| {
+    Transition::Complete.sql(
+        "UPDATE jobs SET state = {to}, result = ?2, result_content_type = ?3, finished_ms = ?4, owner = NULL,
+           history = json_insert(history, '$[#]', json_object('attempt', attempts, 'at', ?5, 'outcome', 'done'))
+         WHERE id = ?1 AND state IN ({from})",
+    )
+});
+
+static FAIL: LazyLock<String> = LazyLock::new(|| {
+    // Dead when the failure is permanent or no attempt is left, queued otherwise.
+    Transition::FailAgain
+        .sql(
+            "UPDATE jobs SET failures = failures + 1, owner = NULL,
+           state = CASE WHEN ?2 OR failures + 1 >= max_attempts THEN {dead} ELSE {to} END,
+           finished_ms = CASE WHEN ?2 OR failures + 1 >= max_attempts THEN ?3 ELSE NULL END,
+           run_after_ms = ?3 + ?4,
+           history = json_insert(history, '$[#]', json_object('attempt', attempts, 'at', ?5, 'outcome', 'failed', 'cause', json(?6)))
+         WHERE id = ?1 AND state IN ({from})",
+        )
+        .replace("{dead}", &Transition::FailDead.to_sql())
+});
+
+static INTERRUPT: LazyLock<String> = LazyLock::new(|| {
+    Transition::Interrupt.sql(
+        "UPDATE jobs SET state = {to}, owner = NULL, run_after_ms = ?2,
+           history = json_insert(history, '$[#]', json_object('attempt', attempts, 'at', ?3,
+             'outcome', 'interrupted', 'cause', json_object('kind', 'daemon_stopped', 'message', ?4)))
+         WHERE id = ?1 AND state IN ({from})",
+    )
+});
+
+static RELEASE: LazyLock<String> = LazyLock::new(|| {
+    Transition::Release.sql(
+        "UPDATE jobs SET state = {to}, attempts = attempts - 1, owner = NULL, run_after_ms = ?2
+         WHERE id = ?1 AND state IN ({from})",
+    )
+});
+
+static INSERT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO jobs (id, service, method, content_type, body, state, max_attempts, idempotency_key, created_ms, run_after_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, '{}', ?6, ?7, ?8, ?8)",
+        super::JobState::Queued.as_str()
+    )
+});
 
 /// Opens (creating) the store at `path`; returns it and how many interrupted jobs
 /// were queued again.
@@ -98,301 +142,208 @@ pub fn open(path: &Path, owner: String) -> Result<(Store, usize), String> {
         .map_err(what)?;
     conn.execute_batch(SCHEMA).map_err(what)?;
     let recovered = conn
-        .execute(
-            "UPDATE jobs SET state = 'queued', owner = NULL, run_after_ms = ?1,
-               history = json_insert(history, '$[#]', json_object('attempt', attempts, 'at', ?2,
-                 'outcome', 'interrupted', 'cause', json_object('kind', 'daemon_died', 'owner', owner)))
-             WHERE state = 'running'",
-            params![now_ms(), ms_to_rfc3339(now_ms())],
-        )
+        .execute(&RECOVER, params![now_ms(), ms_to_rfc3339(now_ms())])
         .map_err(what)?;
-    let (tx, rx) = mpsc::channel();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(|e| format!("job store runtime: {e}"))?;
+    let (tx, rx) = mpsc::unbounded_channel();
     std::thread::Builder::new()
         .name("paddock-jobs".into())
         .spawn(move || {
             let _lock = lock; // held for as long as the store is open
-            run(conn, rx, owner)
+            runtime.block_on(group::run(rx, Sqlite { conn, owner }))
         })
         .map_err(|e| format!("job store thread: {e}"))?;
-    Ok((Store::Sqlite(tx), recovered))
+    Ok((Store(tx), recovered))
 }
 
-fn run(mut conn: Connection, rx: mpsc::Receiver<Cmd>, owner: String) {
-    // Job outcomes whose group failed to commit: they go into the next group, so a
-    // transient failure (a full disk being cleared, a busy file) loses no result.
-    let mut retry: Vec<(String, Finish)> = vec![];
-    loop {
-        let mut batch: Vec<Cmd> = if retry.is_empty() {
-            match rx.recv() {
-                Ok(first) => vec![first],
-                Err(_) => return,
+/// The connection, owned by the store's thread.
+struct Sqlite {
+    conn: Connection,
+    owner: String,
+}
+
+impl Dialect for Sqlite {
+    async fn apply_group(&mut self, cmds: Vec<Cmd>) -> Applied {
+        let mut replies = Vec::with_capacity(cmds.len());
+        let commit = match self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+        {
+            Ok(tx) => {
+                let tx = SqliteTx {
+                    tx,
+                    owner: &self.owner,
+                };
+                for cmd in cmds {
+                    replies.push(apply(&tx, cmd).await);
+                }
+                tx.tx.commit().map_err(|e| e.to_string())
             }
-        } else {
-            std::thread::sleep(std::time::Duration::from_millis(100));
-            retry
-                .drain(..)
-                .map(|(id, finish)| Cmd::Finish { id, finish })
-                .collect()
+            Err(e) => {
+                // Nothing applied: every command hears of the failure.
+                for cmd in cmds {
+                    replies.push(super::refused(cmd));
+                }
+                Err(e.to_string())
+            }
         };
-        while batch.len() < 1024 {
-            match rx.try_recv() {
-                Ok(c) => batch.push(c),
-                Err(_) => break,
-            }
-        }
-        let finishes: Vec<(String, Finish)> = batch
-            .iter()
-            .filter_map(|c| match c {
-                Cmd::Finish { id, finish } => Some((id.clone(), finish.clone())),
-                _ => None,
-            })
-            .collect();
-        let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
-        let result = (|| -> rusqlite::Result<()> {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            for cmd in batch {
-                replies.push(apply(&tx, cmd, &owner));
-            }
-            tx.commit()
-        })();
-        let err = result.err().map(|e| e.to_string());
-        if let Some(e) = &err {
-            tracing::error!("job store commit failed: {e}; job outcomes will be written again");
-            retry = finishes;
-        }
-        for r in replies {
-            r(err.as_deref());
+        Applied {
+            replies,
+            commit,
+            again: vec![],
         }
     }
+}
+
+/// The group's transaction.
+struct SqliteTx<'c> {
+    tx: Transaction<'c>,
+    owner: &'c str,
 }
 
 fn store_err(e: rusqlite::Error) -> JobError {
     JobError::Store(e.to_string())
 }
 
-fn get(tx: &rusqlite::Transaction<'_>, id: &str) -> Result<JobView, JobError> {
-    tx.query_row(
-        &format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"),
-        [id],
-        view,
-    )
-    .optional()
-    .map_err(store_err)?
-    .ok_or_else(|| JobError::NotFound(id.to_string()))
-}
-
-fn apply(tx: &rusqlite::Transaction<'_>, cmd: Cmd, owner: &str) -> Reply {
-    match cmd {
-        Cmd::Enqueue(job, r) => reply(r, enqueue(tx, job)),
-        Cmd::Claim {
-            service,
-            limit,
-            reply,
-        } => {
-            let claimed = claim(tx, &service, limit, owner).unwrap_or_else(|e| {
-                tracing::error!("claiming jobs of {service}: {e}");
-                vec![]
-            });
-            claim_reply(reply, claimed)
-        }
-        Cmd::Finish { id, finish } => {
-            if let Err(e) = finish_job(tx, &id, finish) {
-                tracing::error!("finishing job {id}: {e}");
-            }
-            Box::new(|_| {})
-        }
-        Cmd::Get(id, r) => reply(r, get(tx, &id)),
-        Cmd::Result(id, r) => {
-            let v = (|| {
-                let (state, ct, body): (JobState, Option<String>, Option<Vec<u8>>) = tx
-                    .query_row(
-                        "SELECT state, result_content_type, result FROM jobs WHERE id = ?1",
-                        [&id],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                    )
-                    .optional()
-                    .map_err(store_err)?
-                    .ok_or_else(|| JobError::NotFound(id.clone()))?;
-                if state != JobState::Done {
-                    return Err(JobError::Conflict {
-                        id: id.clone(),
-                        state,
-                        what: "it has no result".into(),
-                    });
-                }
-                Ok((ct.unwrap_or_default(), body.unwrap_or_default()))
-            })();
-            reply(r, v)
-        }
-        Cmd::Cancel(id, r) => {
-            let v = transition(
-                tx,
-                &id,
-                "UPDATE jobs SET state = 'cancelled', finished_ms = ?2 WHERE id = ?1 AND state = 'queued'",
-                "only a queued job can be cancelled",
-            );
-            reply(r, v)
-        }
-        Cmd::Retry(id, r) => {
-            let v = transition(
-                tx,
-                &id,
-                "UPDATE jobs SET state = 'queued', failures = 0, run_after_ms = ?2, finished_ms = NULL
-                 WHERE id = ?1 AND state IN ('dead', 'cancelled')",
-                "only a dead or cancelled job can be retried",
-            );
-            reply(r, v)
-        }
-        Cmd::List(q, r) => reply(r, list(tx, q)),
-        Cmd::Sync(r) => Box::new(move |_| {
-            let _ = r.send(());
-        }),
+impl Tx for SqliteTx<'_> {
+    async fn get(&self, id: &str) -> Result<Option<JobView>, JobError> {
+        self.tx
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"),
+                [id],
+                |r| Ok(view(r)),
+            )
+            .optional()
+            .map_err(store_err)?
+            .transpose()
+            .map_err(JobError::Store)
     }
-}
 
-fn enqueue(tx: &rusqlite::Transaction<'_>, job: NewJob) -> Result<(JobView, bool), JobError> {
-    if let Some(key) = &job.idempotency_key {
-        let existing: Option<(String, String, String, Vec<u8>)> = tx
+    async fn by_key(&self, service: &str, key: &str) -> Result<Option<Keyed>, JobError> {
+        self.tx
             .query_row(
                 "SELECT id, method, content_type, body FROM jobs WHERE service = ?1 AND idempotency_key = ?2",
-                params![job.service, key],
+                params![service, key],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .optional()
-            .map_err(store_err)?;
-        if let Some((id, method, content_type, body)) = existing {
-            if !job.same_request(&method, &content_type, &body) {
-                return Err(JobError::KeyReused {
-                    key: key.clone(),
+            .map_err(store_err)
+    }
+
+    async fn insert(&self, id: &str, job: &NewJob, now: i64) -> Result<bool, JobError> {
+        self.tx
+            .prepare_cached(&INSERT)
+            .and_then(|mut s| {
+                s.execute(params![
                     id,
-                });
+                    job.service,
+                    job.method,
+                    job.content_type,
+                    job.body,
+                    job.max_attempts,
+                    job.idempotency_key,
+                    now
+                ])
+            })
+            .map_err(store_err)?;
+        Ok(true)
+    }
+
+    async fn claim(&self, service: &str, limit: usize) -> Result<Vec<(i64, Claimed)>, String> {
+        let mut stmt = self.tx.prepare_cached(&CLAIM).map_err(|e| e.to_string())?;
+        let rows = stmt
+            .query_map(params![now_ms(), self.owner, service, limit as i64], |r| {
+                Ok((
+                    r.get(5)?,
+                    Claimed {
+                        id: r.get(0)?,
+                        method: r.get(1)?,
+                        content_type: r.get(2)?,
+                        body: r.get(3)?,
+                        failures: r.get(4)?,
+                    },
+                ))
+            })
+            .map_err(|e| e.to_string())?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(|e| e.to_string())
+    }
+
+    async fn finish(&self, id: &str, finish: Finish) -> Result<u64, String> {
+        let now = now_ms();
+        let at = ms_to_rfc3339(now);
+        let tx = &self.tx;
+        let n = match finish {
+            Finish::Done { content_type, body } => tx
+                .prepare_cached(&COMPLETE)
+                .and_then(|mut s| s.execute(params![id, body, content_type, now, at])),
+            Finish::Failed {
+                cause,
+                permanent,
+                backoff_ms,
+            } => tx.prepare_cached(&FAIL).and_then(|mut s| {
+                s.execute(params![
+                    id,
+                    permanent,
+                    now,
+                    backoff_ms as i64,
+                    at,
+                    cause.to_string()
+                ])
+            }),
+            Finish::Interrupted { why } => tx
+                .prepare_cached(&INTERRUPT)
+                .and_then(|mut s| s.execute(params![id, now, at, why])),
+            Finish::Release { why } => {
+                tracing::debug!("job {id} released: {why}");
+                tx.prepare_cached(&RELEASE)
+                    .and_then(|mut s| s.execute(params![id, now]))
             }
-            return Ok((get(tx, &id)?, false));
-        }
+        };
+        n.map(|n| n as u64).map_err(|e| e.to_string())
     }
-    let id = new_id();
-    let now = now_ms();
-    tx.execute(
-        "INSERT INTO jobs (id, service, method, content_type, body, state, max_attempts, idempotency_key, created_ms, run_after_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7, ?8, ?8)",
-        params![id, job.service, job.method, job.content_type, job.body, job.max_attempts, job.idempotency_key, now],
-    )
-    .map_err(store_err)?;
-    Ok((get(tx, &id)?, true))
-}
 
-fn claim(
-    tx: &rusqlite::Transaction<'_>,
-    service: &str,
-    limit: usize,
-    owner: &str,
-) -> rusqlite::Result<Vec<Claimed>> {
-    let now = now_ms();
-    let mut stmt = tx.prepare_cached(
-        "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_ms = ?1, owner = ?2
-         WHERE seq IN (SELECT seq FROM jobs WHERE service = ?3 AND state = 'queued' AND run_after_ms <= ?1
-                       ORDER BY run_after_ms, seq LIMIT ?4)
-         RETURNING id, method, content_type, body, failures, seq",
-    )?;
-    let mut rows: Vec<(i64, Claimed)> = stmt
-        .query_map(params![now, owner, service, limit as i64], |r| {
-            Ok((
-                r.get(5)?,
-                Claimed {
-                    id: r.get(0)?,
-                    method: r.get(1)?,
-                    content_type: r.get(2)?,
-                    body: r.get(3)?,
-                    failures: r.get(4)?,
-                },
+    async fn result(&self, id: &str) -> Result<Option<Stored>, JobError> {
+        self.tx
+            .query_row(
+                "SELECT state, result_content_type, result FROM jobs WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(store_err)
+    }
+
+    async fn change(&self, id: &str, c: ApiChange) -> Result<u64, JobError> {
+        let sql = change_sql("jobs", c).replace('$', "?");
+        let n = self
+            .tx
+            .execute(&sql, params![id, now_ms()])
+            .map_err(store_err)?;
+        Ok(n as u64)
+    }
+
+    async fn list(&self, q: &ListQuery, limit: i64) -> Result<Vec<JobView>, JobError> {
+        let mut stmt = self
+            .tx
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM jobs WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR service = ?2) AND seq > ?3
+                 ORDER BY seq LIMIT ?4"
             ))
-        })?
-        .collect::<rusqlite::Result<_>>()?;
-    rows.sort_by_key(|(seq, _)| *seq);
-    Ok(rows.into_iter().map(|(_, c)| c).collect())
-}
-
-fn finish_job(tx: &rusqlite::Transaction<'_>, id: &str, finish: Finish) -> rusqlite::Result<()> {
-    let now = now_ms();
-    let at = ms_to_rfc3339(now);
-    match finish {
-        Finish::Done { content_type, body } => {
-            tx.prepare_cached(
-                "UPDATE jobs SET state = 'done', result = ?2, result_content_type = ?3, finished_ms = ?4, owner = NULL,
-                   history = json_insert(history, '$[#]', json_object('attempt', attempts, 'at', ?5, 'outcome', 'done'))
-                 WHERE id = ?1 AND state = 'running'",
-            )?
-            .execute(params![id, body, content_type, now, at])?;
+            .map_err(store_err)?;
+        let rows = stmt
+            .query_map(
+                params![q.state, q.service, q.after.unwrap_or(0), limit],
+                |r| Ok(view(r)),
+            )
+            .map_err(store_err)?;
+        let mut jobs = vec![];
+        for r in rows {
+            jobs.push(r.map_err(store_err)?.map_err(JobError::Store)?);
         }
-        Finish::Failed {
-            cause,
-            permanent,
-            backoff_ms,
-        } => {
-            tx.prepare_cached(
-                "UPDATE jobs SET failures = failures + 1, owner = NULL,
-                   state = CASE WHEN ?2 OR failures + 1 >= max_attempts THEN 'dead' ELSE 'queued' END,
-                   finished_ms = CASE WHEN ?2 OR failures + 1 >= max_attempts THEN ?3 ELSE NULL END,
-                   run_after_ms = ?3 + ?4,
-                   history = json_insert(history, '$[#]', json_object('attempt', attempts, 'at', ?5, 'outcome', 'failed', 'cause', json(?6)))
-                 WHERE id = ?1 AND state = 'running'",
-            )?
-            .execute(params![id, permanent, now, backoff_ms as i64, at, cause.to_string()])?;
-        }
-        Finish::Interrupted { why } => {
-            tx.prepare_cached(
-                "UPDATE jobs SET state = 'queued', owner = NULL, run_after_ms = ?2,
-                   history = json_insert(history, '$[#]', json_object('attempt', attempts, 'at', ?3,
-                     'outcome', 'interrupted', 'cause', json_object('kind', 'daemon_stopped', 'message', ?4)))
-                 WHERE id = ?1 AND state = 'running'",
-            )?
-            .execute(params![id, now, at, why])?;
-        }
-        Finish::Release { why } => {
-            tx.prepare_cached(
-                "UPDATE jobs SET state = 'queued', attempts = attempts - 1, owner = NULL, run_after_ms = ?2
-                 WHERE id = ?1 AND state = 'running'",
-            )?
-            .execute(params![id, now])?;
-            tracing::debug!("job {id} released: {why}");
-        }
+        Ok(jobs)
     }
-    Ok(())
-}
-
-fn transition(
-    tx: &rusqlite::Transaction<'_>,
-    id: &str,
-    sql: &str,
-    what: &str,
-) -> Result<JobView, JobError> {
-    let n = tx.execute(sql, params![id, now_ms()]).map_err(store_err)?;
-    let v = get(tx, id)?;
-    if n == 0 {
-        return Err(JobError::Conflict {
-            id: id.to_string(),
-            state: v.state,
-            what: what.to_string(),
-        });
-    }
-    Ok(v)
-}
-
-fn list(tx: &rusqlite::Transaction<'_>, q: ListQuery) -> Result<super::Page, JobError> {
-    let limit = q.limit.unwrap_or(50).clamp(1, 1000) as i64;
-    let mut stmt = tx
-        .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM jobs WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR service = ?2) AND seq > ?3
-             ORDER BY seq LIMIT ?4"
-        ))
-        .map_err(store_err)?;
-    let jobs: Vec<JobView> = stmt
-        .query_map(
-            params![q.state, q.service, q.after.unwrap_or(0), limit + 1],
-            view,
-        )
-        .map_err(store_err)?
-        .collect::<rusqlite::Result<_>>()
-        .map_err(store_err)?;
-    Ok(page(jobs, limit))
 }

@@ -1,6 +1,7 @@
-//! A job's state, typed: the stores read it from their rows as a `JobState`, and
-//! it is shown as its lowercase name. The lifecycle below is what the stores' SQL
-//! does (each in its dialect).
+//! A job's state and the transitions between them, typed: the stores read the state
+//! from their rows as a `JobState`, it is shown as its lowercase name, and every
+//! statement that changes a state takes its states from [`Transition`] (so the
+//! table below is the one place the job lifecycle is written).
 //!
 //! ```text
 //! queued ──claim──▶ running ──done──▶ done
@@ -49,6 +50,115 @@ impl JobState {
     }
 }
 
+/// Every way a job's state changes, with the states it leaves from and goes to.
+/// The stores build their statements from this table (`WHERE state IN (from)`,
+/// `SET state = to`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// The pump takes a queued job whose backoff is over.
+    Claim,
+    /// A PostgreSQL node takes a running job whose owner's lease expired.
+    TakeOver,
+    /// The attempt succeeded; its result is stored with this change.
+    Complete,
+    /// The attempt failed and attempts are left: queued again after a backoff.
+    FailAgain,
+    /// The attempt failed and none are left (or the failure is permanent).
+    FailDead,
+    /// The attempt never reached a worker: queued again, not counted.
+    Release,
+    /// The daemon stopped or died with the job: queued again, not counted.
+    Interrupt,
+    /// `POST /v1/jobs/{id}/cancel`.
+    Cancel,
+    /// `POST /v1/jobs/{id}/retry`.
+    Retry,
+}
+
+impl Transition {
+    #[cfg(test)]
+    pub const ALL: [Transition; 9] = [
+        Transition::Claim,
+        Transition::TakeOver,
+        Transition::Complete,
+        Transition::FailAgain,
+        Transition::FailDead,
+        Transition::Release,
+        Transition::Interrupt,
+        Transition::Cancel,
+        Transition::Retry,
+    ];
+
+    /// The states a job may be in for this change to apply.
+    pub fn from(self) -> &'static [JobState] {
+        use JobState::*;
+        match self {
+            Transition::Claim | Transition::Cancel => &[Queued],
+            Transition::TakeOver
+            | Transition::Complete
+            | Transition::FailAgain
+            | Transition::FailDead
+            | Transition::Release
+            | Transition::Interrupt => &[Running],
+            Transition::Retry => &[Dead, Cancelled],
+        }
+    }
+
+    /// The state it leaves the job in.
+    pub fn to(self) -> JobState {
+        match self {
+            Transition::Claim | Transition::TakeOver => JobState::Running,
+            Transition::Complete => JobState::Done,
+            Transition::FailDead => JobState::Dead,
+            Transition::Cancel => JobState::Cancelled,
+            Transition::FailAgain
+            | Transition::Release
+            | Transition::Interrupt
+            | Transition::Retry => JobState::Queued,
+        }
+    }
+
+    /// Whether the change applies to a job in `state`.
+    #[cfg(test)]
+    pub fn applies_to(self, state: JobState) -> bool {
+        self.from().contains(&state)
+    }
+
+    /// Why an API call was refused when the job was in another state.
+    pub fn refusal(self) -> String {
+        let names: Vec<&str> = self.from().iter().map(|s| s.as_str()).collect();
+        let verb = match self {
+            Transition::Cancel => "cancelled",
+            Transition::Retry => "retried",
+            _ => "changed this way",
+        };
+        format!("only a {} job can be {verb}", names.join(" or "))
+    }
+
+    /// `template` with `{to}` replaced by the target state and `{from}` by the
+    /// source states (an SQL literal and list).
+    pub fn sql(self, template: &str) -> String {
+        template
+            .replace("{to}", &self.to_sql())
+            .replace("{from}", &self.sources_sql())
+    }
+
+    /// `'a', 'b'`: the `from` states as an SQL list (the names are fixed words).
+    pub fn sources_sql(self) -> String {
+        sql_list(self.from())
+    }
+
+    /// `'x'`: the `to` state as an SQL literal.
+    pub fn to_sql(self) -> String {
+        sql_list(&[self.to()])
+    }
+}
+
+fn sql_list(states: &[JobState]) -> String {
+    let quoted: Vec<String> = states.iter().map(|s| format!("'{}'", s.as_str())).collect();
+    quoted.join(", ")
+}
+
 impl std::fmt::Display for JobState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -89,5 +199,35 @@ mod tests {
             assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
         }
         assert_eq!(JobState::parse("finished"), None);
+    }
+
+    #[test]
+    fn the_table_is_the_lifecycle() {
+        use JobState::*;
+        // Done is final; every other state can be left.
+        for s in JobState::ALL {
+            let leaves = Transition::ALL.iter().any(|t| t.applies_to(s));
+            assert_eq!(leaves, s != Done, "{s}");
+        }
+        // Every state but queued (the start) is reached by some change.
+        for s in JobState::ALL {
+            let reached = Transition::ALL.iter().any(|t| t.to() == s);
+            assert!(reached || s == Queued, "{s} is unreachable");
+        }
+        // Only the API's two changes start outside `running` or `queued`.
+        assert!(Transition::Retry.applies_to(Dead));
+        assert!(Transition::Retry.applies_to(Cancelled));
+        assert!(!Transition::Retry.applies_to(Done));
+        assert!(!Transition::Cancel.applies_to(Running));
+        assert_eq!(
+            Transition::Cancel.refusal(),
+            "only a queued job can be cancelled"
+        );
+        assert_eq!(
+            Transition::Retry.refusal(),
+            "only a dead or cancelled job can be retried"
+        );
+        assert_eq!(Transition::Retry.sources_sql(), "'dead', 'cancelled'");
+        assert_eq!(Transition::Complete.to_sql(), "'done'");
     }
 }

@@ -1,0 +1,186 @@
+//! What each store command does, written once for both stores over [`Tx`]: a
+//! dialect supplies the statements (its SQL, its leases), this module the rules —
+//! idempotency keys, which state a result needs, conflicts, pages, the order of
+//! claimed jobs.
+
+use super::state::Transition;
+use super::{
+    Claimed, Cmd, Finish, JobError, JobState, JobView, ListQuery, NewJob, Page, Reply, claim_reply,
+    new_id, now_ms, page, reply,
+};
+
+/// A job as first enqueued under an Idempotency-Key: its id, method, content type
+/// and body.
+pub(super) type Keyed = (String, String, String, Vec<u8>);
+
+/// A stored result: the job's state, its result's content type and body.
+pub(super) type Stored = (JobState, Option<String>, Option<Vec<u8>>);
+
+/// A change the API asks for (`POST /v1/jobs/{id}/cancel`, `…/retry`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ApiChange {
+    Cancel,
+    Retry,
+}
+
+impl ApiChange {
+    pub(super) fn transition(self) -> Transition {
+        match self {
+            ApiChange::Cancel => Transition::Cancel,
+            ApiChange::Retry => Transition::Retry,
+        }
+    }
+}
+
+/// The statements of one dialect, run inside the group's open transaction.
+pub(super) trait Tx {
+    /// The job with this id.
+    async fn get(&self, id: &str) -> Result<Option<JobView>, JobError>;
+    /// The job of `service` enqueued with this Idempotency-Key.
+    async fn by_key(&self, service: &str, key: &str) -> Result<Option<Keyed>, JobError>;
+    /// Inserts `job` as queued; false when another daemon inserted a job with the
+    /// same key first.
+    async fn insert(&self, id: &str, job: &NewJob, now: i64) -> Result<bool, JobError>;
+    /// Claims up to `limit` jobs of `service` for this daemon, with their `seq`.
+    async fn claim(&self, service: &str, limit: usize) -> Result<Vec<(i64, Claimed)>, String>;
+    /// Records an attempt's outcome; how many jobs it changed (0: the job was no
+    /// longer running here).
+    async fn finish(&self, id: &str, finish: Finish) -> Result<u64, String>;
+    /// A job's state and result.
+    async fn result(&self, id: &str) -> Result<Option<Stored>, JobError>;
+    /// Applies an API change; how many jobs it changed.
+    async fn change(&self, id: &str, c: ApiChange) -> Result<u64, JobError>;
+    /// Jobs selected by `q`, at most `limit` of them, by `seq`.
+    async fn list(&self, q: &ListQuery, limit: i64) -> Result<Vec<JobView>, JobError>;
+}
+
+/// Applies one command; its reply waits for the group's commit.
+pub(super) async fn apply(tx: &impl Tx, cmd: Cmd) -> Reply {
+    match cmd {
+        Cmd::Enqueue(job, r) => reply(r, enqueue(tx, job).await),
+        Cmd::Claim {
+            service,
+            limit,
+            reply,
+        } => {
+            let claimed = match tx.claim(&service, limit).await {
+                Ok(mut rows) => {
+                    rows.sort_by_key(|(seq, _)| *seq);
+                    rows.into_iter().map(|(_, c)| c).collect()
+                }
+                Err(e) => {
+                    tracing::error!("claiming jobs of {service}: {e}");
+                    vec![]
+                }
+            };
+            claim_reply(reply, claimed)
+        }
+        Cmd::Finish { id, finish } => {
+            match tx.finish(&id, finish).await {
+                Ok(0) => tracing::warn!(
+                    "job {id} is no longer running here (another node took it over when its lease expired); outcome dropped"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::error!("finishing job {id}: {e}"),
+            }
+            Box::new(|_| {})
+        }
+        Cmd::Get(id, r) => reply(r, get(tx, &id).await),
+        Cmd::Result(id, r) => reply(r, result(tx, &id).await),
+        Cmd::Cancel(id, r) => reply(r, change(tx, &id, ApiChange::Cancel).await),
+        Cmd::Retry(id, r) => reply(r, change(tx, &id, ApiChange::Retry).await),
+        Cmd::List(q, r) => reply(r, list(tx, q).await),
+        Cmd::Sync(r) => Box::new(move |_| {
+            let _ = r.send(());
+        }),
+    }
+}
+
+async fn get(tx: &impl Tx, id: &str) -> Result<JobView, JobError> {
+    tx.get(id)
+        .await?
+        .ok_or_else(|| JobError::NotFound(id.to_string()))
+}
+
+async fn enqueue(tx: &impl Tx, job: NewJob) -> Result<(JobView, bool), JobError> {
+    if let Some(existing) = same_key(tx, &job).await? {
+        return Ok((get(tx, &existing).await?, false));
+    }
+    let id = new_id();
+    if !tx.insert(&id, &job, now_ms()).await? {
+        // Another daemon inserted the same key in the meantime.
+        let existing = same_key(tx, &job)
+            .await?
+            .ok_or_else(|| JobError::Store("a job with this Idempotency-Key vanished".into()))?;
+        return Ok((get(tx, &existing).await?, false));
+    }
+    Ok((get(tx, &id).await?, true))
+}
+
+/// The job already enqueued with `job`'s Idempotency-Key, if any; an error when
+/// that job was a different request.
+async fn same_key(tx: &impl Tx, job: &NewJob) -> Result<Option<String>, JobError> {
+    let Some(key) = &job.idempotency_key else {
+        return Ok(None);
+    };
+    let Some((id, method, content_type, body)) = tx.by_key(&job.service, key).await? else {
+        return Ok(None);
+    };
+    if !job.same_request(&method, &content_type, &body) {
+        return Err(JobError::KeyReused {
+            key: key.clone(),
+            id,
+        });
+    }
+    Ok(Some(id))
+}
+
+async fn result(tx: &impl Tx, id: &str) -> Result<(String, Vec<u8>), JobError> {
+    let (state, ct, body) = tx
+        .result(id)
+        .await?
+        .ok_or_else(|| JobError::NotFound(id.to_string()))?;
+    if state != JobState::Done {
+        return Err(JobError::Conflict {
+            id: id.to_string(),
+            state,
+            what: "it has no result".into(),
+        });
+    }
+    Ok((ct.unwrap_or_default(), body.unwrap_or_default()))
+}
+
+async fn change(tx: &impl Tx, id: &str, c: ApiChange) -> Result<JobView, JobError> {
+    let n = tx.change(id, c).await?;
+    let v = get(tx, id).await?;
+    if n == 0 {
+        return Err(JobError::Conflict {
+            id: id.to_string(),
+            state: v.state,
+            what: c.transition().refusal(),
+        });
+    }
+    Ok(v)
+}
+
+async fn list(tx: &impl Tx, q: ListQuery) -> Result<Page, JobError> {
+    let limit = q.limit.unwrap_or(50).clamp(1, 1000) as i64;
+    // One row more than a page, to know whether another page follows.
+    let jobs = tx.list(&q, limit + 1).await?;
+    Ok(page(jobs, limit))
+}
+
+/// The statement of an API change on `table`, with `$1` the job's id and `$2` the
+/// time in milliseconds.
+pub(super) fn change_sql(table: &str, c: ApiChange) -> String {
+    let set = match c {
+        ApiChange::Cancel => "finished_ms = $2",
+        ApiChange::Retry => "failures = 0, run_after_ms = $2, finished_ms = NULL",
+    };
+    let t = c.transition();
+    format!(
+        "UPDATE {table} SET state = {}, {set} WHERE id = $1 AND state IN ({})",
+        t.to_sql(),
+        t.sources_sql()
+    )
+}
