@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::dispatch::Dispatcher;
 use super::metrics::Metrics;
 use super::service::{self, Order, Plan, ServiceHandle};
-use super::worker::{Deps, StartupEvent};
+use super::worker::{Deps, Launcher, OsLauncher, StartupEvent};
 use super::{env, groups::Groups, logsink::LogSink, ports, spawner::Spawner};
 use crate::config::{Config, Kind, PortSpec};
 use crate::status::{Phase, ServiceState, ServiceStatus};
@@ -42,6 +42,10 @@ impl Supervisor {
         metrics: Arc<Metrics>,
     ) -> Result<(Supervisor, mpsc::UnboundedReceiver<StartupEvent>), LaunchError> {
         let (tx, rx) = mpsc::unbounded_channel();
+        let launcher: Arc<dyn Launcher> = Arc::new(OsLauncher {
+            spawner: spawner.clone(),
+            groups,
+        });
         let inherited: BTreeMap<String, String> = std::env::vars().collect();
         let cores = paddock_sys::available_cores();
         let total = config.total_workers();
@@ -110,8 +114,8 @@ impl Supervisor {
                 )
             });
             let deps = Deps {
+                launcher: launcher.clone(),
                 spawner: spawner.clone(),
-                groups: groups.clone(),
                 logs,
                 startup: tx.clone(),
                 metrics: metrics.clone(),

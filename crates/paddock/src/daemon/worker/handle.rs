@@ -38,8 +38,10 @@ pub enum Ask {
 /// What the actor needs from the daemon.
 #[derive(Clone)]
 pub struct Deps {
+    /// Starts the worker's processes (the spawner thread, or a fake in tests).
+    pub launcher: Arc<dyn Launcher>,
+    /// Runs `exec` health probes.
     pub spawner: Spawner,
-    pub groups: Groups,
     pub logs: LogSink,
     pub startup: mpsc::UnboundedSender<StartupEvent>,
     pub metrics: Arc<Metrics>,

@@ -26,9 +26,14 @@
 //!   busy again before the HTTP side runs, and no answer waits on a slow worker.
 
 mod conn;
+#[cfg(test)]
+mod fake;
 mod handle;
+mod launch;
 mod process;
 mod request;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::process::{ExitStatus, Stdio};
@@ -38,14 +43,12 @@ use std::time::{Duration, Instant};
 use paddock_protocol::Frame;
 use paddock_protocol::io::{FrameReader, ReadError};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::sleep_until;
 
 use super::dispatch::Dispatcher;
-use super::groups::Groups;
 use super::lifecycle::{Action, Event, Lifecycle, Policy, State};
-use super::logsink::{LogSink, Stream};
+use super::logsink::LogSink;
 use super::messages::{Command, Job, Outcome};
 use super::metrics::{CauseLabels, Metrics};
 use super::ports::{self, Ownership};
@@ -58,6 +61,7 @@ use process::{Running, not_running, wait};
 use request::{InFlight, recycle_after};
 
 pub use handle::{Ask, Deps, Handle, Spec, StartupEvent, TAIL_LINES, start};
+pub use launch::{Launcher, OsLauncher, Proc};
 
 /// The actor's timers. It sleeps only until the earliest one that is set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -312,7 +316,7 @@ impl Actor {
             Timer::Kill => {
                 self.kill_at = None;
                 if let Some(r) = &self.running {
-                    paddock_sys::signal::kill_group(r.pid, paddock_sys::signal::SIGKILL);
+                    r.proc.signal_group(paddock_sys::signal::SIGKILL);
                 }
                 None
             }
@@ -387,15 +391,13 @@ impl Actor {
                 Action::Spawn => self.spawn().await,
                 Action::Terminate => match &self.running {
                     Some(r) => {
-                        paddock_sys::signal::kill_group(r.pid, paddock_sys::signal::SIGTERM);
+                        r.proc.signal_group(paddock_sys::signal::SIGTERM);
                         self.kill_at = Some(Instant::now() + self.spec.service.stop_timeout);
                     }
                     None => self.pending.push_back(not_running()),
                 },
                 Action::Kill => match &self.running {
-                    Some(r) => {
-                        paddock_sys::signal::kill_group(r.pid, paddock_sys::signal::SIGKILL);
-                    }
+                    Some(r) => r.proc.signal_group(paddock_sys::signal::SIGKILL),
                     None => self.pending.push_back(not_running()),
                 },
                 Action::AnnounceReady => {

@@ -1,15 +1,14 @@
-//! The worker's process: spawning it (fork+exec on the spawner thread, its own
-//! process group, its protocol socket or listening socket as descriptor 3), probing
+//! The worker's process: spawning it (through the [`Launcher`]: its own process
+//! group, its protocol socket or listening socket as descriptor 3), probing
 //! a process service, and collecting its exit (what is left of its group killed and
 //! waited for, its last frames read, the cause described).
 
 use super::*;
 
 pub(super) struct Running {
-    pub(super) child: Child,
+    pub(super) proc: Box<dyn Proc>,
     pub(super) pid: i32,
     pub(super) readers: Vec<tokio::task::JoinHandle<()>>,
-    pub(super) oom_kills_at_spawn: Option<u64>,
     pub(super) spawned: Instant,
 }
 
@@ -129,19 +128,18 @@ impl Actor {
                 .env("PADDOCK_MAX_FRAME", s.max_frame.to_string())
                 .env("PADDOCK_GENERATION", next_generation.to_string());
         }
-        let inherit = {
-            use std::os::fd::AsRawFd;
-            match (&pair, &self.spec.listener) {
-                (Some((_, theirs)), _) => Some((theirs.as_raw_fd(), paddock_protocol::WORKER_FD)),
-                (None, Some(l)) => Some((l.as_raw_fd(), paddock_protocol::WORKER_FD)),
+        let launched = {
+            use std::os::fd::AsFd;
+            let fd = match (&pair, &self.spec.listener) {
+                (Some((_, theirs)), _) => Some(theirs.as_fd()),
+                (None, Some(l)) => Some(l.as_fd()),
                 (None, None) => None,
-            }
+            };
+            self.deps.launcher.launch(cmd, fd).await
         };
-        let oom_kills_at_spawn = paddock_sys::procfs::cgroup_oom_kills();
-        match self.deps.spawner.spawn_with_fd(cmd, inherit).await {
-            Ok(mut child) => {
-                let pid = child.id().map(|p| p as i32).unwrap_or(0);
-                self.deps.groups.add(pid);
+        match launched {
+            Ok(mut proc) => {
+                let pid = proc.pid();
                 self.generation = next_generation;
                 self.seq = 0;
                 self.served = 0;
@@ -159,13 +157,11 @@ impl Actor {
                             .push_back(Event::ProtocolViolation(format!("socket: {e}"))),
                     }
                 }
-                let mut readers = vec![];
-                if let Some(out) = child.stdout.take() {
-                    readers.push(self.deps.logs.capture(self.spec.index, Stream::Out, out));
-                }
-                if let Some(err) = child.stderr.take() {
-                    readers.push(self.deps.logs.capture(self.spec.index, Stream::Err, err));
-                }
+                let readers = proc
+                    .take_output()
+                    .into_iter()
+                    .map(|(stream, out)| self.deps.logs.capture(self.spec.index, stream, out))
+                    .collect();
                 tracing::info!(worker = %self.name(), pid, generation = self.generation, "spawned {:?}", self.spec.argv);
                 self.deps
                     .logs
@@ -176,10 +172,9 @@ impl Actor {
                     .await;
                 self.progress(format!("spawned pid {pid}"));
                 self.running = Some(Running {
-                    child,
+                    proc,
                     pid,
                     readers,
-                    oom_kills_at_spawn,
                     spawned: Instant::now(),
                 });
             }
@@ -206,7 +201,7 @@ impl Actor {
         // with its traceback, or the reply to its request.
         // Anything the worker started dies with it — at once, before any await, so
         // that the group id cannot have been reused by then.
-        paddock_sys::signal::kill_group(r.pid, paddock_sys::signal::SIGKILL);
+        r.proc.signal_group(paddock_sys::signal::SIGKILL);
         self.eof_at = None;
         let mut setup_failed = None;
         if let Some(mut c) = self.conn.take() {
@@ -231,11 +226,10 @@ impl Actor {
         self.kill_at = None;
         // "Stopped" and "failed" promise that nothing of this process is left: wait
         // until the SIGKILLed group has really exited, not just been signalled.
-        let left = crate::daemon::groups::wait_gone(r.pid, Duration::from_secs(5)).await;
+        let left = r.proc.reap_group(Duration::from_secs(5)).await;
         if !left.is_empty() {
             tracing::warn!(worker = %self.name(), pgid = r.pid, "process(es) {left:?} of the group survive SIGKILL (stuck in the kernel?)");
         }
-        self.deps.groups.remove(r.pid);
         // Let the readers drain what the process wrote before it died; a grandchild
         // that kept the pipe open cannot hold us for more than a moment.
         let readers = join_all(std::mem::take(&mut r.readers));
@@ -251,14 +245,7 @@ impl Actor {
                 description: format!("could not be waited for: {e}"),
             },
         };
-        if cause.signal.as_deref() == Some("SIGKILL")
-            && !requested
-            && let (Some(a), Some(b)) = (
-                r.oom_kills_at_spawn,
-                paddock_sys::procfs::cgroup_oom_kills(),
-            )
-            && b > a
-        {
+        if cause.signal.as_deref() == Some("SIGKILL") && !requested && r.proc.oom_killed() {
             cause.oom_killed = true;
             cause.description = "was killed by the kernel's OOM killer (out of memory)".into();
         }
@@ -316,7 +303,7 @@ pub(super) fn not_running() -> Event {
 
 pub(super) async fn wait(running: &mut Option<Running>) -> std::io::Result<ExitStatus> {
     match running {
-        Some(r) => r.child.wait().await,
+        Some(r) => r.proc.wait().await,
         None => std::future::pending().await,
     }
 }
