@@ -18,7 +18,16 @@
 //!   count is forgotten once the worker has been ready for `stable_after`;
 //! - `crash_loop_failures` counted failures within `crash_loop_window` make the slot
 //!   `CrashLoop`: it keeps retrying every `backoff_max` (as Kubernetes does) and
-//!   says why; it is never down for good at runtime.
+//!   says why; it is never down for good at runtime;
+//! - a retiring slot (recycled, scaled down, reloaded away) finishes the request it
+//!   holds, then stops; whatever ends its process, it is never respawned;
+//! - every SIGTERM is followed by a SIGKILL `stop_timeout` later unless the process
+//!   exited first (`kill_at`), and a worker that closed its protocol socket but
+//!   still runs a second later is killed for it (`eof_at`).
+//!
+//! The slot's clocks live here with its state: the backoff's end (in `Backoff` and
+//! `CrashLoop`), `kill_at` and `eof_at`. The actor only sleeps until the earliest of
+//! [`Lifecycle::clocks`] and reports which one passed.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -149,6 +158,13 @@ pub enum Event {
     PortStolen(String),
     BackoffElapsed,
     StopRequested,
+    /// Stop once the request in hand is answered (a recycle, a scale-down, a
+    /// reload): never respawned.
+    RetireRequested,
+    /// `stop_timeout` passed since SIGTERM and the process still runs.
+    GraceOver,
+    /// The worker closed its protocol socket (its exit should follow at once).
+    SocketClosed,
     /// A request was handed to the worker.
     Dispatched,
     /// The worker answered its request.
@@ -190,6 +206,24 @@ pub struct Policy {
     pub crash_loop_window: Duration,
     /// Ready this long, a worker's failure history is forgotten.
     pub stable_after: Duration,
+    /// From SIGTERM to SIGKILL.
+    pub stop_timeout: Duration,
+}
+
+/// How long a worker that closed its protocol socket may go on running.
+pub const SOCKET_CLOSED_GRACE: Duration = Duration::from_secs(1);
+
+/// One of the slot's clocks (see [`Lifecycle::clocks`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clock {
+    /// SIGKILL for a process sent SIGTERM: [`Event::GraceOver`].
+    Kill,
+    /// The protocol socket closed a while ago and the process still runs.
+    SocketClosed,
+    /// `startup_timeout` passed: [`Event::StartupTimedOut`].
+    Startup,
+    /// The restart backoff is over: [`Event::BackoffElapsed`].
+    Backoff,
 }
 
 /// One worker slot's state and history.
@@ -205,6 +239,14 @@ pub struct Lifecycle {
     ready_at: Option<Instant>,
     /// A number in [0, 1) for this slot's jitter, renewed by the actor.
     pub jitter: f64,
+    /// Retiring: stop once the request in hand is answered; never respawn.
+    pub retiring: bool,
+    /// When to SIGKILL a process that was sent SIGTERM.
+    pub kill_at: Option<Instant>,
+    /// When a worker that closed its protocol socket is killed for still running.
+    pub eof_at: Option<Instant>,
+    /// The service's `startup_timeout`.
+    pub startup_timeout: Duration,
 }
 
 impl Lifecycle {
@@ -218,8 +260,32 @@ impl Lifecycle {
             failures: VecDeque::new(),
             ready_at: None,
             jitter: 0.5,
+            retiring: false,
+            kill_at: None,
+            eof_at: None,
+            startup_timeout: Duration::MAX,
         };
         (l, vec![Action::Spawn])
+    }
+
+    /// The slot's clocks that are set, each with when it is due.
+    pub fn clocks(&self) -> impl Iterator<Item = (Instant, Clock)> {
+        let startup = match self.state {
+            State::Starting { since } => since.checked_add(self.startup_timeout),
+            _ => None,
+        };
+        let backoff = match self.state {
+            State::Backoff { until } | State::CrashLoop { until, .. } => Some(until),
+            _ => None,
+        };
+        [
+            (self.kill_at, Clock::Kill),
+            (self.eof_at, Clock::SocketClosed),
+            (startup, Clock::Startup),
+            (backoff, Clock::Backoff),
+        ]
+        .into_iter()
+        .filter_map(|(at, which)| at.map(|at| (at, which)))
     }
 
     /// The delay before restart number `n` (1-based): doubling from
@@ -235,13 +301,40 @@ impl Lifecycle {
     pub fn on(&mut self, event: Event, now: Instant) -> Vec<Action> {
         use Action::*;
         use State::*;
+        match &event {
+            Event::Exited(_) | Event::SpawnFailed(_) => {
+                self.kill_at = None;
+                self.eof_at = None;
+            }
+            Event::ProtocolViolation(_) => self.eof_at = None,
+            Event::GraceOver => self.kill_at = None,
+            _ => {}
+        }
         let state = std::mem::replace(&mut self.state, Stopped);
         let (next, actions) = match (state, event) {
+            // The grace period after SIGTERM is over: SIGKILL, whatever the state.
+            (s, Event::GraceOver) => (s, vec![Kill]),
+            (s, Event::SocketClosed) => {
+                if s.has_process() {
+                    self.eof_at = Some(now + SOCKET_CLOSED_GRACE);
+                }
+                (s, vec![])
+            }
+            // A retiring worker busy with a request finishes it first.
+            (Busy { since }, Event::RetireRequested) => {
+                self.retiring = true;
+                (Busy { since }, vec![])
+            }
+            (Busy { .. }, Event::Finished) if self.retiring => (Stopping, vec![Terminate]),
             // A stop wins over everything.
-            (s, Event::StopRequested) if s.has_process() => (Stopping, vec![Terminate]),
-            (_, Event::StopRequested) => (Stopped, vec![]),
+            (s, Event::StopRequested | Event::RetireRequested) if s.has_process() => {
+                (Stopping, vec![Terminate])
+            }
+            (_, Event::StopRequested | Event::RetireRequested) => (Stopped, vec![]),
             (Stopping, Event::Exited(_)) => (Stopped, vec![]),
             (Stopping, _) => (Stopping, vec![]),
+            // Whatever ends a retiring worker, it is not respawned.
+            (_, Event::Exited(_) | Event::SpawnFailed(_)) if self.retiring => (Stopped, vec![]),
 
             (Starting { .. }, Event::ProvenReady) => {
                 let first = self.initial;
@@ -368,6 +461,9 @@ impl Lifecycle {
             // Anything else changes nothing (a late probe result, a stale timer).
             (s, _) => (s, vec![]),
         };
+        if actions.contains(&Terminate) {
+            self.kill_at = Some(now + self.policy.stop_timeout);
+        }
         self.state = next;
         actions
     }

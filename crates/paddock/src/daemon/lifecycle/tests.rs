@@ -10,6 +10,7 @@ fn policy() -> Policy {
         crash_loop_failures: 5,
         crash_loop_window: Duration::from_secs(60),
         stable_after: Duration::from_secs(10),
+        stop_timeout: Duration::from_secs(10),
     }
 }
 
@@ -267,4 +268,109 @@ fn stop_from_any_state() {
     assert_eq!(l.state.name(), "backoff");
     assert!(l.on(Event::StopRequested, t).is_empty());
     assert_eq!(l.state, State::Stopped);
+}
+
+#[test]
+fn a_retiring_worker_finishes_its_request_then_stops_and_is_never_respawned() {
+    let t = Instant::now();
+    let mut l = ready_slot(t);
+    l.on(Event::Dispatched, t);
+    assert!(l.on(Event::RetireRequested, t).is_empty());
+    assert_eq!(
+        l.state.name(),
+        "busy",
+        "the request in hand is finished first"
+    );
+    assert_eq!(l.on(Event::Finished, t), vec![Action::Terminate]);
+    assert!(l.on(exit(0), t).is_empty());
+    assert_eq!(l.state, State::Stopped);
+    // A retiring worker that dies (or is killed for a deadline) is not replaced.
+    for ending in [exit(139), Event::DeadlinePassed] {
+        let mut l = ready_slot(t);
+        l.on(Event::Dispatched, t);
+        l.on(Event::RetireRequested, t);
+        l.on(ending, t);
+        assert!(l.on(exit(137), t).is_empty());
+        assert_eq!(l.state, State::Stopped);
+        assert_eq!(l.restarts, 0);
+    }
+    // Idle, it stops at once.
+    let mut l = ready_slot(t);
+    assert_eq!(l.on(Event::RetireRequested, t), vec![Action::Terminate]);
+}
+
+#[test]
+fn every_sigterm_arms_a_sigkill_that_an_exit_disarms() {
+    let t = Instant::now();
+    let mut l = ready_slot(t);
+    assert_eq!(l.clocks().count(), 0);
+    assert_eq!(l.on(Event::StopRequested, t), vec![Action::Terminate]);
+    assert_eq!(
+        l.clocks().collect::<Vec<_>>(),
+        vec![(t + Duration::from_secs(10), Clock::Kill)]
+    );
+    // The grace period is over: SIGKILL, once.
+    let later = t + Duration::from_secs(10);
+    assert_eq!(l.on(Event::GraceOver, later), vec![Action::Kill]);
+    assert_eq!(l.kill_at, None);
+    assert!(l.on(exit(137), later).is_empty());
+    assert_eq!(l.state, State::Stopped);
+    // A health restart's SIGTERM too; the exit disarms it.
+    let mut l = ready_slot(t);
+    for _ in 0..3 {
+        l.on(
+            Event::Probe {
+                ok: false,
+                detail: "refused".into(),
+            },
+            t,
+        );
+    }
+    assert_eq!(l.state.name(), "restarting");
+    assert!(l.kill_at.is_some());
+    l.on(exit(0), t);
+    assert_eq!(l.kill_at, None);
+}
+
+#[test]
+fn a_closed_socket_gives_the_worker_a_second_to_exit() {
+    let t = Instant::now();
+    let mut l = ready_slot(t);
+    assert!(l.on(Event::SocketClosed, t).is_empty());
+    assert_eq!(
+        l.clocks().collect::<Vec<_>>(),
+        vec![(t + SOCKET_CLOSED_GRACE, Clock::SocketClosed)]
+    );
+    // Still running when it passes: the actor reports a protocol violation.
+    let a = l.on(Event::ProtocolViolation("closed its socket".into()), t);
+    assert_eq!(a, vec![Action::Kill]);
+    assert_eq!(l.eof_at, None);
+    // An exit in time disarms it.
+    let mut l = ready_slot(t);
+    l.on(Event::SocketClosed, t);
+    l.on(exit(0), t);
+    assert_eq!(l.eof_at, None);
+}
+
+#[test]
+fn the_backoff_and_startup_clocks_follow_the_state() {
+    let t = Instant::now();
+    let (mut l, _) = Lifecycle::new(policy(), t);
+    l.startup_timeout = Duration::from_secs(60);
+    assert_eq!(
+        l.clocks().collect::<Vec<_>>(),
+        vec![(t + Duration::from_secs(60), Clock::Startup)]
+    );
+    l.on(Event::ProvenReady, t);
+    l.on(exit(1), t);
+    l.on(Event::ProvenReady, t);
+    l.on(exit(1), t);
+    let State::Backoff { until } = l.state else {
+        panic!("expected a backoff, got {:?}", l.state)
+    };
+    assert_eq!(
+        l.clocks().collect::<Vec<_>>(),
+        vec![(until, Clock::Backoff)]
+    );
+    assert_eq!(l.on(Event::BackoffElapsed, until), vec![Action::Spawn]);
 }

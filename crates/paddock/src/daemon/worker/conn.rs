@@ -101,8 +101,7 @@ impl Actor {
                 // The worker closed its socket: its exit should follow; if it does not
                 // within a second, it is killed (it can serve nothing any more).
                 self.conn = None;
-                self.eof_at = Some(Instant::now());
-                return None;
+                return Some(Event::SocketClosed);
             }
             // Nothing after a bad frame can be trusted (or even found): the
             // connection is dropped with the worker, which is killed for it.

@@ -47,7 +47,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::sleep_until;
 
 use super::dispatch::Dispatcher;
-use super::lifecycle::{Action, Event, Lifecycle, Policy, State};
+use super::lifecycle::{Action, Clock, Event, Lifecycle, Policy, State};
 use super::logsink::LogSink;
 use super::messages::{Command, Job, Outcome};
 use super::metrics::{CauseLabels, Metrics};
@@ -66,16 +66,10 @@ pub use launch::{Launcher, OsLauncher, Proc};
 /// The actor's timers. It sleeps only until the earliest one that is set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Timer {
-    /// SIGKILL for a group that was sent SIGTERM (stop_timeout passed).
-    Kill,
+    /// One of the lifecycle's clocks (startup, backoff, socket closed).
+    Life(Clock),
     /// The request being served reached request_timeout.
     Request,
-    /// The worker closed its socket a second ago and is still running.
-    SocketClosed,
-    /// startup_timeout passed while starting.
-    Startup,
-    /// The restart backoff is over.
-    Backoff,
     /// A process service's readiness or liveness probe is due.
     Probe,
     /// Time to compare the worker's memory with max_rss.
@@ -96,21 +90,15 @@ struct Actor {
     served: u64,
     recycle_after: u64,
     recycle_asked: bool,
-    retiring: bool,
     /// Whether the dispatcher was told this worker is crash-looping.
     down: bool,
     announced: bool,
     crashed_at: Option<Instant>,
     last_exit: Option<ExitCause>,
-    /// When to send SIGKILL to a group that was sent SIGTERM.
-    kill_at: Option<Instant>,
-    /// When the worker closed its protocol socket (its exit should follow at once).
-    eof_at: Option<Instant>,
     next_probe: Instant,
     /// When to compare the worker's memory with max_rss next (a fixed instant, so
     /// that a stream of requests cannot keep postponing it).
     next_rss_check: Instant,
-    backoff_until: Option<Instant>,
     last_progress: String,
     ready_since: Option<String>,
     pending: VecDeque<Event>,
@@ -135,9 +123,11 @@ impl Actor {
             crash_loop_failures: s.crash_loop_failures,
             crash_loop_window: s.crash_loop_window,
             stable_after: s.stable_after,
+            stop_timeout: s.stop_timeout,
         };
         let (mut life, _) = Lifecycle::new(policy, Instant::now());
         life.initial = spec.initial;
+        life.startup_timeout = s.startup_timeout;
         let generation = spec.generations.load(std::sync::atomic::Ordering::Acquire);
         let in_flight = deps
             .metrics
@@ -158,16 +148,12 @@ impl Actor {
             served: 0,
             recycle_after: 0,
             recycle_asked: false,
-            retiring: false,
             down: false,
             announced: false,
             crashed_at: None,
             last_exit: None,
-            kill_at: None,
-            eof_at: None,
             next_probe: Instant::now(),
             next_rss_check: Instant::now(),
-            backoff_until: None,
             last_progress: String::new(),
             ready_since: None,
             pending: VecDeque::new(),
@@ -248,21 +234,14 @@ impl Actor {
                 cmd = commands.recv() => match cmd {
                     Some(Command::Stop) | None => Some(Event::StopRequested),
                     Some(Command::Serve(job)) => self.serve(job).await,
-                    Some(Command::Retire) => {
-                        self.retiring = true;
-                        if self.inflight.is_none() { Some(Event::StopRequested) } else { None }
-                    }
+                    Some(Command::Retire) => Some(Event::RetireRequested),
                 },
                 // SIGKILL after the grace period comes before frames: a worker that
                 // keeps talking cannot hold off its own kill.
-                _ = sleep_until(self.kill_at.unwrap_or_else(Instant::now).into()), if self.kill_at.is_some() => {
-                    self.on_timer(Timer::Kill).await
+                _ = sleep_until(self.life.kill_at.unwrap_or_else(Instant::now).into()), if self.life.kill_at.is_some() => {
+                    Some(Event::GraceOver)
                 }
-                status = wait(&mut self.running) => {
-                    let ev = self.collect_exit(status).await;
-                    // A retiring worker is never respawned, whatever ended it.
-                    Some(if self.retiring { Event::StopRequested } else { ev })
-                }
+                status = wait(&mut self.running) => Some(self.collect_exit(status).await),
                 // Before the timers: a reply that arrives with its deadline counts.
                 frame = next_frame(&mut self.conn) => {
                     let ev = self.on_frame(frame);
@@ -279,8 +258,9 @@ impl Actor {
         }
     }
 
-    /// The earliest of the actor's timers but `Kill` (which has a branch of its
-    /// own, ahead of frames), if any is set (on a tie, the first in `Timer`'s order).
+    /// The earliest of the actor's timers, if any is set (on a tie, the first in
+    /// `Timer`'s order). The lifecycle's SIGKILL clock is not among them: it has a
+    /// branch of its own, ahead of frames.
     pub(super) fn next_timer(&self) -> Option<(Instant, Timer)> {
         let s = &self.spec.service;
         let starting = matches!(self.life.state, State::Starting { .. });
@@ -288,56 +268,44 @@ impl Actor {
         let probing = s.kind == Kind::Process
             && running
             && (starting || matches!(self.life.state, State::Ready { .. }));
-        let startup = match self.life.state {
-            State::Starting { since } => Some(since + s.startup_timeout),
-            _ => None,
-        };
-        let eof = self
-            .eof_at
-            .filter(|_| running)
-            .map(|t| t + Duration::from_secs(1));
+        let request = self.inflight.as_ref().map(|f| (f.deadline, Timer::Request));
+        let life = self
+            .life
+            .clocks()
+            .filter(|(_, clock)| *clock != Clock::Kill)
+            .map(|(at, clock)| (at, Timer::Life(clock)));
         let rss = (s.max_rss > 0 && running && !self.recycle_asked).then_some(self.next_rss_check);
-        [
-            (self.inflight.as_ref().map(|f| f.deadline), Timer::Request),
-            (eof, Timer::SocketClosed),
-            (startup, Timer::Startup),
-            (self.backoff_until, Timer::Backoff),
+        let own = [
             (probing.then_some(self.next_probe), Timer::Probe),
             (rss, Timer::Rss),
         ]
         .into_iter()
-        .filter_map(|(at, which)| at.map(|at| (at, which)))
-        .min_by_key(|(at, _)| *at)
+        .filter_map(|(at, which)| at.map(|at| (at, which)));
+        request
+            .into_iter()
+            .chain(life)
+            .chain(own)
+            .min_by_key(|(at, _)| *at)
     }
 
     /// A timer is due.
     pub(super) async fn on_timer(&mut self, which: Timer) -> Option<Event> {
         match which {
-            Timer::Kill => {
-                self.kill_at = None;
-                if let Some(r) = &self.running {
-                    r.proc.signal_group(paddock_sys::signal::SIGKILL);
-                }
-                None
-            }
+            Timer::Life(Clock::Kill) => Some(Event::GraceOver),
             Timer::Request => {
                 self.deadline_passed();
                 Some(Event::DeadlinePassed)
             }
-            Timer::SocketClosed => {
-                self.eof_at = None;
+            Timer::Life(Clock::SocketClosed) => {
                 Some(self.answer_violation(Event::ProtocolViolation(
                     "the worker closed its protocol socket but kept running".into(),
                 )))
             }
-            Timer::Startup => Some(Event::StartupTimedOut {
+            Timer::Life(Clock::Startup) => Some(Event::StartupTimedOut {
                 after: self.spec.service.startup_timeout,
                 last: self.last_progress.clone(),
             }),
-            Timer::Backoff => {
-                self.backoff_until = None;
-                Some(Event::BackoffElapsed)
-            }
+            Timer::Life(Clock::Backoff) => Some(Event::BackoffElapsed),
             Timer::Probe => {
                 let starting = matches!(self.life.state, State::Starting { .. });
                 self.probe(starting).await
@@ -355,10 +323,6 @@ impl Actor {
     pub(super) fn after_transition(&mut self) -> Option<Job> {
         let ready = matches!(self.life.state, State::Ready { .. }) && self.inflight.is_none();
         if !ready {
-            return None;
-        }
-        if self.retiring {
-            self.pending.push_back(Event::StopRequested);
             return None;
         }
         // Without a connection it could serve nothing: never offer it.
@@ -390,10 +354,7 @@ impl Actor {
             match action {
                 Action::Spawn => self.spawn().await,
                 Action::Terminate => match &self.running {
-                    Some(r) => {
-                        r.proc.signal_group(paddock_sys::signal::SIGTERM);
-                        self.kill_at = Some(Instant::now() + self.spec.service.stop_timeout);
-                    }
+                    Some(r) => r.proc.signal_group(paddock_sys::signal::SIGTERM),
                     None => self.pending.push_back(not_running()),
                 },
                 Action::Kill => match &self.running {
@@ -417,7 +378,6 @@ impl Actor {
                     });
                 }
                 Action::Wait(d) => {
-                    self.backoff_until = Some(Instant::now() + d);
                     self.life.jitter = super::jitter();
                     tracing::info!(worker = %self.name(), "restarting in {:.1}s", d.as_secs_f64());
                 }

@@ -202,7 +202,6 @@ impl Actor {
         // Anything the worker started dies with it — at once, before any await, so
         // that the group id cannot have been reused by then.
         r.proc.signal_group(paddock_sys::signal::SIGKILL);
-        self.eof_at = None;
         let mut setup_failed = None;
         if let Some(mut c) = self.conn.take() {
             let drain = Duration::from_millis(500);
@@ -223,7 +222,6 @@ impl Actor {
             self.life.state,
             State::Stopping | State::Restarting { .. } | State::Replacing { .. }
         );
-        self.kill_at = None;
         // "Stopped" and "failed" promise that nothing of this process is left: wait
         // until the SIGKILLed group has really exited, not just been signalled.
         let left = r.proc.reap_group(Duration::from_secs(5)).await;

@@ -20,7 +20,7 @@ impl Actor {
         let dispatcher = self.deps.dispatcher.clone()?;
         let ready = matches!(self.life.state, State::Ready { .. })
             && self.inflight.is_none()
-            && !self.retiring;
+            && !self.life.retiring;
         let Some(conn) = self.conn.as_mut().filter(|_| ready) else {
             dispatcher.requeue(job);
             return None;
