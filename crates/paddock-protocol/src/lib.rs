@@ -16,7 +16,7 @@
 pub mod io;
 
 /// The protocol version this crate speaks.
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 /// The oldest version a worker may say in HELLO (version 2 only added a frame
 /// that version-1 workers never send).
 pub const MIN_VERSION: u16 = 1;
@@ -36,6 +36,8 @@ pub mod kind {
     pub const CHUNK: u8 = 0x14;
     pub const STREAM_END: u8 = 0x15;
     pub const BAD_REQUEST: u8 = 0x16;
+    pub const BATCH: u8 = 0x17;
+    pub const BATCH_REPLY: u8 = 0x18;
     pub const SHUTDOWN: u8 = 0x20;
 }
 
@@ -69,6 +71,15 @@ pub enum Frame {
         id: u64,
         message: String,
     },
+    /// Several requests for one method (version 3).
+    Batch {
+        method: String,
+        items: Vec<BatchItem>,
+    },
+    /// One result per item of a batch (version 3).
+    BatchReply {
+        results: Vec<BatchResult>,
+    },
     StreamStart {
         id: u64,
         content_type: String,
@@ -92,6 +103,34 @@ pub struct Request {
     pub body: Vec<u8>,
 }
 
+/// One request of a BATCH.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchItem {
+    pub id: u64,
+    pub deadline_ms: u32,
+    pub content_type: String,
+    pub body: Vec<u8>,
+}
+
+/// One item's result in a BATCH_REPLY.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchResult {
+    pub id: u64,
+    pub outcome: ItemOutcome,
+}
+
+/// How one item of a batch ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ItemOutcome {
+    /// outcome 0: the answer.
+    Ok { content_type: String, body: Vec<u8> },
+    /// outcome 1: the handler refused this item with an HTTP status (400–599) and a
+    /// message meant for the client.
+    Refused { status: u16, message: String },
+    /// outcome 2: the handler failed on this item (an unexpected exception).
+    Failed { message: String, traceback: String },
+}
+
 /// Why bytes are not a valid frame.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
@@ -109,6 +148,8 @@ pub enum Error {
     Trailing(&'static str),
     #[error("{what} is {len} bytes, over the u16 limit of a str16 field")]
     FieldTooLong { what: &'static str, len: usize },
+    #[error("{0} frame: {1}")]
+    Invalid(&'static str, &'static str),
 }
 
 /// A request id: the worker's generation in the high half, a sequence number below.
@@ -135,6 +176,9 @@ impl<'a> Reader<'a> {
         self.buf = b;
         Ok(a)
     }
+    fn u8(&mut self) -> Result<u8, Error> {
+        Ok(self.take(1)?[0])
+    }
     fn u16(&mut self) -> Result<u16, Error> {
         let b = self.take(2)?;
         Ok(u16::from_be_bytes([b[0], b[1]]))
@@ -157,9 +201,30 @@ impl<'a> Reader<'a> {
         let b = self.take(n)?;
         self.text(b)
     }
+    /// A `u32` length, then that many bytes.
+    fn bytes32(&mut self) -> Result<&'a [u8], Error> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
     fn rest(&mut self) -> &'a [u8] {
         std::mem::take(&mut self.buf)
     }
+}
+
+fn put_bytes32(out: &mut Vec<u8>, b: &[u8]) -> Result<(), Error> {
+    let n = u32::try_from(b.len()).map_err(|_| Error::TooLarge {
+        len: b.len(),
+        max: u32::MAX as usize,
+    })?;
+    out.extend_from_slice(&n.to_be_bytes());
+    out.extend_from_slice(b);
+    Ok(())
+}
+
+fn put_count(out: &mut Vec<u8>, n: usize, what: &'static str) -> Result<(), Error> {
+    let n = u16::try_from(n).map_err(|_| Error::FieldTooLong { what, len: n })?;
+    out.extend_from_slice(&n.to_be_bytes());
+    Ok(())
 }
 
 fn put_str16(out: &mut Vec<u8>, s: &str, what: &'static str) -> Result<(), Error> {
@@ -179,6 +244,8 @@ impl Frame {
             kind::REPLY => "REPLY",
             kind::ERROR => "ERROR",
             kind::BAD_REQUEST => "BAD_REQUEST",
+            kind::BATCH => "BATCH",
+            kind::BATCH_REPLY => "BATCH_REPLY",
             kind::STREAM_START => "STREAM_START",
             kind::CHUNK => "CHUNK",
             kind::STREAM_END => "STREAM_END",
@@ -197,6 +264,8 @@ impl Frame {
             Frame::Reply { .. } => kind::REPLY,
             Frame::Error { .. } => kind::ERROR,
             Frame::BadRequest { .. } => kind::BAD_REQUEST,
+            Frame::Batch { .. } => kind::BATCH,
+            Frame::BatchReply { .. } => kind::BATCH_REPLY,
             Frame::StreamStart { .. } => kind::STREAM_START,
             Frame::Chunk { .. } => kind::CHUNK,
             Frame::StreamEnd { .. } => kind::STREAM_END,
@@ -259,6 +328,61 @@ impl Frame {
                     message: String::from_utf8_lossy(r.rest()).into_owned(),
                 }
             }
+            kind::BATCH => {
+                let method = r.str16()?;
+                let count = r.u16()?;
+                if count == 0 {
+                    return Err(Error::Invalid("BATCH", "a batch of no request"));
+                }
+                let mut items = Vec::with_capacity(usize::from(count).min(r.buf.len() / 18));
+                for _ in 0..count {
+                    items.push(BatchItem {
+                        id: r.u64()?,
+                        deadline_ms: r.u32()?,
+                        content_type: r.str16()?,
+                        body: r.bytes32()?.to_vec(),
+                    });
+                }
+                Frame::Batch { method, items }
+            }
+            kind::BATCH_REPLY => {
+                let count = r.u16()?;
+                let mut results = Vec::with_capacity(usize::from(count).min(r.buf.len() / 9));
+                for _ in 0..count {
+                    let id = r.u64()?;
+                    let outcome = match r.u8()? {
+                        0 => ItemOutcome::Ok {
+                            content_type: r.str16()?,
+                            body: r.bytes32()?.to_vec(),
+                        },
+                        1 => {
+                            let status = r.u16()?;
+                            if !(400..=599).contains(&status) {
+                                return Err(Error::Invalid(
+                                    "BATCH_REPLY",
+                                    "a refusal's status is not in 400..=599",
+                                ));
+                            }
+                            let m = r.bytes32()?;
+                            ItemOutcome::Refused {
+                                status,
+                                message: String::from_utf8_lossy(m).into_owned(),
+                            }
+                        }
+                        2 => {
+                            let m = r.bytes32()?;
+                            let t = r.bytes32()?;
+                            ItemOutcome::Failed {
+                                message: String::from_utf8_lossy(m).into_owned(),
+                                traceback: String::from_utf8_lossy(t).into_owned(),
+                            }
+                        }
+                        _ => return Err(Error::Invalid("BATCH_REPLY", "unknown outcome")),
+                    };
+                    results.push(BatchResult { id, outcome });
+                }
+                Frame::BatchReply { results }
+            }
             kind::STREAM_START => Frame::StreamStart {
                 id: r.u64()?,
                 content_type: r.str16()?,
@@ -313,6 +437,39 @@ impl Frame {
             Frame::BadRequest { id, message } => {
                 out.extend_from_slice(&id.to_be_bytes());
                 out.extend_from_slice(message.as_bytes());
+            }
+            Frame::Batch { method, items } => {
+                put_str16(&mut out, method, "method")?;
+                put_count(&mut out, items.len(), "batch size")?;
+                for item in items {
+                    out.extend_from_slice(&item.id.to_be_bytes());
+                    out.extend_from_slice(&item.deadline_ms.to_be_bytes());
+                    put_str16(&mut out, &item.content_type, "content type")?;
+                    put_bytes32(&mut out, &item.body)?;
+                }
+            }
+            Frame::BatchReply { results } => {
+                put_count(&mut out, results.len(), "batch size")?;
+                for r in results {
+                    out.extend_from_slice(&r.id.to_be_bytes());
+                    match &r.outcome {
+                        ItemOutcome::Ok { content_type, body } => {
+                            out.push(0);
+                            put_str16(&mut out, content_type, "content type")?;
+                            put_bytes32(&mut out, body)?;
+                        }
+                        ItemOutcome::Refused { status, message } => {
+                            out.push(1);
+                            out.extend_from_slice(&status.to_be_bytes());
+                            put_bytes32(&mut out, message.as_bytes())?;
+                        }
+                        ItemOutcome::Failed { message, traceback } => {
+                            out.push(2);
+                            put_bytes32(&mut out, message.as_bytes())?;
+                            put_bytes32(&mut out, traceback.as_bytes())?;
+                        }
+                    }
+                }
             }
             Frame::StreamStart { id, content_type } => {
                 out.extend_from_slice(&id.to_be_bytes());
@@ -436,12 +593,58 @@ mod tests {
                 }
             }),
             (any::<u64>(), ".{0,60}").prop_map(|(id, message)| Frame::BadRequest { id, message }),
+            (
+                s16,
+                proptest::collection::vec(
+                    (
+                        any::<u64>(),
+                        any::<u32>(),
+                        s16,
+                        proptest::collection::vec(any::<u8>(), 0..60)
+                    ),
+                    1..8
+                )
+            )
+                .prop_map(|(method, items)| Frame::Batch {
+                    method,
+                    items: items
+                        .into_iter()
+                        .map(|(id, deadline_ms, content_type, body)| BatchItem {
+                            id,
+                            deadline_ms,
+                            content_type,
+                            body
+                        })
+                        .collect()
+                }),
+            proptest::collection::vec((any::<u64>(), arb_outcome()), 0..8).prop_map(|rs| {
+                Frame::BatchReply {
+                    results: rs
+                        .into_iter()
+                        .map(|(id, outcome)| BatchResult { id, outcome })
+                        .collect(),
+                }
+            }),
             (any::<u64>(), s16)
                 .prop_map(|(id, content_type)| Frame::StreamStart { id, content_type }),
             (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..100))
                 .prop_map(|(id, data)| Frame::Chunk { id, data }),
             any::<u64>().prop_map(|id| Frame::StreamEnd { id }),
             Just(Frame::Shutdown),
+        ]
+    }
+
+    fn arb_outcome() -> impl Strategy<Value = ItemOutcome> {
+        prop_oneof![
+            (
+                "[a-z/;=]{0,20}",
+                proptest::collection::vec(any::<u8>(), 0..60)
+            )
+                .prop_map(|(content_type, body)| ItemOutcome::Ok { content_type, body }),
+            (400u16..=599, ".{0,40}")
+                .prop_map(|(status, message)| ItemOutcome::Refused { status, message }),
+            (".{0,40}", ".{0,80}")
+                .prop_map(|(message, traceback)| ItemOutcome::Failed { message, traceback }),
         ]
     }
 
@@ -521,6 +724,70 @@ mod tests {
         assert!(matches!(
             Frame::decode_body(&[0x16, 0, 0, 0]),
             Err(Error::Truncated("BAD_REQUEST"))
+        ));
+    }
+
+    #[test]
+    fn batch_layouts_are_the_documented_ones() {
+        // docs/protocol.md: BATCH is method: str16, count: u16, then per item id: u64,
+        // deadline_ms: u32, content_type: str16, body_len: u32, body.
+        let bytes = Frame::Batch {
+            method: "m".into(),
+            items: vec![BatchItem {
+                id: 1,
+                deadline_ms: 2,
+                content_type: "t".into(),
+                body: b"xy".to_vec(),
+            }],
+        }
+        .encode()
+        .unwrap();
+        let want = [
+            0, 0, 0, 27, 0x17, 0, 1, b'm', 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 2, 0, 1, b't', 0,
+            0, 0, 2, b'x', b'y',
+        ];
+        assert_eq!(bytes, want);
+        // BATCH_REPLY: count: u16, then id: u64, outcome: u8 and its fields.
+        let bytes = Frame::BatchReply {
+            results: vec![BatchResult {
+                id: 9,
+                outcome: ItemOutcome::Refused {
+                    status: 400,
+                    message: "no".into(),
+                },
+            }],
+        }
+        .encode()
+        .unwrap();
+        let want = [
+            0, 0, 0, 20, 0x18, 0, 1, 0, 0, 0, 0, 0, 0, 0, 9, 1, 1, 144, 0, 0, 0, 2, b'n', b'o',
+        ];
+        assert_eq!(bytes, want);
+    }
+
+    #[test]
+    fn malformed_batches() {
+        // A batch of nothing.
+        assert!(matches!(
+            Frame::decode_body(&[0x17, 0, 1, b'm', 0, 0]),
+            Err(Error::Invalid("BATCH", _))
+        ));
+        // A count larger than what follows is truncated, not a huge allocation.
+        assert_eq!(
+            Frame::decode_body(&[0x17, 0, 1, b'm', 0xff, 0xff]),
+            Err(Error::Truncated("BATCH"))
+        );
+        // An unknown outcome, and a refusal with a status that is no error.
+        let mut b = vec![0x18, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 7];
+        assert!(matches!(
+            Frame::decode_body(&b),
+            Err(Error::Invalid("BATCH_REPLY", _))
+        ));
+        b.truncate(11);
+        b.extend_from_slice(&[1, 0, 200, 0, 0, 0, 0]);
+        assert!(matches!(
+            Frame::decode_body(&b),
+            Err(Error::Invalid("BATCH_REPLY", _))
         ));
     }
 
