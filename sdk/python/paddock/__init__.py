@@ -17,10 +17,15 @@
         def voices(self, req):
             return ["alto", "bass"]
 
+        @paddock.batch(max_size=32, max_wait="5ms")   # many requests, one call
+        def embed(self, reqs):                          # a list of Requests
+            vecs = self.model.encode([r.json()["text"] for r in reqs])
+            return [{"vector": v} for v in vecs]        # one result per request
+
     paddock.serve(Embedder())
 
-This file implements docs/protocol.md (version 2: version 1 plus the BAD_REQUEST
-frame). Its invariants:
+This file implements docs/protocol.md (version 3: version 1, BAD_REQUEST, and
+batches). Its invariants:
 
 * Everything happens on the main thread: `setup()` and every handler run on the
   thread that called `serve()`, which must be the main thread. The SDK never starts
@@ -28,6 +33,10 @@ frame). Its invariants:
   work, and a handler that hangs is killed by the daemon at its deadline.
 * One request at a time: the daemon sends a REQUEST only after the previous one was
   answered, and the worker answers each with exactly one REPLY, ERROR or BAD_REQUEST.
+  A batched handler gets a BATCH (a list of requests) and the worker answers it with
+  one BATCH_REPLY holding exactly one result per request: what the handler returned
+  in that request's place, a `paddock.Error` for that one request, or — when the
+  handler raised or returned the wrong number of results — the same failure for all.
 * A handler that raises `paddock.BadRequest` (as `req.json()` does for a body that is
   not JSON) answers BAD_REQUEST: its message is meant for the client (HTTP 400), and
   nothing is logged. Any other exception answers ERROR with the message and the
@@ -53,15 +62,18 @@ import threading
 import time
 import traceback
 
-__all__ = ["handler", "serve", "Request", "Response", "BadRequest", "PROTOCOL_VERSION"]
+__all__ = ["handler", "batch", "serve", "Request", "Response", "BadRequest", "Error",
+           "PROTOCOL_VERSION"]
 __version__ = "0.1.0"
 
-PROTOCOL_VERSION = 2  # said in HELLO; 2 adds BAD_REQUEST to version 1
+PROTOCOL_VERSION = 3  # said in HELLO; 2 adds BAD_REQUEST, 3 batches
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024
 
 HELLO, READY, SETUP_FAILED = 0x01, 0x02, 0x03
 REQUEST, REPLY, ERROR = 0x10, 0x11, 0x12
 BAD_REQUEST = 0x16  # id: u64, then the UTF-8 message to the end (version 2)
+BATCH, BATCH_REPLY = 0x17, 0x18  # version 3
+_OK, _REFUSED, _FAILED = 0, 1, 2  # a batch item's outcome
 SHUTDOWN = 0x20
 
 _MARK = "_paddock_handler"
@@ -76,6 +88,61 @@ def handler(fn=None, *, idempotent=False):
         setattr(f, _MARK, {"idempotent": bool(idempotent)})
         return f
     return mark(fn) if fn is not None else mark
+
+
+def _wait_ms(value):
+    """max_wait as milliseconds: "5ms", "0.2s", or a number of seconds."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        ms = value * 1000.0
+    elif isinstance(value, str) and value.strip().endswith("ms"):
+        ms = float(value.strip()[:-2])
+    elif isinstance(value, str) and value.strip().endswith("s"):
+        ms = float(value.strip()[:-1]) * 1000.0
+    else:
+        raise ValueError(f"max_wait={value!r}: give \"5ms\", \"0.2s\" or seconds as a number")
+    if not 0 <= ms <= 10000:
+        raise ValueError(f"max_wait={value!r} is outside 0ms..10s")
+    return int(round(ms))
+
+
+def batch(fn=None, *, max_size=32, max_wait=0):
+    """Marks a method as a batched handler: it receives a list of Requests and returns
+    a list of results of the same length (or raises).
+
+        @paddock.batch(max_size=32, max_wait="5ms")
+        def embed(self, reqs):
+            ...
+
+    `max_size` (1-4096) is the most requests one call gets. `max_wait` is how long
+    the daemon may hold a batch open for more requests after its oldest arrived
+    (default 0: a batch is what is waiting when a worker becomes free; an idle worker
+    never waits for company). Put `paddock.Error("...", status=400)` in a request's
+    place to fail that request alone. A batched method may be run again on other
+    workers (when a batch whose worker died is split to find the request that killed
+    it): declaring it batched declares it safe to re-run."""
+    if isinstance(max_size, bool) or not isinstance(max_size, int) or not 1 <= max_size <= 4096:
+        raise ValueError(f"max_size={max_size!r} must be an integer in 1..4096")
+    limits = {"max_size": max_size, "max_wait_ms": _wait_ms(max_wait)}
+
+    def mark(f):
+        setattr(f, _MARK, {"idempotent": True, "batch": limits})
+        return f
+    return mark(fn) if fn is not None else mark
+
+
+class Error(Exception):
+    """Put it in a batched handler's result list in place of one request's result to
+    fail that request alone: `paddock.Error("text is empty", status=400)`.
+
+    The client gets `status` (400-599, default 500) and `{"error": message, ...}`:
+    the message is meant for the client, as with BadRequest. Raised (rather than
+    returned) from any handler, it fails the whole call the same way."""
+
+    def __init__(self, message, status=500):
+        if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 599:
+            raise ValueError(f"status={status!r} must be an HTTP error status (400-599)")
+        super().__init__(message)
+        self.message, self.status = str(message), status
 
 
 class BadRequest(ValueError):
@@ -289,13 +356,15 @@ def _parse_request(p):
 
 
 def _handlers(obj):
-    """{name: (bound method, idempotent)}, `predict` first, then in definition order."""
+    """{name: (bound method, idempotent, batch limits or None)}, `predict` first, then
+    in definition order."""
     found = {}
     for klass in reversed(type(obj).__mro__):
         for name, attr in vars(klass).items():
             mark = getattr(attr, _MARK, None)
             if mark is not None:  # bound from the class: instance attributes can't shadow it
-                found[name] = (attr.__get__(obj, type(obj)), mark["idempotent"])
+                found[name] = (attr.__get__(obj, type(obj)), mark["idempotent"],
+                               mark.get("batch"))
             elif name in found:  # overridden by an undecorated method
                 del found[name]
     if "predict" in found:
@@ -392,7 +461,8 @@ def _run(conn, obj):
             pass  # the daemon is gone; the exit status still says it failed
         _exit(1)
     ready = {"methods": list(handlers),
-             "idempotent": [n for n, (_, idem) in handlers.items() if idem]}
+             "idempotent": [n for n, (_, idem, _b) in handlers.items() if idem],
+             "batch": {n: b for n, (_, _i, b) in handlers.items() if b is not None}}
     conn.send(READY, json.dumps(ready).encode("utf-8"))
 
     while True:
@@ -402,6 +472,15 @@ def _run(conn, obj):
         ftype, data = frame
         if ftype == SHUTDOWN:
             _exit(0)
+        if ftype == BATCH:
+            method, reqs = _parse_batch(data)
+            entry = handlers.get(method)
+            if entry is None:
+                results = [(_FAILED, f"no handler named {method}", "")] * len(reqs)
+            else:
+                results = _run_batch(entry, method, reqs)
+            _send_batch_reply(conn, reqs, results)
+            continue
         if ftype != REQUEST:
             raise _ProtocolError(f"unexpected frame type 0x{ftype:02x}")
         req = _parse_request(data)
@@ -410,10 +489,25 @@ def _run(conn, obj):
             conn.error(req.id, f"no handler named {req.method}", "")
             continue
         try:
-            ctype, body = _encode(entry[0](req))
-            ctype = _ctype_bytes(ctype)
+            if entry[2] is not None:  # a batched handler asked for one request
+                (out,) = _run_batch(entry, req.method, [req])
+                if out[0] == _REFUSED:
+                    raise Error(out[2], status=out[1])
+                if out[0] == _FAILED:
+                    conn.error(req.id, out[1], out[2])
+                    continue
+                ctype, body = out[1], out[2]
+            else:
+                ctype, body = _encode(entry[0](req))
+                ctype = _ctype_bytes(ctype)
         except BadRequest as e:
             conn.bad_request(req.id, str(e) or "bad request")
+            continue
+        except Error as e:
+            if e.status == 400:
+                conn.bad_request(req.id, e.message or "bad request")
+            else:
+                conn.error(req.id, e.message, "")
             continue
         except Exception as e:
             tb = traceback.format_exc()
@@ -426,3 +520,89 @@ def _run(conn, obj):
                                f"{conn.max_frame} bytes (PADDOCK_MAX_FRAME)", "")
             continue
         conn.reply(req.id, ctype, body)
+
+
+_ITEM_HEAD = struct.Struct(">QIH")  # id, deadline_ms, content type length
+_U32 = struct.Struct(">I")
+
+
+def _parse_batch(p):
+    """(method, [Request]) from a BATCH payload."""
+    try:
+        (mlen,) = _U16.unpack_from(p, 0)
+        at = 2
+        method = p[at:at + mlen].decode("utf-8")
+        at += mlen
+        (count,) = _U16.unpack_from(p, at)
+        at += 2
+        now = time.monotonic()
+        reqs = []
+        for _ in range(count):
+            rid, deadline_ms, clen = _ITEM_HEAD.unpack_from(p, at)
+            at += 14
+            ctype = p[at:at + clen].decode("utf-8")
+            at += clen
+            (blen,) = _U32.unpack_from(p, at)
+            at += 4
+            body = p[at:at + blen]
+            at += blen
+            reqs.append(Request(rid, method, ctype, body, now + deadline_ms / 1000.0))
+        if at != len(p) or count == 0:
+            raise ValueError("bad length")
+    except (struct.error, UnicodeDecodeError, ValueError) as e:
+        raise _ProtocolError(f"malformed BATCH frame ({e})") from None
+    return method, reqs
+
+
+def _run_batch(entry, method, reqs):
+    """Calls a batched handler; one (outcome, a, b) per request: (_OK, ctype bytes,
+    body), (_REFUSED, status, message) or (_FAILED, message, traceback)."""
+    fn = entry[0]
+    try:
+        values = fn(reqs)
+        values = list(values)
+        if len(values) != len(reqs):
+            raise TypeError(f"batched handler {method!r} returned {len(values)} results "
+                            f"for {len(reqs)} requests")
+    except BadRequest as e:
+        return [(_REFUSED, 400, str(e) or "bad request")] * len(reqs)
+    except Error as e:
+        return [(_REFUSED, e.status, e.message)] * len(reqs)
+    except Exception as e:
+        tb = traceback.format_exc()
+        _log(f"paddock: batched handler {method!r} failed on a batch of {len(reqs)}:\n{tb}")
+        return [(_FAILED, f"{type(e).__name__}: {e}", tb)] * len(reqs)
+    out = []
+    for v in values:
+        if isinstance(v, Error):
+            out.append((_REFUSED, v.status, v.message))
+            continue
+        try:
+            ctype, body = _encode(v)
+            out.append((_OK, _ctype_bytes(ctype), body))
+        except Exception as e:
+            out.append((_FAILED, f"{type(e).__name__}: {e}", traceback.format_exc()))
+    return out
+
+
+def _send_batch_reply(conn, reqs, results):
+    parts = [_U16.pack(len(reqs))]
+    for req, (kind, a, b) in zip(reqs, results):
+        if kind == _OK:
+            parts.append(struct.pack(">QBH", req.id, _OK, len(a)) + a + _U32.pack(len(b)))
+            parts.append(b)
+        elif kind == _REFUSED:
+            msg = _cut(str(b).encode("utf-8"), 65536)
+            parts.append(struct.pack(">QBHI", req.id, _REFUSED, a, len(msg)) + msg)
+        else:
+            msg, tb = _cut(a.encode("utf-8"), 65536), _cut(b.encode("utf-8"), 65536)
+            parts.append(struct.pack(">QBI", req.id, _FAILED, len(msg)) + msg
+                         + _U32.pack(len(tb)) + tb)
+    size = 1 + sum(len(p) for p in parts)
+    if size > conn.max_frame:
+        message = (f"batch reply too large: {size} bytes, the largest frame is "
+                   f"{conn.max_frame} bytes (PADDOCK_MAX_FRAME)").encode("utf-8")
+        parts = [_U16.pack(len(reqs))] + [
+            struct.pack(">QBI", r.id, _FAILED, len(message)) + message + _U32.pack(0)
+            for r in reqs]
+    conn.send(BATCH_REPLY, b"".join(parts))

@@ -25,6 +25,7 @@ TIMEOUT = 10.0  # seconds: generous, only reached when something is broken
 HELLO, READY, SETUP_FAILED = 0x01, 0x02, 0x03
 REQUEST, REPLY, ERROR, SHUTDOWN = 0x10, 0x11, 0x12, 0x20
 BAD_REQUEST = 0x16
+BATCH, BATCH_REPLY = 0x17, 0x18
 
 
 def str16(s):
@@ -60,6 +61,50 @@ class Worker:
             body = body.encode("utf-8")
         self.send(REQUEST, struct.pack(">QI", rid, deadline_ms) + str16(method)
                   + str16(content_type) + body)
+
+    def batch(self, method, items, deadline_ms=5000):
+        """Sends a BATCH of (id, content type, body) items."""
+        payload = str16(method) + struct.pack(">H", len(items))
+        for rid, ctype, body in items:
+            if isinstance(body, str):
+                body = body.encode("utf-8")
+            payload += (struct.pack(">QI", rid, deadline_ms) + str16(ctype)
+                        + struct.pack(">I", len(body)) + body)
+        self.send(BATCH, payload)
+
+    def batch_reply(self):
+        """{id: (outcome, ...)} of the next frame, which must be a BATCH_REPLY."""
+        ftype, p = self.recv()
+        if ftype != BATCH_REPLY:
+            raise AssertionError(f"expected BATCH_REPLY, got 0x{ftype:02x}: {p[:200]!r}")
+        (count,) = struct.unpack_from(">H", p, 0)
+        at, out = 2, {}
+        for _ in range(count):
+            rid, outcome = struct.unpack_from(">QB", p, at)
+            at += 9
+            if outcome == 0:
+                (clen,) = struct.unpack_from(">H", p, at)
+                ctype = p[at + 2:at + 2 + clen].decode()
+                at += 2 + clen
+                (blen,) = struct.unpack_from(">I", p, at)
+                out[rid] = (0, ctype, p[at + 4:at + 4 + blen])
+                at += 4 + blen
+            elif outcome == 1:
+                status, mlen = struct.unpack_from(">HI", p, at)
+                out[rid] = (1, status, p[at + 6:at + 6 + mlen].decode())
+                at += 6 + mlen
+            else:
+                (mlen,) = struct.unpack_from(">I", p, at)
+                msg = p[at + 4:at + 4 + mlen].decode()
+                at += 4 + mlen
+                (tlen,) = struct.unpack_from(">I", p, at)
+                out[rid] = (2, msg, p[at + 4:at + 4 + tlen].decode())
+                at += 4 + tlen
+        if at != len(p):
+            raise AssertionError(f"{len(p) - at} bytes left over in BATCH_REPLY")
+        if len(out) != count:
+            raise AssertionError("an id answered twice")
+        return out
 
     def read_exact(self, n):
         buf = bytearray()
@@ -157,7 +202,7 @@ class WorkerTests(unittest.TestCase):
         ftype, p = w.recv()
         self.assertEqual(ftype, HELLO)
         version, pid = struct.unpack_from(">HI", p, 0)
-        self.assertEqual(version, 2)  # version 2: BAD_REQUEST
+        self.assertEqual(version, 3)  # version 3: BAD_REQUEST and batches
         self.assertEqual(pid, w.proc.pid)
         meta = json.loads(p[6:])
         self.assertEqual(meta["sdk"], "python")
@@ -169,8 +214,72 @@ class WorkerTests(unittest.TestCase):
         self.assertEqual(ready["methods"][0], "predict")
         self.assertEqual(sorted(ready["methods"]), sorted(
             ["predict", "raw", "text", "typed", "nothing", "boom", "needs_text",
-             "long_bad_request", "long_error", "nan", "big", "thread"]))
-        self.assertEqual(sorted(ready["idempotent"]), ["raw", "thread"])
+             "long_bad_request", "long_error", "nan", "big", "thread", "upper",
+             "wrong_count", "explode", "refuse_all"]))
+        # A batched method is declared safe to run again.
+        self.assertEqual(sorted(ready["idempotent"]), [
+            "explode", "raw", "refuse_all", "thread", "upper", "wrong_count"])
+        self.assertEqual(ready["batch"], {
+            "upper": {"max_size": 8, "max_wait_ms": 2},
+            "wrong_count": {"max_size": 32, "max_wait_ms": 0},
+            "explode": {"max_size": 4, "max_wait_ms": 0},
+            "refuse_all": {"max_size": 32, "max_wait_ms": 0}})
+
+    def test_a_batch_gets_one_result_per_request_with_per_item_errors(self):
+        w = self.start()
+        w.handshake()
+        items = [(100 + i, "text/plain", "abc" if i != 2 else "") for i in range(5)]
+        w.batch("upper", items)
+        out = w.batch_reply()
+        self.assertEqual(sorted(out), [100, 101, 102, 103, 104])
+        for rid in (100, 101, 103, 104):
+            self.assertEqual(out[rid], (0, "text/plain; charset=utf-8", b"ABC"))
+        self.assertEqual(out[102], (1, 422, "empty text"))
+        # The worker goes on serving, batches and plain requests alike.
+        w.batch("upper", [(7, "text/plain", "x")])
+        self.assertEqual(w.batch_reply(), {7: (0, "text/plain; charset=utf-8", b"X")})
+        ctype, body = self.reply(w, 8, "upper", "one")
+        self.assertEqual(body, b"ONE")
+
+    def test_a_batched_handler_that_raises_fails_every_item_and_logs_once(self):
+        w = self.start()
+        w.handshake()
+        w.batch("explode", [(1, "t", "a"), (2, "t", "b")])
+        out = w.batch_reply()
+        for rid in (1, 2):
+            kind, message, tb = out[rid]
+            self.assertEqual((kind, message), (2, "RuntimeError: boom on 2"))
+            self.assertIn("Traceback (most recent call last)", tb)
+        w.batch("refuse_all", [(3, "t", "a"), (4, "t", "b")])
+        self.assertEqual(w.batch_reply(), {3: (1, 400, "no batch today"),
+                                           4: (1, 400, "no batch today")})
+        err = self.stop(w)
+        self.assertEqual(err.count("batched handler 'explode' failed on a batch of 2"), 1, err)
+
+    def test_a_wrong_number_of_results_fails_the_batch_instead_of_mixing_answers(self):
+        w = self.start()
+        w.handshake()
+        w.batch("wrong_count", [(1, "t", "a"), (2, "t", "b"), (3, "t", "c")])
+        out = w.batch_reply()
+        self.assertEqual(sorted(out), [1, 2, 3])
+        for rid in (1, 2, 3):
+            self.assertEqual(out[rid][0], 2)
+            self.assertIn("returned 1 results for 3 requests", out[rid][1])
+
+    def test_batch_decorator_checks_its_limits(self):
+        with self.assertRaises(ValueError):
+            paddock.batch(max_size=0)
+        with self.assertRaises(ValueError):
+            paddock.batch(max_size=5000)
+        with self.assertRaises(ValueError):
+            paddock.batch(max_wait="1h")
+        with self.assertRaises(ValueError):
+            paddock.batch(max_wait="20s")
+        self.assertEqual(paddock._wait_ms("0.25s"), 250)
+        self.assertEqual(paddock._wait_ms(0.005), 5)
+        with self.assertRaises(ValueError):
+            paddock.Error("ok?", status=200)
+        self.assertEqual(paddock.Error("x").status, 500)
 
     def test_json_request_gets_json_reply_with_same_id(self):
         w = self.start()
@@ -404,7 +513,7 @@ class ApiTests(unittest.TestCase):
         r = paddock.Request(5, "predict", "application/json", b'{"a": 1}', 0.0)
         self.assertEqual(r.json(), {"a": 1})
         self.assertEqual(r.text(), '{"a": 1}')
-        self.assertEqual(paddock.PROTOCOL_VERSION, 2)
+        self.assertEqual(paddock.PROTOCOL_VERSION, 3)
 
     def test_json_raises_bad_request(self):
         self.assertIn("BadRequest", paddock.__all__)

@@ -68,6 +68,23 @@ class Basic:
         return {"main": threading.current_thread() is threading.main_thread(),
                 "setup_main": self.setup_thread, "threads": threading.active_count()}
 
+    @paddock.batch(max_size=8, max_wait="2ms")
+    def upper(self, reqs):
+        return [r.text().upper() if r.body else paddock.Error("empty text", status=422)
+                for r in reqs]
+
+    @paddock.batch
+    def wrong_count(self, reqs):
+        return ["only one"] + (["extra"] if len(reqs) == 1 else [])
+
+    @paddock.batch(max_size=4)
+    def explode(self, reqs):
+        raise RuntimeError(f"boom on {len(reqs)}")
+
+    @paddock.batch
+    def refuse_all(self, reqs):
+        raise paddock.BadRequest("no batch today")
+
     def helper(self, req):  # not a handler
         return "no"
 
