@@ -439,14 +439,11 @@ impl Frame {
                 out.extend_from_slice(message.as_bytes());
             }
             Frame::Batch { method, items } => {
-                put_str16(&mut out, method, "method")?;
-                put_count(&mut out, items.len(), "batch size")?;
-                for item in items {
-                    out.extend_from_slice(&item.id.to_be_bytes());
-                    out.extend_from_slice(&item.deadline_ms.to_be_bytes());
-                    put_str16(&mut out, &item.content_type, "content type")?;
-                    put_bytes32(&mut out, &item.body)?;
-                }
+                let refs: Vec<BatchItemRef<'_>> = items
+                    .iter()
+                    .map(|i| (i.id, i.deadline_ms, i.content_type.as_str(), &i.body[..]))
+                    .collect();
+                return encode_batch(method, &refs);
             }
             Frame::BatchReply { results } => {
                 put_count(&mut out, results.len(), "batch size")?;
@@ -514,6 +511,41 @@ pub fn encode_request(
     put_str16(&mut out, method, "method")?;
     put_str16(&mut out, content_type, "content type")?;
     out.extend_from_slice(body);
+    Ok(out)
+}
+
+/// One item of a BATCH, borrowed: id, deadline_ms, content type, body.
+pub type BatchItemRef<'a> = (u64, u32, &'a str, &'a [u8]);
+
+/// Encodes a BATCH frame from borrowed parts, in one allocation of the exact size
+/// (the daemon does not own its requests' bodies).
+pub fn encode_batch(method: &str, items: &[BatchItemRef<'_>]) -> Result<Vec<u8>, Error> {
+    if items.is_empty() {
+        return Err(Error::Invalid("BATCH", "a batch of no request"));
+    }
+    let len = 1
+        + 2
+        + method.len()
+        + 2
+        + items
+            .iter()
+            .map(|(_, _, ct, body)| 8 + 4 + 2 + ct.len() + 4 + body.len())
+            .sum::<usize>();
+    let len32 = u32::try_from(len).map_err(|_| Error::TooLarge {
+        len,
+        max: u32::MAX as usize,
+    })?;
+    let mut out = Vec::with_capacity(4 + len);
+    out.extend_from_slice(&len32.to_be_bytes());
+    out.push(kind::BATCH);
+    put_str16(&mut out, method, "method")?;
+    put_count(&mut out, items.len(), "batch size")?;
+    for (id, deadline_ms, ct, body) in items {
+        out.extend_from_slice(&id.to_be_bytes());
+        out.extend_from_slice(&deadline_ms.to_be_bytes());
+        put_str16(&mut out, ct, "content type")?;
+        put_bytes32(&mut out, body)?;
+    }
     Ok(out)
 }
 

@@ -6,6 +6,7 @@
 //! can be (durations, names, commands); cross-field rules (two services on one port)
 //! are checked afterwards and located in the source by [`locate`].
 
+mod batch;
 mod locate;
 mod model;
 mod raw;
@@ -381,6 +382,7 @@ pub fn parse(path: &Path, text: &str, port: Option<u16>) -> Result<Config, Confi
             ("max_attempts", rs.max_attempts.is_some()),
             ("jobs_share", rs.jobs_share.is_some()),
             ("job_backoff", rs.job_backoff.is_some()),
+            ("batch", !rs.batch.is_empty()),
         ];
         if rs.kind == Kind::Process
             && let Some((key, _)) = worker_only.iter().find(|(_, set)| *set)
@@ -546,6 +548,8 @@ pub fn parse(path: &Path, text: &str, port: Option<u16>) -> Result<Config, Confi
                 rs.job_backoff,
                 Duration::from_secs(1),
             )?,
+            batch: batch::overrides(rs.batch)
+                .map_err(|(m, key, e)| at(&format!("{table}.batch.{m}"), key, e))?,
         });
     }
     if services.is_empty() {

@@ -172,6 +172,18 @@ pub struct Service {
     pub jobs_share: f64,
     /// The delay before a failed job's next attempt; doubles each time (max 5 min).
     pub job_backoff: Duration,
+    /// `[services.NAME.batch.METHOD]`: overrides of a batched method's limits.
+    pub batch: BTreeMap<String, BatchOverride>,
+}
+
+/// What the config says of one batched method; unset fields keep what the worker
+/// announced (`max_size`, `max_wait`) or the default (`batch_timeout`: the
+/// service's `request_timeout`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BatchOverride {
+    pub max_size: Option<usize>,
+    pub max_wait: Option<Duration>,
+    pub batch_timeout: Option<Duration>,
 }
 
 /// A validated config.

@@ -62,6 +62,17 @@ pub(super) struct RawService {
     pub(super) max_attempts: Option<u32>,
     pub(super) jobs_share: Option<f64>,
     pub(super) job_backoff: Option<Dur>,
+    /// Per batched method: overrides of the limits its workers announce.
+    #[serde(default)]
+    pub(super) batch: BTreeMap<String, RawBatch>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBatch {
+    pub(super) max_size: Option<u32>,
+    pub(super) max_wait: Option<Dur>,
+    pub(super) batch_timeout: Option<Dur>,
 }
 
 pub(super) fn default_kind() -> Kind {

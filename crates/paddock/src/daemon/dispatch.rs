@@ -39,6 +39,8 @@ pub struct Dispatcher {
     queue_timeout: Duration,
     /// Wakes the expiry task when the queue's earliest deadline may have changed.
     expiry: Arc<Notify>,
+    /// Wakes workers holding a batch open for more requests (`max_wait`).
+    arrivals: Arc<Notify>,
 }
 
 struct Queue {
@@ -52,6 +54,9 @@ struct Queue {
     down: std::collections::BTreeMap<u64, (String, Instant)>,
     /// The handlers the service's workers said they have (READY), once one has.
     methods: Option<Vec<String>>,
+    /// Batched methods and their `max_size` (the latest READY, with the config's
+    /// overrides).
+    batch_sizes: std::collections::BTreeMap<String, usize>,
     depth: prometheus_client::metrics::gauge::Gauge,
     /// The expiry task's wake-up, also sent when the queue is dropped (it ends then).
     expiry: Arc<Notify>,
@@ -150,6 +155,7 @@ impl Dispatcher {
             members: Default::default(),
             down: Default::default(),
             methods: None,
+            batch_sizes: Default::default(),
             depth,
             expiry: expiry.clone(),
         }));
@@ -158,6 +164,7 @@ impl Dispatcher {
             queue,
             queue_timeout,
             expiry,
+            arrivals: Arc::new(Notify::new()),
         }
     }
 
@@ -184,6 +191,7 @@ impl Dispatcher {
             crashes: 0,
             queue_deadline: now + self.queue_timeout,
             received: now,
+            part: None,
         };
         let mut q = self.lock();
         if q.closed {
@@ -193,11 +201,45 @@ impl Dispatcher {
         } else if let Some(job) = q.hand_out(job) {
             if q.jobs.len() >= q.max_queue {
                 let _ = job.reply.send(Outcome::QueueFull);
-            } else if q.push(job, false) {
-                self.expiry.notify_one();
+            } else {
+                if q.push(job, false) {
+                    self.expiry.notify_one();
+                }
+                self.arrivals.notify_waiters();
             }
         }
         rx
+    }
+
+    /// Moves into `batch` the queued requests that may join it (the same method and
+    /// bisected part as its first one, whose clients still wait), oldest first,
+    /// until it holds `max` requests.
+    pub fn fill_batch(&self, batch: &mut Vec<Job>, max: usize) {
+        if batch.is_empty() {
+            return;
+        }
+        let mut q = self.lock();
+        let mut i = 0;
+        while batch.len() < max && i < q.jobs.len() {
+            let join = batch[0].batches_with(&q.jobs[i]);
+            if join && !q.jobs[i].reply.is_closed() {
+                let job = q.jobs.remove(i).expect("i is in range");
+                batch.push(job);
+            } else if q.jobs[i].reply.is_closed() {
+                q.jobs.remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        q.depth.set(q.jobs.len() as i64);
+    }
+
+    /// A future that completes at the next request queued after this call (for a
+    /// worker holding a batch open): create it, then look at the queue, then wait.
+    pub fn next_arrival(&self) -> std::pin::Pin<Box<tokio::sync::futures::Notified<'_>>> {
+        let mut n = Box::pin(self.arrivals.notified());
+        n.as_mut().enable();
+        n
     }
 
     /// Puts a request back at the front of the queue (its worker could not run it).
@@ -238,6 +280,21 @@ impl Dispatcher {
         if q.methods.as_deref() != Some(methods) {
             q.methods = Some(methods.to_vec());
         }
+    }
+
+    /// The batched methods and their `max_size`, as the latest ready worker has them.
+    pub fn set_batch_sizes(&self, sizes: std::collections::BTreeMap<String, usize>) {
+        self.lock().batch_sizes = sizes;
+    }
+
+    /// The most requests of `method` one worker takes at once (1 unless batched).
+    pub fn batch_size(&self, method: &str) -> usize {
+        self.lock().batch_sizes.get(method).copied().unwrap_or(1)
+    }
+
+    /// The largest `max_size` of the service's batched methods (1 if none).
+    pub fn largest_batch(&self) -> usize {
+        self.lock().batch_sizes.values().copied().max().unwrap_or(1)
     }
 
     /// The service's handlers, once a worker has said.

@@ -316,6 +316,12 @@ async fn call(shared: SharedRef, service: String, method: String, req: Request) 
         Outcome::NotFound { message } => {
             error(StatusCode::NOT_FOUND, &service, message, json!(null))
         }
+        Outcome::Refused { status, message } => error(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            &service,
+            message,
+            json!({"kind": if status == 400 { "bad_request" } else { "refused" }}),
+        ),
         Outcome::QueueFull => error(
             StatusCode::SERVICE_UNAVAILABLE,
             &service,

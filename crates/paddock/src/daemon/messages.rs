@@ -8,6 +8,8 @@
 
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use axum::body::Bytes;
 use tokio::sync::oneshot;
 
@@ -41,6 +43,12 @@ pub enum Outcome {
     NotFound {
         message: String,
     },
+    /// A batched handler refused this item with an HTTP error status and a message
+    /// meant for the client (`paddock.Error`).
+    Refused {
+        status: u16,
+        message: String,
+    },
     /// The request cannot be sent to a worker (too large, a header too long).
     BadRequest {
         message: String,
@@ -66,6 +74,7 @@ impl Outcome {
             Outcome::Poison { .. } => "poison",
             Outcome::DeadlineKilled { .. } => "deadline",
             Outcome::NotFound { .. } => "not_found",
+            Outcome::Refused { .. } => "refused",
             Outcome::BadRequest { .. } => "bad_request",
             Outcome::QueueFull => "queue_full",
             Outcome::QueueTimeout => "queue_timeout",
@@ -157,6 +166,29 @@ pub struct Job {
     pub queue_deadline: Instant,
     /// When the gateway received it.
     pub received: Instant,
+    /// A part of a batch that was split after its worker died: it runs only with
+    /// the other requests of the same part (see docs/protocol.md, "Batches").
+    pub part: Option<Arc<BatchPart>>,
+}
+
+/// One part of a bisected batch. Parts of the same original batch share `deaths`.
+#[derive(Debug)]
+pub struct BatchPart {
+    /// Worker deaths the original batch has caused so far.
+    pub deaths: Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl Job {
+    /// Whether `other` may go in the same batch as this job: the same method, and
+    /// the same part of a bisected batch (or neither in one).
+    pub fn batches_with(&self, other: &Job) -> bool {
+        self.method == other.method
+            && match (&self.part, &other.part) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            }
+    }
 }
 
 /// Orders for a worker's actor.

@@ -45,6 +45,11 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 18))
 }
 
+fn batch_size_histogram() -> Histogram {
+    // 1, 2, 4, … 4096: one bucket per power of two up to the largest batch.
+    Histogram::new(exponential_buckets(1.0, 2.0, 13))
+}
+
 fn seconds_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.01, 2.0, 16))
 }
@@ -60,6 +65,14 @@ pub struct Metrics {
     pub deadline_kills: Family<ServiceLabels, Counter>,
     pub load_seconds: Family<ServiceLabels, Histogram, fn() -> Histogram>,
     pub crash_to_ready: Family<ServiceLabels, Histogram, fn() -> Histogram>,
+    /// Requests per batch sent to a worker, by batched method.
+    pub batch_size: Family<MethodLabels, Histogram, fn() -> Histogram>,
+    /// Requests sent in batches (its rate: items per second).
+    pub batch_items: Family<MethodLabels, Counter>,
+    /// From a batch's oldest request's arrival to the batch going to a worker.
+    pub batch_wait: Family<MethodLabels, Histogram, fn() -> Histogram>,
+    /// Batches split in halves after their worker died or hung.
+    pub bisections: Family<MethodLabels, Counter>,
 }
 
 impl Metrics {
@@ -75,6 +88,10 @@ impl Metrics {
             deadline_kills: Family::default(),
             load_seconds: Family::new_with_constructor(seconds_histogram),
             crash_to_ready: Family::new_with_constructor(seconds_histogram),
+            batch_size: Family::new_with_constructor(batch_size_histogram),
+            batch_items: Family::default(),
+            batch_wait: Family::new_with_constructor(latency_histogram),
+            bisections: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -118,7 +135,34 @@ impl Metrics {
             "Seconds from a worker's unrequested exit to its replacement being ready",
             m.crash_to_ready.clone(),
         );
+        registry.register(
+            "batch_size",
+            "Requests per batch sent to a worker",
+            m.batch_size.clone(),
+        );
+        registry.register(
+            "batch_items",
+            "Requests sent to workers in batches",
+            m.batch_items.clone(),
+        );
+        registry.register(
+            "batch_wait_seconds",
+            "From a batch's oldest request's arrival to the batch going to a worker",
+            m.batch_wait.clone(),
+        );
+        registry.register(
+            "batch_bisections",
+            "Batches split in halves after their worker died or passed batch_timeout",
+            m.bisections.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    pub fn method(service: &str, method: &str) -> MethodLabels {
+        MethodLabels {
+            service: service.to_string(),
+            method: method.to_string(),
+        }
     }
 
     pub fn service(service: &str) -> ServiceLabels {

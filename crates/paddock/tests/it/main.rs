@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod batching;
 mod chaos;
 mod config_errors;
 mod crashloop;

@@ -3,8 +3,10 @@
 //! requests.
 //!
 //! Invariants:
-//! - at most `max(1, round(workers × jobs_share))` jobs are with workers at once, so
-//!   online requests always have the rest of the service's capacity;
+//! - jobs occupy at most `max(1, round(workers × jobs_share))` workers at once, so
+//!   online requests always have the rest of the service's capacity. A job to a
+//!   batched method occupies `1 / max_size` of a worker (a batch of them fills one
+//!   worker), any other job a whole worker;
 //! - claims are made in batches (prefetch) and completions are grouped by the store,
 //!   so the store's fsyncs are shared by many jobs;
 //! - every claimed job is finished exactly once: done, failed (with its cause), or
@@ -54,12 +56,13 @@ async fn run(
     expose_errors: bool,
 ) {
     let cap = capacity(&service);
-    let prefetch = cap * 4;
     let mut buffer: VecDeque<Claimed> = VecDeque::new();
+    // Workers occupied, in shares of a worker (see the module's invariants).
     let mut in_flight = 0usize;
+    let mut occupied = 0f64;
     let mut maybe_more = true;
     let mut next_tick = std::time::Instant::now() + Duration::from_millis(250);
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<()>();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<f64>();
     loop {
         if *shutdown.borrow() {
             for job in buffer.drain(..) {
@@ -74,15 +77,22 @@ async fn run(
             // released by their tasks.
             return;
         }
-        if maybe_more && buffer.len() < cap {
+        // Enough claimed ahead to fill a batch on every worker jobs may use.
+        let prefetch = cap * 4 * dispatcher.largest_batch();
+        if maybe_more && buffer.len() < cap * dispatcher.largest_batch() {
             let want = prefetch - buffer.len();
             let got = store.claim(service.name.as_str(), want).await;
             maybe_more = got.len() == want;
             buffer.extend(got);
         }
-        while in_flight < cap {
-            let Some(job) = buffer.pop_front() else { break };
+        while let Some(next) = buffer.front() {
+            let share = 1.0 / dispatcher.batch_size(&next.method) as f64;
+            if occupied + share > cap as f64 + 1e-9 {
+                break;
+            }
+            let job = buffer.pop_front().expect("front exists");
             in_flight += 1;
+            occupied += share;
             let rx = dispatcher.submit(
                 job.method.clone(),
                 job.content_type.clone(),
@@ -97,14 +107,19 @@ async fn run(
                     job.id.clone(),
                     finish_of(outcome, &job, backoff, expose_errors),
                 );
-                let _ = done.send(());
+                let _ = done.send(share);
             });
         }
         tokio::select! {
-            Some(()) = done_rx.recv() => {
+            Some(share) = done_rx.recv() => {
                 in_flight -= 1;
-                while done_rx.try_recv().is_ok() {
+                occupied -= share;
+                while let Ok(share) = done_rx.try_recv() {
                     in_flight -= 1;
+                    occupied -= share;
+                }
+                if in_flight == 0 {
+                    occupied = 0.0; // no float error accumulates across bursts
                 }
             }
             _ = wake.notified() => maybe_more = true,
@@ -150,6 +165,12 @@ pub fn finish_of(outcome: Outcome, job: &Claimed, backoff: Duration, expose: boo
             cause: json!({"kind": "bad_request", "message": message}),
             permanent: true,
             backoff_ms: 0,
+        },
+        // A refusal with a 4xx status is the request's fault: retrying cannot help.
+        Outcome::Refused { status, message } => Finish::Failed {
+            cause: json!({"kind": "refused", "status": status, "message": message}),
+            permanent: status < 500,
+            backoff_ms: if status < 500 { 0 } else { backoff_ms },
         },
         Outcome::NotFound { message } => Finish::Failed {
             cause: json!({"kind": "no_handler", "message": message}),

@@ -13,6 +13,8 @@ pub(super) struct Conn {
     pub(super) version: u16,
     pub(super) methods: Vec<String>,
     pub(super) idempotent: Vec<String>,
+    /// Batched methods (version 3): the worker's `max_size` and `max_wait`.
+    pub(super) batch: BTreeMap<String, (usize, Duration)>,
 }
 
 /// Wraps our end of the socketpair. The actor reads frames itself, in its
@@ -32,6 +34,7 @@ pub(super) fn connect(
         version: 0,
         methods: vec![],
         idempotent: vec![],
+        batch: BTreeMap::new(),
     })
 }
 
@@ -107,7 +110,12 @@ impl Actor {
             // connection is dropped with the worker, which is killed for it.
             Some(Err(e)) => {
                 self.conn = None;
-                return Some(Event::ProtocolViolation(e.to_string()));
+                // The lifecycle's message says "protocol violation" itself.
+                let why = match e {
+                    ReadError::Protocol(inner) => inner.to_string(),
+                    other => other.to_string(),
+                };
+                return Some(Event::ProtocolViolation(why));
             }
             Some(Ok(f)) => f,
         };
@@ -157,9 +165,14 @@ impl Actor {
                 };
                 conn.methods = list("methods");
                 conn.idempotent = list("idempotent");
+                conn.batch = match batch_limits(&v["batch"], &conn.methods) {
+                    Ok(b) => b,
+                    Err(why) => return Some(Event::ProtocolViolation(why)),
+                };
                 if let Some(d) = &self.deps.dispatcher {
                     d.set_methods(&conn.methods);
                 }
+                let batched: Vec<String> = conn.batch.keys().cloned().collect();
                 if let Some(r) = &self.running {
                     let secs = r.spawned.elapsed().as_secs_f64();
                     self.deps
@@ -167,6 +180,13 @@ impl Actor {
                         .load_seconds
                         .get_or_create(&Metrics::service(self.service()))
                         .observe(secs);
+                }
+                let sizes = batched
+                    .iter()
+                    .filter_map(|m| Some((m.clone(), self.batch_limits(m)?.max_size)))
+                    .collect();
+                if let Some(d) = &self.deps.dispatcher {
+                    d.set_batch_sizes(sizes);
                 }
                 Some(Event::ProvenReady)
             }
@@ -186,6 +206,15 @@ impl Actor {
                     ))),
                 }
             }
+            Frame::BatchReply { results } if conn.version >= 3 => {
+                if let Err(why) = self.answers_batch(&results) {
+                    return Some(Event::ProtocolViolation(why));
+                }
+                let n = self.take_batch_answers(results) as u64;
+                self.served += n.saturating_sub(1);
+                self.after_request();
+                Some(Event::Finished)
+            }
             Frame::StreamStart { .. } | Frame::Chunk { .. } | Frame::StreamEnd { .. } => {
                 Some(Event::ProtocolViolation(
                     "streamed replies are not supported by this daemon yet".into(),
@@ -204,6 +233,8 @@ impl Actor {
             return ev;
         };
         let why = why.clone();
+        // A batch's requests were not at fault: they run again elsewhere.
+        self.requeue_batch();
         if let Some(f) = &self.inflight {
             let cause = CrashCause::Violation(ViolationDetail {
                 worker: self.spec.index,
@@ -229,4 +260,42 @@ impl Actor {
             paddock_protocol::generation_of(id)
         ))
     }
+}
+
+/// READY's `batch` key: `{"method": {"max_size": N, "max_wait_ms": M}}` for methods
+/// the worker listed (docs/protocol.md); anything else breaks the protocol.
+fn batch_limits(
+    v: &serde_json::Value,
+    methods: &[String],
+) -> Result<BTreeMap<String, (usize, Duration)>, String> {
+    let mut out = BTreeMap::new();
+    let Some(map) = v.as_object() else {
+        return if v.is_null() {
+            Ok(out)
+        } else {
+            Err("READY's batch is not an object".into())
+        };
+    };
+    for (method, limits) in map {
+        if !methods.contains(method) {
+            return Err(format!(
+                "READY batches {method:?}, which is not in its methods"
+            ));
+        }
+        let size = limits["max_size"]
+            .as_u64()
+            .filter(|n| (1..=4096).contains(n));
+        let wait = limits["max_wait_ms"].as_u64().filter(|n| *n <= 10_000);
+        match (size, wait) {
+            (Some(size), Some(wait)) => {
+                out.insert(method.clone(), (size as usize, Duration::from_millis(wait)));
+            }
+            _ => {
+                return Err(format!(
+                    "READY's batch limits of {method:?} are not max_size 1..=4096 and max_wait_ms 0..=10000"
+                ));
+            }
+        }
+    }
+    Ok(out)
 }

@@ -25,6 +25,7 @@
 //!   its next one (or found none), never across a wait on the worker: the worker is
 //!   busy again before the HTTP side runs, and no answer waits on a slow worker.
 
+mod batch;
 mod conn;
 #[cfg(test)]
 mod fake;
@@ -56,6 +57,7 @@ use super::spawner::Spawner;
 use crate::config::{Kind, Service};
 use crate::status::{ExitCause, Phase, WorkerStatus};
 
+use batch::BatchInFlight;
 use conn::{Answer, Conn, connect, next_frame};
 use process::{Running, not_running, wait};
 use request::{InFlight, recycle_after};
@@ -85,6 +87,8 @@ struct Actor {
     running: Option<Running>,
     conn: Option<Conn>,
     inflight: Option<InFlight>,
+    /// The batch being served (never at the same time as `inflight`).
+    batch: Option<BatchInFlight>,
     generation: u64,
     seq: u32,
     served: u64,
@@ -143,6 +147,7 @@ impl Actor {
             running: None,
             conn: None,
             inflight: None,
+            batch: None,
             generation,
             seq: 0,
             served: 0,
@@ -268,7 +273,12 @@ impl Actor {
         let probing = s.kind == Kind::Process
             && running
             && (starting || matches!(self.life.state, State::Ready { .. }));
-        let request = self.inflight.as_ref().map(|f| (f.deadline, Timer::Request));
+        let request = self
+            .inflight
+            .as_ref()
+            .map(|f| f.deadline)
+            .or(self.batch.as_ref().map(|b| b.kill_at))
+            .map(|at| (at, Timer::Request));
         let life = self
             .life
             .clocks()
@@ -293,7 +303,11 @@ impl Actor {
         match which {
             Timer::Life(Clock::Kill) => Some(Event::GraceOver),
             Timer::Request => {
-                self.deadline_passed();
+                if self.batch.is_some() {
+                    self.batch_timed_out().await;
+                } else {
+                    self.deadline_passed();
+                }
                 Some(Event::DeadlinePassed)
             }
             Timer::Life(Clock::SocketClosed) => {
@@ -321,7 +335,9 @@ impl Actor {
     /// Whenever the worker is ready and idle: the next queued request for it, or
     /// else this worker goes on the dispatcher's idle list.
     pub(super) fn after_transition(&mut self) -> Option<Job> {
-        let ready = matches!(self.life.state, State::Ready { .. }) && self.inflight.is_none();
+        let ready = matches!(self.life.state, State::Ready { .. })
+            && self.inflight.is_none()
+            && self.batch.is_none();
         if !ready {
             return None;
         }

@@ -212,6 +212,9 @@ impl Actor {
                     }
                     Ok(_) => {}
                     Err(Frame::SetupFailed { text }) => setup_failed = Some(text),
+                    Err(Frame::BatchReply { results }) if self.answers_batch(&results).is_ok() => {
+                        self.take_batch_answers(results);
+                    }
                     Err(_) => {}
                 }
             }
@@ -276,6 +279,9 @@ impl Actor {
         }
         if let Some(f) = self.take_inflight() {
             self.resolve_crashed(f, r.pid, &cause).await;
+        }
+        if let Some(b) = self.take_batch() {
+            self.batch_crashed(b, r.pid, &cause).await;
         }
         self.last_exit = Some(cause.clone());
         match setup_failed {

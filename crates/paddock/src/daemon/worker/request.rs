@@ -20,6 +20,7 @@ impl Actor {
         let dispatcher = self.deps.dispatcher.clone()?;
         let ready = matches!(self.life.state, State::Ready { .. })
             && self.inflight.is_none()
+            && self.batch.is_none()
             && !self.life.retiring;
         let Some(conn) = self.conn.as_mut().filter(|_| ready) else {
             dispatcher.requeue(job);
@@ -35,6 +36,10 @@ impl Actor {
             let _ = job.reply.send(Outcome::NotFound { message });
             return None;
         }
+        if let Some(limits) = self.batch_limits(&job.method) {
+            return self.serve_batch(job, limits, dispatcher).await;
+        }
+        let conn = self.conn.as_mut()?;
         self.seq = self.seq.wrapping_add(1);
         let id = paddock_protocol::request_id(self.generation as u32, self.seq);
         let timeout = self.spec.service.request_timeout;
@@ -75,6 +80,17 @@ impl Actor {
             started: now,
             idempotent,
         });
+        self.write_request(bytes, timeout, dispatcher).await
+    }
+
+    /// Writes a REQUEST or BATCH frame whose requests are already in flight.
+    pub(super) async fn write_request(
+        &mut self,
+        bytes: Vec<u8>,
+        timeout: Duration,
+        dispatcher: Dispatcher,
+    ) -> Option<Event> {
+        let conn = self.conn.as_mut()?;
         // Usually the whole frame fits in the socket at once; if it does not, the
         // answers held back for this write go out before waiting for the worker.
         // (WouldBlock or an error: write_all below waits, or meets the error again.)
@@ -87,16 +103,21 @@ impl Actor {
         match tokio::time::timeout(timeout, conn.writer.write_all(&bytes[written..])).await {
             Ok(Ok(())) => Some(Event::Dispatched),
             Ok(Err(e)) => {
-                // The worker is going away; its exit follows. The request waits for another.
+                // The worker is going away; its exit follows. The requests wait for another.
                 tracing::warn!(worker = %self.name(), "could not send a request: {e}");
                 self.conn = None;
                 if let Some(f) = self.take_inflight() {
                     dispatcher.requeue(f.job);
                 }
+                self.requeue_batch();
                 None
             }
             Err(_) => {
-                self.deadline_passed();
+                if self.batch.is_some() {
+                    self.batch_timed_out().await;
+                } else {
+                    self.deadline_passed();
+                }
                 self.pending.push_back(Event::Dispatched);
                 self.pending.push_back(Event::DeadlinePassed);
                 None
