@@ -4,7 +4,10 @@ Run it under paddock (two workers of this file, see paddock.toml):
 
     cargo run -- -c examples/sentiment/paddock.toml run
 
-It answers `predict` with JSON {"text": "..."} or a plain-text body, and `labels`.
+It answers `predict` with JSON {"text": "..."} or a plain-text body, `labels`, and
+`classify`: the same model as a batched handler (@paddock.batch), which gets every
+waiting request at once while the workers are busy; a request without a "text"
+fails alone (400), its neighbours in the batch are answered.
 
 The weights are in model.json: p(positive) = sigmoid(bias + sum of word weights).
 """
@@ -42,6 +45,26 @@ class Sentiment:
                 raise ValueError('expected a JSON body {"text": "..."}')
         else:
             text = req.text()
+        return self.score(text)
+
+    @paddock.batch(max_size=32)
+    def classify(self, reqs):
+        """A batch of JSON {"text": "..."} requests -> one result each."""
+        out = []
+        for req in reqs:
+            try:
+                data = req.json()
+            except paddock.BadRequest as e:
+                out.append(paddock.Error(str(e), status=400))
+                continue
+            text = data.get("text") if isinstance(data, dict) else None
+            if not isinstance(text, str):
+                out.append(paddock.Error('expected a JSON body {"text": "..."}', status=400))
+            else:
+                out.append(self.score(text))
+        return out
+
+    def score(self, text):
         tokens = tokenize(text)
         z = self.bias + sum(self.weights.get(t, 0.0) for t in tokens)
         p_positive = 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, z))))

@@ -137,6 +137,22 @@ pub struct ServiceStatus {
     pub reason: Option<String>,
     pub port: Option<u16>,
     pub workers: Vec<WorkerStatus>,
+    /// Batched methods: their limits and what was sent so far.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub batching: BTreeMap<String, BatchStatus>,
+}
+
+/// One batched method, as `status` shows it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct BatchStatus {
+    /// The most requests in one batch (the worker's, or the config's override).
+    pub max_size: usize,
+    /// Batches sent to workers so far.
+    pub batches: u64,
+    /// Requests sent in them.
+    pub items: u64,
+    /// Batches split in halves after their worker died or hung.
+    pub bisections: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -57,6 +57,8 @@ struct Queue {
     /// Batched methods and their `max_size` (the latest READY, with the config's
     /// overrides).
     batch_sizes: std::collections::BTreeMap<String, usize>,
+    /// What was sent per batched method (for `status`).
+    batch_stats: std::collections::BTreeMap<String, crate::status::BatchStatus>,
     depth: prometheus_client::metrics::gauge::Gauge,
     /// The expiry task's wake-up, also sent when the queue is dropped (it ends then).
     expiry: Arc<Notify>,
@@ -156,6 +158,7 @@ impl Dispatcher {
             down: Default::default(),
             methods: None,
             batch_sizes: Default::default(),
+            batch_stats: Default::default(),
             depth,
             expiry: expiry.clone(),
         }));
@@ -284,7 +287,33 @@ impl Dispatcher {
 
     /// The batched methods and their `max_size`, as the latest ready worker has them.
     pub fn set_batch_sizes(&self, sizes: std::collections::BTreeMap<String, usize>) {
-        self.lock().batch_sizes = sizes;
+        let mut q = self.lock();
+        for (method, &size) in &sizes {
+            q.batch_stats.entry(method.clone()).or_default().max_size = size;
+        }
+        q.batch_sizes = sizes;
+    }
+
+    /// A batch of `n` requests of `method` went to a worker.
+    pub fn record_batch(&self, method: &str, n: usize) {
+        let mut q = self.lock();
+        let s = q.batch_stats.entry(method.to_string()).or_default();
+        s.batches += 1;
+        s.items += n as u64;
+    }
+
+    /// A batch of `method` was split in halves.
+    pub fn record_bisection(&self, method: &str) {
+        self.lock()
+            .batch_stats
+            .entry(method.to_string())
+            .or_default()
+            .bisections += 1;
+    }
+
+    /// Per batched method: its limit and what was sent.
+    pub fn batch_stats(&self) -> std::collections::BTreeMap<String, crate::status::BatchStatus> {
+        self.lock().batch_stats.clone()
     }
 
     /// The most requests of `method` one worker takes at once (1 unless batched).

@@ -202,6 +202,11 @@ impl Supervisor {
                     reason,
                     port: s.port,
                     workers,
+                    batching: s
+                        .dispatcher
+                        .as_ref()
+                        .map(|d| d.batch_stats())
+                        .unwrap_or_default(),
                 }
             })
             .collect()

@@ -79,6 +79,11 @@ fn sixty_four_concurrent_requests_get_their_own_answers_in_batches() {
     assert_eq!(metric(&env, "paddock_batch_items_total{"), 64.0);
     let batches = metric(&env, "paddock_batch_size_count{");
     assert!((8.0..64.0).contains(&batches), "{batches} batches");
+    // And status says so, per batched method.
+    let b = &env.status()["services"][0]["batching"]["work"];
+    assert_eq!(b["max_size"], 8, "{b}");
+    assert_eq!(b["items"], 64, "{b}");
+    assert_eq!(b["batches"].as_f64(), Some(batches), "{b}");
     env.stop_ok();
 }
 
@@ -133,6 +138,8 @@ fn a_crash_and_a_hang_in_a_batch_of_16_are_isolated_by_bisection() {
         .unwrap();
     assert!((2..=10).contains(&restarts), "{restarts} worker deaths");
     assert!(metric(&env, "paddock_batch_bisections_total{") >= 2.0);
+    let b = &env.status()["services"][0]["batching"]["work"];
+    assert!(b["bisections"].as_u64().unwrap() >= 2, "{b}");
     // The hang cost batch_timeout per level, not request_timeout.
     assert!(took < Duration::from_secs(15), "took {took:?}");
     env.stop_ok();

@@ -91,6 +91,9 @@ impl Actor {
             // other half is the model's).
             let oldest = jobs.iter().map(|j| j.received).min().expect("not empty");
             let until = oldest + limits.max_wait.min(timeout / 2);
+            // The answers of the batch just finished go out first: their clients'
+            // next requests are the company this batch waits for.
+            self.send_replies();
             while jobs.len() < limits.max_size && Instant::now() < until {
                 let arrival = dispatcher.next_arrival();
                 dispatcher.fill_batch(&mut jobs, limits.max_size);
@@ -158,6 +161,7 @@ impl Actor {
             }
         };
         let n = items.len();
+        dispatcher.record_batch(&method, n);
         let labels = Metrics::method(self.service(), &method);
         let m = &self.deps.metrics;
         m.batch_size.get_or_create(&labels).observe(n as f64);
@@ -344,6 +348,7 @@ impl Actor {
             .bisections
             .get_or_create(&Metrics::method(self.service(), method))
             .inc();
+        d.record_bisection(method);
         let second = items.split_off(items.len().div_ceil(2));
         tracing::info!(worker = %self.name(), "bisecting a batch of {method:?}: {} + {} requests run again", items.len(), second.len());
         // The queue's front takes them in reverse: the first half ends up first.
