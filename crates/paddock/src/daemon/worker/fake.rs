@@ -1,7 +1,10 @@
 //! A fake child for the actor's unit tests: `launch` starts a task, not a process.
 //! The task speaks the worker protocol over the socket the actor hands it (HELLO,
 //! READY with its methods, one reply per request) and acts on each request as its
-//! method says; a signal to its "group" ends it with the matching wait status.
+//! method says; a signal to its "group" ends it with the matching wait status. Its
+//! batched method `upper` (at most 4 per batch) answers each request with its body
+//! in capitals; a batch holding a body "segv" dies of SIGSEGV, one holding "hang"
+//! never answers.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -135,8 +138,13 @@ async fn worker(
     let (read, mut write) = sock.into_split();
     let mut frames = FrameReader::new(read, 1 << 20);
     let acts = methods();
-    let ready =
-        serde_json::json!({"methods": acts.keys().collect::<Vec<_>>(), "idempotent": ["echo"]});
+    let mut methods: Vec<&str> = acts.keys().copied().collect();
+    methods.push("upper");
+    let ready = serde_json::json!({
+        "methods": methods,
+        "idempotent": ["echo", "upper"],
+        "batch": {"upper": {"max_size": 4, "max_wait_ms": 0}},
+    });
     let hello = [
         Frame::Hello {
             version: paddock_protocol::VERSION,
@@ -157,9 +165,36 @@ async fn worker(
             sig = signals.recv() => return killed(sig.unwrap_or(9)),
             f = frames.next() => f,
         };
-        let Ok(Frame::Request(req)) = frame else {
+        let req = match frame {
+            Ok(Frame::Request(req)) => req,
+            Ok(Frame::Batch { items, .. }) => {
+                let bodies: Vec<&[u8]> = items.iter().map(|i| &i.body[..]).collect();
+                if bodies.contains(&&b"segv"[..]) {
+                    return killed(11);
+                }
+                if bodies.contains(&&b"hang"[..]) {
+                    return killed(signals.recv().await.unwrap_or(9));
+                }
+                let results = items
+                    .into_iter()
+                    .map(|i| paddock_protocol::BatchResult {
+                        id: i.id,
+                        outcome: paddock_protocol::ItemOutcome::Ok {
+                            content_type: i.content_type,
+                            body: i.body.to_ascii_uppercase(),
+                        },
+                    })
+                    .collect();
+                if write_frame(&mut write, &Frame::BatchReply { results })
+                    .await
+                    .is_err()
+                {
+                    return killed(9);
+                }
+                continue;
+            }
             // The daemon closed the socket: exit as the SDK does.
-            return ExitStatus::from_raw(0);
+            _ => return ExitStatus::from_raw(0),
         };
         let reply = |id| Frame::Reply {
             id,

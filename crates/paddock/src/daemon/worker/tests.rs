@@ -257,3 +257,72 @@ async fn a_stop_while_idle_terminates_and_never_respawns() {
         .await
         .expect("the actor ended");
 }
+
+#[tokio::test]
+async fn a_batch_that_kills_its_worker_is_bisected_until_the_culprit_is_alone() {
+    let mut rig = Rig::new("");
+    rig.ready().await;
+    // The worker is busy while four requests queue: it then takes them as one batch.
+    let held = rig.send("slow", "held");
+    rig.until("busy", |s| s.state == Phase::Busy).await;
+    let answers: Vec<_> = ["a", "b", "segv", "d"]
+        .into_iter()
+        .map(|body| rig.send("upper", body))
+        .collect();
+    assert_eq!(
+        body_of(tokio::time::timeout(LIMIT, held).await.unwrap().unwrap()),
+        "held"
+    );
+    let mut outcomes = vec![];
+    for a in answers {
+        outcomes.push(tokio::time::timeout(LIMIT, a).await.unwrap().unwrap());
+    }
+    for (i, want) in [(0, "A"), (1, "B"), (3, "D")] {
+        match &outcomes[i] {
+            Outcome::Ok { body, .. } => assert_eq!(body, want.as_bytes()),
+            other => panic!("request {i}: expected its answer, got {}", other.label()),
+        }
+    }
+    match &outcomes[2] {
+        Outcome::Crashed {
+            cause: CrashCause::Exit(d),
+        } => assert_eq!(d.signal.as_deref(), Some("SIGSEGV")),
+        other => panic!("the culprit: expected a crash, got {}", other.label()),
+    }
+    // 4 → 2 → 1: three workers died (⌈log2 4⌉ + 1), and the fourth serves.
+    let last = rig
+        .until("ready again", |s| {
+            s.state == Phase::Ready && s.generation == 4
+        })
+        .await;
+    assert_eq!(last.restarts, 3);
+    assert_eq!(rig.launched(), 4);
+    let stats = rig.dispatcher.batch_stats();
+    assert_eq!(stats["upper"].bisections, 2, "{stats:?}");
+    assert_eq!(stats["upper"].max_size, 4);
+}
+
+#[tokio::test]
+async fn a_batch_past_its_batch_timeout_answers_504_only_to_the_request_alone_at_fault() {
+    let mut rig = Rig::new("batch = { upper = { batch_timeout = \"100ms\" } }");
+    rig.ready().await;
+    let held = rig.send("slow", "held");
+    rig.until("busy", |s| s.state == Phase::Busy).await;
+    let answers: Vec<_> = ["hang", "b"]
+        .into_iter()
+        .map(|body| rig.send("upper", body))
+        .collect();
+    body_of(tokio::time::timeout(LIMIT, held).await.unwrap().unwrap());
+    let mut outcomes = vec![];
+    for a in answers {
+        outcomes.push(tokio::time::timeout(LIMIT, a).await.unwrap().unwrap());
+    }
+    assert!(
+        matches!(outcomes[0], Outcome::DeadlineKilled { .. }),
+        "the hung request: {}",
+        outcomes[0].label()
+    );
+    assert_eq!(body_of(outcomes.pop().unwrap()), "B");
+    // 2 → 1: two workers killed, each after batch_timeout, not request_timeout.
+    assert_eq!(rig.launched(), 3);
+}
