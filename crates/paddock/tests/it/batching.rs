@@ -245,3 +245,48 @@ fn a_wrong_result_count_replaces_the_worker_and_every_request_is_answered() {
     );
     env.stop_ok();
 }
+
+#[test]
+fn jobs_to_a_batched_method_run_in_batches_that_fill_a_worker() {
+    let env = Env::new();
+    env.config(&batched(&env, "workers = 2\njobs_share = 0.5"));
+    env.start_ok();
+    // Both workers busy while the jobs are enqueued: the pump then hands the
+    // dispatcher what jobs_share allows.
+    let port = env.port;
+    let holds: Vec<_> = (0..2)
+        .map(|_| std::thread::spawn(move || work(port, "hold", &json!({"ms": 600}))))
+        .collect();
+    wait_until(Duration::from_secs(10), "both workers busy", || {
+        let s = env.status();
+        let w = s["services"][0]["workers"].as_array()?.clone();
+        w.iter().all(|w| w["state"] == "busy").then_some(())
+    });
+    for n in 0..40 {
+        let body = json!({"op": "echo", "n": n}).to_string();
+        let r = post(
+            env.port,
+            "/v1/jobs/b/work",
+            "application/json",
+            body.as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(r.code, 202, "{}", r.text());
+    }
+    for h in holds {
+        assert_eq!(h.join().unwrap().code, 200);
+    }
+    wait_until(Duration::from_secs(30), "every job done", || {
+        let (_, body) = env.get("/v1/jobs?state=done&service=b&limit=100")?;
+        let v: Value = serde_json::from_str(&body).ok()?;
+        (v["jobs"].as_array()?.len() == 40).then_some(())
+    });
+    // jobs_share 0.5 of 2 workers is one worker; a job to a method batched by 16 is
+    // a sixteenth of it: 16 jobs at a time go out as one batch (counted as whole
+    // workers, one job at a time would have made 40 batches).
+    let b = &env.status()["services"][0]["batching"]["work"];
+    assert_eq!(b["items"], 40, "{b}");
+    let batches = b["batches"].as_u64().unwrap();
+    assert!(batches <= 6, "40 jobs in {batches} batches");
+    env.stop_ok();
+}
