@@ -16,7 +16,7 @@
 pub mod io;
 
 /// The protocol version this crate speaks.
-pub const VERSION: u16 = 3;
+pub const VERSION: u16 = 4;
 /// The oldest version a worker may say in HELLO (version 2 only added a frame
 /// that version-1 workers never send).
 pub const MIN_VERSION: u16 = 1;
@@ -39,6 +39,7 @@ pub mod kind {
     pub const BATCH: u8 = 0x17;
     pub const BATCH_REPLY: u8 = 0x18;
     pub const SHUTDOWN: u8 = 0x20;
+    pub const CANCEL: u8 = 0x21;
 }
 
 /// One message.
@@ -92,6 +93,10 @@ pub enum Frame {
         id: u64,
     },
     Shutdown,
+    /// Nobody reads stream `id` any more (version 4).
+    Cancel {
+        id: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -250,6 +255,7 @@ impl Frame {
             kind::CHUNK => "CHUNK",
             kind::STREAM_END => "STREAM_END",
             kind::SHUTDOWN => "SHUTDOWN",
+            kind::CANCEL => "CANCEL",
             _ => "unknown",
         }
     }
@@ -270,6 +276,7 @@ impl Frame {
             Frame::Chunk { .. } => kind::CHUNK,
             Frame::StreamEnd { .. } => kind::STREAM_END,
             Frame::Shutdown => kind::SHUTDOWN,
+            Frame::Cancel { .. } => kind::CANCEL,
         }
     }
 
@@ -393,6 +400,7 @@ impl Frame {
             },
             kind::STREAM_END => Frame::StreamEnd { id: r.u64()? },
             kind::SHUTDOWN => Frame::Shutdown,
+            kind::CANCEL => Frame::Cancel { id: r.u64()? },
             other => return Err(Error::UnknownType(other)),
         };
         if !r.buf.is_empty() {
@@ -478,6 +486,7 @@ impl Frame {
             }
             Frame::StreamEnd { id } => out.extend_from_slice(&id.to_be_bytes()),
             Frame::Shutdown => {}
+            Frame::Cancel { id } => out.extend_from_slice(&id.to_be_bytes()),
         }
         let len = out.len() - 4;
         let len32 = u32::try_from(len).map_err(|_| Error::TooLarge {
@@ -663,6 +672,7 @@ mod tests {
                 .prop_map(|(id, data)| Frame::Chunk { id, data }),
             any::<u64>().prop_map(|id| Frame::StreamEnd { id }),
             Just(Frame::Shutdown),
+            any::<u64>().prop_map(|id| Frame::Cancel { id }),
         ]
     }
 

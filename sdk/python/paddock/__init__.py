@@ -24,8 +24,13 @@
 
     paddock.serve(Embedder())
 
-This file implements docs/protocol.md (version 3: version 1, BAD_REQUEST, and
-batches). Its invariants:
+        @paddock.handler                      # a generator streams: each yield is
+        def speak(self, req):                 # one chunk, sent at once
+            for pcm in self.tts(req.json()["text"]):
+                yield pcm
+
+This file implements docs/protocol.md (version 4: version 1, BAD_REQUEST, batches
+and streams). Its invariants:
 
 * Everything happens on the main thread: `setup()` and every handler run on the
   thread that called `serve()`, which must be the main thread. The SDK never starts
@@ -37,6 +42,11 @@ batches). Its invariants:
   one BATCH_REPLY holding exactly one result per request: what the handler returned
   in that request's place, a `paddock.Error` for that one request, or — when the
   handler raised or returned the wrong number of results — the same failure for all.
+* A handler that is a generator streams its answer: STREAM_START, one CHUNK per
+  `yield` (sent before the generator resumes), then STREAM_END — or ERROR after the
+  chunks already sent when it raises, so a failed stream never looks complete. When
+  the daemon sends CANCEL (the client left), the generator is closed at its next
+  `yield` (its `finally` runs) and the stream ends; the worker takes the next request.
 * A handler that raises `paddock.BadRequest` (as `req.json()` does for a body that is
   not JSON) answers BAD_REQUEST: its message is meant for the client (HTTP 400), and
   nothing is logged. Any other exception answers ERROR with the message and the
@@ -51,6 +61,7 @@ batches). Its invariants:
   stderr), and when the daemon sends something it does not understand.
 """
 
+import inspect
 import json
 import os
 import platform
@@ -66,13 +77,14 @@ __all__ = ["handler", "batch", "serve", "Request", "Response", "BadRequest", "Er
            "PROTOCOL_VERSION"]
 __version__ = "0.1.0"
 
-PROTOCOL_VERSION = 3  # said in HELLO; 2 adds BAD_REQUEST, 3 batches
+PROTOCOL_VERSION = 4  # said in HELLO; 2 adds BAD_REQUEST, 3 batches, 4 streams
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024
 
 HELLO, READY, SETUP_FAILED = 0x01, 0x02, 0x03
 REQUEST, REPLY, ERROR = 0x10, 0x11, 0x12
 BAD_REQUEST = 0x16  # id: u64, then the UTF-8 message to the end (version 2)
 BATCH, BATCH_REPLY = 0x17, 0x18  # version 3
+STREAM_START, CHUNK, STREAM_END, CANCEL = 0x13, 0x14, 0x15, 0x21  # version 4
 _OK, _REFUSED, _FAILED = 0, 1, 2  # a batch item's outcome
 SHUTDOWN = 0x20
 
@@ -498,7 +510,11 @@ def _run(conn, obj):
                     continue
                 ctype, body = out[1], out[2]
             else:
-                ctype, body = _encode(entry[0](req))
+                value = entry[0](req)
+                if _is_stream(value):
+                    _stream(conn, req, value)
+                    continue
+                ctype, body = _encode(value)
                 ctype = _ctype_bytes(ctype)
         except BadRequest as e:
             conn.bad_request(req.id, str(e) or "bad request")
@@ -606,3 +622,77 @@ def _send_batch_reply(conn, reqs, results):
             struct.pack(">QBI", r.id, _FAILED, len(message)) + message + _U32.pack(0)
             for r in reqs]
     conn.send(BATCH_REPLY, b"".join(parts))
+
+
+def _is_stream(value):
+    return inspect.isgenerator(value)
+
+
+def _chunk(value):
+    """A yielded value -> (content type, bytes): bytes as they are, str as UTF-8, a
+    Response with its own type, anything else as one JSON line (NDJSON)."""
+    if isinstance(value, Response):
+        return value.content_type, value.body
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return "application/octet-stream", bytes(value)
+    if isinstance(value, str):
+        return "text/plain; charset=utf-8", value.encode("utf-8")
+    line = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return "application/x-ndjson", (line + "\n").encode("utf-8")
+
+
+def _cancel_pending(conn, rid):
+    """True when the daemon has sent CANCEL for stream `rid` (checked without
+    waiting); exits on end-of-file or SHUTDOWN, like the main loop."""
+    while True:
+        if not conn._buf and (conn._poll is None or not conn._poll.poll(0)):
+            return False
+        frame = conn.recv()
+        if frame is None:
+            _exit(0)
+        ftype, data = frame
+        if ftype == SHUTDOWN:
+            _exit(0)
+        if ftype != CANCEL or len(data) != 8:
+            raise _ProtocolError(f"unexpected frame type 0x{ftype:02x} during a stream")
+        (cid,) = struct.unpack(">Q", data)
+        if cid == rid:
+            return True
+    return False
+
+
+def _stream(conn, req, gen):
+    """Sends a generator's values as one stream (docs/protocol.md, "Streams")."""
+    rid = struct.pack(">Q", req.id)
+    started = False
+    try:
+        for value in gen:
+            ctype, data = _chunk(value)
+            if not started:
+                conn.send(STREAM_START, rid + _U16.pack(len(_ctype_bytes(ctype))),
+                          _ctype_bytes(ctype))
+                started = True
+            if len(data) + 9 > conn.max_frame:
+                raise ValueError(f"a chunk of {len(data)} bytes does not fit a frame "
+                                 f"({conn.max_frame} bytes, PADDOCK_MAX_FRAME)")
+            conn.send(CHUNK, rid, data)
+            if _cancel_pending(conn, req.id):
+                gen.close()  # GeneratorExit at its yield: its finally runs
+                break
+    except BadRequest as e:
+        if not started:
+            conn.bad_request(req.id, str(e) or "bad request")
+            return
+        conn.error(req.id, f"BadRequest: {e}", "")
+        return
+    except (_ProtocolError, BrokenPipeError, ConnectionResetError):
+        raise
+    except Exception as e:
+        tb = traceback.format_exc()
+        conn.error(req.id, f"{type(e).__name__}: {e}", tb)
+        _log(f"paddock: streaming handler {req.method!r} failed on request {req.id}:\n{tb}")
+        return
+    if not started:
+        ctype = _ctype_bytes("application/octet-stream")
+        conn.send(STREAM_START, rid + _U16.pack(len(ctype)), ctype)
+    conn.send(STREAM_END, rid)

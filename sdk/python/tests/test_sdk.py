@@ -26,6 +26,7 @@ HELLO, READY, SETUP_FAILED = 0x01, 0x02, 0x03
 REQUEST, REPLY, ERROR, SHUTDOWN = 0x10, 0x11, 0x12, 0x20
 BAD_REQUEST = 0x16
 BATCH, BATCH_REPLY = 0x17, 0x18
+STREAM_START, CHUNK, STREAM_END, CANCEL = 0x13, 0x14, 0x15, 0x21
 
 
 def str16(s):
@@ -202,7 +203,7 @@ class WorkerTests(unittest.TestCase):
         ftype, p = w.recv()
         self.assertEqual(ftype, HELLO)
         version, pid = struct.unpack_from(">HI", p, 0)
-        self.assertEqual(version, 3)  # version 3: BAD_REQUEST and batches
+        self.assertEqual(version, 4)  # version 4: BAD_REQUEST, batches, streams
         self.assertEqual(pid, w.proc.pid)
         meta = json.loads(p[6:])
         self.assertEqual(meta["sdk"], "python")
@@ -215,7 +216,7 @@ class WorkerTests(unittest.TestCase):
         self.assertEqual(sorted(ready["methods"]), sorted(
             ["predict", "raw", "text", "typed", "nothing", "boom", "needs_text",
              "long_bad_request", "long_error", "nan", "big", "thread", "upper",
-             "wrong_count", "explode", "refuse_all"]))
+             "wrong_count", "explode", "refuse_all", "count", "fail_after", "objs"]))
         # A batched method is declared safe to run again.
         self.assertEqual(sorted(ready["idempotent"]), [
             "explode", "raw", "refuse_all", "thread", "upper", "wrong_count"])
@@ -265,6 +266,68 @@ class WorkerTests(unittest.TestCase):
         for rid in (1, 2, 3):
             self.assertEqual(out[rid][0], 2)
             self.assertIn("returned 1 results for 3 requests", out[rid][1])
+
+    def read_stream(self, w, rid):
+        """The frames of stream `rid` up to its end: (content type, chunks, end)."""
+        ftype, p = w.recv()
+        self.assertEqual(ftype, STREAM_START, p)
+        got_id, clen = struct.unpack_from(">QH", p, 0)
+        self.assertEqual(got_id, rid)
+        ctype = p[10:10 + clen].decode()
+        chunks = []
+        while True:
+            ftype, p = w.recv()
+            (got_id,) = struct.unpack_from(">Q", p, 0)
+            self.assertEqual(got_id, rid)
+            if ftype == CHUNK:
+                chunks.append(p[8:])
+            else:
+                return ctype, chunks, (ftype, p[8:])
+
+    def test_a_generator_streams_one_chunk_per_yield(self):
+        w = self.start()
+        w.handshake()
+        w.request(5, "count", b"3", content_type="text/plain")
+        ctype, chunks, (end, _) = self.read_stream(w, 5)
+        self.assertEqual(ctype, "text/plain; charset=utf-8")
+        self.assertEqual(chunks, [b"0\n", b"1\n", b"2\n"])
+        self.assertEqual(end, STREAM_END)
+        w.request(6, "objs")
+        ctype, chunks, (end, _) = self.read_stream(w, 6)
+        self.assertEqual(ctype, "application/x-ndjson")
+        self.assertEqual(chunks, [b'{"a":1}\n', b"[1,2]\n"])
+        self.assertEqual(end, STREAM_END)
+
+    def test_an_exception_mid_stream_ends_it_with_an_error_not_an_end(self):
+        w = self.start()
+        w.handshake()
+        w.request(7, "fail_after")
+        _, chunks, (end, p) = self.read_stream(w, 7)
+        self.assertEqual(chunks, [b"a", b"b"])
+        self.assertEqual(end, ERROR)
+        (mlen,) = struct.unpack_from(">I", p, 0)
+        self.assertEqual(p[4:4 + mlen].decode(), "RuntimeError: mid-stream")
+        ctype, body = self.reply(w, 8, "raw", b"still serving")
+        self.assertEqual(body, b"still serving")
+
+    def test_cancel_closes_the_generator_and_the_worker_serves_on(self):
+        w = self.start()
+        w.handshake()
+        w.request(9, "count", b"100000000", content_type="text/plain")
+        ftype, _ = w.recv()
+        self.assertEqual(ftype, STREAM_START)
+        for _ in range(2):
+            self.assertEqual(w.recv()[0], CHUNK)
+        w.send(CANCEL, struct.pack(">Q", 9))
+        while True:  # what was sent before the CANCEL arrived, then the end
+            ftype, p = w.recv()
+            if ftype != CHUNK:
+                break
+        self.assertEqual(ftype, STREAM_END)
+        ctype, body = self.reply(w, 10, "raw", b"next")
+        self.assertEqual(body, b"next")
+        err = self.stop(w)
+        self.assertIn("count finally ran", err)
 
     def test_batch_decorator_checks_its_limits(self):
         with self.assertRaises(ValueError):
@@ -513,7 +576,7 @@ class ApiTests(unittest.TestCase):
         r = paddock.Request(5, "predict", "application/json", b'{"a": 1}', 0.0)
         self.assertEqual(r.json(), {"a": 1})
         self.assertEqual(r.text(), '{"a": 1}')
-        self.assertEqual(paddock.PROTOCOL_VERSION, 3)
+        self.assertEqual(paddock.PROTOCOL_VERSION, 4)
 
     def test_json_raises_bad_request(self):
         self.assertIn("BadRequest", paddock.__all__)

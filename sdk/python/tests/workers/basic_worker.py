@@ -1,5 +1,6 @@
 """A worker for the SDK tests: one handler per kind of return value."""
 import os
+import sys
 import threading
 import time
 
@@ -84,6 +85,26 @@ class Basic:
     @paddock.batch
     def refuse_all(self, reqs):
         raise paddock.BadRequest("no batch today")
+
+    @paddock.handler
+    def count(self, req):
+        try:
+            for i in range(int(req.text())):
+                yield f"{i}\n"
+        finally:
+            sys.stderr.write(f"count finally ran\n")
+            sys.stderr.flush()
+
+    @paddock.handler
+    def fail_after(self, req):
+        yield b"a"
+        yield b"b"
+        raise RuntimeError("mid-stream")
+
+    @paddock.handler
+    def objs(self, req):
+        yield {"a": 1}
+        yield [1, 2]
 
     def helper(self, req):  # not a handler
         return "no"
