@@ -21,7 +21,8 @@ use std::time::Duration;
 
 pub use model::{Config, Health, Instance, Kind, ReloadStrategy, Service, Store};
 use raw::RawConfig;
-pub use values::{Dur, Name, PortSpec};
+use values::humanize;
+pub use values::{Dur, Name, PortSpec, default_state_dir};
 
 /// A config error: where it is, and what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -383,6 +384,9 @@ pub fn parse(path: &Path, text: &str, port: Option<u16>) -> Result<Config, Confi
             ("jobs_share", rs.jobs_share.is_some()),
             ("job_backoff", rs.job_backoff.is_some()),
             ("batch", !rs.batch.is_empty()),
+            ("stream_idle_timeout", rs.stream_idle_timeout.is_some()),
+            ("stream_write_timeout", rs.stream_write_timeout.is_some()),
+            ("cancel_grace", rs.cancel_grace.is_some()),
         ];
         if rs.kind == Kind::Process
             && let Some((key, _)) = worker_only.iter().find(|(_, set)| *set)
@@ -425,6 +429,12 @@ pub fn parse(path: &Path, text: &str, port: Option<u16>) -> Result<Config, Confi
             Some(p) => dir.join(p),
             None => dir.clone(),
         };
+        let [stream_idle_timeout, stream_write_timeout, cancel_grace] = [
+            ("stream_idle_timeout", rs.stream_idle_timeout, 30),
+            ("stream_write_timeout", rs.stream_write_timeout, 10),
+            ("cancel_grace", rs.cancel_grace, 5),
+        ]
+        .map(|(key, v, secs)| dur(&table, key, v, Duration::from_secs(secs)));
         services.push(Service {
             name,
             kind: rs.kind,
@@ -548,6 +558,9 @@ pub fn parse(path: &Path, text: &str, port: Option<u16>) -> Result<Config, Confi
                 rs.job_backoff,
                 Duration::from_secs(1),
             )?,
+            stream_idle_timeout: stream_idle_timeout?,
+            stream_write_timeout: stream_write_timeout?,
+            cancel_grace: cancel_grace?,
             batch: batch::overrides(rs.batch)
                 .map_err(|(m, key, e)| at(&format!("{table}.batch.{m}"), key, e))?,
         });
@@ -572,23 +585,3 @@ pub const MAX_WORKERS: u64 = 1024;
 pub const MIN_DURATION: Duration = Duration::from_millis(1);
 /// The longest duration any key accepts (30 days: deadlines are added to clocks).
 pub const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
-
-/// A duration as a person writes it, for error messages.
-fn humanize(d: Duration) -> String {
-    if d.subsec_nanos() == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}ms", d.as_millis())
-    }
-}
-
-/// `$XDG_STATE_HOME/paddock`, else `~/.local/state/paddock`, else a folder in /tmp.
-pub fn default_state_dir() -> PathBuf {
-    if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
-        return PathBuf::from(x).join("paddock");
-    }
-    if let Some(h) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
-        return PathBuf::from(h).join(".local/state/paddock");
-    }
-    std::env::temp_dir().join(format!("paddock-state-{}", paddock_sys::current_uid()))
-}

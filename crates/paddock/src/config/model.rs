@@ -172,6 +172,14 @@ pub struct Service {
     pub jobs_share: f64,
     /// The delay before a failed job's next attempt; doubles each time (max 5 min).
     pub job_backoff: Duration,
+    /// A streamed answer: the longest the worker may be silent between chunks
+    /// (while the daemon reads it).
+    pub stream_idle_timeout: Duration,
+    /// A streamed answer: a client that takes nothing this long is dropped (the
+    /// worker is sent CANCEL).
+    pub stream_write_timeout: Duration,
+    /// After CANCEL, how long the worker has to end the stream before it is killed.
+    pub cancel_grace: Duration,
     /// `[services.NAME.batch.METHOD]`: overrides of a batched method's limits.
     pub batch: BTreeMap<String, BatchOverride>,
 }

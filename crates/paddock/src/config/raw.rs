@@ -62,6 +62,9 @@ pub(super) struct RawService {
     pub(super) max_attempts: Option<u32>,
     pub(super) jobs_share: Option<f64>,
     pub(super) job_backoff: Option<Dur>,
+    pub(super) stream_idle_timeout: Option<Dur>,
+    pub(super) stream_write_timeout: Option<Dur>,
+    pub(super) cancel_grace: Option<Dur>,
     /// Per batched method: overrides of the limits its workers announce.
     #[serde(default)]
     pub(super) batch: BTreeMap<String, RawBatch>,

@@ -232,6 +232,26 @@ impl<'de> Deserialize<'de> for PortSpec {
     }
 }
 
+/// A duration as a person writes it, for error messages.
+pub(super) fn humanize(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+/// `$XDG_STATE_HOME/paddock`, else `~/.local/state/paddock`, else a folder in /tmp.
+pub fn default_state_dir() -> std::path::PathBuf {
+    if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        return std::path::PathBuf::from(x).join("paddock");
+    }
+    if let Some(h) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        return std::path::PathBuf::from(h).join(".local/state/paddock");
+    }
+    std::env::temp_dir().join(format!("paddock-state-{}", paddock_sys::current_uid()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

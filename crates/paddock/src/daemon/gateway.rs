@@ -209,6 +209,12 @@ async fn call(shared: SharedRef, service: String, method: String, req: Request) 
         };
         return error(StatusCode::NOT_FOUND, &service, hint, json!(null));
     };
+    // Server-Sent Events for a streamed answer, when the client asks for them.
+    let sse = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/event-stream"));
     // Headers are read in place (the HeaderMap extractor would clone them all).
     let content_type = req
         .headers()
@@ -315,6 +321,27 @@ async fn call(shared: SharedRef, service: String, method: String, req: Request) 
         ),
         Outcome::NotFound { message } => {
             error(StatusCode::NOT_FOUND, &service, message, json!(null))
+        }
+        Outcome::Stream {
+            content_type,
+            items,
+        } => {
+            let body = axum::body::Body::new(super::stream_body::StreamBody::new(items, sse));
+            let mut r = (StatusCode::OK, body).into_response();
+            let h = r.headers_mut();
+            if sse {
+                h.insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("text/event-stream"),
+                );
+                h.insert(
+                    header::CACHE_CONTROL,
+                    header::HeaderValue::from_static("no-cache"),
+                );
+            } else if let Ok(v) = header::HeaderValue::from_str(&content_type) {
+                h.insert(header::CONTENT_TYPE, v);
+            }
+            r
         }
         Outcome::Refused { status, message } => error(
             StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),

@@ -43,6 +43,11 @@ pub enum Outcome {
     NotFound {
         message: String,
     },
+    /// The worker streams its answer: the chunks arrive on `items` as it sends them.
+    Stream {
+        content_type: String,
+        items: tokio::sync::mpsc::Receiver<StreamItem>,
+    },
     /// A batched handler refused this item with an HTTP error status and a message
     /// meant for the client (`paddock.Error`).
     Refused {
@@ -75,6 +80,7 @@ impl Outcome {
             Outcome::DeadlineKilled { .. } => "deadline",
             Outcome::NotFound { .. } => "not_found",
             Outcome::Refused { .. } => "refused",
+            Outcome::Stream { .. } => "stream",
             Outcome::BadRequest { .. } => "bad_request",
             Outcome::QueueFull => "queue_full",
             Outcome::QueueTimeout => "queue_timeout",
@@ -82,6 +88,20 @@ impl Outcome {
             Outcome::Unavailable { .. } => "unavailable",
         }
     }
+}
+
+/// One piece of a streamed answer, as the HTTP side gets it. A stream that ends
+/// (its channel closes) without `Done` or `Failed` was cut off.
+#[derive(Debug)]
+pub enum StreamItem {
+    Chunk(Bytes),
+    /// The stream is complete.
+    Done,
+    /// The stream failed after what was sent: what to tell the client.
+    Failed {
+        message: String,
+        cause: serde_json::Value,
+    },
 }
 
 /// Why a request's worker died, as the client's 502 body (`cause`) says it.

@@ -36,6 +36,12 @@ pub struct StateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub service: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CauseLabels {
     pub service: String,
     pub cause: String,
@@ -73,6 +79,8 @@ pub struct Metrics {
     pub batch_wait: Family<MethodLabels, Histogram, fn() -> Histogram>,
     /// Batches split in halves after their worker died or hung.
     pub bisections: Family<MethodLabels, Counter>,
+    /// Streamed answers by how they ended: done, failed, cancelled.
+    pub streams: Family<OutcomeLabels, Counter>,
 }
 
 impl Metrics {
@@ -92,6 +100,7 @@ impl Metrics {
             batch_items: Family::default(),
             batch_wait: Family::new_with_constructor(latency_histogram),
             bisections: Family::default(),
+            streams: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -154,6 +163,11 @@ impl Metrics {
             "batch_bisections",
             "Batches split in halves after their worker died or passed batch_timeout",
             m.bisections.clone(),
+        );
+        registry.register(
+            "streams",
+            "Streamed answers by how they ended (done, failed, cancelled)",
+            m.streams.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -30,6 +30,7 @@ mod service;
 mod shared;
 mod spawner;
 mod state;
+mod stream_body;
 mod supervisor;
 mod worker;
 

@@ -17,4 +17,5 @@ mod orphans;
 mod reloads;
 mod restarts;
 mod stopping;
+mod streaming;
 mod workers;

@@ -102,7 +102,7 @@ async fn run(
             let done = done_tx.clone();
             let backoff = service.job_backoff;
             tokio::spawn(async move {
-                let outcome = rx.await.unwrap_or(Outcome::ShuttingDown);
+                let outcome = whole(rx.await.unwrap_or(Outcome::ShuttingDown)).await;
                 store.finish(
                     job.id.clone(),
                     finish_of(outcome, &job, backoff, expose_errors),
@@ -131,6 +131,38 @@ async fn run(
                 maybe_more = true;
             }
             _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// A streamed answer as one: its chunks concatenated (a job stores the whole
+/// result), or the failure that ended it.
+async fn whole(outcome: Outcome) -> Outcome {
+    use crate::daemon::messages::StreamItem;
+    let Outcome::Stream {
+        content_type,
+        mut items,
+    } = outcome
+    else {
+        return outcome;
+    };
+    let mut body = vec![];
+    loop {
+        match items.recv().await {
+            Some(StreamItem::Chunk(c)) => body.extend_from_slice(&c),
+            Some(StreamItem::Done) => return Outcome::Ok { content_type, body },
+            Some(StreamItem::Failed { message, .. }) => {
+                return Outcome::Refused {
+                    status: 500,
+                    message: format!("the stream failed: {message}"),
+                };
+            }
+            None => {
+                return Outcome::Refused {
+                    status: 500,
+                    message: "the stream was cut off before its end".into(),
+                };
+            }
         }
     }
 }
@@ -172,6 +204,8 @@ pub fn finish_of(outcome: Outcome, job: &Claimed, backoff: Duration, expose: boo
             permanent: status < 500,
             backoff_ms: if status < 500 { 0 } else { backoff_ms },
         },
+        // `whole` makes every stream one answer before this; never seen here.
+        Outcome::Stream { .. } => failed(json!({"kind": "stream_not_collected"})),
         Outcome::NotFound { message } => Finish::Failed {
             cause: json!({"kind": "no_handler", "message": message}),
             permanent: true,

@@ -297,6 +297,7 @@ impl Actor {
                     started: b.started,
                     // Batched methods are declared safe to run again.
                     idempotent: true,
+                    stream: None,
                 };
                 self.resolve_crashed(f, pid, cause).await;
             }

@@ -97,7 +97,10 @@ impl Actor {
         self.finish(outcome);
     }
 
-    pub(super) fn on_frame(&mut self, frame: Option<Result<Frame, ReadError>>) -> Option<Event> {
+    pub(super) async fn on_frame(
+        &mut self,
+        frame: Option<Result<Frame, ReadError>>,
+    ) -> Option<Event> {
         let conn = self.conn.as_mut()?;
         let frame = match frame {
             None | Some(Err(ReadError::Closed)) => {
@@ -143,6 +146,7 @@ impl Actor {
                 ))),
             };
         }
+        let version = conn.version;
         match frame {
             Frame::Ready { json } => {
                 if !matches!(self.life.state, State::Starting { .. }) {
@@ -192,7 +196,8 @@ impl Actor {
             }
             Frame::SetupFailed { text } => Some(Event::SetupFailed(text)),
             frame @ (Frame::Reply { .. } | Frame::Error { .. } | Frame::BadRequest { .. }) => {
-                match Answer::of(frame, conn.version) {
+                match Answer::of(frame, version) {
+                    Ok((id, answer)) if self.is_open_stream(id) => self.fail_stream_with(answer),
                     Ok((id, answer)) if self.inflight.as_ref().is_some_and(|f| f.id == id) => {
                         self.take_answer(answer);
                         self.after_request();
@@ -202,11 +207,11 @@ impl Actor {
                     Err(other) => Some(Event::ProtocolViolation(format!(
                         "frame 0x{:02x} is not part of protocol version {}",
                         other.kind(),
-                        conn.version
+                        version
                     ))),
                 }
             }
-            Frame::BatchReply { results } if conn.version >= 3 => {
+            Frame::BatchReply { results } if version >= 3 => {
                 if let Err(why) = self.answers_batch(&results) {
                     return Some(Event::ProtocolViolation(why));
                 }
@@ -215,10 +220,31 @@ impl Actor {
                 self.after_request();
                 Some(Event::Finished)
             }
+            Frame::StreamStart { id, content_type } if version >= 4 => {
+                if self.inflight.as_ref().is_some_and(|f| f.id == id) {
+                    self.open_stream(content_type).await
+                } else {
+                    Some(self.wrong_id(id))
+                }
+            }
+            Frame::Chunk { id, data } if version >= 4 => {
+                if !self.is_open_stream(id) {
+                    return Some(self.wrong_id(id));
+                }
+                self.stream_chunk(data).await;
+                None
+            }
+            Frame::StreamEnd { id } if version >= 4 => {
+                if !self.is_open_stream(id) {
+                    return Some(self.wrong_id(id));
+                }
+                self.end_stream().await
+            }
             Frame::StreamStart { .. } | Frame::Chunk { .. } | Frame::StreamEnd { .. } => {
-                Some(Event::ProtocolViolation(
-                    "streamed replies are not supported by this daemon yet".into(),
-                ))
+                Some(Event::ProtocolViolation(format!(
+                    "streamed replies are not part of protocol version {}",
+                    version
+                )))
             }
             other => Some(Event::ProtocolViolation(format!(
                 "unexpected frame 0x{:02x} from a worker",
@@ -235,6 +261,15 @@ impl Actor {
         let why = why.clone();
         // A batch's requests were not at fault: they run again elsewhere.
         self.requeue_batch();
+        if self.stream().is_some() {
+            self.stream_fail(
+                format!(
+                    "worker {} broke the worker protocol mid-stream ({why}) and was killed",
+                    self.spec.index
+                ),
+                serde_json::json!({"kind": "protocol_violation"}),
+            );
+        }
         if let Some(f) = &self.inflight {
             let cause = CrashCause::Violation(ViolationDetail {
                 worker: self.spec.index,
@@ -247,6 +282,13 @@ impl Actor {
             self.finish(Outcome::Crashed { cause });
         }
         ev
+    }
+
+    /// Whether `id` is the request in flight and its stream is open.
+    pub(super) fn is_open_stream(&self, id: u64) -> bool {
+        self.inflight
+            .as_ref()
+            .is_some_and(|f| f.id == id && f.stream.is_some())
     }
 
     pub(super) fn wrong_id(&self, id: u64) -> Event {

@@ -33,6 +33,7 @@ mod handle;
 mod launch;
 mod process;
 mod request;
+mod stream;
 #[cfg(test)]
 mod tests;
 
@@ -76,6 +77,12 @@ enum Timer {
     Probe,
     /// Time to compare the worker's memory with max_rss.
     Rss,
+    /// A streaming worker was silent for stream_idle_timeout.
+    StreamIdle,
+    /// A stream's client took nothing for stream_write_timeout.
+    StreamWrite,
+    /// A cancelled stream did not end within cancel_grace.
+    CancelGrace,
 }
 
 struct Actor {
@@ -248,9 +255,17 @@ impl Actor {
                 }
                 status = wait(&mut self.running) => Some(self.collect_exit(status).await),
                 // Before the timers: a reply that arrives with its deadline counts.
-                frame = next_frame(&mut self.conn) => {
-                    let ev = self.on_frame(frame);
+                // Not while a stream waits for its client (backpressure).
+                frame = next_frame(&mut self.conn), if !self.stream_stalled() => {
+                    let ev = self.on_frame(frame).await;
                     ev.map(|e| self.answer_violation(e))
+                }
+                permit = stream::room(&self.inflight), if self.stream_stalled() => {
+                    self.stream_room(permit).await
+                }
+                _ = stream::client_gone(&self.inflight), if self.stream().is_some_and(|s| s.stalled.is_none() && s.cancelled_at.is_none()) => {
+                    self.cancel_stream("its client disconnected").await;
+                    self.stream_finished()
                 }
                 _ = sleep_until(timer.map_or_else(Instant::now, |t| t.0).into()), if timer.is_some() => {
                     let (_, which) = timer.expect("the branch needs a timer");
@@ -293,6 +308,7 @@ impl Actor {
         .filter_map(|(at, which)| at.map(|at| (at, which)));
         request
             .into_iter()
+            .chain(self.stream_clock())
             .chain(life)
             .chain(own)
             .min_by_key(|(at, _)| *at)
@@ -323,6 +339,28 @@ impl Actor {
             Timer::Probe => {
                 let starting = matches!(self.life.state, State::Starting { .. });
                 self.probe(starting).await
+            }
+            Timer::StreamIdle => {
+                let idle = self.spec.service.stream_idle_timeout;
+                self.stream_fail(
+                    format!(
+                        "the worker sent nothing for {}ms (stream_idle_timeout); it was killed and is being replaced",
+                        idle.as_millis()
+                    ),
+                    serde_json::json!({"kind": "stream_idle_timeout"}),
+                );
+                self.deadline_passed();
+                Some(Event::DeadlinePassed)
+            }
+            Timer::StreamWrite => {
+                self.cancel_stream("its client took nothing for stream_write_timeout")
+                    .await;
+                self.stream_finished()
+            }
+            Timer::CancelGrace => {
+                tracing::warn!(worker = %self.name(), "the worker did not end a cancelled stream within cancel_grace: killing it");
+                self.deadline_passed();
+                Some(Event::DeadlinePassed)
             }
             Timer::Rss => {
                 self.next_rss_check = Instant::now() + Duration::from_secs(1);

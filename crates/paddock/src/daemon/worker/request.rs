@@ -11,6 +11,8 @@ pub(super) struct InFlight {
     pub(super) deadline: Instant,
     pub(super) started: Instant,
     pub(super) idempotent: bool,
+    /// Its streamed answer, once the worker began one.
+    pub(super) stream: Option<super::stream::OpenStream>,
 }
 
 impl Actor {
@@ -79,6 +81,7 @@ impl Actor {
             deadline: now + timeout,
             started: now,
             idempotent,
+            stream: None,
         });
         self.write_request(bytes, timeout, dispatcher).await
     }
@@ -198,6 +201,15 @@ impl Actor {
     }
 
     pub(super) fn deadline_passed(&mut self) {
+        if self.stream().is_some() {
+            let timeout = self.spec.service.request_timeout.as_millis();
+            self.stream_fail(
+                format!(
+                    "deadline of {timeout}ms passed; the worker was killed and is being replaced"
+                ),
+                serde_json::json!({"kind": "deadline"}),
+            );
+        }
         let Some(r) = &self.running else { return };
         let pid = r.pid;
         let timeout = self.spec.service.request_timeout;
@@ -219,7 +231,17 @@ impl Actor {
     }
 
     /// The request a dead worker held: retried elsewhere when allowed, else answered.
-    pub(super) async fn resolve_crashed(&mut self, f: InFlight, pid: i32, cause: &ExitCause) {
+    pub(super) async fn resolve_crashed(&mut self, mut f: InFlight, pid: i32, cause: &ExitCause) {
+        // A stream already under way is not retried: its client sees it fail.
+        if let Some(mut s) = f.stream.take() {
+            if let Some(tx) = s.tx.take() {
+                let _ = tx.try_send(crate::daemon::messages::StreamItem::Failed {
+                    message: format!("worker {} {} mid-stream", self.spec.index, cause.description),
+                    cause: serde_json::json!({"kind": "crash", "signal": cause.signal, "exit_code": cause.exit_code}),
+                });
+            }
+            return;
+        }
         let mut job = f.job;
         if matches!(self.life.state, State::Stopping) {
             let _ = job.reply.send(Outcome::ShuttingDown);

@@ -1,0 +1,344 @@
+//! Streamed answers (issue 11): chunks as the worker makes them, SSE framing,
+//! cancellation when the client leaves, backpressure, and failures that never look
+//! like a complete answer.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::harness::{Env, post, wait_until};
+
+/// A streamed HTTP answer, read as it arrives (chunked transfer encoding).
+struct Stream {
+    r: BufReader<TcpStream>,
+    code: u16,
+    headers: Vec<(String, String)>,
+}
+
+impl Stream {
+    fn open(port: u16, path: &str, extra_headers: &str, body: &Value) -> Stream {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let body = body.to_string();
+        write!(
+            s,
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{extra_headers}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        let code = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let mut headers = vec![];
+        loop {
+            line.clear();
+            r.read_line(&mut line).unwrap();
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            let (k, v) = l.split_once(':').unwrap();
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+        Stream { r, code, headers }
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The next chunk's data; `Ok(None)` at the terminating zero-length chunk; an
+    /// error when the body was cut off.
+    fn next_chunk(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+        let mut line = String::new();
+        if self.r.read_line(&mut line)? == 0 {
+            return Err(std::io::Error::other("cut off before a chunk"));
+        }
+        let size = usize::from_str_radix(line.trim_end(), 16)
+            .map_err(|_| std::io::Error::other(format!("bad chunk size {line:?}")))?;
+        let mut data = vec![0; size + 2];
+        self.r.read_exact(&mut data)?;
+        data.truncate(size);
+        Ok((size > 0).then_some(data))
+    }
+
+    /// Everything left, and whether the body ended with its terminator.
+    fn rest(&mut self) -> (Vec<u8>, bool) {
+        let mut all = vec![];
+        loop {
+            match self.next_chunk() {
+                Ok(Some(d)) => all.extend(d),
+                Ok(None) => return (all, true),
+                Err(_) => return (all, false),
+            }
+        }
+    }
+}
+
+fn streams(env: &Env, extra: &str) -> String {
+    env.worker_with("s", "stream_worker.py", &[], extra)
+}
+
+fn metric(env: &Env, prefix: &str) -> f64 {
+    let (_, text) = env.get("/metrics").unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn worker0(env: &Env) -> Value {
+    env.status()["services"][0]["workers"][0].clone()
+}
+
+#[test]
+fn each_chunk_reaches_the_client_before_the_next_is_made() {
+    let env = Env::new();
+    env.config(&streams(&env, ""));
+    env.start_ok();
+    let gate = env.path().join("gate");
+    std::fs::create_dir(&gate).unwrap();
+    let mut s = Stream::open(
+        env.port,
+        "/v1/s/count",
+        "",
+        &json!({"n": 100, "gate": gate.to_str().unwrap()}),
+    );
+    assert_eq!(s.code, 200);
+    assert_eq!(s.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(s.header("content-type"), Some("text/plain; charset=utf-8"));
+    // The worker makes chunk i+1 only after the test saw chunk i: had the daemon held
+    // chunks back, this would wait for ever (and time out).
+    for i in 0..100 {
+        let chunk = s.next_chunk().unwrap().expect("a chunk, not the end");
+        assert_eq!(String::from_utf8(chunk).unwrap(), format!("{i}\n"));
+        std::fs::write(gate.join(format!("seen-{i}")), b"").unwrap();
+    }
+    assert_eq!(s.next_chunk().unwrap(), None, "the stream ends complete");
+    assert_eq!(
+        metric(
+            &env,
+            "paddock_streams_total{service=\"s\",outcome=\"done\"}"
+        ),
+        1.0
+    );
+    env.stop_ok();
+}
+
+#[test]
+fn a_client_that_leaves_cancels_the_stream_and_the_worker_serves_on() {
+    let env = Env::new();
+    env.config(&streams(&env, "cancel_grace = \"500ms\""));
+    env.start_ok();
+    let first = worker0(&env);
+    let dir = env.path().to_str().unwrap().to_string();
+    let mut s = Stream::open(env.port, "/v1/s/forever", "", &json!({"dir": dir}));
+    for _ in 0..3 {
+        assert!(s.next_chunk().unwrap().is_some());
+    }
+    drop(s);
+    // The handler's finally ran in the same worker, which serves the next request.
+    let marker = env.path().join(format!("finally-{}", first["pid"]));
+    wait_until(Duration::from_secs(10), "the generator's finally", || {
+        marker.exists().then_some(())
+    });
+    let r = post(env.port, "/v1/s/plain", "application/json", b"{}").unwrap();
+    assert_eq!(r.code, 200);
+    assert_eq!(r.json()["pid"], first["pid"], "the worker was replaced");
+    assert_eq!(worker0(&env)["generation"], first["generation"]);
+    assert_eq!(
+        metric(
+            &env,
+            "paddock_streams_total{service=\"s\",outcome=\"cancelled\"}"
+        ),
+        1.0
+    );
+
+    // A handler that ignores the cancellation is killed after cancel_grace.
+    let mut s = Stream::open(env.port, "/v1/s/stubborn", "", &json!({}));
+    assert!(s.next_chunk().unwrap().is_some());
+    drop(s);
+    let t = Instant::now();
+    wait_until(
+        Duration::from_secs(10),
+        "the stubborn worker replaced",
+        || {
+            let w = worker0(&env);
+            (w["generation"] == 2 && w["state"] == "ready").then_some(())
+        },
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        t.elapsed()
+    );
+    env.stop_ok();
+    env.assert_nothing_left();
+}
+
+/// A hand parser of Server-Sent Events (the WHATWG spec's rules that apply here):
+/// (event name, data) per event.
+fn sse_events(text: &str) -> Vec<(String, String)> {
+    let mut out = vec![];
+    let (mut event, mut data): (String, Vec<String>) = (String::new(), vec![]);
+    for line in text.split('\n') {
+        if line.is_empty() {
+            if !data.is_empty() || !event.is_empty() {
+                let name = if event.is_empty() {
+                    "message".into()
+                } else {
+                    event.clone()
+                };
+                out.push((name, data.join("\n")));
+            }
+            event.clear();
+            data.clear();
+        } else if let Some(v) = line.strip_prefix("data:") {
+            data.push(v.strip_prefix(' ').unwrap_or(v).to_string());
+        } else if let Some(v) = line.strip_prefix("event:") {
+            event = v.trim().to_string();
+        }
+    }
+    out
+}
+
+#[test]
+fn server_sent_events_carry_chunks_then_done_or_error() {
+    let env = Env::new();
+    env.config(&streams(&env, ""));
+    env.start_ok();
+    let accept = "Accept: text/event-stream\r\n";
+    let mut s = Stream::open(env.port, "/v1/s/count", accept, &json!({"n": 3}));
+    assert_eq!(s.header("content-type"), Some("text/event-stream"));
+    let (body, complete) = s.rest();
+    assert!(complete);
+    let events = sse_events(&String::from_utf8(body).unwrap());
+    assert_eq!(
+        events,
+        vec![
+            ("message".to_string(), "0".to_string()),
+            ("message".into(), "1".into()),
+            ("message".into(), "2".into()),
+            ("done".into(), "".into()),
+        ]
+    );
+    // A handler that raises mid-stream: its chunks, then an error event, never done.
+    let mut s = Stream::open(env.port, "/v1/s/fail_after", accept, &json!({}));
+    let (body, _) = s.rest();
+    let events = sse_events(&String::from_utf8(body).unwrap());
+    assert_eq!(events[0], ("message".to_string(), "a".to_string()));
+    assert_eq!(events[1], ("message".to_string(), "b".to_string()));
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert_eq!(events[2].0, "error");
+    let v: Value = serde_json::from_str(&events[2].1).unwrap();
+    assert_eq!(v["cause"]["kind"], "handler_error", "{v}");
+    assert!(
+        !events[2].1.contains("the model broke"),
+        "no message without expose_errors"
+    );
+    env.stop_ok();
+}
+
+#[test]
+fn a_crash_or_a_silent_worker_mid_stream_is_a_failed_stream() {
+    let env = Env::new();
+    env.config(&streams(&env, "stream_idle_timeout = \"400ms\""));
+    env.start_ok();
+    // Chunked: the body is cut off, never terminated.
+    let mut s = Stream::open(env.port, "/v1/s/crash_after", "", &json!({"n": 5}));
+    let (body, complete) = s.rest();
+    assert_eq!(body, b"0\n1\n2\n3\n4\n");
+    assert!(!complete, "a crashed stream ended like a complete one");
+    // SSE: an error event naming the signal.
+    wait_until(Duration::from_secs(10), "the replacement", || {
+        (worker0(&env)["state"] == "ready").then_some(())
+    });
+    let mut s = Stream::open(
+        env.port,
+        "/v1/s/crash_after",
+        "Accept: text/event-stream\r\n",
+        &json!({"n": 5}),
+    );
+    let text = String::from_utf8(s.rest().0).unwrap();
+    let events = sse_events(&text);
+    let last = events.last().unwrap();
+    assert_eq!(last.0, "error", "{events:?}");
+    assert!(last.1.contains("SIGSEGV"), "{}", last.1);
+    // A worker silent for stream_idle_timeout is killed; the stream is cut off.
+    wait_until(Duration::from_secs(10), "the replacement", || {
+        (worker0(&env)["state"] == "ready").then_some(())
+    });
+    let before = worker0(&env)["generation"].as_u64().unwrap();
+    let t = Instant::now();
+    let mut s = Stream::open(env.port, "/v1/s/silent", "", &json!({}));
+    let (body, complete) = s.rest();
+    assert_eq!(body, b"one\n");
+    assert!(!complete);
+    assert!(
+        t.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        t.elapsed()
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "the silent worker replaced",
+        || (worker0(&env)["generation"].as_u64().unwrap() > before).then_some(()),
+    );
+    env.stop_ok();
+}
+
+#[test]
+fn readers_that_stop_reading_are_dropped_and_the_service_answers_again() {
+    let env = Env::new();
+    env.config(&streams(
+        &env,
+        "workers = 2\nstream_write_timeout = \"500ms\"",
+    ));
+    env.start_ok();
+    let pids: Vec<Value> = env.status()["services"][0]["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["pid"].clone())
+        .collect();
+    // Two clients ask for a lot and read nothing: every worker is streaming to one.
+    let stalled: Vec<Stream> = (0..2)
+        .map(|_| {
+            Stream::open(
+                env.port,
+                "/v1/s/fast",
+                "",
+                &json!({"n": 100000, "size": 4096}),
+            )
+        })
+        .collect();
+    // They are dropped after stream_write_timeout; the workers live on and serve.
+    wait_until(
+        Duration::from_secs(15),
+        "both stalled streams cancelled",
+        || {
+            (metric(
+                &env,
+                "paddock_streams_total{service=\"s\",outcome=\"cancelled\"}",
+            ) == 2.0)
+                .then_some(())
+        },
+    );
+    let r = post(env.port, "/v1/s/plain", "application/json", b"{}").unwrap();
+    assert_eq!(r.code, 200, "{}", r.text());
+    let now: Vec<Value> = env.status()["services"][0]["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["pid"].clone())
+        .collect();
+    assert_eq!(now, pids, "a stalled reader cost a worker");
+    drop(stalled);
+    env.stop_ok();
+}
