@@ -342,3 +342,85 @@ fn readers_that_stop_reading_are_dropped_and_the_service_answers_again() {
     drop(stalled);
     env.stop_ok();
 }
+
+#[test]
+fn a_job_to_a_streaming_handler_stores_the_whole_stream() {
+    let env = Env::new();
+    env.config(&streams(&env, ""));
+    env.start_ok();
+    let r = post(
+        env.port,
+        "/v1/jobs/s/count",
+        "application/json",
+        json!({"n": 5}).to_string().as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.code, 202, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    wait_until(Duration::from_secs(10), "the job done", || {
+        let (_, body) = env.get(&format!("/v1/jobs/{id}"))?;
+        (serde_json::from_str::<Value>(&body).ok()?["state"] == "done").then_some(())
+    });
+    let (code, body) = env.get(&format!("/v1/jobs/{id}/result")).unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(body, "0\n1\n2\n3\n4\n");
+    // A stream that fails is a failed attempt, not a result.
+    let r = post(env.port, "/v1/jobs/s/fail_after", "application/json", b"{}").unwrap();
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let job = wait_until(Duration::from_secs(30), "the job failed", || {
+        let (_, body) = env.get(&format!("/v1/jobs/{id}"))?;
+        let v: Value = serde_json::from_str(&body).ok()?;
+        (v["failures"].as_u64()? >= 1).then_some(v)
+    });
+    assert_ne!(job["state"], "done", "{job}");
+    env.stop_ok();
+}
+
+#[test]
+fn thirty_two_slow_readers_cost_the_daemon_little_memory_and_no_worker() {
+    let env = Env::new();
+    env.config(&streams(&env, "workers = 32\nstartup_timeout = \"120s\""));
+    env.start_ok();
+    let before = env.daemon_rss_kib();
+    let port = env.port;
+    let (done_tx, done) = std::sync::mpsc::channel();
+    for _ in 0..32 {
+        let done_tx = done_tx.clone();
+        std::thread::spawn(move || {
+            let mut s = Stream::open(port, "/v1/s/fast", "", &json!({"n": 400, "size": 8192}));
+            let mut got = 0;
+            // A slow reader: a chunk, then a pause (the worker makes them far faster).
+            while let Ok(Some(c)) = s.next_chunk() {
+                got += c.len();
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            let _ = done_tx.send(got);
+        });
+    }
+    // The daemon's memory, sampled while the readers run (every 20 ms of waiting
+    // for the next reader to finish).
+    let mut peak = before;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut finished = 0;
+    while finished < 32 {
+        peak = peak.max(env.daemon_rss_kib());
+        match done.recv_timeout(Duration::from_millis(20)) {
+            Ok(got) => {
+                assert_eq!(got, 400 * 8192, "a reader lost data");
+                finished += 1;
+            }
+            Err(_) => assert!(Instant::now() < deadline, "the readers did not finish"),
+        }
+    }
+    let grew_mib = (peak.saturating_sub(before)) as f64 / 1024.0;
+    eprintln!("daemon RSS {before} KiB before, {peak} KiB at the peak (+{grew_mib:.1} MiB)");
+    assert!(grew_mib < 20.0, "the daemon grew by {grew_mib:.1} MiB");
+    let restarts: u64 = env.status()["services"][0]["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["restarts"].as_u64().unwrap())
+        .sum();
+    assert_eq!(restarts, 0, "a slow reader cost a worker");
+    env.stop_ok();
+}
