@@ -424,3 +424,38 @@ fn thirty_two_slow_readers_cost_the_daemon_little_memory_and_no_worker() {
     assert_eq!(restarts, 0, "a slow reader cost a worker");
     env.stop_ok();
 }
+
+/// examples/tts: espeak-ng's speech, streamed as it is made (needs espeak-ng, which
+/// .ci/test installs; without it the worker's setup fails and so does this test).
+#[test]
+fn the_tts_example_streams_a_playable_wav() {
+    let env = Env::new();
+    let root = format!("{}/../..", env!("CARGO_MANIFEST_DIR"));
+    env.config(&format!(
+        "[services.tts]\ncommand = [\"python3\", \"{root}/examples/tts/worker.py\"]\nenv = {{ PYTHONPATH = \"{root}/sdk/python\" }}\n"
+    ));
+    env.start_ok();
+    let text = "Hello from paddock. This sentence is streamed as it is spoken. \
+                And a third one, so that there is more than one piece of audio.";
+    let t = Instant::now();
+    let mut s = Stream::open(env.port, "/v1/tts/speak", "", &json!({ "text": text }));
+    assert_eq!(s.code, 200);
+    assert_eq!(s.header("content-type"), Some("audio/wav"));
+    let first = s.next_chunk().unwrap().expect("audio");
+    let first_byte = t.elapsed();
+    assert_eq!(&first[..4], b"RIFF");
+    assert_eq!(&first[8..12], b"WAVE");
+    let (rest, complete) = s.rest();
+    assert!(complete);
+    let total = first.len() + rest.len();
+    eprintln!(
+        "tts: first byte after {first_byte:?}, {total} bytes in {:?}",
+        t.elapsed()
+    );
+    // 16-bit mono at 22,050 Hz: three sentences are seconds of audio.
+    assert!(total > 100_000, "{total} bytes");
+    // An empty text is the client's mistake: 400 before any audio.
+    let r = post(env.port, "/v1/tts/speak", "application/json", b"{\"text\": \"\"}").unwrap();
+    assert_eq!(r.code, 400, "{}", r.text());
+    env.stop_ok();
+}
