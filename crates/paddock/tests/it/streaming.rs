@@ -455,7 +455,13 @@ fn the_tts_example_streams_a_playable_wav() {
     // 16-bit mono at 22,050 Hz: three sentences are seconds of audio.
     assert!(total > 100_000, "{total} bytes");
     // An empty text is the client's mistake: 400 before any audio.
-    let r = post(env.port, "/v1/tts/speak", "application/json", b"{\"text\": \"\"}").unwrap();
+    let r = post(
+        env.port,
+        "/v1/tts/speak",
+        "application/json",
+        b"{\"text\": \"\"}",
+    )
+    .unwrap();
     assert_eq!(r.code, 400, "{}", r.text());
     env.stop_ok();
 }
