@@ -465,3 +465,46 @@ fn the_tts_example_streams_a_playable_wav() {
     assert_eq!(r.code, 400, "{}", r.text());
     env.stop_ok();
 }
+
+#[test]
+fn a_stalled_reader_is_not_the_workers_silence_but_request_timeout_bounds_the_stream() {
+    let env = Env::new();
+    env.config(&streams(
+        &env,
+        "stream_idle_timeout = \"300ms\"\nrequest_timeout = \"3s\"",
+    ));
+    env.start_ok();
+    // The reader takes nothing for a second (over three stream_idle_timeouts): the
+    // worker blocks in yield, which is backpressure, not silence.
+    let mut s = Stream::open(
+        env.port,
+        "/v1/s/fast",
+        "",
+        &json!({"n": 2000, "size": 4096}),
+    );
+    let first = s.next_chunk().unwrap().expect("a chunk");
+    std::thread::sleep(Duration::from_secs(1));
+    let (rest, complete) = s.rest();
+    assert!(complete, "the stalled stream was cut off");
+    // (Chunks that waited while the reader stalled come coalesced.)
+    assert_eq!(first.len() + rest.len(), 2000 * 4096, "bytes lost");
+    assert_eq!(worker0(&env)["restarts"], 0);
+    // request_timeout bounds the whole stream, however lively the worker.
+    let t = Instant::now();
+    let dir = env.path().to_str().unwrap().to_string();
+    let mut s = Stream::open(env.port, "/v1/s/forever", "", &json!({ "dir": dir }));
+    let (_, complete) = s.rest();
+    assert!(
+        !complete,
+        "a stream past request_timeout ended like a complete one"
+    );
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(8),
+        "{took:?}"
+    );
+    wait_until(Duration::from_secs(10), "the worker replaced", || {
+        (worker0(&env)["restarts"] == 1).then_some(())
+    });
+    env.stop_ok();
+}
