@@ -631,14 +631,10 @@ def _is_stream(value):
 def _chunk(value):
     """A yielded value -> (content type, bytes): bytes as they are, str as UTF-8, a
     Response with its own type, anything else as one JSON line (NDJSON)."""
-    if isinstance(value, Response):
-        return value.content_type, value.body
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return "application/octet-stream", bytes(value)
-    if isinstance(value, str):
-        return "text/plain; charset=utf-8", value.encode("utf-8")
-    line = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    return "application/x-ndjson", (line + "\n").encode("utf-8")
+    ctype, body = _encode(value)
+    if ctype == "application/json" and not isinstance(value, Response):
+        return "application/x-ndjson", body + b"\n"
+    return ctype, body
 
 
 def _cancel_pending(conn, rid):

@@ -42,14 +42,6 @@ fn hold(env: &Env, ms: u64) -> std::thread::JoinHandle<Resp> {
     t
 }
 
-fn metric(env: &Env, prefix: &str) -> f64 {
-    let (_, text) = env.get("/metrics").unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[test]
 fn sixty_four_concurrent_requests_get_their_own_answers_in_batches() {
     let env = Env::new();
@@ -76,8 +68,8 @@ fn sixty_four_concurrent_requests_get_their_own_answers_in_batches() {
         "a batch over max_size: {sizes:?}"
     );
     // The metrics saw the same: 64 requests in batches, fewer batches than that.
-    assert_eq!(metric(&env, "paddock_batch_items_total{"), 64.0);
-    let batches = metric(&env, "paddock_batch_size_count{");
+    assert_eq!(env.metric("paddock_batch_items_total{"), 64.0);
+    let batches = env.metric("paddock_batch_size_count{");
     assert!((8.0..64.0).contains(&batches), "{batches} batches");
     // And status says so, per batched method.
     let b = &env.status()["services"][0]["batching"]["work"];
@@ -126,10 +118,8 @@ fn a_crash_and_a_hang_in_a_batch_of_16_are_isolated_by_bisection() {
     }
     // The first batch held all 16.
     assert!(
-        metric(
-            &env,
-            "paddock_batch_size_bucket{service=\"b\",method=\"work\",le=\"8.0\"}"
-        ) < metric(&env, "paddock_batch_size_count{"),
+        env.metric("paddock_batch_size_bucket{service=\"b\",method=\"work\",le=\"8.0\"}")
+            < env.metric("paddock_batch_size_count{"),
         "no batch over 8 requests was sent"
     );
     // k·(⌈log2 n⌉ + 1) worker deaths at most: 2 bad requests in 16 → 10.
@@ -137,7 +127,7 @@ fn a_crash_and_a_hang_in_a_batch_of_16_are_isolated_by_bisection() {
         .as_u64()
         .unwrap();
     assert!((2..=10).contains(&restarts), "{restarts} worker deaths");
-    assert!(metric(&env, "paddock_batch_bisections_total{") >= 2.0);
+    assert!(env.metric("paddock_batch_bisections_total{") >= 2.0);
     let b = &env.status()["services"][0]["batching"]["work"];
     assert!(b["bisections"].as_u64().unwrap() >= 2, "{b}");
     // The hang cost batch_timeout per level, not request_timeout.

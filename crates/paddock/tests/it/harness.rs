@@ -466,6 +466,16 @@ impl Env {
         )
     }
 
+    /// The sum of the samples of `/metrics` whose line starts with `prefix` (a
+    /// metric's name and the start of its labels).
+    pub fn metric(&self, prefix: &str) -> f64 {
+        let (_, text) = self.get("/metrics").unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// The daemon's resident memory in KiB.
     pub fn daemon_rss_kib(&self) -> u64 {
         let s = std::fs::read_to_string(format!("/proc/{}/status", self.daemon_pid())).unwrap();

@@ -85,14 +85,6 @@ fn streams(env: &Env, extra: &str) -> String {
     env.worker_with("s", "stream_worker.py", &[], extra)
 }
 
-fn metric(env: &Env, prefix: &str) -> f64 {
-    let (_, text) = env.get("/metrics").unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 fn worker0(env: &Env) -> Value {
     env.status()["services"][0]["workers"][0].clone()
 }
@@ -122,10 +114,7 @@ fn each_chunk_reaches_the_client_before_the_next_is_made() {
     }
     assert_eq!(s.next_chunk().unwrap(), None, "the stream ends complete");
     assert_eq!(
-        metric(
-            &env,
-            "paddock_streams_total{service=\"s\",outcome=\"done\"}"
-        ),
+        env.metric("paddock_streams_total{service=\"s\",outcome=\"done\"}"),
         1.0
     );
     env.stop_ok();
@@ -153,10 +142,7 @@ fn a_client_that_leaves_cancels_the_stream_and_the_worker_serves_on() {
     assert_eq!(r.json()["pid"], first["pid"], "the worker was replaced");
     assert_eq!(worker0(&env)["generation"], first["generation"]);
     assert_eq!(
-        metric(
-            &env,
-            "paddock_streams_total{service=\"s\",outcome=\"cancelled\"}"
-        ),
+        env.metric("paddock_streams_total{service=\"s\",outcome=\"cancelled\"}"),
         1.0
     );
 
@@ -323,10 +309,7 @@ fn readers_that_stop_reading_are_dropped_and_the_service_answers_again() {
         Duration::from_secs(15),
         "both stalled streams cancelled",
         || {
-            (metric(
-                &env,
-                "paddock_streams_total{service=\"s\",outcome=\"cancelled\"}",
-            ) == 2.0)
+            (env.metric("paddock_streams_total{service=\"s\",outcome=\"cancelled\"}") == 2.0)
                 .then_some(())
         },
     );

@@ -304,17 +304,7 @@ impl Actor {
             return;
         }
         let tail = self.deps.logs.tail(self.spec.index, TAIL_LINES).await;
-        let crash = CrashCause::Exit(ExitDetail {
-            worker: self.spec.index,
-            pid,
-            generation: self.generation,
-            signal: cause.signal.clone(),
-            exit_code: cause.exit_code,
-            oom_killed: cause.oom_killed,
-            description: cause.description.clone(),
-            workers_killed_by_this_request: 1,
-            log_tail: tail,
-        });
+        let crash = self.crash_detail(pid, cause, 1, tail);
         self.bisect(&b.method, b.items, b.cap, crash);
     }
 

@@ -230,6 +230,28 @@ impl Actor {
         tracing::warn!(worker = %self.name(), pid, "request passed its {}ms deadline: killing the worker", timeout.as_millis());
     }
 
+    /// What a client is told of a worker that died with its request: the exit, how
+    /// many workers the request has killed, and the worker's last log lines.
+    pub(super) fn crash_detail(
+        &self,
+        pid: i32,
+        cause: &ExitCause,
+        killed: u32,
+        log_tail: Vec<String>,
+    ) -> CrashCause {
+        CrashCause::Exit(ExitDetail {
+            worker: self.spec.index,
+            pid,
+            generation: self.generation,
+            signal: cause.signal.clone(),
+            exit_code: cause.exit_code,
+            oom_killed: cause.oom_killed,
+            description: cause.description.clone(),
+            workers_killed_by_this_request: killed,
+            log_tail,
+        })
+    }
+
     /// The request a dead worker held: retried elsewhere when allowed, else answered.
     pub(super) async fn resolve_crashed(&mut self, mut f: InFlight, pid: i32, cause: &ExitCause) {
         // A stream already under way is not retried: its client sees it fail.
@@ -250,17 +272,7 @@ impl Actor {
         job.crashes += 1;
         let s = &self.spec.service;
         let tail = self.deps.logs.tail(self.spec.index, TAIL_LINES).await;
-        let detail = CrashCause::Exit(ExitDetail {
-            worker: self.spec.index,
-            pid,
-            generation: self.generation,
-            signal: cause.signal.clone(),
-            exit_code: cause.exit_code,
-            oom_killed: cause.oom_killed,
-            description: cause.description.clone(),
-            workers_killed_by_this_request: job.crashes,
-            log_tail: tail,
-        });
+        let detail = self.crash_detail(pid, cause, job.crashes, tail);
         if job.crashes >= s.poison_limit && s.poison_limit > 1 {
             let _ = job.reply.send(Outcome::Poison { cause: detail });
         } else if f.idempotent && job.crashes <= s.retry_on_crash && job.crashes < s.poison_limit {
