@@ -508,18 +508,25 @@ pub fn encode_request(
     body: &[u8],
 ) -> Result<Vec<u8>, Error> {
     let len = 1 + 8 + 4 + 2 + method.len() + 2 + content_type.len() + body.len();
+    let mut out = start_frame(kind::REQUEST, len)?;
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(&deadline_ms.to_be_bytes());
+    put_str16(&mut out, method, "method")?;
+    put_str16(&mut out, content_type, "content type")?;
+    out.extend_from_slice(body);
+    Ok(out)
+}
+
+/// A frame of `len` bytes (type byte included) so far: its length prefix and type,
+/// with room for the rest.
+fn start_frame(kind: u8, len: usize) -> Result<Vec<u8>, Error> {
     let len32 = u32::try_from(len).map_err(|_| Error::TooLarge {
         len,
         max: u32::MAX as usize,
     })?;
     let mut out = Vec::with_capacity(4 + len);
     out.extend_from_slice(&len32.to_be_bytes());
-    out.push(kind::REQUEST);
-    out.extend_from_slice(&id.to_be_bytes());
-    out.extend_from_slice(&deadline_ms.to_be_bytes());
-    put_str16(&mut out, method, "method")?;
-    put_str16(&mut out, content_type, "content type")?;
-    out.extend_from_slice(body);
+    out.push(kind);
     Ok(out)
 }
 
@@ -540,13 +547,7 @@ pub fn encode_batch(method: &str, items: &[BatchItemRef<'_>]) -> Result<Vec<u8>,
             .iter()
             .map(|(_, _, ct, body)| 8 + 4 + 2 + ct.len() + 4 + body.len())
             .sum::<usize>();
-    let len32 = u32::try_from(len).map_err(|_| Error::TooLarge {
-        len,
-        max: u32::MAX as usize,
-    })?;
-    let mut out = Vec::with_capacity(4 + len);
-    out.extend_from_slice(&len32.to_be_bytes());
-    out.push(kind::BATCH);
+    let mut out = start_frame(kind::BATCH, len)?;
     put_str16(&mut out, method, "method")?;
     put_count(&mut out, items.len(), "batch size")?;
     for (id, deadline_ms, ct, body) in items {

@@ -453,6 +453,15 @@ def serve(obj):
         _exit(1, f"protocol error from the daemon: {e}")
 
 
+def _next_frame(conn):
+    """(type, payload) of the daemon's next frame; exits 0 when the daemon is gone
+    (end-of-file) or sends SHUTDOWN."""
+    frame = conn.recv()
+    if frame is None or frame[0] == SHUTDOWN:
+        _exit(0)
+    return frame
+
+
 def _run(conn, obj):
     meta = {"sdk": "python", "sdk_version": __version__, "python": platform.python_version()}
     conn.send(HELLO, struct.pack(">HI", PROTOCOL_VERSION, os.getpid()),
@@ -478,12 +487,7 @@ def _run(conn, obj):
     conn.send(READY, json.dumps(ready).encode("utf-8"))
 
     while True:
-        frame = conn.recv()
-        if frame is None:
-            _exit(0)
-        ftype, data = frame
-        if ftype == SHUTDOWN:
-            _exit(0)
+        ftype, data = _next_frame(conn)
         if ftype == BATCH:
             method, reqs = _parse_batch(data)
             entry = handlers.get(method)
@@ -643,12 +647,7 @@ def _cancel_pending(conn, rid):
     while True:
         if not conn._buf and (conn._poll is None or not conn._poll.poll(0)):
             return False
-        frame = conn.recv()
-        if frame is None:
-            _exit(0)
-        ftype, data = frame
-        if ftype == SHUTDOWN:
-            _exit(0)
+        ftype, data = _next_frame(conn)
         if ftype != CANCEL or len(data) != 8:
             raise _ProtocolError(f"unexpected frame type 0x{ftype:02x} during a stream")
         (cid,) = struct.unpack(">Q", data)
