@@ -435,6 +435,26 @@ pub fn request(
     })
 }
 
+/// The Python with the tests' pinned packages (.ci/test makes .venv-test), or
+/// `PADDOCK_TEST_PYTHON`; fails the test, saying how to get it, when `check` (Python
+/// code, e.g. `import gunicorn`) does not run there.
+pub fn test_python(check: &str) -> String {
+    let venv = format!(
+        "{}/../../.venv-test/bin/python3",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let python = std::env::var("PADDOCK_TEST_PYTHON").unwrap_or(venv);
+    let ok = Command::new(&python)
+        .args(["-c", check])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ok,
+        "{python} fails {check:?}: run .ci/test (it makes .venv-test from crates/paddock/tests/python/requirements*.txt), or set PADDOCK_TEST_PYTHON"
+    );
+    python
+}
+
 /// POST a JSON value to a worker service's default handler.
 pub fn call(port: u16, service: &str, body: &Value) -> Resp {
     post(

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::harness::{Env, fixture, wait_until};
+use crate::harness::{Env, fixture, test_python, wait_until};
 
 fn get(port: u16, path: &str) -> Result<String, String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
@@ -123,29 +123,11 @@ fn listen_fd_needs_a_probe_that_proves_the_program_answers() {
     assert_eq!(env.run(&["check"]).code, 2);
 }
 
-/// The Python with the tests' pinned packages (.ci/test makes it).
-fn test_python() -> String {
-    let venv = format!(
-        "{}/../../.venv-test/bin/python3",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let python = std::env::var("PADDOCK_TEST_PYTHON").unwrap_or(venv);
-    let ok = std::process::Command::new(&python)
-        .args(["-c", "import gunicorn"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        ok,
-        "{python} cannot import gunicorn: run .ci/test (it makes .venv-test from crates/paddock/tests/python/requirements.txt), or set PADDOCK_TEST_PYTHON"
-    );
-    python
-}
-
 /// The real thing: gunicorn reads LISTEN_FDS/LISTEN_PID and serves paddock's socket.
 #[test]
 fn gunicorn_is_reloaded_under_load_with_no_failed_request() {
     let env = Env::new();
-    let python = test_python();
+    let python = test_python("import gunicorn");
     let app_dir = format!("{}/../../examples/gunicorn", env!("CARGO_MANIFEST_DIR"));
     env.config(&format!(
         "[services.web]\nkind = \"process\"\ncommand = [{python:?}, \"-m\", \"gunicorn\", \"--workers\", \"2\", \"--graceful-timeout\", \"10\", \"--bind\", \"127.0.0.1:1\", \"--chdir\", {app_dir:?}, \"app:app\"]\nport = \"auto\"\nlisten_fd = true\nhealth = {{ http = \"/\" }}\nstop_timeout = \"15s\"\n"

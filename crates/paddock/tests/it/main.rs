@@ -6,6 +6,7 @@ mod batching;
 mod chaos;
 mod config_errors;
 mod crashloop;
+mod examples;
 mod failures;
 mod foreground;
 mod hardening;
