@@ -47,3 +47,67 @@ fn the_embeddings_example_answers_the_openai_client_like_sentence_transformers()
     assert_eq!(report["token_ids"], 400, "{report}");
     env.stop_ok();
 }
+
+/// examples/search: FAISS (OpenMP) under paddock answers nearest-neighbour queries,
+/// and its workers get the config's thread settings whether the daemon was started
+/// with `start` or `run`, whatever the shell that started it says.
+#[test]
+fn the_search_example_runs_faiss_with_the_configs_threads_under_start_and_run() {
+    let python = test_python("import faiss, numpy");
+    let root = format!("{}/../..", env!("CARGO_MANIFEST_DIR"));
+    let config = format!(
+        "[services.search]\ncommand = [{python:?}, \"{root}/examples/search/worker.py\"]\nworkers = 2\nenv = {{ PYTHONPATH = \"{root}/sdk/python\", OMP_NUM_THREADS = \"1\" }}\n"
+    );
+    let post = |port: u16, path: &str, body: &str| {
+        crate::harness::post(port, path, "application/json", body.as_bytes()).unwrap()
+    };
+    // Detached (`start`), with a shell that says otherwise.
+    let env = Env::new();
+    env.config(&config);
+    let out = env
+        .command(&["start"])
+        .env("OMP_NUM_THREADS", "16")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let r = post(env.port, "/v1/search/search", r#"{"id": 1234, "k": 3}"#);
+    assert_eq!(r.code, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["ids"][0], 1234, "{v}");
+    assert_eq!(v["distances"][0], 0.0, "{v}");
+    let started = post(env.port, "/v1/search/info", "{}").json();
+    assert_eq!(started["env"]["OMP_NUM_THREADS"], "1", "{started}");
+    assert_eq!(started["faiss_omp_threads"], 1, "{started}");
+    env.stop_ok();
+
+    // In the foreground (`run`): the same settings reach the workers.
+    let env = Env::new();
+    env.config(&config);
+    let mut child = env
+        .command(&["run"])
+        .env("OMP_NUM_THREADS", "16")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Ready means every worker is (a stop before that is an interrupted start).
+    crate::harness::wait_until(
+        std::time::Duration::from_secs(60),
+        "the foreground daemon ready",
+        || {
+            let (code, body) = env.get("/readyz")?;
+            (code == 200 && !body.is_empty()).then_some(())
+        },
+    );
+    let info = post(env.port, "/v1/search/info", "{}").json();
+    assert_eq!(info["env"], started["env"], "run and start differ");
+    assert_eq!(info["faiss_omp_threads"], 1, "{info}");
+    env.stop_ok();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
