@@ -83,7 +83,7 @@ fn the_search_example_runs_faiss_with_the_configs_threads_under_start_and_run() 
     // In the foreground (`run`): the same settings reach the workers.
     let env = Env::new();
     env.config(&config);
-    let mut child = env
+    let child = env
         .command(&["run"])
         .env("OMP_NUM_THREADS", "16")
         .stdout(std::process::Stdio::null())
