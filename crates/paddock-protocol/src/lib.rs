@@ -16,7 +16,7 @@
 pub mod io;
 
 /// The protocol version this crate speaks.
-pub const VERSION: u16 = 4;
+pub const VERSION: u16 = 5;
 /// The oldest version a worker may say in HELLO (version 2 only added a frame
 /// that version-1 workers never send).
 pub const MIN_VERSION: u16 = 1;
@@ -29,6 +29,7 @@ pub mod kind {
     pub const HELLO: u8 = 0x01;
     pub const READY: u8 = 0x02;
     pub const SETUP_FAILED: u8 = 0x03;
+    pub const FORK_WARNING: u8 = 0x04;
     pub const REQUEST: u8 = 0x10;
     pub const REPLY: u8 = 0x11;
     pub const ERROR: u8 = 0x12;
@@ -55,6 +56,10 @@ pub enum Frame {
     },
     SetupFailed {
         text: String,
+    },
+    /// The worker is forking with several OS threads (version 5): JSON.
+    ForkWarning {
+        json: String,
     },
     Request(Request),
     Reply {
@@ -245,6 +250,7 @@ impl Frame {
             kind::HELLO => "HELLO",
             kind::READY => "READY",
             kind::SETUP_FAILED => "SETUP_FAILED",
+            kind::FORK_WARNING => "FORK_WARNING",
             kind::REQUEST => "REQUEST",
             kind::REPLY => "REPLY",
             kind::ERROR => "ERROR",
@@ -266,6 +272,7 @@ impl Frame {
             Frame::Hello { .. } => kind::HELLO,
             Frame::Ready { .. } => kind::READY,
             Frame::SetupFailed { .. } => kind::SETUP_FAILED,
+            Frame::ForkWarning { .. } => kind::FORK_WARNING,
             Frame::Request(_) => kind::REQUEST,
             Frame::Reply { .. } => kind::REPLY,
             Frame::Error { .. } => kind::ERROR,
@@ -306,6 +313,10 @@ impl Frame {
             kind::SETUP_FAILED => Frame::SetupFailed {
                 text: String::from_utf8_lossy(r.rest()).into_owned(),
             },
+            kind::FORK_WARNING => {
+                let b = r.rest();
+                Frame::ForkWarning { json: r.text(b)? }
+            }
             kind::REQUEST => Frame::Request(Request {
                 id: r.u64()?,
                 deadline_ms: r.u32()?,
@@ -420,6 +431,7 @@ impl Frame {
             }
             Frame::Ready { json } => out.extend_from_slice(json.as_bytes()),
             Frame::SetupFailed { text } => out.extend_from_slice(text.as_bytes()),
+            Frame::ForkWarning { json } => out.extend_from_slice(json.as_bytes()),
             Frame::Request(r) => {
                 return encode_request(r.id, r.deadline_ms, &r.method, &r.content_type, &r.body);
             }
@@ -601,6 +613,7 @@ mod tests {
             }),
             ".{0,80}".prop_map(|json| Frame::Ready { json }),
             ".{0,80}".prop_map(|text| Frame::SetupFailed { text }),
+            ".{0,80}".prop_map(|json| Frame::ForkWarning { json }),
             (
                 any::<u64>(),
                 any::<u32>(),

@@ -174,6 +174,13 @@ pub struct WorkerStatus {
     /// secrets (`HF_TOKEN`): they are never shown.
     #[serde(default)]
     pub env_from_config: Vec<String>,
+    /// Times this slot's processes forked with several OS threads (the SDK's fork
+    /// guard, protocol version 5).
+    #[serde(default)]
+    pub forks_with_threads: u64,
+    /// The last such fork: its thread count and call site.
+    #[serde(default)]
+    pub last_fork: Option<String>,
 }
 
 /// How a worker process ended. An exit code and a signal are kept distinct.

@@ -56,6 +56,14 @@ and streams). Its invariants:
   on SHUTDOWN with 0, after a failed setup with 1, and on a protocol error with 1.
   It exits through os._exit (after flushing stdout and stderr), so a stray
   non-daemon thread started by a library can never keep a dead worker alive.
+* The fork guard: when the worker process forks (os.fork, multiprocessing's "fork"
+  start method) while it has more than one OS thread — counted from /proc/self/task,
+  so OpenMP, BLAS and other native threads count — it writes a warning naming the
+  hazard, the thread count and the call site to stderr, and sends FORK_WARNING to
+  the daemon (status, metrics, `paddock doctor`). It changes nothing else: it does
+  not switch multiprocessing's start method.
+* `serve()` does nothing when called from a module imported as `__mp_main__` (a
+  "spawn" or "forkserver" child re-importing the worker's main module).
 * The SDK writes nothing to stdout or stderr except when it is run outside paddock,
   when setup fails, when a handler raises an unexpected exception (its traceback, to
   stderr), and when the daemon sends something it does not understand.
@@ -77,10 +85,10 @@ __all__ = ["handler", "batch", "serve", "Request", "Response", "BadRequest", "Er
            "PROTOCOL_VERSION"]
 __version__ = "0.1.0"
 
-PROTOCOL_VERSION = 4  # said in HELLO; 2 adds BAD_REQUEST, 3 batches, 4 streams
+PROTOCOL_VERSION = 5  # said in HELLO; 2 BAD_REQUEST, 3 batches, 4 streams, 5 FORK_WARNING
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024
 
-HELLO, READY, SETUP_FAILED = 0x01, 0x02, 0x03
+HELLO, READY, SETUP_FAILED, FORK_WARNING = 0x01, 0x02, 0x03, 0x04
 REQUEST, REPLY, ERROR = 0x10, 0x11, 0x12
 BAD_REQUEST = 0x16  # id: u64, then the UTF-8 message to the end (version 2)
 BATCH, BATCH_REPLY = 0x17, 0x18  # version 3
@@ -427,7 +435,11 @@ def _env_int(name, default):
 
 
 def serve(obj):
-    """Runs `obj` as a paddock worker until the daemon goes away. Never returns."""
+    """Runs `obj` as a paddock worker until the daemon goes away. Never returns —
+    except in a multiprocessing "spawn"/"forkserver" child, which re-imports the
+    worker's main module as `__mp_main__`: there it returns at once."""
+    if sys._getframe(1).f_globals.get("__name__") == "__mp_main__":
+        return
     if not os.environ.get("PADDOCK_FD"):
         script = os.path.basename(sys.argv[0] or "worker.py") or "worker.py"
         stem = os.path.splitext(script)[0].lower()
@@ -445,6 +457,7 @@ def serve(obj):
     except (OSError, ValueError) as e:
         _exit(2, f"PADDOCK_FD={fd} is not a usable socket: {e}")
     conn = _Conn(sock, max_frame)
+    _install_fork_guard(conn)
     try:
         _run(conn, obj)
     except (BrokenPipeError, ConnectionResetError):
@@ -691,3 +704,54 @@ def _stream(conn, req, gen):
         ctype = _ctype_bytes("application/octet-stream")
         conn.send(STREAM_START, rid + _U16.pack(len(ctype)), ctype)
     conn.send(STREAM_END, rid)
+
+
+def _os_threads():
+    """The process's OS threads (Python's and native ones), from /proc; Python's own
+    count where /proc has none (macOS)."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return threading.active_count()
+
+
+def _fork_site():
+    """file:line in function of the innermost caller outside the standard library."""
+    import sysconfig
+    stdlib = sysconfig.get_paths()["stdlib"]
+    here = os.path.dirname(os.path.abspath(__file__))
+    for fs in reversed(traceback.extract_stack()[:-2]):
+        path = os.path.abspath(fs.filename)
+        if not path.startswith(stdlib) and not path.startswith(here):
+            return f"{fs.filename}:{fs.lineno} in {fs.name}"
+    return "an unknown call site"
+
+
+def _install_fork_guard(conn):
+    """Warns (stderr and FORK_WARNING) when this process forks with several OS
+    threads: the child gets only the forking thread, and a lock another one held stays
+    locked there for ever (docs/protocol.md, version 5)."""
+    if not hasattr(os, "register_at_fork"):
+        return
+    me = os.getpid()
+
+    def before():
+        if os.getpid() != me:
+            return  # a child of ours forking: not the worker's own fork
+        n = _os_threads()
+        if n <= 1:
+            return
+        site = _fork_site()
+        _log(f"paddock: fork guard: worker pid {me} is forking with {n} OS threads at {site}. "
+             "The child gets only the forking thread; a lock any other thread held "
+             "(OpenMP, BLAS, a logging or gRPC thread) stays locked in it, and the child "
+             "may hang. Use multiprocessing's 'forkserver' or 'spawn' start method, with "
+             "paddock.serve() under `if __name__ == \"__main__\":` "
+             "(docs/operations.md, \"Forks\").")
+        try:
+            conn.send(FORK_WARNING, json.dumps({"threads": n, "site": site, "pid": me})
+                      .encode("utf-8"))
+        except OSError:
+            pass
+
+    os.register_at_fork(before=before)

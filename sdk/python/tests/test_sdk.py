@@ -203,7 +203,7 @@ class WorkerTests(unittest.TestCase):
         ftype, p = w.recv()
         self.assertEqual(ftype, HELLO)
         version, pid = struct.unpack_from(">HI", p, 0)
-        self.assertEqual(version, 4)  # version 4: BAD_REQUEST, batches, streams
+        self.assertEqual(version, 5)  # version 5: BAD_REQUEST, batches, streams, forks
         self.assertEqual(pid, w.proc.pid)
         meta = json.loads(p[6:])
         self.assertEqual(meta["sdk"], "python")
@@ -576,7 +576,7 @@ class ApiTests(unittest.TestCase):
         r = paddock.Request(5, "predict", "application/json", b'{"a": 1}', 0.0)
         self.assertEqual(r.json(), {"a": 1})
         self.assertEqual(r.text(), '{"a": 1}')
-        self.assertEqual(paddock.PROTOCOL_VERSION, 4)
+        self.assertEqual(paddock.PROTOCOL_VERSION, 5)
 
     def test_json_raises_bad_request(self):
         self.assertIn("BadRequest", paddock.__all__)

@@ -81,6 +81,8 @@ pub struct Metrics {
     pub bisections: Family<MethodLabels, Counter>,
     /// Streamed answers by how they ended: done, failed, cancelled.
     pub streams: Family<OutcomeLabels, Counter>,
+    /// Forks of worker processes that had several OS threads (FORK_WARNING).
+    pub fork_warnings: Family<ServiceLabels, Counter>,
 }
 
 impl Metrics {
@@ -101,6 +103,7 @@ impl Metrics {
             batch_wait: Family::new_with_constructor(latency_histogram),
             bisections: Family::default(),
             streams: Family::default(),
+            fork_warnings: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -168,6 +171,11 @@ impl Metrics {
             "streams",
             "Streamed answers by how they ended (done, failed, cancelled)",
             m.streams.clone(),
+        );
+        registry.register(
+            "fork_warnings",
+            "Forks of worker processes that had several OS threads",
+            m.fork_warnings.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -111,3 +111,48 @@ fn the_search_example_runs_faiss_with_the_configs_threads_under_start_and_run() 
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The SDK's fork guard: a fork-start Pool after FAISS ran OpenMP is reported
+/// (service log, status, metrics) and its hang ends in 504; the same work with
+/// forkserver and a guarded module works, and reports no fork.
+#[test]
+fn a_fork_with_openmp_threads_is_reported_and_forkserver_works() {
+    let python = test_python("import faiss, numpy");
+    let env = Env::new();
+    env.config(
+        &env.worker_with(
+            "forks",
+            "fork_worker.py",
+            &[("OMP_NUM_THREADS", "2")],
+            "request_timeout = \"4s\"",
+        )
+        .replace("\"python3\"", &format!("{python:?}")),
+    );
+    env.start_ok();
+    let post =
+        |path: &str| crate::harness::post(env.port, path, "application/json", b"{}").unwrap();
+    let threads = post("/v1/forks/threads").json()["os_threads"]
+        .as_u64()
+        .unwrap();
+    assert!(threads > 1, "FAISS started no OpenMP thread ({threads})");
+    // The fork-start Pool's children hang on libgomp: the request ends at its deadline.
+    let r = post("/v1/forks/fork_pool");
+    assert_eq!(r.code, 504, "{}", r.text());
+    let w = &env.status()["services"][0]["workers"][0];
+    assert!(w["forks_with_threads"].as_u64().unwrap() >= 1, "{w}");
+    let last = w["last_fork"].as_str().unwrap();
+    assert!(last.contains("fork_worker.py"), "the call site: {last}");
+    assert!(env.metric("paddock_fork_warnings_total{service=\"forks\"}") >= 1.0);
+    let log = std::fs::read_to_string(env.state_dir().join("logs/forks.log")).unwrap();
+    assert!(log.contains("fork guard"), "{log}");
+    assert!(log.contains("OS threads"), "{log}");
+    // forkserver: the same work completes, and no fork with threads is reported.
+    let before = w["forks_with_threads"].as_u64().unwrap();
+    let r = post("/v1/forks/forkserver_pool");
+    assert_eq!(r.code, 200, "{}", r.text());
+    assert_eq!(r.json()["ids"].as_array().unwrap().len(), 4);
+    let w = &env.status()["services"][0]["workers"][0];
+    assert_eq!(w["forks_with_threads"].as_u64().unwrap(), before, "{w}");
+    env.stop_ok();
+    env.assert_nothing_left();
+}

@@ -147,6 +147,15 @@ impl Actor {
             };
         }
         let version = conn.version;
+        if let Frame::ForkWarning { json } = frame {
+            if version < 5 {
+                return Some(Event::ProtocolViolation(format!(
+                    "FORK_WARNING is not part of protocol version {version}"
+                )));
+            }
+            self.fork_warning(&json);
+            return None;
+        }
         match frame {
             Frame::Ready { json } => {
                 if !matches!(self.life.state, State::Starting { .. }) {
@@ -282,6 +291,27 @@ impl Actor {
             self.finish(Outcome::Crashed { cause });
         }
         ev
+    }
+
+    /// The worker forked with several OS threads (the SDK's fork guard): logged,
+    /// counted, shown in `status`.
+    pub(super) fn fork_warning(&mut self, json: &str) {
+        let v: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
+        let threads = v["threads"].as_u64().unwrap_or(0);
+        let site = v["site"].as_str().unwrap_or("an unknown call site");
+        let what = format!("forked with {threads} OS threads at {site}");
+        tracing::warn!(worker = %self.name(), "{what}: the child may deadlock on a lock one of those threads held (see `paddock doctor`)");
+        self.deps.logs.note_now(
+            self.spec.index,
+            format!("fork guard: {what}; the child may hang (docs/operations.md, \"Forks\")"),
+        );
+        self.deps
+            .metrics
+            .fork_warnings
+            .get_or_create(&Metrics::service(self.service()))
+            .inc();
+        self.forks_with_threads += 1;
+        self.last_fork = Some(what);
     }
 
     /// Whether `id` is the request in flight and its stream is open.

@@ -92,6 +92,8 @@ pub fn start(spec: Spec, deps: Deps) -> Handle {
         reason: None,
         env_set: crate::daemon::env::computed(&spec.service, &spec.env_set),
         env_from_config: spec.service.env.keys().cloned().collect(),
+        forks_with_threads: 0,
+        last_fork: None,
     });
     let (commands, mut rx) = mpsc::unbounded_channel();
     let wid = spec.wid;

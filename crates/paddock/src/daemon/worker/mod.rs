@@ -106,6 +106,9 @@ struct Actor {
     announced: bool,
     crashed_at: Option<Instant>,
     last_exit: Option<ExitCause>,
+    /// Forks with several OS threads the slot's processes reported.
+    forks_with_threads: u64,
+    last_fork: Option<String>,
     next_probe: Instant,
     /// When to compare the worker's memory with max_rss next (a fixed instant, so
     /// that a stream of requests cannot keep postponing it).
@@ -164,6 +167,8 @@ impl Actor {
             announced: false,
             crashed_at: None,
             last_exit: None,
+            forks_with_threads: 0,
+            last_fork: None,
             next_probe: Instant::now(),
             next_rss_check: Instant::now(),
             last_progress: String::new(),
@@ -531,6 +536,11 @@ impl Actor {
             }
             if cur.reason != reason {
                 cur.reason = reason;
+                changed = true;
+            }
+            if cur.forks_with_threads != self.forks_with_threads {
+                cur.forks_with_threads = self.forks_with_threads;
+                cur.last_fork = self.last_fork.clone();
                 changed = true;
             }
             changed
