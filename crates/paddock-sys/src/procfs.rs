@@ -107,6 +107,38 @@ pub fn cmdline(pid: i32) -> String {
         .unwrap_or_default()
 }
 
+/// The files a process has mapped (its shared libraries among them), each once.
+pub fn mapped_files(pid: i32) -> BTreeSet<String> {
+    let Ok(s) = fs::read_to_string(format!("/proc/{pid}/maps")) else {
+        return BTreeSet::new();
+    };
+    s.lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .filter(|p| p.starts_with('/'))
+        .map(String::from)
+        .collect()
+}
+
+/// A process's environment (empty when it cannot be read).
+pub fn environ(pid: i32) -> HashMap<String, String> {
+    fs::read(format!("/proc/{pid}/environ"))
+        .map(|b| {
+            b.split(|&c| c == 0)
+                .filter_map(|kv| {
+                    let kv = String::from_utf8_lossy(kv);
+                    let (k, v) = kv.split_once('=')?;
+                    Some((k.to_string(), v.to_string()))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// How many OS threads a process has (every kernel task: native threads too).
+pub fn thread_count(pid: i32) -> Option<usize> {
+    Some(fs::read_dir(format!("/proc/{pid}/task")).ok()?.count())
+}
+
 /// Resident set size in bytes.
 pub fn rss_bytes(pid: i32) -> Option<u64> {
     let s = fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;

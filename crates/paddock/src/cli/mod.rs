@@ -4,6 +4,7 @@
 mod check;
 mod client;
 mod daemonize;
+mod doctor;
 pub mod exec_listen;
 mod jobs;
 mod logs;
@@ -72,6 +73,13 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Look for what can make a model hang, crash or crawl (OpenMP runtimes, threads
+    /// against cores, forks, masking environment, the state folder); exit 1 on a hazard.
+    Doctor {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Durable jobs: list, show, cancel, retry.
     Jobs {
         #[command(subcommand)]
@@ -135,6 +143,7 @@ fn dispatch(cmd: Cmd, config: Config) -> i32 {
         Cmd::Stop { json } => stop::run(&config, json),
         Cmd::Status { json } => status::run(&config, json),
         Cmd::Reload { json } => reload::run(&config, json),
+        Cmd::Doctor { json } => doctor::run(&config, json),
         Cmd::Jobs { command } => jobs::run(&config, command),
         Cmd::Logs {
             service,

@@ -156,3 +156,68 @@ fn a_fork_with_openmp_threads_is_reported_and_forkserver_works() {
     env.stop_ok();
     env.assert_nothing_left();
 }
+
+/// `paddock doctor` on real libraries: FAISS + scikit-learn share one libgomp
+/// (clean); a second, system libgomp loaded by hand is flagged; 4 workers × 8
+/// OpenMP threads on this machine's cores are flagged.
+#[test]
+fn doctor_finds_two_openmp_runtimes_and_oversubscription_and_nothing_in_a_clean_setup() {
+    let python = test_python("import faiss, numpy, sklearn");
+    let doctor = |env: &Env| {
+        let out = env.run(&["doctor", "--json"]);
+        let v: Value = serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("doctor --json printed no JSON ({e}): {out:?}"));
+        (out.code, v)
+    };
+    let service = |env: &Env, vars: &[(&str, &str)], extra: &str| {
+        env.worker_with("m", "doctor_worker.py", vars, extra)
+            .replace("\"python3\"", &format!("{python:?}"))
+    };
+    // Clean: one worker, paddock's default thread settings.
+    let env = Env::new();
+    env.config(&service(&env, &[], ""));
+    env.start_ok();
+    let (code, v) = doctor(&env);
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(v["clean"], true, "{v:#}");
+    let w = &v["workers"][0];
+    assert_eq!(w["openmp"].as_array().unwrap().len(), 1, "{w:#}");
+    assert!(w["threads"].as_u64().unwrap() > 1, "{w:#}");
+    env.stop_ok();
+
+    // Two OpenMP runtimes in one process: an error, exit 1.
+    let env = Env::new();
+    env.config(&service(&env, &[("DOCTOR_TWO_RUNTIMES", "1")], ""));
+    env.start_ok();
+    let (code, v) = doctor(&env);
+    assert_eq!(code, 1, "{v:#}");
+    let f = &v["findings"][0];
+    assert_eq!(f["severity"], "error", "{v:#}");
+    assert!(
+        f["finding"].as_str().unwrap().contains("2 OpenMP runtimes"),
+        "{f:#}"
+    );
+    assert!(!f["fix"].as_str().unwrap().is_empty());
+    env.stop_ok();
+
+    // 4 workers × 8 OpenMP threads on a machine with fewer than 32 cores.
+    let env = Env::new();
+    env.config(&service(
+        &env,
+        &[("OMP_NUM_THREADS", "8")],
+        "workers = 4\nstartup_timeout = \"120s\"",
+    ));
+    env.start_ok();
+    let (code, v) = doctor(&env);
+    if v["cores"].as_u64().unwrap() < 32 {
+        assert_eq!(code, 1, "{v:#}");
+        let over = v["findings"].as_array().unwrap().iter().find(|f| {
+            f["finding"]
+                .as_str()
+                .unwrap()
+                .contains("OpenMP pools total 32 threads")
+        });
+        assert!(over.is_some(), "{v:#}");
+    }
+    env.stop_ok();
+}
