@@ -5,7 +5,8 @@
 //! processes (libgomp, Intel's libiomp5, LLVM's libomp, and the copies wheels vendor
 //! under hashed names), its BLAS libraries, its OS threads, its environment. For the
 //! instance: OpenMP threads against cores, environment that hides hazards instead of
-//! fixing them, forks the SDK's fork guard saw, the lock holder, the state folder's
+//! fixing them, forks the SDK's fork guard saw, who holds each configured port (said,
+//! never killed), the lock holder, the state folder's
 //! permissions, folders of daemons that no longer run, and the GPUs when an NVIDIA
 //! driver is present. Without a running instance it checks what it can: the config
 //! and the state folder. It only reads: nothing is killed, changed or removed.
@@ -176,6 +177,7 @@ fn examine(config: &Config) -> Report {
             }
         }
     }
+    examine_ports(config, &mut findings);
     examine_state_folder(&paths, &mut findings);
     examine_gpus(&mut findings);
     findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
@@ -312,6 +314,33 @@ fn examine_workers(
         ),
         fix: "nothing to do".into(),
     });
+}
+
+/// Who holds each port the config names (never killed: only said).
+fn examine_ports(config: &Config, findings: &mut Vec<Finding>) {
+    use crate::config::PortSpec;
+    let mut ports = vec![("gateway".to_string(), config.instance.listen.port())];
+    for s in &config.services {
+        if let Some(PortSpec::Fixed(p)) = s.port {
+            ports.push((format!("service {}", s.name), p));
+        }
+    }
+    for (what, port) in ports {
+        let holders = paddock_sys::procfs::listeners(port);
+        if holders.is_empty() {
+            continue;
+        }
+        let who: Vec<String> = holders
+            .iter()
+            .map(|&pid| format!("pid {pid} ({})", paddock_sys::procfs::cmdline(pid)))
+            .collect();
+        findings.push(Finding {
+            severity: Severity::Info,
+            subject: what,
+            finding: format!("port {port} is held by {}", who.join(", ")),
+            fix: "nothing to do if that is this instance; otherwise stop that program or change the port".into(),
+        });
+    }
 }
 
 fn examine_state_folder(paths: &Paths, findings: &mut Vec<Finding>) {

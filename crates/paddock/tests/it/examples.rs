@@ -183,6 +183,17 @@ fn doctor_finds_two_openmp_runtimes_and_oversubscription_and_nothing_in_a_clean_
     let w = &v["workers"][0];
     assert_eq!(w["openmp"].as_array().unwrap().len(), 1, "{w:#}");
     assert!(w["threads"].as_u64().unwrap() > 1, "{w:#}");
+    // Who holds the gateway's port: the daemon, named, not killed.
+    let daemon = format!("pid {} (", env.daemon_pid());
+    let port = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["subject"] == "gateway");
+    assert!(
+        port.is_some_and(|f| f["finding"].as_str().unwrap().contains(&daemon)),
+        "{v:#}"
+    );
     env.stop_ok();
 
     // Two OpenMP runtimes in one process: an error, exit 1.
