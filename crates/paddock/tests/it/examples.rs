@@ -232,3 +232,97 @@ fn doctor_finds_two_openmp_runtimes_and_oversubscription_and_nothing_in_a_clean_
     }
     env.stop_ok();
 }
+
+/// The jobs' states, all pages.
+fn all_jobs(env: &Env, query: &str) -> Vec<Value> {
+    let mut out = vec![];
+    let mut after = 0;
+    loop {
+        let (code, body) = env
+            .get(&format!("/v1/jobs?limit=500&after={after}{query}"))
+            .unwrap();
+        assert_eq!(code, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        out.extend(v["jobs"].as_array().unwrap().iter().cloned());
+        match v["next"].as_i64() {
+            Some(n) => after = n,
+            None => return out,
+        }
+    }
+}
+
+/// examples/ingest: 500 documents into ChromaDB through durable jobs, the daemon
+/// SIGKILLed mid-way and started again: every job done, exactly 500 documents (the
+/// upsert by id absorbs the jobs that ran twice), and a query finds its neighbour.
+#[test]
+fn the_ingest_example_survives_a_daemon_sigkill_with_an_exact_collection() {
+    let python = test_python("import chromadb, numpy, tokenizers, safetensors");
+    let env = Env::new();
+    let root = format!("{}/../..", env!("CARGO_MANIFEST_DIR"));
+    let db = env.path().join("chroma");
+    env.config(&format!(
+        "[services.ingest]\ncommand = [{python:?}, \"{root}/examples/ingest/worker.py\"]\nworkers = 1\njobs_share = 1.0\nstartup_timeout = \"60s\"\nenv = {{ PYTHONPATH = \"{root}/sdk/python\", INGEST_DB = {:?} }}\n",
+        db.to_str().unwrap()
+    ));
+    env.start_ok();
+    let topics = ["rivers", "volcanoes", "bread", "chess", "violins"];
+    for i in 0..500 {
+        let text = if i == 321 {
+            "The quick brown fox jumps over the lazy dog.".to_string()
+        } else {
+            format!("Note {i} is about {} and item number {i}.", topics[i % 5])
+        };
+        let body = serde_json::json!({"id": format!("doc-{i}"), "text": text}).to_string();
+        let r = crate::harness::post(
+            env.port,
+            "/v1/jobs/ingest",
+            "application/json",
+            body.as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(r.code, 202, "{}", r.text());
+    }
+    // Kill the daemon while the jobs are under way (some done, some still queued).
+    let done = crate::harness::wait_until(
+        std::time::Duration::from_secs(120),
+        "some jobs done",
+        || {
+            let done = all_jobs(&env, "&state=done").len();
+            (done >= 100).then_some(done)
+        },
+    );
+    crate::harness::kill(env.daemon_pid(), 9);
+    assert!(
+        done < 500,
+        "every job was done before the kill: it proved nothing"
+    );
+    eprintln!("killed the daemon with {done} of 500 jobs done");
+    crate::harness::wait_until(
+        std::time::Duration::from_secs(10),
+        "the lock released",
+        || (env.run(&["status"]).code == 4).then_some(()),
+    );
+    env.start_ok();
+    let jobs = crate::harness::wait_until(
+        std::time::Duration::from_secs(180),
+        "every job done",
+        || {
+            let all = all_jobs(&env, "");
+            (all.len() == 500 && all.iter().all(|j| j["state"] == "done")).then_some(all)
+        },
+    );
+    assert_eq!(jobs.len(), 500);
+    let post = |path: &str, body: &str| {
+        crate::harness::post(env.port, path, "application/json", body.as_bytes()).unwrap()
+    };
+    let count = post("/v1/ingest/count", "{}").json();
+    assert_eq!(count["count"], 500, "duplicates or losses: {count}");
+    let r = post(
+        "/v1/ingest/query",
+        r#"{"text": "a fast brown fox leaps over a sleepy dog", "k": 3}"#,
+    );
+    assert_eq!(r.code, 200, "{}", r.text());
+    assert_eq!(r.json()["ids"][0], "doc-321", "{}", r.text());
+    env.stop_ok();
+    env.assert_nothing_left();
+}
