@@ -83,33 +83,46 @@ fn the_search_example_runs_faiss_with_the_configs_threads_under_start_and_run() 
     // In the foreground (`run`): the same settings reach the workers.
     let env = Env::new();
     env.config(&config);
-    let child = env
+    let mut child = env
         .command(&["run"])
         .env("OMP_NUM_THREADS", "16")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Ready means every worker is (a stop before that is an interrupted start).
-    crate::harness::wait_until(
-        std::time::Duration::from_secs(60),
-        "the foreground daemon ready",
-        || {
-            let (code, body) = env.get("/readyz")?;
-            (code == 200 && !body.is_empty()).then_some(())
-        },
-    );
+    // The initial start is over when the daemon says the instance is ready (a stop
+    // before that is an interrupted start, exit 1); its log goes to stderr.
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut log = vec![];
+    while !log.iter().any(|l: &String| l.contains(" ready on http")) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => log.push(line),
+            Err(_) => panic!(
+                "the foreground daemon never became ready:\n{}",
+                log.join("\n")
+            ),
+        }
+    }
     let info = post(env.port, "/v1/search/info", "{}").json();
     assert_eq!(info["env"], started["env"], "run and start differ");
     assert_eq!(info["faiss_omp_threads"], 1, "{info}");
     env.stop_ok();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{:?}: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    log.extend(lines.try_iter());
+    assert!(status.success(), "{status:?}: {}", log.join("\n"));
 }
 
 /// The SDK's fork guard: a fork-start Pool after FAISS ran OpenMP is reported
