@@ -13,5 +13,6 @@ pub(crate) mod control;
 pub(crate) mod daemon;
 pub(crate) mod exit;
 pub(crate) mod instance;
+pub(crate) mod openapi;
 pub(crate) mod status;
 pub(crate) mod timefmt;

@@ -8,6 +8,7 @@ mod doctor;
 pub mod exec_listen;
 mod jobs;
 mod logs;
+mod openapi;
 mod output;
 mod reload;
 mod run;
@@ -80,6 +81,9 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Print the gateway's OpenAPI 3.1 document (from the running instance, else from
+    /// the config).
+    Openapi,
     /// Durable jobs: list, show, cancel, retry.
     Jobs {
         #[command(subcommand)]
@@ -144,6 +148,7 @@ fn dispatch(cmd: Cmd, config: Config) -> i32 {
         Cmd::Status { json } => status::run(&config, json),
         Cmd::Reload { json } => reload::run(&config, json),
         Cmd::Doctor { json } => doctor::run(&config, json),
+        Cmd::Openapi => openapi::run(&config),
         Cmd::Jobs { command } => jobs::run(&config, command),
         Cmd::Logs {
             service,

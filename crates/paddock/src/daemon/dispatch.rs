@@ -54,6 +54,8 @@ struct Queue {
     down: std::collections::BTreeMap<u64, (String, Instant)>,
     /// The handlers the service's workers said they have (READY), once one has.
     methods: Option<Vec<String>>,
+    /// Those of them the workers said may be retried.
+    idempotent: Vec<String>,
     /// Batched methods and their `max_size` (the latest READY, with the config's
     /// overrides).
     batch_sizes: std::collections::BTreeMap<String, usize>,
@@ -157,6 +159,7 @@ impl Dispatcher {
             members: Default::default(),
             down: Default::default(),
             methods: None,
+            idempotent: vec![],
             batch_sizes: Default::default(),
             batch_stats: Default::default(),
             depth,
@@ -277,11 +280,25 @@ impl Dispatcher {
         job
     }
 
-    /// A worker became ready with these handlers (the latest generation's list).
-    pub fn set_methods(&self, methods: &[String]) {
+    /// A worker became ready with these handlers (the latest generation's list),
+    /// of which `idempotent` may be retried.
+    pub fn set_methods(&self, methods: &[String], idempotent: &[String]) {
         let mut q = self.lock();
         if q.methods.as_deref() != Some(methods) {
             q.methods = Some(methods.to_vec());
+        }
+        if q.idempotent != idempotent {
+            q.idempotent = idempotent.to_vec();
+        }
+    }
+
+    /// What the service's workers announced, for the OpenAPI document.
+    pub fn handlers(&self) -> crate::openapi::Handlers {
+        let q = self.lock();
+        crate::openapi::Handlers {
+            methods: q.methods.clone().unwrap_or_default(),
+            idempotent: q.idempotent.clone(),
+            batched: q.batch_sizes.keys().cloned().collect(),
         }
     }
 

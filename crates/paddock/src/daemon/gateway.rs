@@ -20,6 +20,7 @@ pub fn router(shared: SharedRef) -> Router {
         .route("/readyz", get(readyz))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
         .route("/v1/{service}", post(call_default))
         .route("/v1/{service}/{method}", post(call_method))
         .merge(super::jobs_api::routes())
@@ -118,6 +119,20 @@ async fn readyz(
         )
             .into_response()
     }
+}
+
+/// The gateway as an OpenAPI 3.1 document, with the handlers the workers announced.
+async fn openapi(State(shared): State<SharedRef>) -> impl IntoResponse {
+    let handlers = shared
+        .config
+        .services
+        .iter()
+        .filter_map(|s| {
+            let svc = shared.supervisor.service(s.name.as_str())?;
+            Some((s.name.to_string(), svc.dispatcher.as_ref()?.handlers()))
+        })
+        .collect();
+    Json(crate::openapi::document(&shared.config, &handlers))
 }
 
 async fn status(State(shared): State<SharedRef>) -> impl IntoResponse {

@@ -14,6 +14,7 @@ mod instances;
 mod jobs;
 mod listen_fd;
 mod logs;
+mod openapi;
 mod orphans;
 mod reloads;
 mod restarts;

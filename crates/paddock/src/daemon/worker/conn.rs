@@ -183,7 +183,7 @@ impl Actor {
                     Err(why) => return Some(Event::ProtocolViolation(why)),
                 };
                 if let Some(d) = &self.deps.dispatcher {
-                    d.set_methods(&conn.methods);
+                    d.set_methods(&conn.methods, &conn.idempotent);
                 }
                 let batched: Vec<String> = conn.batch.keys().cloned().collect();
                 if let Some(r) = &self.running {
