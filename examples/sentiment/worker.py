@@ -42,9 +42,12 @@ class Sentiment:
             data = req.json()
             text = data.get("text") if isinstance(data, dict) else data
             if not isinstance(text, str):
-                raise ValueError('expected a JSON body {"text": "..."}')
+                raise paddock.BadRequest('expected a JSON body {"text": "..."}')
         else:
-            text = req.text()
+            try:
+                text = req.text()
+            except UnicodeDecodeError:
+                raise paddock.BadRequest("the body is not UTF-8 text") from None
         return self.score(text)
 
     @paddock.batch(max_size=32)

@@ -53,9 +53,12 @@ fn call(summary: String, id: String, service: &str, method: &str, h: Option<&Han
 
 fn enqueue(id: String, service: &str, method: &str) -> Value {
     let mut responses = error_responses(&["400", "404", "409", "503"]);
-    responses["202"] = json!({
-        "description": "queued (or the job this Idempotency-Key already made)",
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Job"}}}
+    let enqueued =
+        json!({"application/json": {"schema": {"$ref": "#/components/schemas/Enqueued"}}});
+    responses["202"] = json!({"description": "queued", "content": enqueued.clone()});
+    responses["200"] = json!({
+        "description": "the job this Idempotency-Key already made (nothing queued)",
+        "content": enqueued
     });
     json!({
         "summary": format!("Queue a durable job for {service}'s {method:?} handler"),
@@ -191,6 +194,11 @@ pub fn document(config: &Config, handlers: &BTreeMap<String, Handlers>) -> Value
                     "error": {"type": "string"},
                     "service": {"type": "string"},
                     "cause": {"description": "why, as structured data (a crash's signal and log tail, a deadline, an error id)"}
+                }},
+                "Enqueued": {"type": "object", "required": ["id", "state", "created"], "properties": {
+                    "id": {"type": "string"},
+                    "state": {"type": "string", "enum": ["queued", "running", "done", "dead", "cancelled"]},
+                    "created": {"type": "boolean"}
                 }},
                 "Job": {"type": "object", "required": ["id", "state", "service", "method"], "properties": {
                     "id": {"type": "string"}, "seq": {"type": "integer"}, "service": {"type": "string"},

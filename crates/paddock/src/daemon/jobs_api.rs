@@ -150,7 +150,32 @@ async fn enqueue(
     }
 }
 
-async fn list(State(shared): State<SharedRef>, Query(q): Query<ListQuery>) -> Response {
+async fn list(
+    State(shared): State<SharedRef>,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    // A malformed query string is the client's mistake, said in the same JSON shape
+    // as every other error.
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    if let Some(state) = &q.state
+        && super::jobs::JobState::parse(state).is_none()
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("no job state {state:?}: queued, running, done, dead or cancelled"),
+        );
+    }
+    if let Some(limit) = q.limit
+        && !(1..=1000).contains(&limit)
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("limit {limit} is out of range: 1 to 1000"),
+        );
+    }
     let Some(store) = store(&shared) else {
         return no_jobs();
     };
