@@ -148,6 +148,45 @@ pub fn document(config: &Config, handlers: &BTreeMap<String, Handlers>) -> Value
         "summary": "A done job's result, with its content type", "operationId": "job_result", "tags": ["jobs"], "parameters": id,
         "responses": {"200": {"description": "the result", "content": {"*/*": {"schema": {}}}}, "404": {"$ref": "#/components/responses/E404"}, "409": {"$ref": "#/components/responses/E409"}, "503": {"$ref": "#/components/responses/E503"}}
     }}));
+    let admin = |summary: &str, id: &str, param: &str, ok: Value, errors: &[&str]| {
+        let mut responses = error_responses(errors);
+        responses["200"] = ok;
+        json!({"post": {
+            "summary": summary, "operationId": id, "tags": ["admin"],
+            "parameters": [{"name": param, "in": "path", "required": true, "schema": {"type": "string"}}],
+            "responses": responses
+        }})
+    };
+    paths.insert(
+        "/admin/services/{name}/reload".into(),
+        admin(
+            "Replace the service's workers one at a time",
+            "reload_service",
+            "name",
+            doc("the workers replaced"),
+            &["404", "409"],
+        ),
+    );
+    paths.insert(
+        "/admin/jobs/{id}/retry".into(),
+        admin(
+            "Queue a dead or cancelled job again",
+            "retry_job",
+            "id",
+            json!({"description": "the job", "content": job["content"].clone()}),
+            &["404", "409", "503"],
+        ),
+    );
+    paths.insert(
+        "/admin/jobs/{id}/cancel".into(),
+        admin(
+            "Cancel a queued job",
+            "cancel_job_admin",
+            "id",
+            json!({"description": "the job", "content": job["content"].clone()}),
+            &["404", "409", "503"],
+        ),
+    );
     let mut responses = serde_json::Map::new();
     for (code, what) in [
         (

@@ -252,12 +252,18 @@ pub fn parse(path: &Path, text: &str, port: Option<u16>) -> Result<Config, Confi
     let mut fixed_ports: BTreeMap<u16, String> = BTreeMap::new();
     for (name, rs) in raw.services {
         let table = format!("services.{name}");
-        if name.as_str() == "jobs" {
+        if let Some(why) = match name.as_str() {
+            "jobs" => Some("the job API (/v1/jobs)"),
+            "admin" => Some("operator actions (/admin/...)"),
+            _ => None,
+        } {
             return Err(at(
                 &table,
                 "",
-                "\"jobs\" is reserved for the job API (/v1/jobs): choose another service name"
-                    .into(),
+                format!(
+                    "\"{}\" is reserved for {why}: choose another service name",
+                    name.as_str()
+                ),
             ));
         }
         if let Some(share) = rs.jobs_share

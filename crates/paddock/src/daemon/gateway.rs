@@ -24,6 +24,7 @@ pub fn router(shared: SharedRef) -> Router {
         .route("/v1/{service}", post(call_default))
         .route("/v1/{service}/{method}", post(call_method))
         .merge(super::jobs_api::routes())
+        .merge(super::admin_api::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body(&shared)));
     // The bearer-token check only exists where a token is configured: the common

@@ -29,11 +29,11 @@ pub fn routes() -> Router<SharedRef> {
         .route("/v1/jobs/{a}/{b}", get(result).post(enqueue_method))
 }
 
-fn error(code: StatusCode, message: String) -> Response {
+pub(super) fn error(code: StatusCode, message: String) -> Response {
     (code, Json(json!({"error": message}))).into_response()
 }
 
-fn job_error(e: JobError) -> Response {
+pub(super) fn job_error(e: JobError) -> Response {
     match e {
         JobError::NotFound(_) => error(StatusCode::NOT_FOUND, e.to_string()),
         JobError::Conflict { .. } | JobError::KeyReused { .. } => {
@@ -43,11 +43,11 @@ fn job_error(e: JobError) -> Response {
     }
 }
 
-fn store(shared: &SharedRef) -> Option<&super::jobs::Store> {
+pub(super) fn store(shared: &SharedRef) -> Option<&super::jobs::Store> {
     shared.jobs.as_ref().map(|j| &j.store)
 }
 
-fn no_jobs() -> Response {
+pub(super) fn no_jobs() -> Response {
     error(
         StatusCode::NOT_FOUND,
         "this instance has no worker services, so no jobs".into(),

@@ -10,6 +10,7 @@
 //! 6. serve until SIGTERM, SIGINT or `paddock stop`; stop every worker; exit, which
 //!    releases the lock.
 
+mod admin_api;
 mod control_server;
 mod dispatch;
 mod env;

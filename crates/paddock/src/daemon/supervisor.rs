@@ -216,16 +216,26 @@ impl Supervisor {
     pub async fn reload(&self) -> Result<Vec<String>, String> {
         let mut lines = vec![];
         for s in &self.services {
-            let (tx, rx) = oneshot::channel();
-            s.orders
-                .send(Order::Reload(tx))
-                .map_err(|_| format!("service {} is stopping", s.config.name))?;
-            let done = rx
-                .await
-                .map_err(|_| format!("service {} is stopping", s.config.name))??;
-            lines.extend(done);
+            lines.extend(Self::reload_one(s).await?);
         }
         Ok(lines)
+    }
+
+    /// Replaces every worker of service `name`, one at a time.
+    pub async fn reload_service(&self, name: &str) -> Result<Vec<String>, String> {
+        let s = self
+            .service(name)
+            .ok_or_else(|| format!("no service named {name:?}"))?;
+        Self::reload_one(s).await
+    }
+
+    async fn reload_one(s: &ServiceHandle) -> Result<Vec<String>, String> {
+        let (tx, rx) = oneshot::channel();
+        s.orders
+            .send(Order::Reload(tx))
+            .map_err(|_| format!("service {} is stopping", s.config.name))?;
+        rx.await
+            .map_err(|_| format!("service {} is stopping", s.config.name))?
     }
 
     /// Stops every worker (SIGTERM, then SIGKILL after the service's stop_timeout)

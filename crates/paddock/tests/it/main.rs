@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod admin;
 mod batching;
 mod chaos;
 mod config_errors;
