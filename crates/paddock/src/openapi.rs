@@ -157,6 +157,16 @@ pub fn document(config: &Config, handlers: &BTreeMap<String, Handlers>) -> Value
             "responses": responses
         }})
     };
+    paths.insert("/ui".into(), json!({"get": {"summary": "The dashboard (the page needs no token; its data calls do)", "operationId": "ui", "tags": ["instance"], "security": [], "responses": {"200": {"description": "the page", "content": {"text/html": {"schema": {"type": "string"}}}}}}}));
+    paths.insert("/admin/services/{name}/logs".into(), json!({"get": {
+        "summary": "A service's (or one worker's) last log lines", "operationId": "service_logs", "tags": ["admin"],
+        "parameters": [
+            {"name": "name", "in": "path", "required": true, "schema": {"type": "string"}},
+            {"name": "worker", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0, "maximum": 4294967295u64}},
+            {"name": "lines", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0}}
+        ],
+        "responses": {"200": doc("the lines"), "400": {"$ref": "#/components/responses/E400"}, "404": {"$ref": "#/components/responses/E404"}}
+    }}));
     paths.insert(
         "/admin/services/{name}/reload".into(),
         admin(

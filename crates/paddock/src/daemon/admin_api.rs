@@ -20,6 +20,53 @@ pub fn routes() -> Router<SharedRef> {
         .route("/admin/services/{name}/reload", post(reload))
         .route("/admin/jobs/{id}/retry", post(retry))
         .route("/admin/jobs/{id}/cancel", post(cancel))
+        .route("/admin/services/{name}/logs", axum::routing::get(logs))
+}
+
+#[derive(serde::Deserialize)]
+struct LogQuery {
+    worker: Option<u32>,
+    lines: Option<usize>,
+}
+
+/// The last lines of a service's log (of one worker with `worker`): what `paddock
+/// logs` shows, for the dashboard.
+async fn logs(
+    State(shared): State<SharedRef>,
+    Path(name): Path<String>,
+    q: Result<axum::extract::Query<LogQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let q = match q {
+        Ok(axum::extract::Query(q)) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    if shared.supervisor.service(&name).is_none() {
+        return error(StatusCode::NOT_FOUND, format!("no service named {name:?}"));
+    }
+    let n = q.lines.unwrap_or(50).clamp(1, 1000);
+    let path = shared.paths.logs.join(format!("{name}.log"));
+    // The tail of the file is enough: at most 1 MiB is read.
+    let text = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = std::fs::File::open(path).ok()?;
+        let len = f.metadata().ok()?.len();
+        f.seek(SeekFrom::Start(len.saturating_sub(1 << 20))).ok()?;
+        let mut buf = vec![];
+        f.read_to_end(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf).into_owned())
+    })
+    .await
+    .ok()
+    .flatten()
+    .unwrap_or_default();
+    let tag = q.worker.map(|w| format!(" {name}/{w} "));
+    let mut lines: Vec<&str> = text
+        .lines()
+        .filter(|l| tag.as_ref().is_none_or(|t| l.contains(t.as_str())))
+        .collect();
+    let keep = lines.len().saturating_sub(n);
+    lines.drain(..keep);
+    Json(json!({"service": name, "worker": q.worker, "lines": lines})).into_response()
 }
 
 /// Replaces the service's workers one at a time (as `paddock reload`, for one service).

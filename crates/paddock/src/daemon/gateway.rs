@@ -21,6 +21,7 @@ pub fn router(shared: SharedRef) -> Router {
         .route("/status", get(status))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
+        .route("/ui", get(ui))
         .route("/v1/{service}", post(call_default))
         .route("/v1/{service}/{method}", post(call_method))
         .merge(super::jobs_api::routes())
@@ -66,7 +67,8 @@ async fn auth(
             .and_then(|v| v.strip_prefix("Bearer "))
             .is_some_and(|t| same_secret(t.as_bytes(), token.as_bytes()));
         // Orchestrators' probes carry no token: they get the verdict, not the details.
-        let probe = matches!(req.uri().path(), "/healthz" | "/readyz");
+        // The dashboard's page holds no data: it asks for the token and sends it.
+        let probe = matches!(req.uri().path(), "/healthz" | "/readyz" | "/ui");
         req.extensions_mut().insert(Authenticated(authenticated));
         if !authenticated && !probe {
             return (
@@ -120,6 +122,18 @@ async fn readyz(
         )
             .into_response()
     }
+}
+
+/// The dashboard: one page, embedded at build time, that polls /status, /metrics
+/// and the job routes with the token the user gives it.
+async fn ui() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        include_str!("ui/index.html"),
+    )
 }
 
 /// The gateway as an OpenAPI 3.1 document, with the handlers the workers announced.

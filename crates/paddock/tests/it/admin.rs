@@ -31,6 +31,26 @@ fn a_service_is_reloaded_and_jobs_retried_and_cancelled_over_http() {
     assert_eq!(w["generation"], 2, "{w}");
     let (code, v) = admin(&env, "/admin/services/nope/reload");
     assert_eq!(code, 404, "{v}");
+    // A worker's last log lines, as the dashboard shows them on click.
+    let (code, body) = env
+        .get("/admin/services/fake/logs?worker=0&lines=3")
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let lines = v["lines"].as_array().unwrap();
+    assert!(!lines.is_empty() && lines.len() <= 3, "{v}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.as_str().unwrap().contains(" fake/0 ")),
+        "{v}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.as_str().unwrap().contains("spawned pid")),
+        "the reload's spawn is among the last lines: {v}"
+    );
 
     // A job that fails its only attempt is dead; retry queues it again.
     let body = json!({"op": "raise"}).to_string();
@@ -80,4 +100,76 @@ fn no_service_may_be_named_like_the_admin_prefix() {
     let out = env.run(&["check"]);
     assert_eq!(out.code, 2, "{out:?}");
     assert!(out.stderr.contains("\"admin\" is reserved"), "{out:?}");
+}
+
+/// The dashboard in a real browser (headless Chromium through Playwright): worker
+/// rows and states, the crash cause shown, the rate chart moving under traffic, a
+/// screenshot; with an auth_token, nothing shown until the token is given.
+#[test]
+fn the_dashboard_shows_workers_a_crash_and_live_traffic_in_a_real_browser() {
+    let python = crate::harness::test_python("import playwright");
+    assert!(
+        std::path::Path::new("/usr/bin/chromium").exists(),
+        "the dashboard test needs Debian's chromium (.ci/test installs it)"
+    );
+    for token in [None, Some("d4shboard-token-123")] {
+        let mut env = Env::new();
+        if let Some(t) = token {
+            env.instance_extra = format!("auth_token = \"{t}\"\n");
+        }
+        let services = format!(
+            "{}{}",
+            env.worker("fake", "workers = 2"),
+            env.worker("crashy", "workers = 1")
+        );
+        env.config(&services);
+        env.start_ok();
+        // A crash for the page to show: a request that kills its worker.
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let r = crate::harness::request(
+            env.port,
+            "POST",
+            "/v1/crashy",
+            &format!("Content-Type: application/json\r\n{auth}"),
+            br#"{"op": "segv"}"#,
+        )
+        .unwrap();
+        assert_eq!(r.code, 502, "{}", r.text());
+        let shot = env.path().join("dashboard.png");
+        let mut cmd = std::process::Command::new(&python);
+        cmd.arg(format!(
+            "{}/tests/python/dashboard_check.py",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .arg(env.port.to_string())
+        .arg(&shot);
+        if let Some(t) = token {
+            cmd.arg(t);
+        }
+        let out = cmd.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: Value = serde_json::from_str(stdout.trim()).unwrap();
+        assert_eq!(report["crash_shown"], true, "{report}");
+        assert!(report["rate"].as_f64().unwrap() > 1.0, "{report}");
+        let rows = report["rows"].as_array().unwrap();
+        assert_eq!(rows.len(), 3, "{report}");
+        assert!(
+            std::fs::metadata(&shot).unwrap().len() > 10_000,
+            "no screenshot"
+        );
+        // Keep the screenshot the README shows up to date when asked to.
+        if token.is_none()
+            && let Ok(dest) = std::env::var("PADDOCK_DASHBOARD_SCREENSHOT")
+        {
+            std::fs::copy(&shot, dest).unwrap();
+        }
+        env.stop_ok();
+    }
 }

@@ -1,0 +1,74 @@
+"""Drives paddock's dashboard in headless Chromium (Playwright, the system's
+chromium), for the integration test:
+
+    python dashboard_check.py PORT SCREENSHOT [TOKEN]
+
+Loads /ui; with TOKEN, first checks that the page shows nothing without it, then
+gives it. Waits for the worker rows, for the crash the test caused (SIGSEGV) in the
+worker's row and in the timeline, and for the request-rate chart to move under
+traffic this script sends; saves a screenshot. Prints one JSON line; exits 1 with
+the reason on any failure.
+"""
+import json
+import sys
+import threading
+import urllib.request
+
+from playwright.sync_api import sync_playwright
+
+port, shot = int(sys.argv[1]), sys.argv[2]
+token = sys.argv[3] if len(sys.argv) > 3 else None
+base = f"http://127.0.0.1:{port}"
+report = {}
+
+
+def traffic(stop):
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    while not stop.is_set():
+        req = urllib.request.Request(f"{base}/v1/fake", data=b'{"op": "echo", "n": 1}',
+                                     headers=headers)
+        try:
+            urllib.request.urlopen(req, timeout=5).read()
+        except Exception:
+            pass
+
+
+with sync_playwright() as p:
+    browser = p.chromium.launch(executable_path="/usr/bin/chromium",
+                                args=["--no-sandbox", "--disable-gpu"])
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    page.goto(f"{base}/ui")
+    if token:
+        page.wait_for_selector("#login", state="visible", timeout=15000)
+        report["hidden_without_token"] = not page.is_visible("#main")
+        assert report["hidden_without_token"], "data shown without the token"
+        page.fill("#token", token)
+        page.click("#login button")
+    page.wait_for_function("document.querySelectorAll('tr.worker').length >= 3", timeout=20000)
+    rows = page.eval_on_selector_all(
+        "tr.worker", "rs => rs.map(r => [r.dataset.service, r.dataset.state, r.querySelector('.cause').textContent])")
+    report["rows"] = rows
+    # The crash the test caused: in the worker's row, and in the timeline.
+    page.wait_for_function(
+        "[...document.querySelectorAll('#timeline td')].some(td => td.textContent.includes('SIGSEGV'))",
+        timeout=20000)
+    page.wait_for_function(
+        "[...document.querySelectorAll('tr.worker')].some(r => r.dataset.service === 'crashy' && r.querySelector('.cause').textContent.includes('SIGSEGV'))",
+        timeout=20000)
+    report["crash_shown"] = True
+    # Traffic moves the request-rate chart.
+    stop = threading.Event()
+    t = threading.Thread(target=traffic, args=(stop,))
+    t.start()
+    try:
+        page.wait_for_function("parseFloat(document.getElementById('c-rate').dataset.last || '0') > 1",
+                               timeout=20000)
+        report["rate"] = float(page.eval_on_selector("#c-rate", "c => c.dataset.last"))
+    finally:
+        stop.set()
+        t.join()
+    page.screenshot(path=shot, full_page=True)
+    browser.close()
+print(json.dumps(report))
