@@ -181,6 +181,10 @@ pub struct WorkerStatus {
     /// The last such fork: its thread count and call site.
     #[serde(default)]
     pub last_fork: Option<String>,
+    /// Resident memory of the worker's processes together, when it runs (read
+    /// from /proc when the status is asked for).
+    #[serde(default)]
+    pub rss_bytes: Option<u64>,
 }
 
 /// How a worker process ended. An exit code and a signal are kept distinct.

@@ -158,7 +158,16 @@ impl Supervisor {
                     .workers
                     .borrow()
                     .iter()
-                    .map(|w| w.borrow().clone())
+                    .map(|w| {
+                        let mut w = w.borrow().clone();
+                        w.rss_bytes = w.pid.map(|pid| {
+                            paddock_sys::procfs::tree_of_group(pid)
+                                .iter()
+                                .filter_map(|&p| paddock_sys::procfs::rss_bytes(p))
+                                .sum()
+                        });
+                        w
+                    })
                     .collect();
                 let serving = |w: &&crate::status::WorkerStatus| w.state.serving();
                 let ready = workers.iter().filter(serving).count();

@@ -158,8 +158,18 @@ fn the_dashboard_shows_workers_a_crash_and_live_traffic_in_a_real_browser() {
         let report: Value = serde_json::from_str(stdout.trim()).unwrap();
         assert_eq!(report["crash_shown"], true, "{report}");
         assert!(report["rate"].as_f64().unwrap() > 1.0, "{report}");
+        assert!(report["p50_ms"].as_f64().unwrap() > 0.0, "{report}");
         let rows = report["rows"].as_array().unwrap();
         assert_eq!(rows.len(), 3, "{report}");
+        for r in rows {
+            // The service's state and the worker's memory are in its row.
+            let text = r[3].as_str().unwrap();
+            assert!(
+                text.contains("(ready)") || text.contains("(degraded)"),
+                "{r}"
+            );
+            assert!(text.contains(" MiB"), "{r}");
+        }
         assert!(
             std::fs::metadata(&shot).unwrap().len() > 10_000,
             "no screenshot"

@@ -48,7 +48,7 @@ with sync_playwright() as p:
         page.click("#login button")
     page.wait_for_function("document.querySelectorAll('tr.worker').length >= 3", timeout=20000)
     rows = page.eval_on_selector_all(
-        "tr.worker", "rs => rs.map(r => [r.dataset.service, r.dataset.state, r.querySelector('.cause').textContent])")
+        "tr.worker", "rs => rs.map(r => [r.dataset.service, r.dataset.state, r.querySelector('.cause').textContent, r.textContent])")
     report["rows"] = rows
     # The crash the test caused: in the worker's row, and in the timeline.
     page.wait_for_function(
@@ -66,6 +66,9 @@ with sync_playwright() as p:
         page.wait_for_function("parseFloat(document.getElementById('c-rate').dataset.last || '0') > 1",
                                timeout=20000)
         report["rate"] = float(page.eval_on_selector("#c-rate", "c => c.dataset.last"))
+        page.wait_for_function("parseFloat(document.getElementById('c-p50').dataset.last || '0') > 0",
+                               timeout=20000)
+        report["p50_ms"] = float(page.eval_on_selector("#c-p50", "c => c.dataset.last"))
     finally:
         stop.set()
         t.join()

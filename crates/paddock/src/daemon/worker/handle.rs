@@ -94,6 +94,7 @@ pub fn start(spec: Spec, deps: Deps) -> Handle {
         env_from_config: spec.service.env.keys().cloned().collect(),
         forks_with_threads: 0,
         last_fork: None,
+        rss_bytes: None,
     });
     let (commands, mut rx) = mpsc::unbounded_channel();
     let wid = spec.wid;
