@@ -52,7 +52,7 @@ fn call(summary: String, id: String, service: &str, method: &str, h: Option<&Han
 }
 
 fn enqueue(id: String, service: &str, method: &str) -> Value {
-    let mut responses = error_responses(&["400", "404", "409", "503"]);
+    let mut responses = error_responses(&["400", "404", "409", "413", "503"]);
     let enqueued =
         json!({"application/json": {"schema": {"$ref": "#/components/schemas/Enqueued"}}});
     responses["202"] = json!({"description": "queued", "content": enqueued.clone()});

@@ -172,6 +172,10 @@ pub struct Service {
     pub jobs_share: f64,
     /// The delay before a failed job's next attempt; doubles each time (max 5 min).
     pub job_backoff: Duration,
+    /// The largest job body accepted (413 past it, before anything is stored).
+    pub job_max_body: u64,
+    /// The largest job result stored (a larger one fails the attempt).
+    pub job_max_result: u64,
     /// A streamed answer: the longest the worker may be silent between chunks
     /// (while the daemon reads it).
     pub stream_idle_timeout: Duration,

@@ -104,6 +104,17 @@ async fn enqueue(
             .and_then(|v| v.to_str().ok())
             .map(String::from)
     };
+    // An oversized job is refused before anything is stored (job_max_body).
+    if body.len() as u64 > svc.config.job_max_body {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the job body is {} bytes, over service {service}'s job_max_body ({} bytes)",
+                body.len(),
+                svc.config.job_max_body
+            ),
+        );
+    }
     let job = NewJob {
         service: service.clone(),
         method,

@@ -491,3 +491,51 @@ fn a_stalled_reader_is_not_the_workers_silence_but_request_timeout_bounds_the_st
     });
     env.stop_ok();
 }
+
+/// Bounded job payloads: a body over job_max_body is refused with 413 before
+/// anything is stored; a result over job_max_result fails the attempt with a message.
+#[test]
+fn oversized_job_bodies_and_results_are_refused() {
+    let env = Env::new();
+    env.config(&streams(
+        &env,
+        "job_max_body = \"1KiB\"\njob_max_result = \"64KiB\"\nmax_attempts = 1",
+    ));
+    env.start_ok();
+    let big = format!("{{\"n\": 1, \"pad\": \"{}\"}}", "x".repeat(2000));
+    let r = post(
+        env.port,
+        "/v1/jobs/s/count",
+        "application/json",
+        big.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.code, 413, "{}", r.text());
+    assert!(r.text().contains("job_max_body"), "{}", r.text());
+    let (_, list) = env.get("/v1/jobs").unwrap();
+    let v: Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(
+        v["jobs"].as_array().unwrap().len(),
+        0,
+        "something was stored: {v}"
+    );
+    // 100 chunks of 4 KiB: a 400 KiB result, over 64 KiB.
+    let body = json!({"n": 100, "size": 4096}).to_string();
+    let r = post(
+        env.port,
+        "/v1/jobs/s/fast",
+        "application/json",
+        body.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.code, 202, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let job = wait_until(Duration::from_secs(10), "the attempt to fail", || {
+        let (_, b) = env.get(&format!("/v1/jobs/{id}"))?;
+        let v: Value = serde_json::from_str(&b).ok()?;
+        (v["state"] == "dead").then_some(v)
+    });
+    let cause = job["history"][0]["cause"].to_string();
+    assert!(cause.contains("job_max_result"), "{job}");
+    env.stop_ok();
+}

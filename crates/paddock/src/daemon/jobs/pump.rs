@@ -101,8 +101,22 @@ async fn run(
             let store = store.clone();
             let done = done_tx.clone();
             let backoff = service.job_backoff;
+            let max_result = service.job_max_result;
             tokio::spawn(async move {
                 let outcome = whole(rx.await.unwrap_or(Outcome::ShuttingDown)).await;
+                // A result over job_max_result is not stored: the attempt fails.
+                let outcome = match outcome {
+                    Outcome::Ok { body, .. } if body.len() as u64 > max_result => {
+                        Outcome::Refused {
+                            status: 500,
+                            message: format!(
+                                "the result is {} bytes, over the service's job_max_result ({max_result} bytes)",
+                                body.len()
+                            ),
+                        }
+                    }
+                    o => o,
+                };
                 store.finish(
                     job.id.clone(),
                     finish_of(outcome, &job, backoff, expose_errors),
