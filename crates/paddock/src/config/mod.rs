@@ -390,6 +390,7 @@ pub fn parse(path: &Path, text: &str, port: Option<u16>) -> Result<Config, Confi
             ("jobs_share", rs.jobs_share.is_some()),
             ("job_backoff", rs.job_backoff.is_some()),
             ("batch", !rs.batch.is_empty()),
+            ("job_retention", rs.job_retention.is_some()),
             ("job_max_body", rs.job_max_body.is_some()),
             ("job_max_result", rs.job_max_result.is_some()),
             ("stream_idle_timeout", rs.stream_idle_timeout.is_some()),
@@ -566,6 +567,8 @@ pub fn parse(path: &Path, text: &str, port: Option<u16>) -> Result<Config, Confi
                 rs.job_backoff,
                 Duration::from_secs(1),
             )?,
+            job_retention: values::retention(rs.job_retention.as_deref())
+                .map_err(|e| at(&table, "job_retention", e))?,
             job_max_body: rs.job_max_body.map_or(4 << 20, |b| b.0),
             job_max_result: rs.job_max_result.map_or(4 << 20, |b| b.0),
             stream_idle_timeout: stream_idle_timeout?,

@@ -172,6 +172,9 @@ pub struct Service {
     pub jobs_share: f64,
     /// The delay before a failed job's next attempt; doubles each time (max 5 min).
     pub job_backoff: Duration,
+    /// Finished jobs (done, dead, cancelled) older than this are deleted; `None`
+    /// keeps them forever.
+    pub job_retention: Option<Duration>,
     /// The largest job body accepted (413 past it, before anything is stored).
     pub job_max_body: u64,
     /// The largest job result stored (a larger one fails the attempt).

@@ -62,6 +62,7 @@ pub(super) struct RawService {
     pub(super) max_attempts: Option<u32>,
     pub(super) jobs_share: Option<f64>,
     pub(super) job_backoff: Option<Dur>,
+    pub(super) job_retention: Option<String>,
     pub(super) job_max_body: Option<Bytes>,
     pub(super) job_max_result: Option<Bytes>,
     pub(super) stream_idle_timeout: Option<Dur>,

@@ -86,6 +86,7 @@ impl Dur {
             "s" => n,
             "m" => n * 60.0,
             "h" => n * 3600.0,
+            "d" => n * 86400.0,
             _ => return Err(bad_duration(s)),
         };
         if !(0.0..=86400.0 * 365.0).contains(&secs) {
@@ -95,9 +96,23 @@ impl Dur {
     }
 }
 
+/// `job_retention`: a duration from 1s to 365d (default 7d), or "forever" (None).
+pub(super) fn retention(v: Option<&str>) -> Result<Option<Duration>, String> {
+    match v {
+        None => Ok(Some(Duration::from_secs(7 * 86400))),
+        Some("forever") => Ok(None),
+        Some(v) => Dur::parse(v)
+            .ok()
+            .map(|d| d.0)
+            .filter(|d| *d >= Duration::from_secs(1))
+            .map(Some)
+            .ok_or_else(|| format!("{v:?}: write a duration from 1s to 365d, or \"forever\"")),
+    }
+}
+
 fn bad_duration(s: &str) -> String {
     format!(
-        "invalid duration {s:?}: write a number and a unit, e.g. \"500ms\", \"30s\", \"2m\", \"1h\""
+        "invalid duration {s:?}: write a number and a unit, e.g. \"500ms\", \"30s\", \"2m\", \"1h\", \"7d\""
     )
 }
 

@@ -196,12 +196,39 @@ async fn list(
     }
 }
 
+/// Whether a job id that is not found was made before the shortest
+/// `job_retention` (ids carry their creation time: `j` and 11 hex digits of
+/// milliseconds). Cheap, and says "expired" only when it must have been pruned if
+/// it ever existed and finished; a queued or running job is never pruned.
+fn expired(shared: &SharedRef, id: &str) -> bool {
+    let Some(created) = id
+        .strip_prefix('j')
+        .and_then(|rest| rest.get(..11))
+        .and_then(|hex| i64::from_str_radix(hex, 16).ok())
+    else {
+        return false;
+    };
+    let shortest = shared
+        .config
+        .services
+        .iter()
+        .filter_map(|s| s.job_retention)
+        .min();
+    shortest.is_some_and(|keep| created < super::jobs::now_ms() - keep.as_millis() as i64)
+}
+
 async fn show(State(shared): State<SharedRef>, Path(id): Path<String>) -> Response {
     let Some(store) = store(&shared) else {
         return no_jobs();
     };
-    match store.get(id).await {
+    match store.get(id.clone()).await {
         Ok(v) => Json(v).into_response(),
+        Err(JobError::NotFound(_)) if expired(&shared, &id) => error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "job {id} expired: it was created before every service's job_retention, and finished jobs are deleted after it"
+            ),
+        ),
         Err(e) => job_error(e),
     }
 }

@@ -417,6 +417,7 @@ async fn open_jobs(
     for s in services {
         let notify = wake[s.config.name.as_str()].clone();
         let dispatcher = s.dispatcher.clone().expect("filtered on dispatcher");
+        jobs::prune::start(s.config.clone(), store.clone(), shutdown.clone());
         jobs::pump::start(
             s.config.clone(),
             store.clone(),

@@ -588,3 +588,74 @@ fn the_postgres_store_reconnects() {
     assert!(log.contains("connection re-established"), "{log}");
     env.stop_ok();
 }
+
+/// Retention: finished jobs older than job_retention disappear (a 404 that says
+/// they expired), queued and running ones never do, and the SQLite file shrinks.
+#[test]
+fn finished_jobs_expire_and_the_database_shrinks() {
+    let env = Env::new();
+    env.config(&env.worker(
+        "fake",
+        "workers = 1\njobs_share = 1.0\njob_retention = \"2s\"",
+    ));
+    env.start_ok();
+    let db = env.state_dir().join("jobs.db");
+    let size = || {
+        ["", "-wal"]
+            .iter()
+            .map(|s| {
+                std::fs::metadata(format!("{}{s}", db.display()))
+                    .map(|m| m.len())
+                    .unwrap_or(0)
+            })
+            .sum::<u64>()
+    };
+    // 1,500 jobs with 2 KiB bodies, all done.
+    let pad = "x".repeat(2048);
+    let mut done_ids = vec![];
+    for n in 0..1500 {
+        let r = enqueue(
+            &env,
+            "/v1/jobs/fake",
+            &json!({"op": "echo", "n": n, "pad": pad}),
+            None,
+        );
+        assert_eq!(r.code, 202, "{}", r.text());
+        if n % 500 == 0 {
+            done_ids.push(r.json()["id"].as_str().unwrap().to_string());
+        }
+    }
+    wait_until(Duration::from_secs(60), "every job done", || {
+        (all_jobs(&env, "&state=done").len() == 1500).then_some(())
+    });
+    let full = size();
+    // A job that runs long and one queued behind it: they must outlive retention.
+    let slow = enqueue(&env, "/v1/jobs/fake", &json!({"op": "sleep", "s": 6}), None);
+    let slow = slow.json()["id"].as_str().unwrap().to_string();
+    let behind = enqueue(&env, "/v1/jobs/fake", &json!({"op": "echo", "n": -1}), None);
+    let behind = behind.json()["id"].as_str().unwrap().to_string();
+    // The finished ones go (within retention plus a pruning round).
+    wait_until(Duration::from_secs(15), "the finished jobs pruned", || {
+        all_jobs(&env, "&state=done").is_empty().then_some(())
+    });
+    for id in &done_ids {
+        let (code, v) = get_json(&env, &format!("/v1/jobs/{id}"));
+        assert_eq!(code, 404, "{v}");
+        assert!(v["error"].as_str().unwrap().contains("expired"), "{v}");
+    }
+    let (code, v) = get_json(&env, &format!("/v1/jobs/{slow}"));
+    assert_eq!((code, v["state"].as_str()), (200, Some("running")), "{v}");
+    let (code, v) = get_json(&env, &format!("/v1/jobs/{behind}"));
+    assert_eq!(code, 200, "a queued job was pruned: {v}");
+    // The file gave the space back.
+    let small = wait_until(Duration::from_secs(30), "the database to shrink", || {
+        let now = size();
+        (now < full / 5).then_some(now)
+    });
+    eprintln!("jobs.db (and its WAL): {full} bytes with 1,500 done jobs, {small} after pruning");
+    // An id that never existed, made now, is simply not found.
+    let (code, v) = get_json(&env, "/v1/jobs/jffffffffffff0000000000000000");
+    assert_eq!(code, 404);
+    assert!(!v["error"].as_str().unwrap().contains("expired"), "{v}");
+    env.stop_ok();
+}

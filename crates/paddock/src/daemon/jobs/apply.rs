@@ -50,6 +50,9 @@ pub(super) trait Tx {
     async fn result(&self, id: &str) -> Result<Option<Stored>, JobError>;
     /// Applies an API change; how many jobs it changed.
     async fn change(&self, id: &str, c: ApiChange) -> Result<u64, JobError>;
+    /// Deletes up to `limit` finished jobs of `service` that finished before
+    /// `before_ms`; how many.
+    async fn prune(&self, service: &str, before_ms: i64, limit: usize) -> Result<u64, String>;
     /// Jobs selected by `q`, at most `limit` of them, by `seq`.
     async fn list(&self, q: &ListQuery, limit: i64) -> Result<Vec<JobView>, JobError>;
 }
@@ -90,9 +93,26 @@ pub(super) async fn apply(tx: &impl Tx, cmd: Cmd) -> Reply {
         Cmd::Cancel(id, r) => reply(r, change(tx, &id, ApiChange::Cancel).await),
         Cmd::Retry(id, r) => reply(r, change(tx, &id, ApiChange::Retry).await),
         Cmd::List(q, r) => reply(r, list(tx, q).await),
-        Cmd::Sync(r) => Box::new(move |_| {
+        Cmd::Sync(r) | Cmd::Compact(r) => Box::new(move |_| {
             let _ = r.send(());
         }),
+        Cmd::Prune {
+            service,
+            before_ms,
+            limit,
+            reply,
+        } => {
+            let n = tx
+                .prune(&service, before_ms, limit)
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::error!("pruning finished jobs of {service}: {e}");
+                    0
+                });
+            Box::new(move |err| {
+                let _ = reply.send(if err.is_some() { 0 } else { n });
+            })
+        }
     }
 }
 

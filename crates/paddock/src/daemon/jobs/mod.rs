@@ -19,6 +19,7 @@ mod row;
 mod state;
 pub use state::JobState;
 pub mod postgres;
+pub mod prune;
 pub mod pump;
 pub mod sqlite;
 
@@ -156,6 +157,17 @@ pub enum Cmd {
     List(ListQuery, oneshot::Sender<Result<Page, JobError>>),
     /// Answered once everything sent before it is committed.
     Sync(oneshot::Sender<()>),
+    /// Deletes up to `limit` finished jobs of `service` that finished before
+    /// `before_ms`; answers how many.
+    Prune {
+        service: String,
+        before_ms: i64,
+        limit: usize,
+        reply: oneshot::Sender<u64>,
+    },
+    /// Gives freed pages back to the file system (SQLite: incremental vacuum and a
+    /// WAL checkpoint, outside any transaction); answers when done.
+    Compact(oneshot::Sender<()>),
 }
 
 /// A handle to the job store's group loop (on the SQLite thread or the PostgreSQL
@@ -232,6 +244,30 @@ impl Store {
         }
     }
 
+    /// Deletes up to `limit` finished jobs of `service` older than `before_ms`; how
+    /// many (0 when the store is gone or failed).
+    pub async fn prune(&self, service: &str, before_ms: i64, limit: usize) -> u64 {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Cmd::Prune {
+            service: service.into(),
+            before_ms,
+            limit,
+            reply,
+        };
+        if self.send(cmd).is_err() {
+            return 0;
+        }
+        rx.await.unwrap_or(0)
+    }
+
+    /// Gives freed space back (SQLite); a no-op on PostgreSQL (autovacuum).
+    pub async fn compact(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.send(Cmd::Compact(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
     pub async fn list(&self, q: ListQuery) -> Result<Page, JobError> {
         let (tx, rx) = oneshot::channel();
         self.send(Cmd::List(q, tx))?;
@@ -278,8 +314,11 @@ fn refused(cmd: Cmd) -> Reply {
         Cmd::Get(_, r) | Cmd::Cancel(_, r) | Cmd::Retry(_, r) => reply(r, Err(not_applied())),
         Cmd::Result(_, r) => reply(r, Err(not_applied())),
         Cmd::List(_, r) => reply(r, Err(not_applied())),
-        Cmd::Sync(r) => Box::new(move |_| {
+        Cmd::Sync(r) | Cmd::Compact(r) => Box::new(move |_| {
             let _ = r.send(());
+        }),
+        Cmd::Prune { reply, .. } => Box::new(move |_| {
+            let _ = reply.send(0);
         }),
     }
 }

@@ -439,6 +439,18 @@ impl Tx for PgTx<'_> {
         Ok(row.map(|r| (r.get(0), r.get(1), r.get(2))))
     }
 
+    async fn prune(&self, service: &str, before_ms: i64, limit: usize) -> Result<u64, String> {
+        let sql = format!(
+            "DELETE FROM paddock_jobs WHERE seq IN (SELECT seq FROM paddock_jobs WHERE service = $1
+               AND state IN ({}) AND finished_ms < $2 ORDER BY seq LIMIT $3 FOR UPDATE SKIP LOCKED)",
+            JobState::finished_sql()
+        );
+        self.tx
+            .execute(sql.as_str(), &[&service, &before_ms, &(limit as i64)])
+            .await
+            .map_err(|e| pg_error(&e))
+    }
+
     async fn change(&self, id: &str, c: ApiChange) -> Result<u64, JobError> {
         let n = self
             .tx

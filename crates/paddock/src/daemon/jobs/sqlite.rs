@@ -134,6 +134,12 @@ pub fn open(path: &Path, owner: String) -> Result<(Store, usize), String> {
         })?;
     let what = |e: rusqlite::Error| format!("job store {}: {e}", path.display());
     let conn = Connection::open(path).map_err(what)?;
+    // First of all (it only takes on a file with nothing in it yet, not even the
+    // WAL setting below): pruned jobs' pages can then be given back to the file
+    // system (docs/jobs.md, "Retention"). An older file keeps auto_vacuum off until
+    // it is compacted once by hand.
+    conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
+        .map_err(what)?;
     conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(what)?;
     conn.pragma_update(None, "synchronous", "FULL")
@@ -167,6 +173,52 @@ struct Sqlite {
 
 impl Dialect for Sqlite {
     async fn apply_group(&mut self, cmds: Vec<Cmd>) -> Applied {
+        // Compaction runs outside any transaction, after the group commits.
+        let (compacts, cmds): (Vec<Cmd>, Vec<Cmd>) =
+            cmds.into_iter().partition(|c| matches!(c, Cmd::Compact(_)));
+        let mut applied = self.apply_in_transaction(cmds).await;
+        for c in compacts {
+            if let Cmd::Compact(done) = c {
+                // A few pages at a time, then the WAL back to nothing.
+                for _ in 0..64 {
+                    // Each step of this statement frees one page: step it to the end.
+                    let step = self
+                        .conn
+                        .prepare("PRAGMA incremental_vacuum(256)")
+                        .and_then(|mut st| {
+                            let mut rows = st.query([])?;
+                            while rows.next()?.is_some() {}
+                            Ok(())
+                        });
+                    match step {
+                        Ok(()) => {}
+                        Err(e) => {
+                            tracing::warn!("job store incremental vacuum: {e}");
+                            break;
+                        }
+                    }
+                    let free: i64 = self
+                        .conn
+                        .pragma_query_value(None, "freelist_count", |r| r.get(0))
+                        .unwrap_or(0);
+                    if free == 0 {
+                        break;
+                    }
+                }
+                if let Err(e) = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+                    tracing::warn!("job store checkpoint: {e}");
+                }
+                applied.replies.push(Box::new(move |_| {
+                    let _ = done.send(());
+                }));
+            }
+        }
+        applied
+    }
+}
+
+impl Sqlite {
+    async fn apply_in_transaction(&mut self, cmds: Vec<Cmd>) -> Applied {
         let mut replies = Vec::with_capacity(cmds.len());
         let commit = match self
             .conn
@@ -315,6 +367,19 @@ impl Tx for SqliteTx<'_> {
             )
             .optional()
             .map_err(store_err)
+    }
+
+    async fn prune(&self, service: &str, before_ms: i64, limit: usize) -> Result<u64, String> {
+        let sql = format!(
+            "DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs WHERE service = ?1 AND state IN ({})
+               AND finished_ms < ?2 ORDER BY seq LIMIT ?3)",
+            super::JobState::finished_sql()
+        );
+        self.tx
+            .prepare_cached(&sql)
+            .and_then(|mut s| s.execute(params![service, before_ms, limit as i64]))
+            .map(|n| n as u64)
+            .map_err(|e| e.to_string())
     }
 
     async fn change(&self, id: &str, c: ApiChange) -> Result<u64, JobError> {

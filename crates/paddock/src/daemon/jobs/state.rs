@@ -33,6 +33,14 @@ impl JobState {
         JobState::Cancelled,
     ];
 
+    /// The states a job never leaves on its own: what retention deletes.
+    pub const FINISHED: [JobState; 3] = [JobState::Done, JobState::Dead, JobState::Cancelled];
+
+    /// `'done', 'dead', 'cancelled'`: the finished states as an SQL list.
+    pub fn finished_sql() -> String {
+        sql_list(&JobState::FINISHED)
+    }
+
     /// As stored and shown: `queued`, `running`, `done`, `dead`, `cancelled`.
     pub fn as_str(self) -> &'static str {
         match self {
