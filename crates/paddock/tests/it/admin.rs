@@ -148,14 +148,7 @@ fn the_dashboard_shows_workers_a_crash_and_live_traffic_in_a_real_browser() {
         if let Some(t) = token {
             cmd.arg(t);
         }
-        let out = cmd.output().unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let report: Value = serde_json::from_str(stdout.trim()).unwrap();
+        let report = crate::harness::json_report(&mut cmd);
         assert_eq!(report["crash_shown"], true, "{report}");
         assert!(report["rate"].as_f64().unwrap() > 1.0, "{report}");
         assert!(report["p50_ms"].as_f64().unwrap() > 0.0, "{report}");

@@ -20,20 +20,13 @@ fn the_embeddings_example_answers_the_openai_client_like_sentence_transformers()
         "[services.embeddings]\ncommand = [{python:?}, \"{root}/examples/embeddings/worker.py\"]\nworkers = 2\nenv = {{ PYTHONPATH = \"{root}/sdk/python:{root}/examples/embeddings\" }}\n"
     ));
     env.start_ok();
-    let out = Command::new(&python)
-        .arg(format!(
-            "{root}/crates/paddock/tests/python/embeddings_client.py"
-        ))
-        .arg(env.port.to_string())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let report = crate::harness::json_report(
+        Command::new(&python)
+            .arg(format!(
+                "{root}/crates/paddock/tests/python/embeddings_client.py"
+            ))
+            .arg(env.port.to_string()),
     );
-    let report: Value = serde_json::from_str(stdout.trim()).unwrap();
     for fmt in ["base64", "float"] {
         assert_eq!(report[fmt]["dims"], 384, "{report}");
         assert!(

@@ -455,6 +455,20 @@ pub fn test_python(check: &str) -> String {
     python
 }
 
+/// Runs a check script that prints one JSON line as its report; fails the test
+/// with its output when it fails.
+pub fn json_report(cmd: &mut Command) -> Value {
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("the check printed no JSON report ({e}): {stdout}"))
+}
+
 /// POST a JSON value to a worker service's default handler.
 pub fn call(port: u16, service: &str, body: &Value) -> Resp {
     post(
