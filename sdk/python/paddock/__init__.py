@@ -466,6 +466,14 @@ def serve(obj):
         _exit(1, f"protocol error from the daemon: {e}")
 
 
+def _handler_failed(conn, req, exc, what):
+    """A handler's unexpected exception: ERROR with the message and traceback, and
+    the traceback in the service's log. Call it from the `except` block."""
+    tb = traceback.format_exc()
+    conn.error(req.id, f"{type(exc).__name__}: {exc}", tb)
+    _log(f"paddock: {what} {req.method!r} failed on request {req.id}:\n{tb}")
+
+
 def _next_frame(conn):
     """(type, payload) of the daemon's next frame; exits 0 when the daemon is gone
     (end-of-file) or sends SHUTDOWN."""
@@ -543,9 +551,7 @@ def _run(conn, obj):
                 conn.error(req.id, e.message, "")
             continue
         except Exception as e:
-            tb = traceback.format_exc()
-            conn.error(req.id, f"{type(e).__name__}: {e}", tb)
-            _log(f"paddock: handler {req.method!r} failed on request {req.id}:\n{tb}")
+            _handler_failed(conn, req, e, "handler")
             continue
         size = 11 + len(ctype) + len(body)
         if size > conn.max_frame:
@@ -696,9 +702,7 @@ def _stream(conn, req, gen):
     except (_ProtocolError, BrokenPipeError, ConnectionResetError):
         raise
     except Exception as e:
-        tb = traceback.format_exc()
-        conn.error(req.id, f"{type(e).__name__}: {e}", tb)
-        _log(f"paddock: streaming handler {req.method!r} failed on request {req.id}:\n{tb}")
+        _handler_failed(conn, req, e, "streaming handler")
         return
     if not started:
         ctype = _ctype_bytes("application/octet-stream")
