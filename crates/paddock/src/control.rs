@@ -34,6 +34,8 @@ pub enum JobsRequest {
     Retry {
         id: String,
     },
+    /// Counts by state, the store's size, oldest finished job, last prune.
+    Stats,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -41,6 +41,9 @@ pub fn config_duration(d: Duration) -> String {
         return format!("{}ms", d.as_millis());
     }
     let s = d.as_secs();
+    if s.is_multiple_of(86400) {
+        return format!("{}d", s / 86400);
+    }
     match (s / 3600, s % 3600 / 60, s % 60) {
         (0, 0, s) => format!("{s}s"),
         (0, m, 0) => format!("{m}m"),
@@ -71,6 +74,7 @@ mod tests {
         assert_eq!(config_duration(Duration::from_secs(120)), "2m");
         assert_eq!(config_duration(Duration::from_secs(7200)), "2h");
         assert_eq!(config_duration(Duration::from_secs(90)), "90s");
+        assert_eq!(config_duration(Duration::from_secs(7 * 86400)), "7d");
     }
 
     #[test]

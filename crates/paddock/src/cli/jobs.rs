@@ -1,4 +1,5 @@
-//! `paddock jobs list|show|cancel|retry`: durable jobs, through the control socket.
+//! `paddock jobs list|show|cancel|retry|stats`: durable jobs, through the control
+//! socket.
 
 use clap::Subcommand;
 use comfy_table::{Table, presets};
@@ -44,10 +45,26 @@ pub enum JobsCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Jobs by service and state, the store's size, the oldest finished job and
+    /// the last prune (job_retention).
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compact the SQLite job store once (a full VACUUM, turning on incremental
+    /// vacuum): for a database made by a paddock before retention. The daemon
+    /// must be stopped.
+    Compact {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn run(config: &Config, cmd: JobsCmd) -> i32 {
     let paths = Paths::of(config);
+    if let JobsCmd::Compact { json } = cmd {
+        return compact(config, &paths, json);
+    }
     if !client::running(&paths) {
         output::error(&client::not_running_message(config));
         return exit::NOT_RUNNING;
@@ -72,6 +89,8 @@ pub fn run(config: &Config, cmd: JobsCmd) -> i32 {
         JobsCmd::Show { id, json } => (JobsRequest::Show { id }, json, "one"),
         JobsCmd::Cancel { id, json } => (JobsRequest::Cancel { id }, json, "one"),
         JobsCmd::Retry { id, json } => (JobsRequest::Retry { id }, json, "one"),
+        JobsCmd::Stats { json } => (JobsRequest::Stats, json, "stats"),
+        JobsCmd::Compact { .. } => unreachable!("handled above"),
     };
     let req = Request::Jobs(req);
     let value = match client::request(&paths, &req) {
@@ -96,10 +115,67 @@ pub fn run(config: &Config, cmd: JobsCmd) -> i32 {
         );
     } else if kind == "list" {
         print_list(&value);
+    } else if kind == "stats" {
+        print_stats(&value);
     } else {
         print_one(&value);
     }
     exit::OK
+}
+
+/// `paddock jobs compact`: with the daemon stopped, a full VACUUM of the SQLite
+/// store that also turns incremental vacuum on.
+fn compact(config: &Config, paths: &Paths, json: bool) -> i32 {
+    let crate::config::Store::Sqlite(path) = &config.instance.store else {
+        output::error(
+            "the job store is PostgreSQL: its autovacuum reuses the space of pruned jobs; \
+             run VACUUM FULL paddock_jobs yourself to give it back to the disk",
+        );
+        return exit::USAGE;
+    };
+    if client::running(paths) {
+        output::error(&format!(
+            "instance {} (port {}) is running: stop it first (paddock stop), then compact",
+            config.instance.name,
+            config.instance.listen.port()
+        ));
+        return exit::ALREADY_RUNNING;
+    }
+    let path = path.clone().unwrap_or_else(|| paths.dir.join("jobs.db"));
+    if !path.exists() {
+        output::error(&format!("no job store at {}", path.display()));
+        return exit::FAILURE;
+    }
+    match crate::daemon::jobs::sqlite::compact_offline(&path) {
+        Ok((before, after)) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"path": path, "bytes_before": before, "bytes_after": after})
+                );
+            } else {
+                println!(
+                    "compacted {}: {} -> {}; pruned jobs' space is now given back as they go",
+                    path.display(),
+                    size(before),
+                    size(after)
+                );
+            }
+            exit::OK
+        }
+        Err(e) => {
+            output::error(&e);
+            exit::FAILURE
+        }
+    }
+}
+
+/// "36 KB", "60.5 MB".
+fn size(bytes: u64) -> String {
+    match bytes {
+        0..1_000_000 => format!("{} KB", bytes.div_ceil(1000)),
+        _ => format!("{:.1} MB", bytes as f64 / 1e6),
+    }
 }
 
 fn s(v: &Value) -> String {
@@ -135,6 +211,58 @@ fn print_list(v: &Value) {
     if !v["next"].is_null() {
         println!("more: paddock jobs list --after {}", v["next"]);
     }
+}
+
+fn print_stats(v: &Value) {
+    let mb = v["bytes"].as_u64().unwrap_or(0) as f64 / 1e6;
+    println!(
+        "job store: {} {} ({mb:.1} MB)",
+        s(&v["store"]),
+        s(&v["location"])
+    );
+    let mut t = Table::new();
+    t.load_style(if output::stdout_is_tty() {
+        presets::UTF8_FULL_CONDENSED
+    } else {
+        presets::NOTHING
+    });
+    t.set_header(vec![
+        "SERVICE",
+        "QUEUED",
+        "RUNNING",
+        "DONE",
+        "DEAD",
+        "CANCELLED",
+        "OLDEST FINISHED",
+        "RETENTION",
+        "LAST PRUNE",
+    ]);
+    for svc in v["services"].as_array().into_iter().flatten() {
+        let c = &svc["counts"];
+        let prune = &svc["last_prune"];
+        let last = if prune.is_null() {
+            "-".to_string()
+        } else {
+            format!(
+                "{} ({} removed, {} ms)",
+                s(&prune["at"]),
+                prune["removed"],
+                prune["took_ms"]
+            )
+        };
+        t.add_row(vec![
+            s(&svc["service"]),
+            s(&c["queued"]),
+            s(&c["running"]),
+            s(&c["done"]),
+            s(&c["dead"]),
+            s(&c["cancelled"]),
+            s(&svc["oldest_finished"]),
+            s(&svc["retention"]),
+            last,
+        ]);
+    }
+    println!("{t}");
 }
 
 fn print_one(j: &Value) {

@@ -1,7 +1,7 @@
 //! The HTTP gateway: health, readiness and status routes (and, with worker
 //! services, the model routes). Binds loopback unless an auth token is configured.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
@@ -177,6 +177,16 @@ async fn metrics(State(shared): State<SharedRef>) -> Response {
                     state: state.as_str().into(),
                 })
                 .set(n as i64);
+        }
+    }
+    if let Some(j) = &shared.jobs {
+        // A slow store must not hold the scrape: the job gauges keep their last
+        // values then.
+        let read = tokio::time::timeout(Duration::from_secs(2), j.stats(&shared.config)).await;
+        match read {
+            Ok(Ok(stats)) => stats.record(m),
+            Ok(Err(e)) => tracing::warn!("job figures for /metrics: {e}"),
+            Err(_) => tracing::warn!("job figures for /metrics: the store did not answer in 2s"),
         }
     }
     (

@@ -83,6 +83,16 @@ pub struct Metrics {
     pub streams: Family<OutcomeLabels, Counter>,
     /// Forks of worker processes that had several OS threads (FORK_WARNING).
     pub fork_warnings: Family<ServiceLabels, Counter>,
+    /// Durable jobs by service and state (set at scrape time from the store).
+    pub jobs: Family<StateLabels, Gauge>,
+    /// The job store's size on disk.
+    pub jobs_store_bytes: Gauge,
+    /// When each service's oldest finished job finished (Unix seconds).
+    pub jobs_oldest_finished: Family<ServiceLabels, Gauge>,
+    /// Finished jobs deleted by retention.
+    pub jobs_pruned: Family<ServiceLabels, Counter>,
+    /// When each service's last prune round ended (Unix seconds).
+    pub jobs_last_prune: Family<ServiceLabels, Gauge>,
 }
 
 impl Metrics {
@@ -104,6 +114,11 @@ impl Metrics {
             bisections: Family::default(),
             streams: Family::default(),
             fork_warnings: Family::default(),
+            jobs: Family::default(),
+            jobs_store_bytes: Gauge::default(),
+            jobs_oldest_finished: Family::default(),
+            jobs_pruned: Family::default(),
+            jobs_last_prune: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -176,6 +191,27 @@ impl Metrics {
             "fork_warnings",
             "Forks of worker processes that had several OS threads",
             m.fork_warnings.clone(),
+        );
+        registry.register("jobs", "Durable jobs by service and state", m.jobs.clone());
+        registry.register(
+            "jobs_store_bytes",
+            "The job store's size on disk (SQLite file and WAL, or PostgreSQL table)",
+            m.jobs_store_bytes.clone(),
+        );
+        registry.register(
+            "jobs_oldest_finished_timestamp_seconds",
+            "When the service's oldest kept finished job finished",
+            m.jobs_oldest_finished.clone(),
+        );
+        registry.register(
+            "jobs_pruned",
+            "Finished jobs deleted by job_retention",
+            m.jobs_pruned.clone(),
+        );
+        registry.register(
+            "jobs_last_prune_timestamp_seconds",
+            "When the service's last prune round ended",
+            m.jobs_last_prune.clone(),
         );
         Metrics { registry, ..m }
     }

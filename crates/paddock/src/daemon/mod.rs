@@ -17,7 +17,7 @@ mod env;
 mod gateway;
 mod groups;
 mod http_server;
-mod jobs;
+pub(crate) mod jobs;
 mod jobs_api;
 mod lifecycle;
 mod logsink;
@@ -384,6 +384,7 @@ async fn open_jobs(
         .iter()
         .filter(|s| s.dispatcher.is_some())
         .collect();
+    let metrics = supervisor.metrics.clone();
     if services.is_empty() {
         return Ok(None);
     }
@@ -399,7 +400,7 @@ async fn open_jobs(
             Arc::new(tokio::sync::Notify::new()),
         );
     }
-    let store = match &config.instance.store {
+    let (store, kind) = match &config.instance.store {
         crate::config::Store::Sqlite(path) => {
             let path = path.clone().unwrap_or_else(|| paths.dir.join("jobs.db"));
             let (store, recovered) = jobs::sqlite::open(&path, owner)?;
@@ -408,16 +409,26 @@ async fn open_jobs(
                     "{recovered} job(s) were running when the previous daemon died: queued again"
                 );
             }
-            store
+            (store, ("sqlite", path.display().to_string()))
         }
-        crate::config::Store::Postgres(url) => {
-            jobs::postgres::open(url, owner, config.instance.lease_timeout, wake.clone()).await?
-        }
+        crate::config::Store::Postgres(url) => (
+            jobs::postgres::open(url, owner, config.instance.lease_timeout, wake.clone()).await?,
+            ("postgres", jobs::stats::redact_url(url)),
+        ),
     };
+    let mut pruned = std::collections::HashMap::new();
     for s in services {
         let notify = wake[s.config.name.as_str()].clone();
         let dispatcher = s.dispatcher.clone().expect("filtered on dispatcher");
-        jobs::prune::start(s.config.clone(), store.clone(), shutdown.clone());
+        pruned.insert(
+            s.config.name.to_string(),
+            jobs::prune::start(
+                s.config.clone(),
+                store.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            ),
+        );
         jobs::pump::start(
             s.config.clone(),
             store.clone(),
@@ -427,7 +438,12 @@ async fn open_jobs(
             config.instance.expose_errors,
         );
     }
-    Ok(Some(shared::Jobs { store, wake }))
+    Ok(Some(shared::Jobs {
+        store,
+        kind,
+        wake,
+        pruned,
+    }))
 }
 
 /// Descriptors kept out of the gateway's reach: the control socket, workers' pipes

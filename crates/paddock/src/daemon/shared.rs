@@ -25,10 +25,36 @@ pub struct Shared {
     pub jobs_lost: watch::Sender<Option<String>>,
 }
 
-/// The job store and a way to wake each service's pump.
+/// The job store, a way to wake each service's pump, and each service's last
+/// prune.
 pub struct Jobs {
     pub store: super::jobs::Store,
+    /// `sqlite` or `postgres`, and its file or its URL without a password.
+    pub kind: (&'static str, String),
     pub wake: std::collections::HashMap<String, Arc<tokio::sync::Notify>>,
+    pub pruned: std::collections::HashMap<String, super::jobs::stats::PruneWatch>,
+}
+
+impl Jobs {
+    /// `paddock jobs stats` and the job gauges of `/metrics`.
+    pub async fn stats(
+        &self,
+        config: &Config,
+    ) -> Result<super::jobs::stats::JobStats, super::jobs::JobError> {
+        let read = self.store.stats().await?;
+        let services: Vec<_> = config
+            .services
+            .iter()
+            .filter(|s| self.wake.contains_key(s.name.as_str()))
+            .map(|s| (s.name.to_string(), s.job_retention))
+            .collect();
+        Ok(super::jobs::stats::assemble(
+            (self.kind.0, &self.kind.1),
+            &services,
+            read,
+            &self.pruned,
+        ))
+    }
 }
 
 pub type SharedRef = Arc<Shared>;

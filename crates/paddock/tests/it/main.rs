@@ -19,6 +19,7 @@ mod openapi;
 mod orphans;
 mod reloads;
 mod restarts;
+mod retention;
 mod stopping;
 mod streaming;
 mod workers;

@@ -27,7 +27,7 @@ pub async fn reload(shared: &SharedRef) -> Reply {
     }
 }
 
-/// `paddock jobs list|show|cancel|retry`.
+/// `paddock jobs list|show|cancel|retry|stats`.
 pub async fn jobs(shared: &SharedRef, req: JobsRequest) -> Reply {
     let Some(j) = &shared.jobs else {
         return Reply::Error {
@@ -61,6 +61,7 @@ pub async fn jobs(shared: &SharedRef, req: JobsRequest) -> Reply {
             }
             r.map(|v| serde_json::json!(v))
         }
+        JobsRequest::Stats => j.stats(&shared.config).await.map(|v| serde_json::json!(v)),
     };
     match r {
         Ok(value) => Reply::Jobs { value },

@@ -4,6 +4,7 @@
 //! claimed jobs.
 
 use super::state::Transition;
+use super::stats::StoreStats;
 use super::{
     Claimed, Cmd, Finish, JobError, JobState, JobView, ListQuery, NewJob, Page, Reply, claim_reply,
     new_id, now_ms, page, reply,
@@ -53,6 +54,8 @@ pub(super) trait Tx {
     /// Deletes up to `limit` finished jobs of `service` that finished before
     /// `before_ms`; how many.
     async fn prune(&self, service: &str, before_ms: i64, limit: usize) -> Result<u64, String>;
+    /// Jobs by service and state, each service's oldest finished job, the size.
+    async fn stats(&self) -> Result<StoreStats, JobError>;
     /// Jobs selected by `q`, at most `limit` of them, by `seq`.
     async fn list(&self, q: &ListQuery, limit: i64) -> Result<Vec<JobView>, JobError>;
 }
@@ -93,9 +96,14 @@ pub(super) async fn apply(tx: &impl Tx, cmd: Cmd) -> Reply {
         Cmd::Cancel(id, r) => reply(r, change(tx, &id, ApiChange::Cancel).await),
         Cmd::Retry(id, r) => reply(r, change(tx, &id, ApiChange::Retry).await),
         Cmd::List(q, r) => reply(r, list(tx, q).await),
-        Cmd::Sync(r) | Cmd::Compact(r) => Box::new(move |_| {
+        Cmd::Sync(r) => Box::new(move |_| {
             let _ = r.send(());
         }),
+        // Only SQLite compacts (outside the transaction); elsewhere nothing is left.
+        Cmd::Compact(r) => Box::new(move |_| {
+            let _ = r.send(0);
+        }),
+        Cmd::Stats(r) => reply(r, tx.stats().await),
         Cmd::Prune {
             service,
             before_ms,

@@ -22,6 +22,7 @@ pub mod postgres;
 pub mod prune;
 pub mod pump;
 pub mod sqlite;
+pub mod stats;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -165,9 +166,12 @@ pub enum Cmd {
         limit: usize,
         reply: oneshot::Sender<u64>,
     },
-    /// Gives freed pages back to the file system (SQLite: incremental vacuum and a
-    /// WAL checkpoint, outside any transaction); answers when done.
-    Compact(oneshot::Sender<()>),
+    /// Gives some freed pages back to the file system (SQLite: one step of
+    /// incremental vacuum outside any transaction, and a WAL checkpoint once none
+    /// are left); answers how many free pages are left (0: done).
+    Compact(oneshot::Sender<u64>),
+    /// Jobs by service and state, oldest finished jobs, the store's size.
+    Stats(oneshot::Sender<Result<stats::StoreStats, JobError>>),
 }
 
 /// A handle to the job store's group loop (on the SQLite thread or the PostgreSQL
@@ -176,7 +180,7 @@ pub enum Cmd {
 pub struct Store(tokio::sync::mpsc::UnboundedSender<Cmd>);
 
 impl Store {
-    fn send(&self, c: Cmd) -> Result<(), JobError> {
+    pub(super) fn send(&self, c: Cmd) -> Result<(), JobError> {
         self.0
             .send(c)
             .map_err(|_| JobError::Store("the job store is closed".into()))
@@ -260,11 +264,14 @@ impl Store {
         rx.await.unwrap_or(0)
     }
 
-    /// Gives freed space back (SQLite); a no-op on PostgreSQL (autovacuum).
-    pub async fn compact(&self) {
+    /// Gives some freed space back (SQLite); how many free pages are left (0 when
+    /// done, and always on PostgreSQL, where autovacuum does this).
+    pub async fn compact_step(&self) -> u64 {
         let (tx, rx) = oneshot::channel();
         if self.send(Cmd::Compact(tx)).is_ok() {
-            let _ = rx.await;
+            rx.await.unwrap_or(0)
+        } else {
+            0
         }
     }
 
@@ -314,9 +321,13 @@ fn refused(cmd: Cmd) -> Reply {
         Cmd::Get(_, r) | Cmd::Cancel(_, r) | Cmd::Retry(_, r) => reply(r, Err(not_applied())),
         Cmd::Result(_, r) => reply(r, Err(not_applied())),
         Cmd::List(_, r) => reply(r, Err(not_applied())),
-        Cmd::Sync(r) | Cmd::Compact(r) => Box::new(move |_| {
+        Cmd::Sync(r) => Box::new(move |_| {
             let _ = r.send(());
         }),
+        Cmd::Compact(r) => Box::new(move |_| {
+            let _ = r.send(0);
+        }),
+        Cmd::Stats(r) => reply(r, Err(not_applied())),
         Cmd::Prune { reply, .. } => Box::new(move |_| {
             let _ = reply.send(0);
         }),

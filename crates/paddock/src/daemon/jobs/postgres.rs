@@ -31,6 +31,7 @@ use super::apply::{ApiChange, Keyed, Stored, Tx, apply, change_sql};
 use super::group::{self, Applied, Dialect};
 use super::row::{COLUMNS, view};
 use super::state::Transition;
+use super::stats::StoreStats;
 use super::{
     Claimed, Cmd, Finish, JobError, JobState, JobView, ListQuery, NewJob, Store, ms_to_rfc3339,
     now_ms, refused,
@@ -62,6 +63,7 @@ CREATE TABLE IF NOT EXISTS paddock_jobs (
 CREATE UNIQUE INDEX IF NOT EXISTS paddock_jobs_idempotency ON paddock_jobs(service, idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS paddock_jobs_queue ON paddock_jobs(service, state, run_after_ms, seq);
 CREATE INDEX IF NOT EXISTS paddock_jobs_owner ON paddock_jobs(owner) WHERE state = 'running';
+CREATE INDEX IF NOT EXISTS paddock_jobs_finished ON paddock_jobs(service, finished_ms) WHERE finished_ms IS NOT NULL;
 ";
 
 fn db(e: tokio_postgres::Error) -> JobError {
@@ -442,13 +444,58 @@ impl Tx for PgTx<'_> {
     async fn prune(&self, service: &str, before_ms: i64, limit: usize) -> Result<u64, String> {
         let sql = format!(
             "DELETE FROM paddock_jobs WHERE seq IN (SELECT seq FROM paddock_jobs WHERE service = $1
-               AND state IN ({}) AND finished_ms < $2 ORDER BY seq LIMIT $3 FOR UPDATE SKIP LOCKED)",
+               AND finished_ms IS NOT NULL AND finished_ms < $2 AND state IN ({})
+               ORDER BY finished_ms LIMIT $3 FOR UPDATE SKIP LOCKED)",
             JobState::finished_sql()
         );
         self.tx
             .execute(sql.as_str(), &[&service, &before_ms, &(limit as i64)])
             .await
             .map_err(|e| pg_error(&e))
+    }
+
+    async fn stats(&self) -> Result<StoreStats, JobError> {
+        let rows = self
+            .tx
+            .query(
+                "SELECT service, state, count(*) FROM paddock_jobs GROUP BY service, state",
+                &[],
+            )
+            .await
+            .map_err(db)?;
+        let mut counts = vec![];
+        for r in &rows {
+            let state: String = r.get(1);
+            let state = JobState::parse(&state)
+                .ok_or_else(|| JobError::Store(format!("unknown job state {state:?}")))?;
+            counts.push((r.get::<_, String>(0), state, r.get::<_, i64>(2) as u64));
+        }
+        let services: std::collections::BTreeSet<String> =
+            counts.iter().map(|(s, _, _)| s.clone()).collect();
+        let mut oldest_finished = vec![];
+        for service in services {
+            let row = self
+                .tx
+                .query_one(
+                    "SELECT min(finished_ms) FROM paddock_jobs WHERE service = $1 AND finished_ms IS NOT NULL",
+                    &[&service],
+                )
+                .await
+                .map_err(db)?;
+            let at: Option<i64> = row.get(0);
+            oldest_finished.extend(at.map(|at| (service, at)));
+        }
+        let bytes: i64 = self
+            .tx
+            .query_one("SELECT pg_total_relation_size('paddock_jobs')", &[])
+            .await
+            .map_err(db)?
+            .get(0);
+        Ok(StoreStats {
+            counts,
+            oldest_finished,
+            bytes: bytes.max(0) as u64,
+        })
     }
 
     async fn change(&self, id: &str, c: ApiChange) -> Result<u64, JobError> {

@@ -11,7 +11,7 @@
 //! - at open, jobs left `running` are queued again at once: the instance lock proves
 //!   their owner is dead, no timeout needed.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
@@ -21,9 +21,15 @@ use super::apply::{ApiChange, Keyed, Stored, Tx, apply, change_sql};
 use super::group::{self, Applied, Dialect};
 use super::row::{COLUMNS, view};
 use super::state::Transition;
+use super::stats::StoreStats;
 use super::{
-    Claimed, Cmd, Finish, JobError, JobView, ListQuery, NewJob, Store, ms_to_rfc3339, now_ms,
+    Claimed, Cmd, Finish, JobError, JobState, JobView, ListQuery, NewJob, Store, ms_to_rfc3339,
+    now_ms,
 };
+
+/// Pages one compaction step gives back (4 KiB each): a step is a few
+/// milliseconds, so enqueues never wait long behind one.
+const COMPACT_STEP: u32 = 256;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
@@ -50,6 +56,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs(service, idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs(service, state, run_after_ms, seq);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(service, finished_ms) WHERE finished_ms IS NOT NULL;
 ";
 
 /// Jobs whose daemon died (queued again at open).
@@ -113,7 +120,7 @@ static INSERT: LazyLock<String> = LazyLock::new(|| {
     format!(
         "INSERT INTO jobs (id, service, method, content_type, body, state, max_attempts, idempotency_key, created_ms, run_after_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, '{}', ?6, ?7, ?8, ?8)",
-        super::JobState::Queued.as_str()
+        JobState::Queued.as_str()
     )
 });
 
@@ -150,6 +157,7 @@ pub fn open(path: &Path, owner: String) -> Result<(Store, usize), String> {
     let recovered = conn
         .execute(&RECOVER, params![now_ms(), ms_to_rfc3339(now_ms())])
         .map_err(what)?;
+    let path = path.to_path_buf();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -159,16 +167,55 @@ pub fn open(path: &Path, owner: String) -> Result<(Store, usize), String> {
         .name("paddock-jobs".into())
         .spawn(move || {
             let _lock = lock; // held for as long as the store is open
-            runtime.block_on(group::run(rx, Sqlite { conn, owner }))
+            runtime.block_on(group::run(rx, Sqlite { conn, owner, path }))
         })
         .map_err(|e| format!("job store thread: {e}"))?;
     Ok((Store(tx), recovered))
+}
+
+/// The file's size with its WAL.
+fn size_on_disk(path: &Path) -> u64 {
+    ["", "-wal"]
+        .iter()
+        .filter_map(|suffix| {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            std::fs::metadata(p).ok()
+        })
+        .map(|m| m.len())
+        .sum()
+}
+
+/// `paddock jobs compact`: the one-time compaction of a database made before
+/// retention (auto_vacuum off), with the daemon stopped: turns incremental vacuum
+/// on and runs a full `VACUUM`. Returns the size before and after.
+pub fn compact_offline(path: &Path) -> Result<(u64, u64), String> {
+    let lock_path = path.with_extension("db.lock");
+    let _lock = paddock_sys::lock::try_acquire(&lock_path, std::time::Duration::from_millis(300))
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| {
+            format!(
+                "job store {} is in use (its lock {} is held): stop the instance using it first",
+                path.display(),
+                lock_path.display()
+            )
+        })?;
+    let what = |e: rusqlite::Error| format!("compacting job store {}: {e}", path.display());
+    let before = size_on_disk(path);
+    let conn = Connection::open(path).map_err(what)?;
+    conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
+        .map_err(what)?;
+    conn.execute_batch("VACUUM; PRAGMA wal_checkpoint(TRUNCATE);")
+        .map_err(what)?;
+    drop(conn);
+    Ok((before, size_on_disk(path)))
 }
 
 /// The connection, owned by the store's thread.
 struct Sqlite {
     conn: Connection,
     owner: String,
+    path: PathBuf,
 }
 
 impl Dialect for Sqlite {
@@ -179,37 +226,9 @@ impl Dialect for Sqlite {
         let mut applied = self.apply_in_transaction(cmds).await;
         for c in compacts {
             if let Cmd::Compact(done) = c {
-                // A few pages at a time, then the WAL back to nothing.
-                for _ in 0..64 {
-                    // Each step of this statement frees one page: step it to the end.
-                    let step = self
-                        .conn
-                        .prepare("PRAGMA incremental_vacuum(256)")
-                        .and_then(|mut st| {
-                            let mut rows = st.query([])?;
-                            while rows.next()?.is_some() {}
-                            Ok(())
-                        });
-                    match step {
-                        Ok(()) => {}
-                        Err(e) => {
-                            tracing::warn!("job store incremental vacuum: {e}");
-                            break;
-                        }
-                    }
-                    let free: i64 = self
-                        .conn
-                        .pragma_query_value(None, "freelist_count", |r| r.get(0))
-                        .unwrap_or(0);
-                    if free == 0 {
-                        break;
-                    }
-                }
-                if let Err(e) = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
-                    tracing::warn!("job store checkpoint: {e}");
-                }
+                let left = self.compact_step();
                 applied.replies.push(Box::new(move |_| {
-                    let _ = done.send(());
+                    let _ = done.send(left);
                 }));
             }
         }
@@ -218,6 +237,40 @@ impl Dialect for Sqlite {
 }
 
 impl Sqlite {
+    /// One step of `incremental_vacuum`, and the WAL truncated once no free page is
+    /// left; how many free pages are left.
+    fn compact_step(&self) -> u64 {
+        // Each step of this statement frees one page: step it to the end.
+        let step = self
+            .conn
+            .prepare_cached(&format!("PRAGMA incremental_vacuum({COMPACT_STEP})"))
+            .and_then(|mut st| {
+                let mut rows = st.query([])?;
+                while rows.next()?.is_some() {}
+                Ok(())
+            });
+        if let Err(e) = step {
+            tracing::warn!("job store {}: incremental vacuum: {e}", self.path.display());
+            return 0;
+        }
+        let free: i64 = self
+            .conn
+            .pragma_query_value(None, "freelist_count", |r| r.get(0))
+            .unwrap_or(0);
+        // A file made without auto_vacuum keeps its free pages: nothing more to do.
+        let auto: i64 = self
+            .conn
+            .pragma_query_value(None, "auto_vacuum", |r| r.get(0))
+            .unwrap_or(0);
+        if free > 0 && auto == 2 {
+            return free as u64;
+        }
+        if let Err(e) = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+            tracing::warn!("job store {}: checkpoint: {e}", self.path.display());
+        }
+        0
+    }
+
     async fn apply_in_transaction(&mut self, cmds: Vec<Cmd>) -> Applied {
         let mut replies = Vec::with_capacity(cmds.len());
         let commit = match self
@@ -228,6 +281,7 @@ impl Sqlite {
                 let tx = SqliteTx {
                     tx,
                     owner: &self.owner,
+                    path: &self.path,
                 };
                 for cmd in cmds {
                     replies.push(apply(&tx, cmd).await);
@@ -254,6 +308,7 @@ impl Sqlite {
 struct SqliteTx<'c> {
     tx: Transaction<'c>,
     owner: &'c str,
+    path: &'c Path,
 }
 
 fn store_err(e: rusqlite::Error) -> JobError {
@@ -371,15 +426,61 @@ impl Tx for SqliteTx<'_> {
 
     async fn prune(&self, service: &str, before_ms: i64, limit: usize) -> Result<u64, String> {
         let sql = format!(
-            "DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs WHERE service = ?1 AND state IN ({})
-               AND finished_ms < ?2 ORDER BY seq LIMIT ?3)",
-            super::JobState::finished_sql()
+            "DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs INDEXED BY jobs_finished
+               WHERE service = ?1 AND finished_ms IS NOT NULL AND finished_ms < ?2 AND state IN ({})
+               ORDER BY finished_ms LIMIT ?3)",
+            JobState::finished_sql()
         );
         self.tx
             .prepare_cached(&sql)
             .and_then(|mut s| s.execute(params![service, before_ms, limit as i64]))
             .map(|n| n as u64)
             .map_err(|e| e.to_string())
+    }
+
+    async fn stats(&self) -> Result<StoreStats, JobError> {
+        let mut counts = vec![];
+        {
+            let mut st = self
+                .tx
+                .prepare_cached("SELECT service, state, count(*) FROM jobs GROUP BY service, state")
+                .map_err(store_err)?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })
+                .map_err(store_err)?;
+            for row in rows {
+                let (service, state, n) = row.map_err(store_err)?;
+                let state = JobState::parse(&state)
+                    .ok_or_else(|| JobError::Store(format!("unknown job state {state:?}")))?;
+                counts.push((service, state, n as u64));
+            }
+        }
+        let mut oldest_finished = vec![];
+        let services: std::collections::BTreeSet<String> =
+            counts.iter().map(|(s, _, _)| s.clone()).collect();
+        for service in services {
+            let at: Option<i64> = self
+                .tx
+                .prepare_cached(
+                    "SELECT min(finished_ms) FROM jobs INDEXED BY jobs_finished
+                     WHERE service = ?1 AND finished_ms IS NOT NULL",
+                )
+                .and_then(|mut st| st.query_row([&service], |r| r.get(0)))
+                .map_err(store_err)?;
+            oldest_finished.extend(at.map(|at| (service, at)));
+        }
+        let bytes = size_on_disk(self.path);
+        Ok(StoreStats {
+            counts,
+            oldest_finished,
+            bytes,
+        })
     }
 
     async fn change(&self, id: &str, c: ApiChange) -> Result<u64, JobError> {
