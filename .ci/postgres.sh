@@ -5,8 +5,12 @@
 # Stop it with: pg_ctl -D <folder>/data stop (the folder is printed on stderr).
 set -euo pipefail
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
-if [ -z "$PGBIN" ]; then
-  echo "PostgreSQL is not installed (Debian: apt-get install postgresql)" >&2
+# Elsewhere (Homebrew on macOS) pg_config knows where the server's programs are.
+if [ -z "$PGBIN" ] && command -v pg_config >/dev/null; then
+  PGBIN=$(pg_config --bindir)
+fi
+if [ -z "$PGBIN" ] || [ ! -x "$PGBIN/initdb" ]; then
+  echo "PostgreSQL is not installed (Debian: apt-get install postgresql; macOS: brew install postgresql@16)" >&2
   exit 1
 fi
 PORT=${PGPORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}

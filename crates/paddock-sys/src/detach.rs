@@ -29,12 +29,10 @@ pub enum DetachError {
     Redirect(nix::Error),
 }
 
-/// The number of threads of this process (Linux: from /proc; elsewhere assumed 1).
+/// The number of threads of this process (from the process table; assumed 1
+/// where it cannot be read).
 pub fn thread_count() -> usize {
-    match std::fs::read_dir("/proc/self/task") {
-        Ok(dir) => dir.count(),
-        Err(_) => 1,
-    }
+    crate::procs::thread_count(std::process::id() as i32).unwrap_or(1)
 }
 
 /// Forks; the child calls `setsid` and becomes a session leader.

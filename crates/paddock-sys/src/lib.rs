@@ -12,14 +12,15 @@
 //! - [`spawn`]: what a worker process does between `fork` and `exec` (async-signal-safe
 //!   only: a process group, the parent-death signal);
 //! - [`signal`]: signal names and process-group kills;
-//! - [`procfs`]: who listens on a port, which processes form a tree, start times.
+//! - [`procs`]: who listens on a port, which processes form a tree, start times,
+//!   memory and threads (Linux: /proc; macOS: libproc and sysctl).
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod detach;
 pub mod limits;
 pub mod lock;
-pub mod procfs;
+pub mod procs;
 pub mod reaper;
 pub mod signal;
 pub mod spawn;
@@ -34,4 +35,12 @@ pub fn available_cores() -> usize {
 /// The effective user id of this process.
 pub fn current_uid() -> u32 {
     nix::unistd::geteuid().as_raw()
+}
+
+/// This machine's name (None when it has none).
+pub fn hostname() -> Option<String> {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
 }

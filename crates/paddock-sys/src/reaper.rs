@@ -8,7 +8,15 @@
 //! process group it was told about and exits. It holds no lock, no socket and no file
 //! of the daemon's, so it can never keep an instance "running".
 //!
-//! Messages are lines: `+PGID` (a group was started) and `-PGID` (it is gone).
+//! Messages are lines: `+PGID` (a group was started) and `-PGID` (it is gone). Each
+//! is one `write` of fewer than `PIPE_BUF` bytes, so lines from several writers never
+//! interleave.
+//!
+//! Who writes `+PGID`: the worker itself, between its fork and its exec (see
+//! `spawn.rs`), on the copy of the pipe it inherited — so a group is known to the
+//! reaper before its program runs, even when the daemon is killed right after the
+//! fork. The daemon writes `+PGID` again once the spawn returned (a no-op then) and
+//! `-PGID` when the group is gone.
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -27,11 +35,17 @@ pub struct Reaper {
 impl Reaper {
     /// Tells the reaper a process group now exists.
     pub fn watch(&mut self, pgid: i32) {
-        let _ = writeln!(self.pipe, "+{pgid}");
+        let _ = self.pipe.write_all(format!("+{pgid}\n").as_bytes());
     }
     /// Tells the reaper a process group is gone.
     pub fn forget(&mut self, pgid: i32) {
-        let _ = writeln!(self.pipe, "-{pgid}");
+        let _ = self.pipe.write_all(format!("-{pgid}\n").as_bytes());
+    }
+    /// The pipe's write end, for a worker to announce its own group between fork
+    /// and exec (`spawn::Supervision::reaper_fd`). Valid while this `Reaper` lives;
+    /// close-on-exec, so no program a worker runs keeps it.
+    pub fn write_fd(&self) -> RawFd {
+        self.pipe.as_raw_fd()
     }
     /// The reaper's pid.
     pub fn pid(&self) -> i32 {

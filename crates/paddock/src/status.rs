@@ -182,7 +182,7 @@ pub struct WorkerStatus {
     #[serde(default)]
     pub last_fork: Option<String>,
     /// Resident memory of the worker's processes together, when it runs (read
-    /// from /proc when the status is asked for).
+    /// from the process table when the status is asked for).
     #[serde(default)]
     pub rss_bytes: Option<u64>,
 }

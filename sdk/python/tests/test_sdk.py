@@ -592,5 +592,46 @@ class ApiTests(unittest.TestCase):
             self.assertIsInstance(cm.exception, ValueError)
 
 
+class PlatformTests(unittest.TestCase):
+    """The fork guard's platform branches, without the platform: the macOS thread
+    count through a stand-in proc_pidinfo, the CUDA check through a stand-in torch."""
+
+    def test_macos_thread_count_reads_pti_threadnum(self):
+        import ctypes
+        calls = []
+
+        def proc_pidinfo(pid, flavor, arg, buf, size):
+            calls.append((pid, flavor, arg, size))
+            # struct proc_taskinfo: 6 uint64, then int32 pti_policy ... pti_csw,
+            # then pti_threadnum = 7, pti_numrunning = 1, pti_priority = 31.
+            raw = struct.pack("=6Q9i3i", *([0] * 6), *([0] * 9), 7, 1, 31)
+            ctypes.memmove(buf, raw, len(raw))
+            return len(raw)
+
+        self.assertEqual(paddock._darwin_threads(proc_pidinfo), 7)
+        self.assertEqual(calls, [(os.getpid(), 4, 0, 96)])
+        # A failed call is "unknown", not a count.
+        self.assertIsNone(paddock._darwin_threads(lambda *a: 0))
+
+    def test_cuda_is_named_only_when_torch_is_imported_and_initialised(self):
+        import types
+        saved = sys.modules.get("torch")
+        try:
+            sys.modules.pop("torch", None)
+            self.assertFalse(paddock._cuda_initialised())  # never imports torch
+            self.assertNotIn("torch", sys.modules)
+            torch = types.ModuleType("torch")
+            torch.cuda = types.SimpleNamespace(is_initialized=lambda: True)
+            sys.modules["torch"] = torch
+            self.assertTrue(paddock._cuda_initialised())
+            torch.cuda = types.SimpleNamespace(is_initialized=lambda: False)
+            self.assertFalse(paddock._cuda_initialised())
+        finally:
+            if saved is None:
+                sys.modules.pop("torch", None)
+            else:
+                sys.modules["torch"] = saved
+
+
 if __name__ == "__main__":
     unittest.main()

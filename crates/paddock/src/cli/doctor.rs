@@ -198,13 +198,13 @@ fn examine_workers(
     workers: &mut Vec<WorkerReport>,
     findings: &mut Vec<Finding>,
 ) {
-    use paddock_sys::procfs;
+    use paddock_sys::procs;
     let mut omp_total = 0;
     for svc in &status.services {
         for w in &svc.workers {
             let Some(pid) = w.pid else { continue };
             let subject = format!("{}/{} (pid {pid})", svc.name, w.index);
-            let mut pids = procfs::tree_of_group(pid);
+            let mut pids = procs::tree_of_group(pid);
             if pids.is_empty() {
                 pids.push(pid);
             }
@@ -216,8 +216,8 @@ fn examine_workers(
             };
             let (mut openmp, mut blas) = (BTreeSet::new(), BTreeSet::new());
             for &p in &pids {
-                r.threads += procfs::thread_count(p).unwrap_or(0);
-                let mapped = procfs::mapped_files(p);
+                r.threads += procs::thread_count(p).unwrap_or(0);
+                let mapped = procs::mapped_files(p);
                 let runtimes: BTreeSet<&String> = mapped
                     .iter()
                     .filter(|f| classify(f) == Some("openmp"))
@@ -246,7 +246,7 @@ fn examine_workers(
                     }
                 }
             }
-            let env = procfs::environ(pid);
+            let env = procs::environ(pid);
             r.omp_num_threads = env.get("OMP_NUM_THREADS").and_then(|v| v.parse().ok());
             r.cuda_visible_devices = env.get("CUDA_VISIBLE_DEVICES").cloned();
             for (var, masks, fix) in MASKS {
@@ -326,13 +326,21 @@ fn examine_ports(config: &Config, findings: &mut Vec<Finding>) {
         }
     }
     for (what, port) in ports {
-        let holders = paddock_sys::procfs::listeners(port);
+        let Some(holders) = paddock_sys::procs::listener_pids(port) else {
+            continue;
+        };
         if holders.is_empty() {
+            findings.push(Finding {
+                severity: Severity::Info,
+                subject: what,
+                finding: format!("port {port} is held by a process paddock cannot see (another user's?)"),
+                fix: "nothing to do if that is this instance; otherwise stop that program or change the port".into(),
+            });
             continue;
         }
         let who: Vec<String> = holders
             .iter()
-            .map(|&pid| format!("pid {pid} ({})", paddock_sys::procfs::cmdline(pid)))
+            .map(|&pid| format!("pid {pid} ({})", paddock_sys::procs::cmdline(pid)))
             .collect();
         findings.push(Finding {
             severity: Severity::Info,

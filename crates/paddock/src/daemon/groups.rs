@@ -62,7 +62,7 @@ impl Groups {
 
     /// Records a new group whose leader is `pid`.
     pub fn add(&self, pid: i32) {
-        let info = paddock_sys::procfs::stat(pid);
+        let info = paddock_sys::procs::stat(pid);
         let _ = self.tx.send(Msg::Add(GroupRecord {
             pgid: pid,
             start_time: info.as_ref().map(|i| i.start_time).unwrap_or(0),
@@ -80,13 +80,13 @@ impl Groups {
 /// the kernel (an uninterruptible GPU driver call) can outlast any SIGKILL: the
 /// caller says so rather than pretend it is gone.
 ///
-/// There is no descriptor to wait on for a whole group, so /proc is read again
+/// There is no descriptor to wait on for a whole group, so the process table is read again
 /// after short, growing pauses: the first look almost always finds the group empty.
 pub async fn wait_gone(pgid: i32, limit: std::time::Duration) -> Vec<i32> {
     let deadline = tokio::time::Instant::now() + limit;
     let mut pause = std::time::Duration::from_millis(1);
     loop {
-        let left = paddock_sys::procfs::live_group_members(pgid);
+        let left = paddock_sys::procs::live_group_members(pgid);
         if left.is_empty() || tokio::time::Instant::now() >= deadline {
             return left;
         }
@@ -104,7 +104,7 @@ pub fn kill_leftovers(file: &Path) -> usize {
     let records: Vec<GroupRecord> = serde_json::from_slice(&bytes).unwrap_or_default();
     let mut killed = 0;
     for r in records {
-        let members: Vec<_> = paddock_sys::procfs::all_processes()
+        let members: Vec<_> = paddock_sys::procs::all_processes()
             .into_iter()
             .filter(|p| p.pgid == r.pgid && p.sid == r.session)
             .collect();

@@ -166,12 +166,14 @@ async fn main(
             "killed {leftovers} process group(s) left by a previous daemon of this instance"
         );
     }
-    let spawner = spawner::Spawner::start(tokio::runtime::Handle::current()).map_err(|e| {
-        Failure::new(
-            exit::FAILURE,
-            format!("could not start the spawner thread: {e}"),
-        )
-    })?;
+    let spawner =
+        spawner::Spawner::start(tokio::runtime::Handle::current(), Some(reaper.write_fd()))
+            .map_err(|e| {
+                Failure::new(
+                    exit::FAILURE,
+                    format!("could not start the spawner thread: {e}"),
+                )
+            })?;
     let groups = groups::Groups::start(reaper, paths.groups.clone());
 
     let control = control_server::bind(&paths.socket).map_err(|e| {
@@ -459,10 +461,7 @@ fn gateway_cap(configured: usize, nofile: u64) -> usize {
 
 /// This machine's name, for job owners (several machines share one PostgreSQL).
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into())
+    paddock_sys::hostname().unwrap_or_else(|| "localhost".into())
 }
 
 async fn stop_all(shared: Arc<shared::Shared>) {

@@ -9,18 +9,15 @@ pub fn pick_free() -> std::io::Result<u16> {
 }
 
 /// Who listens on `port`, as "pid 123 (python3 -m http.server 8000)"; None when
-/// nobody does. When /proc cannot tell who, says so.
+/// nobody does. When the process table cannot tell who, says so.
 pub fn holder(port: u16) -> Option<String> {
-    if paddock_sys::procfs::listening_inodes(port).is_empty() {
-        return None;
-    }
-    let pids = paddock_sys::procfs::listeners(port);
+    let pids = paddock_sys::procs::listener_pids(port)?;
     if pids.is_empty() {
         return Some("a process paddock cannot see (another user's?)".into());
     }
     Some(
         pids.iter()
-            .map(|&p| format!("pid {p} ({})", paddock_sys::procfs::cmdline(p)))
+            .map(|&p| format!("pid {p} ({})", paddock_sys::procs::cmdline(p)))
             .collect::<Vec<_>>()
             .join(", "),
     )
@@ -32,25 +29,19 @@ pub enum Ownership {
     Ours,
     /// Someone else listens: a description of them.
     Foreign(String),
-    /// /proc is not available: ownership cannot be proven here.
+    /// The process table cannot be read here: ownership cannot be proven.
     Unknown,
 }
 
 pub fn ownership(port: u16, pgid: i32) -> Ownership {
-    if !paddock_sys::procfs::available() {
+    if !paddock_sys::procs::available() {
         return Ownership::Unknown;
     }
-    let inodes: std::collections::BTreeSet<u64> = paddock_sys::procfs::listening_inodes(port)
-        .into_iter()
-        .collect();
-    if inodes.is_empty() {
+    if paddock_sys::procs::listener_pids(port).is_none() {
         return Ownership::NotListening;
     }
-    let tree = paddock_sys::procfs::tree_of_group(pgid);
-    if tree
-        .iter()
-        .any(|&pid| !paddock_sys::procfs::socket_inodes(pid).is_disjoint(&inodes))
-    {
+    let tree = paddock_sys::procs::tree_of_group(pgid);
+    if paddock_sys::procs::any_listens(&tree, port) {
         return Ownership::Ours;
     }
     match holder(port) {

@@ -5,7 +5,16 @@
 //! threads, which would kill healthy workers. This thread lives as long as the daemon.
 //!
 //! Invariant: every worker is spawned here, by fork+exec of a fresh program (never a
-//! fork of the daemon that goes on running daemon code), in its own process group.
+//! fork of the daemon that goes on running daemon code), in its own process group,
+//! which the child announces to the reaper before it execs
+//! (`paddock_sys::spawn::supervise`).
+//!
+//! Test-only switches, read once at start (never set them in production):
+//! `PADDOCK_TEST_NO_PDEATHSIG=1` spawns without Linux's parent-death signal, so the
+//! orphan tests show the reaper alone suffices (as on macOS);
+//! `PADDOCK_TEST_HANG_AFTER_SPAWN=FILE` makes this thread write the new child's pid
+//! to FILE and then stop for good, before the daemon has told the reaper anything:
+//! a test then kills the daemon in that window.
 
 use std::process::Command as StdCommand;
 use std::sync::mpsc;
@@ -27,18 +36,35 @@ pub struct Spawner {
 
 impl Spawner {
     /// Starts the thread; it enters `runtime` so that tokio reaps the children.
-    pub fn start(runtime: tokio::runtime::Handle) -> std::io::Result<Spawner> {
+    /// `reaper_fd`: the reaper's pipe, which each child announces its group on.
+    pub fn start(
+        runtime: tokio::runtime::Handle,
+        reaper_fd: Option<std::os::fd::RawFd>,
+    ) -> std::io::Result<Spawner> {
         let (tx, rx) = mpsc::channel::<Request>();
-        let daemon_pid = std::process::id() as i32;
+        let how = paddock_sys::spawn::Supervision {
+            daemon_pid: std::process::id() as i32,
+            reaper_fd,
+            parent_death_signal: std::env::var_os("PADDOCK_TEST_NO_PDEATHSIG").is_none(),
+        };
+        let hang_after_spawn = std::env::var_os("PADDOCK_TEST_HANG_AFTER_SPAWN");
         std::thread::Builder::new()
             .name("paddock-spawner".into())
             .spawn(move || {
                 let _guard = runtime.enter();
                 for mut req in rx {
-                    paddock_sys::spawn::supervise(&mut req.command, daemon_pid, req.inherit);
+                    paddock_sys::spawn::supervise(&mut req.command, how, req.inherit);
                     let mut cmd = tokio::process::Command::from(req.command);
                     cmd.kill_on_drop(false);
-                    let _ = req.reply.send(cmd.spawn());
+                    let child = cmd.spawn();
+                    if let (Some(file), Ok(c)) = (&hang_after_spawn, &child) {
+                        let _ = std::fs::write(file, c.id().unwrap_or(0).to_string());
+                        // The window under test: forked, not yet known to the daemon.
+                        loop {
+                            std::thread::park();
+                        }
+                    }
+                    let _ = req.reply.send(child);
                 }
                 // The channel closes only when the daemon is exiting.
             })?;

@@ -161,9 +161,9 @@ impl Supervisor {
                     .map(|w| {
                         let mut w = w.borrow().clone();
                         w.rss_bytes = w.pid.map(|pid| {
-                            paddock_sys::procfs::tree_of_group(pid)
+                            paddock_sys::procs::tree_of_group(pid)
                                 .iter()
-                                .filter_map(|&p| paddock_sys::procfs::rss_bytes(p))
+                                .filter_map(|&p| paddock_sys::procs::rss_bytes(p))
                                 .sum()
                         });
                         w

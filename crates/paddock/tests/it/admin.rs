@@ -106,6 +106,7 @@ fn no_service_may_be_named_like_the_admin_prefix() {
 /// rows and states, the crash cause shown, the rate chart moving under traffic, a
 /// screenshot; with an auth_token, nothing shown until the token is given.
 #[test]
+#[cfg_attr(paddock_skip_browser, ignore = "PADDOCK_SKIP_BROWSER=1")]
 fn the_dashboard_shows_workers_a_crash_and_live_traffic_in_a_real_browser() {
     let python = crate::harness::test_python("import playwright");
     assert!(

@@ -236,7 +236,7 @@ impl Env {
         let me = std::process::id() as i32;
         procs()
             .into_iter()
-            .filter(|p| p.pid != me && p.state != 'Z')
+            .filter(|p| p.pid != me && !p.zombie)
             .filter(|p| p.cmdline.contains(&tag) || (daemons.contains(&p.sid) && p.sid != my_sid()))
             .map(|p| (p.pid, p.cmdline))
             .collect()
@@ -290,36 +290,31 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((code, body))
 }
 
+/// A process, through paddock-sys's process table (Linux /proc, macOS libproc).
 #[derive(Debug)]
 pub struct Proc {
     pub pid: i32,
     pub sid: i32,
     pub pgid: i32,
-    pub state: char,
+    pub zombie: bool,
     pub cmdline: String,
 }
 
 pub fn proc_info(pid: i32) -> Option<Proc> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
-        .unwrap_or_default();
+    let p = paddock_sys::procs::stat(pid)?;
     Some(Proc {
         pid,
-        state: f[0].chars().next()?,
-        pgid: f[2].parse().ok()?,
-        sid: f[3].parse().ok()?,
-        cmdline,
+        zombie: p.zombie,
+        pgid: p.pgid,
+        sid: p.sid,
+        cmdline: paddock_sys::procs::cmdline(pid),
     })
 }
 
 pub fn procs() -> Vec<Proc> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(proc_info)
+    paddock_sys::procs::all_processes()
+        .into_iter()
+        .filter_map(|p| proc_info(p.pid))
         .collect()
 }
 
@@ -331,7 +326,7 @@ fn my_sid() -> i32 {
 
 /// Whether `pid` is alive (zombies count as dead).
 pub fn alive(pid: i32) -> bool {
-    proc_info(pid).is_some_and(|p| p.state != 'Z')
+    proc_info(pid).is_some_and(|p| !p.zombie)
 }
 
 /// Sends a signal to one process.
@@ -512,11 +507,7 @@ impl Env {
 
     /// The daemon's resident memory in KiB.
     pub fn daemon_rss_kib(&self) -> u64 {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.daemon_pid())).unwrap();
-        s.lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap()
+        paddock_sys::procs::rss_bytes(self.daemon_pid()).expect("the daemon's memory") / 1024
     }
 }
 
@@ -564,11 +555,13 @@ impl PgServer {
 impl Drop for PgServer {
     fn drop(&mut self) {
         let Some(dir) = &self.dir else { return };
-        let pgbin = std::fs::read_dir("/usr/lib/postgresql")
+        // Debian's server programs, or (Homebrew) pg_ctl on the PATH.
+        let pg_ctl = std::fs::read_dir("/usr/lib/postgresql")
             .ok()
             .and_then(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).max())
-            .map(|p| p.join("bin/pg_ctl"));
-        if let Some(pg_ctl) = pgbin {
+            .map(|p| p.join("bin/pg_ctl"))
+            .unwrap_or_else(|| PathBuf::from("pg_ctl"));
+        {
             let data = dir.join("data");
             let mut c = if running_as_root() {
                 let mut c = Command::new("runuser");

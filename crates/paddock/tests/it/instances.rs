@@ -156,7 +156,7 @@ fn ten_concurrent_starts_make_one_daemon() {
     let sessions = wait_until(Duration::from_secs(5), "the losers to exit", || {
         let mut s: Vec<i32> = crate::harness::procs()
             .into_iter()
-            .filter(|p| p.state != 'Z' && p.cmdline.contains(&tag))
+            .filter(|p| !p.zombie && p.cmdline.contains(&tag))
             .map(|p| p.sid)
             .collect();
         s.sort();

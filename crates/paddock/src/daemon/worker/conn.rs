@@ -299,7 +299,13 @@ impl Actor {
         let v: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
         let threads = v["threads"].as_u64().unwrap_or(0);
         let site = v["site"].as_str().unwrap_or("an unknown call site");
-        let what = format!("forked with {threads} OS threads at {site}");
+        let what = if v["cuda"].as_bool() == Some(true) {
+            format!(
+                "forked with {threads} OS threads at {site}, after initialising CUDA (the child cannot use it)"
+            )
+        } else {
+            format!("forked with {threads} OS threads at {site}")
+        };
         tracing::warn!(worker = %self.name(), "{what}: the child may deadlock on a lock one of those threads held (see `paddock doctor`)");
         self.deps.logs.note_now(
             self.spec.index,

@@ -71,7 +71,7 @@ impl Launcher for OsLauncher {
         fd: Option<BorrowedFd<'a>>,
     ) -> BoxFuture<'a, io::Result<Box<dyn Proc>>> {
         Box::pin(async move {
-            let oom_kills_at_spawn = paddock_sys::procfs::cgroup_oom_kills();
+            let oom_kills_at_spawn = paddock_sys::procs::cgroup_oom_kills();
             let inherit = fd.map(|fd| (fd.as_raw_fd(), paddock_protocol::WORKER_FD));
             let child = self.spawner.spawn_with_fd(command, inherit).await?;
             let pid = child.id().map(|p| p as i32).unwrap_or(0);
@@ -127,7 +127,7 @@ impl Proc for OsProc {
 
     fn oom_killed(&self) -> bool {
         matches!(
-            (self.oom_kills_at_spawn, paddock_sys::procfs::cgroup_oom_kills()),
+            (self.oom_kills_at_spawn, paddock_sys::procs::cgroup_oom_kills()),
             (Some(a), Some(b)) if b > a
         )
     }

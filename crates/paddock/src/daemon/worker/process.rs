@@ -78,8 +78,9 @@ impl Actor {
             // Through `paddock __exec-listen`, which sets LISTEN_PID to the
             // program's own pid (see cli/exec_listen.rs).
             Some(_) => {
+                // Found by PATH when the running binary's own path is unknown.
                 let exe = std::env::current_exe()
-                    .unwrap_or_else(|_| std::path::PathBuf::from("/proc/self/exe"));
+                    .unwrap_or_else(|_| std::path::PathBuf::from(env!("CARGO_PKG_NAME")));
                 let mut c = std::process::Command::new(exe);
                 c.arg(crate::cli::exec_listen::ARG)
                     .args(&self.spec.argv)

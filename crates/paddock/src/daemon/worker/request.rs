@@ -187,9 +187,9 @@ impl Actor {
 
     pub(super) fn check_rss(&mut self) {
         let Some(r) = &self.running else { return };
-        let rss: u64 = paddock_sys::procfs::tree_of_group(r.pid)
+        let rss: u64 = paddock_sys::procs::tree_of_group(r.pid)
             .iter()
-            .filter_map(|&p| paddock_sys::procfs::rss_bytes(p))
+            .filter_map(|&p| paddock_sys::procs::rss_bytes(p))
             .sum();
         if rss > self.spec.service.max_rss {
             self.ask_recycle(format!(

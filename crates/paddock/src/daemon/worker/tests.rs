@@ -36,7 +36,7 @@ impl Rig {
         let launcher = Arc::new(FakeLauncher::default());
         let deps = Deps {
             launcher: launcher.clone(),
-            spawner: Spawner::start(tokio::runtime::Handle::current()).unwrap(),
+            spawner: Spawner::start(tokio::runtime::Handle::current(), None).unwrap(),
             logs: LogSink::start("svc", dir.path().to_path_buf(), 1 << 20, 2),
             startup: mpsc::unbounded_channel().0,
             metrics,

@@ -1,24 +1,9 @@
-//! Reading Linux's /proc: who listens on a port, which processes form a worker's
-//! tree, and when a process started (to tell a live process from a reused pid).
-//!
-//! Everything here is best effort and read-only. On systems without /proc the
-//! functions return empty answers; callers treat "unknown" as "not proven".
+//! Linux: everything [`super`] offers, read from /proc.
 
 use std::collections::{BTreeSet, HashMap};
-use std::fs;
 
-/// A process, as far as /proc tells.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProcInfo {
-    pub pid: i32,
-    pub ppid: i32,
-    pub pgid: i32,
-    pub sid: i32,
-    /// The state letter (`R`, `S`, `D`, `Z` for a zombie, ...).
-    pub state: char,
-    /// Start time in clock ticks since boot; with the pid, a unique identity.
-    pub start_time: u64,
-}
+use super::ProcInfo;
+use std::fs;
 
 /// Parses /proc/PID/stat.
 pub fn stat(pid: i32) -> Option<ProcInfo> {
@@ -33,7 +18,7 @@ fn parse_stat(pid: i32, s: &str) -> Option<ProcInfo> {
     // After the name: state(0) ppid(1) pgrp(2) session(3) ... starttime(19)
     Some(ProcInfo {
         pid,
-        state: f.first()?.chars().next()?,
+        zombie: f.first()?.starts_with('Z'),
         ppid: f.get(1)?.parse().ok()?,
         pgid: f.get(2)?.parse().ok()?,
         sid: f.get(3)?.parse().ok()?,
@@ -48,49 +33,6 @@ pub fn all_processes() -> Vec<ProcInfo> {
     };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter_map(stat)
-        .collect()
-}
-
-/// The processes of group `pgid` that have not exited yet (zombies, which hold no
-/// memory, descriptors or device, do not count).
-pub fn live_group_members(pgid: i32) -> Vec<i32> {
-    all_processes()
-        .into_iter()
-        .filter(|p| p.pgid == pgid && p.state != 'Z')
-        .map(|p| p.pid)
-        .collect()
-}
-
-/// The processes of group `pgid` and all their descendants (a child that moved to
-/// another group is still part of the tree).
-pub fn tree_of_group(pgid: i32) -> Vec<i32> {
-    let all = all_processes();
-    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
-    for p in &all {
-        children.entry(p.ppid).or_default().push(p.pid);
-    }
-    let mut out: BTreeSet<i32> = all
-        .iter()
-        .filter(|p| p.pgid == pgid)
-        .map(|p| p.pid)
-        .collect();
-    let mut stack: Vec<i32> = out.iter().copied().collect();
-    while let Some(pid) = stack.pop() {
-        for &c in children.get(&pid).map(|v| v.as_slice()).unwrap_or(&[]) {
-            if out.insert(c) {
-                stack.push(c);
-            }
-        }
-    }
-    out.into_iter().collect()
-}
-
-/// The pids of every process in session `sid`.
-pub fn session_members(sid: i32) -> Vec<i32> {
-    all_processes()
-        .into_iter()
-        .filter(|p| p.sid == sid)
-        .map(|p| p.pid)
         .collect()
 }
 
@@ -147,7 +89,7 @@ pub fn rss_bytes(pid: i32) -> Option<u64> {
 }
 
 /// Socket inodes in LISTEN state on TCP `port` (IPv4 and IPv6).
-pub fn listening_inodes(port: u16) -> Vec<u64> {
+fn listening_inodes(port: u16) -> Vec<u64> {
     let mut out = vec![];
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         if let Ok(s) = fs::read_to_string(table) {
@@ -175,7 +117,7 @@ fn parse_listeners(table: &str, port: u16) -> Vec<u64> {
 }
 
 /// The socket inodes among `pid`'s open descriptors.
-pub fn socket_inodes(pid: i32) -> BTreeSet<u64> {
+fn socket_inodes(pid: i32) -> BTreeSet<u64> {
     let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
         return BTreeSet::new();
     };
@@ -187,18 +129,29 @@ pub fn socket_inodes(pid: i32) -> BTreeSet<u64> {
     .collect()
 }
 
-/// Which processes hold a listening socket on `port`: pids (possibly empty when the
-/// holder is invisible to us, e.g. another user's process without privileges).
-pub fn listeners(port: u16) -> Vec<i32> {
+/// Who listens on TCP `port`: None when nobody does; the pids that hold the
+/// listener otherwise (empty when they are invisible to us).
+pub fn listener_pids(port: u16) -> Option<Vec<i32>> {
     let inodes: BTreeSet<u64> = listening_inodes(port).into_iter().collect();
     if inodes.is_empty() {
-        return vec![];
+        return None;
     }
-    all_processes()
-        .into_iter()
-        .map(|p| p.pid)
-        .filter(|&pid| !socket_inodes(pid).is_disjoint(&inodes))
-        .collect()
+    Some(
+        all_processes()
+            .into_iter()
+            .map(|p| p.pid)
+            .filter(|&pid| !socket_inodes(pid).is_disjoint(&inodes))
+            .collect(),
+    )
+}
+
+/// Whether one of `pids` holds a listener on TCP `port`.
+pub fn any_listens(pids: &[i32], port: u16) -> bool {
+    let inodes: BTreeSet<u64> = listening_inodes(port).into_iter().collect();
+    !inodes.is_empty()
+        && pids
+            .iter()
+            .any(|&pid| !socket_inodes(pid).is_disjoint(&inodes))
 }
 
 /// Whether /proc is available (so ownership checks mean something).
@@ -236,12 +189,5 @@ mod tests {
         let t = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 12345 1\n   1: 0100007F:1F90 0100007F:C000 01 00000000:00000000 00:00000000 00000000     0        0 999 1\n";
         assert_eq!(parse_listeners(t, 8080), vec![12345]);
         assert!(parse_listeners(t, 8081).is_empty());
-    }
-
-    #[test]
-    fn own_process_is_visible() {
-        let me = stat(std::process::id() as i32).unwrap();
-        assert_eq!(me.pid, std::process::id() as i32);
-        assert!(me.start_time > 0);
     }
 }
