@@ -7,6 +7,7 @@
 //! - [`detach`]: fork and `setsid` while the process is single-threaded;
 //! - [`reaper`]: a tiny forked process that kills every worker process group the
 //!   moment its daemon dies, whatever killed the daemon;
+//! - [`gpu`]: NVIDIA GPUs through NVML, loaded at run time (no driver: said so);
 //! - [`limits`]: the descriptor limit and umask the daemon sets for itself;
 //! - [`lock`]: the instance lock (`flock`), the only meaning of "running";
 //! - [`spawn`]: what a worker process does between `fork` and `exec` (async-signal-safe
@@ -18,6 +19,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod detach;
+pub mod gpu;
 pub mod limits;
 pub mod lock;
 pub mod procs;

@@ -12,6 +12,7 @@ pub(crate) mod config;
 pub(crate) mod control;
 pub(crate) mod daemon;
 pub(crate) mod exit;
+pub mod gpu;
 pub(crate) mod instance;
 pub(crate) mod openapi;
 pub(crate) mod status;

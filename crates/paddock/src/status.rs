@@ -126,6 +126,9 @@ pub struct InstanceStatus {
     pub config: String,
     /// Every service has at least one ready worker.
     pub ready: bool,
+    /// The machine's GPUs, or why none can be seen.
+    #[serde(default)]
+    pub gpus: crate::gpu::GpuStatus,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -185,6 +188,13 @@ pub struct WorkerStatus {
     /// from the process table when the status is asked for).
     #[serde(default)]
     pub rss_bytes: Option<u64>,
+    /// The GPU paddock assigned this worker (`devices`), if any.
+    #[serde(default)]
+    pub device: Option<u32>,
+    /// GPU memory the worker's processes hold together (NVML); None without a
+    /// driver (`instance.gpus.unavailable` says why) or while it does not run.
+    #[serde(default)]
+    pub gpu_memory_bytes: Option<u64>,
 }
 
 /// How a worker process ended. An exit code and a signal are kept distinct.

@@ -7,8 +7,7 @@
 //! instance: OpenMP threads against cores, environment that hides hazards instead of
 //! fixing them, forks the SDK's fork guard saw, who holds each configured port (said,
 //! never killed), the lock holder, the state folder's
-//! permissions, folders of daemons that no longer run, and the GPUs when an NVIDIA
-//! driver is present. Without a running instance it checks what it can: the config
+//! permissions, folders of daemons that no longer run, and the GPUs (`doctor_gpu.rs`). Without a running instance it checks what it can: the config
 //! and the state folder. It only reads: nothing is killed, changed or removed.
 //!
 //! Exit status: 0 when nothing is a hazard (info findings only), 1 otherwise.
@@ -26,39 +25,7 @@ use crate::exit;
 use crate::instance::{LockInfo, Paths};
 use crate::status::Status;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    Info,
-    Warning,
-    Error,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Finding {
-    pub severity: Severity,
-    /// What it is about: `instance`, `state folder`, or `SERVICE/N (pid P)`.
-    pub subject: String,
-    pub finding: String,
-    pub fix: String,
-}
-
-#[derive(Debug, Default, Serialize)]
-pub struct WorkerReport {
-    pub service: String,
-    pub index: u32,
-    pub pid: i32,
-    /// OS threads of the worker's processes together.
-    pub threads: usize,
-    /// OpenMP runtimes mapped, by file (each process's, all distinct).
-    pub openmp: Vec<String>,
-    /// BLAS libraries mapped, by file.
-    pub blas: Vec<String>,
-    /// OMP_NUM_THREADS as the worker has it.
-    pub omp_num_threads: Option<usize>,
-    /// CUDA_VISIBLE_DEVICES as the worker has it.
-    pub cuda_visible_devices: Option<String>,
-}
+pub use super::findings::{Finding, Severity, WorkerReport};
 
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -179,7 +146,7 @@ fn examine(config: &Config) -> Report {
     }
     examine_ports(config, &mut findings);
     examine_state_folder(&paths, &mut findings);
-    examine_gpus(&mut findings);
+    super::doctor_gpu::examine(config, status.as_deref(), &mut workers, &mut findings);
     findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
     let clean = findings.iter().all(|f| f.severity == Severity::Info);
     Report {
@@ -400,24 +367,6 @@ fn examine_state_folder(paths: &Paths, findings: &mut Vec<Finding>) {
     }
 }
 
-fn examine_gpus(findings: &mut Vec<Finding>) {
-    let Ok(out) = std::process::Command::new("nvidia-smi").arg("-L").output() else {
-        return; // no NVIDIA driver: nothing to say
-    };
-    let list = String::from_utf8_lossy(&out.stdout);
-    let gpus: Vec<&str> = list.lines().filter(|l| l.starts_with("GPU")).collect();
-    findings.push(Finding {
-        severity: Severity::Info,
-        subject: "instance".into(),
-        finding: if gpus.is_empty() {
-            "nvidia-smi is installed but lists no GPU".into()
-        } else {
-            format!("GPUs: {}", gpus.join("; "))
-        },
-        fix: "each worker's CUDA_VISIBLE_DEVICES is in its row".into(),
-    });
-}
-
 fn render(r: &Report, tty: bool) -> String {
     let mut out = format!(
         "instance {} — {}, {} cores\n",
@@ -432,8 +381,24 @@ fn render(r: &Report, tty: bool) -> String {
         } else {
             presets::ASCII_MARKDOWN
         });
-        t.set_header(["WORKER", "PID", "THREADS", "OMP", "OPENMP RUNTIMES", "BLAS"]);
+        t.set_header([
+            "WORKER",
+            "PID",
+            "THREADS",
+            "OMP",
+            "OPENMP RUNTIMES",
+            "BLAS",
+            "GPU (SEES)",
+        ]);
         for w in &r.workers {
+            let gpu = match (w.device, &w.cuda_visible_devices) {
+                (None, None) => "-".to_string(),
+                (d, seen) => format!(
+                    "{} ({})",
+                    d.map_or("-".into(), |d| d.to_string()),
+                    seen.as_deref().unwrap_or("all")
+                ),
+            };
             let names = |v: &[String]| {
                 v.iter()
                     .map(|p| p.rsplit('/').next().unwrap_or(p).to_string())
@@ -447,6 +412,7 @@ fn render(r: &Report, tty: bool) -> String {
                 w.omp_num_threads.map_or("-".into(), |n| n.to_string()),
                 names(&w.openmp),
                 names(&w.blas),
+                gpu,
             ]);
         }
         out.push_str(&format!("{t}\n"));

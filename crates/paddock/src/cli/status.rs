@@ -55,13 +55,19 @@ pub fn render(s: &Status, tty: bool) -> String {
         i.version,
         if i.ready { "" } else { " — NOT READY" }
     );
+    // GPU columns only where a worker has a device: most instances have none.
+    let gpu = s
+        .services
+        .iter()
+        .flat_map(|svc| &svc.workers)
+        .any(|w| w.device.is_some());
     let mut t = Table::new();
     t.load_style(if tty {
         presets::UTF8_FULL_CONDENSED
     } else {
         presets::NOTHING
     });
-    t.set_header(vec![
+    let mut header = vec![
         "SERVICE",
         "STATE",
         "WORKER",
@@ -69,14 +75,18 @@ pub fn render(s: &Status, tty: bool) -> String {
         "RESTARTS",
         "READY SINCE",
         "LAST EXIT",
-    ]);
+    ];
+    if gpu {
+        header.extend(["GPU", "GPU MEMORY"]);
+    }
+    t.set_header(header);
     for svc in &s.services {
         let name = match svc.port {
             Some(p) => format!("{} ({}, port {p})", svc.name, svc.kind),
             None => format!("{} ({})", svc.name, svc.kind),
         };
         for w in &svc.workers {
-            t.add_row(vec![
+            let mut row = vec![
                 name.clone(),
                 w.state.to_string(),
                 w.index.to_string(),
@@ -87,11 +97,23 @@ pub fn render(s: &Status, tty: bool) -> String {
                     .as_ref()
                     .map(|c| c.description.clone())
                     .unwrap_or_else(|| "-".into()),
-            ]);
+            ];
+            if gpu {
+                row.push(w.device.map_or("-".into(), |d| d.to_string()));
+                row.push(match (w.gpu_memory_bytes, &i.gpus.unavailable) {
+                    (Some(b), _) => format!("{} MiB", b >> 20),
+                    (None, Some(_)) => "no driver".into(),
+                    (None, None) => "-".into(),
+                });
+            }
+            t.add_row(row);
         }
     }
     out.push_str(&t.to_string());
     out.push('\n');
+    if gpu && let Some(why) = &i.gpus.unavailable {
+        out.push_str(&format!("GPUs: {why}\n"));
+    }
     for svc in &s.services {
         if let Some(r) = &svc.reason {
             out.push_str(&format!("{}: {}: {r}\n", svc.name, svc.state));

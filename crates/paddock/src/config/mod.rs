@@ -7,6 +7,7 @@
 //! are checked afterwards and located in the source by [`locate`].
 
 mod batch;
+pub mod gpu;
 mod locate;
 mod model;
 mod raw;
@@ -22,7 +23,7 @@ use std::time::Duration;
 pub use model::{Config, Health, Instance, Kind, ReloadStrategy, Service, Store};
 use raw::RawConfig;
 use values::humanize;
-pub use values::{Dur, Name, PortSpec, default_state_dir};
+pub use values::{Dur, MAX_DURATION, MAX_WORKERS, MIN_DURATION, Name, PortSpec, default_state_dir};
 
 /// A config error: where it is, and what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -250,7 +251,7 @@ pub fn parse(path: &Path, text: &str, port: Option<u16>) -> Result<Config, Confi
 
     let mut services = vec![];
     let mut fixed_ports: BTreeMap<u16, String> = BTreeMap::new();
-    for (name, rs) in raw.services {
+    for (name, mut rs) in raw.services {
         let table = format!("services.{name}");
         if let Some(why) = match name.as_str() {
             "jobs" => Some("the job API (/v1/jobs)"),
@@ -275,14 +276,17 @@ pub fn parse(path: &Path, text: &str, port: Option<u16>) -> Result<Config, Confi
                 format!("{share} is not in (0, 1]"),
             ));
         }
+        let (gpu, gpu_workers) = rs.gpu().map_err(|(k, e)| at(&table, k, e))?;
+        let workers = rs.workers.map(u64::from);
         let workers = num(
             &table,
             "workers",
-            rs.workers.map(u64::from),
-            1,
+            workers,
+            gpu_workers.unwrap_or(1),
             1,
             MAX_WORKERS,
-        )? as u32;
+        )?;
+        let workers = workers as u32;
         for key in rs.env.keys() {
             if key.is_empty() || key.contains('=') || key.contains('\0') {
                 return Err(at(
@@ -385,6 +389,7 @@ pub fn parse(path: &Path, text: &str, port: Option<u16>) -> Result<Config, Confi
             ("poison_limit", rs.poison_limit.is_some()),
             ("max_requests", rs.max_requests.is_some()),
             ("max_rss", rs.max_rss.is_some()),
+            ("max_gpu_memory", gpu.max_memory > 0),
             ("max_frame", rs.max_frame.is_some()),
             ("max_attempts", rs.max_attempts.is_some()),
             ("jobs_share", rs.jobs_share.is_some()),
@@ -574,6 +579,7 @@ pub fn parse(path: &Path, text: &str, port: Option<u16>) -> Result<Config, Confi
             stream_idle_timeout: stream_idle_timeout?,
             stream_write_timeout: stream_write_timeout?,
             cancel_grace: cancel_grace?,
+            gpu,
             batch: batch::overrides(rs.batch)
                 .map_err(|(m, key, e)| at(&format!("{table}.batch.{m}"), key, e))?,
         });
@@ -591,10 +597,3 @@ pub fn parse(path: &Path, text: &str, port: Option<u16>) -> Result<Config, Confi
         services,
     })
 }
-
-/// The most workers one service may have.
-pub const MAX_WORKERS: u64 = 1024;
-/// The shortest duration any key accepts.
-pub const MIN_DURATION: Duration = Duration::from_millis(1);
-/// The longest duration any key accepts (30 days: deadlines are added to clocks).
-pub const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);

@@ -22,6 +22,16 @@ pub enum ReloadStrategy {
     StopFirst,
 }
 
+impl ReloadStrategy {
+    /// As the config writes it: `start-first`, `stop-first`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReloadStrategy::StartFirst => "start-first",
+            ReloadStrategy::StopFirst => "stop-first",
+        }
+    }
+}
+
 /// The kind of a service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -189,6 +199,8 @@ pub struct Service {
     pub cancel_grace: Duration,
     /// `[services.NAME.batch.METHOD]`: overrides of a batched method's limits.
     pub batch: BTreeMap<String, BatchOverride>,
+    /// GPUs: devices, workers per device, max_gpu_memory.
+    pub gpu: super::gpu::Gpu,
 }
 
 /// What the config says of one batched method; unset fields keep what the worker

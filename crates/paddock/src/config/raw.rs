@@ -71,6 +71,21 @@ pub(super) struct RawService {
     /// Per batched method: overrides of the limits its workers announce.
     #[serde(default)]
     pub(super) batch: BTreeMap<String, RawBatch>,
+    pub(super) devices: Option<super::gpu::RawDevices>,
+    pub(super) workers_per_device: Option<u32>,
+    pub(super) max_gpu_memory: Option<Bytes>,
+}
+
+impl RawService {
+    /// [`super::gpu::parse`] of this table's GPU keys (`devices` is taken out).
+    pub(super) fn gpu(&mut self) -> Result<(super::gpu::Gpu, Option<u64>), (&'static str, String)> {
+        super::gpu::parse(
+            self.devices.take(),
+            self.workers_per_device,
+            self.max_gpu_memory,
+            self.workers,
+        )
+    }
 }
 
 #[derive(Debug, Deserialize)]

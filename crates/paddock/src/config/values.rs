@@ -267,6 +267,13 @@ pub fn default_state_dir() -> std::path::PathBuf {
     std::env::temp_dir().join(format!("paddock-state-{}", paddock_sys::current_uid()))
 }
 
+/// The most workers one service may have.
+pub const MAX_WORKERS: u64 = 1024;
+/// The shortest duration any key accepts.
+pub const MIN_DURATION: Duration = Duration::from_millis(1);
+/// The longest duration any key accepts (30 days: deadlines are added to clocks).
+pub const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+
 #[cfg(test)]
 mod tests {
     use super::*;

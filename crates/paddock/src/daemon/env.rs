@@ -43,11 +43,28 @@ pub fn worker_env(
     set
 }
 
+/// `set` with the variables that pin a worker to `device` (a GPU paddock
+/// assigned): they override the service's `env`, since the assignment is the
+/// config's own word on where the worker runs.
+pub fn on_device(
+    mut set: BTreeMap<String, String>,
+    device: Option<u32>,
+    amd: bool,
+) -> BTreeMap<String, String> {
+    if let Some(d) = device {
+        set.extend(crate::gpu::visible_env(d, amd));
+    }
+    set
+}
+
 /// The part of `set` that paddock computed itself (safe to show anyone): everything
 /// but what the service's `env` set, whose values may be secrets.
 pub fn computed(service: &Service, set: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    // A device assignment overrides the service's own value: it is paddock's.
+    let placed = service.gpu.devices != crate::config::gpu::Devices::None;
+    let gpu_var = |k: &str| k == crate::gpu::VISIBLE || crate::gpu::VISIBLE_AMD.contains(&k);
     set.iter()
-        .filter(|(k, _)| !service.env.contains_key(*k))
+        .filter(|(k, _)| !service.env.contains_key(*k) || (placed && gpu_var(k)))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }
@@ -132,6 +149,23 @@ mod tests {
         assert_eq!(shown["MKL_NUM_THREADS"], "8");
         assert_eq!(shown["PORT"], "81");
         assert!(!format!("{shown:?}").contains("hf_secret"));
+    }
+
+    #[test]
+    fn a_device_is_pinned_over_the_services_own_env() {
+        let s = service(&[("CUDA_VISIBLE_DEVICES", "0,1")]);
+        let e = on_device(
+            worker_env(&s, 0, 1, 8, None, &BTreeMap::new()),
+            Some(1),
+            false,
+        );
+        assert_eq!(e["CUDA_VISIBLE_DEVICES"], "1");
+        assert!(!e.contains_key("HIP_VISIBLE_DEVICES"));
+        let e = on_device(worker_env(&s, 0, 1, 8, None, &BTreeMap::new()), None, true);
+        assert_eq!(
+            e["CUDA_VISIBLE_DEVICES"], "0,1",
+            "no assignment: the env as written"
+        );
     }
 
     #[test]

@@ -168,7 +168,26 @@ fn max_body(shared: &SharedRef) -> usize {
 
 async fn metrics(State(shared): State<SharedRef>) -> Response {
     let m = &shared.supervisor.metrics;
+    let gpus = crate::gpu::GpuStatus::read(shared.supervisor.gpu.as_ref());
+    m.gpu_driver.set(i64::from(gpus.unavailable.is_none()));
+    for d in &gpus.devices {
+        m.gpu_memory_used
+            .get_or_create(&super::metrics::DeviceLabels {
+                device: d.index.to_string(),
+            })
+            .set(d.memory_used_bytes as i64);
+    }
     for s in shared.supervisor.status() {
+        for w in &s.workers {
+            if let Some(bytes) = w.gpu_memory_bytes {
+                m.worker_gpu_memory
+                    .get_or_create(&super::metrics::WorkerLabels {
+                        service: s.name.clone(),
+                        worker: w.index.to_string(),
+                    })
+                    .set(bytes as i64);
+            }
+        }
         for state in crate::status::Phase::ALL {
             let n = s.workers.iter().filter(|w| w.state == state).count();
             m.workers

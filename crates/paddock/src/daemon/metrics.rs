@@ -30,6 +30,17 @@ pub struct ServiceLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkerLabels {
+    pub service: String,
+    pub worker: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeviceLabels {
+    pub device: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
     pub service: String,
     pub state: String,
@@ -83,6 +94,12 @@ pub struct Metrics {
     pub streams: Family<OutcomeLabels, Counter>,
     /// Forks of worker processes that had several OS threads (FORK_WARNING).
     pub fork_warnings: Family<ServiceLabels, Counter>,
+    /// GPU memory held by each worker's processes (set at scrape time).
+    pub worker_gpu_memory: Family<WorkerLabels, Gauge>,
+    /// 1 when NVML answers, 0 without an NVIDIA driver.
+    pub gpu_driver: Gauge,
+    /// GPU memory in use per device.
+    pub gpu_memory_used: Family<DeviceLabels, Gauge>,
     /// Durable jobs by service and state (set at scrape time from the store).
     pub jobs: Family<StateLabels, Gauge>,
     /// The job store's size on disk.
@@ -114,6 +131,9 @@ impl Metrics {
             bisections: Family::default(),
             streams: Family::default(),
             fork_warnings: Family::default(),
+            worker_gpu_memory: Family::default(),
+            gpu_driver: Gauge::default(),
+            gpu_memory_used: Family::default(),
             jobs: Family::default(),
             jobs_store_bytes: Gauge::default(),
             jobs_oldest_finished: Family::default(),
@@ -191,6 +211,21 @@ impl Metrics {
             "fork_warnings",
             "Forks of worker processes that had several OS threads",
             m.fork_warnings.clone(),
+        );
+        registry.register(
+            "worker_gpu_memory_bytes",
+            "GPU memory held by a worker's processes (NVML)",
+            m.worker_gpu_memory.clone(),
+        );
+        registry.register(
+            "gpu_driver_available",
+            "1 when NVML answers, 0 without an NVIDIA driver",
+            m.gpu_driver.clone(),
+        );
+        registry.register(
+            "gpu_memory_used_bytes",
+            "GPU memory in use per device",
+            m.gpu_memory_used.clone(),
         );
         registry.register("jobs", "Durable jobs by service and state", m.jobs.clone());
         registry.register(

@@ -207,6 +207,8 @@ async fn main(
         groups.clone(),
         &paths.logs,
         Arc::new(metrics::Metrics::new()),
+        // NVML is loaded here, after the fork and inside the runtime.
+        Arc::new(paddock_sys::gpu::Gpus::load()),
     )
     .map_err(|e| Failure::new(exit::FAILURE, e.to_string()))?;
     let (shutdown, mut shutdown_rx) = watch::channel(false);

@@ -150,7 +150,7 @@ impl Coordinator {
                         let mut done = vec![];
                         let mut result = Ok(());
                         for i in 0..self.slots.len() {
-                            match self.replace(i, "reload").await {
+                            match self.replace(i, "reload", self.service.reload).await {
                                 Ok(line) => done.push(line),
                                 Err(e) => { result = Err(e); break; }
                             }
@@ -163,11 +163,12 @@ impl Coordinator {
                     }
                 },
                 a = asks.recv() => {
-                    if let Some(Ask::Recycle { wid, reason }) = a
+                    if let Some(Ask::Recycle { wid, reason, room_for_two }) = a
                         && let Some(i) = self.slots.iter().position(|s| s.handle.wid == wid)
                     {
-                        tracing::info!(service = %self.service.name, "recycling worker {}: {reason}", self.slots[i].index);
-                        if let Err(e) = self.replace(i, "recycle").await {
+                        let how = self.recycle_strategy(i, room_for_two);
+                        tracing::info!(service = %self.service.name, "recycling worker {} ({}): {reason}", self.slots[i].index, how.as_str());
+                        if let Err(e) = self.replace(i, "recycle", how).await {
                             tracing::warn!(service = %self.service.name, "recycle failed: {e}");
                         }
                     }
@@ -211,13 +212,40 @@ impl Coordinator {
         )
     }
 
-    /// Replaces slot `i`'s worker; returns a line describing what was done.
-    async fn replace(&mut self, i: usize, why: &str) -> Result<String, String> {
+    /// How to recycle slot `i`: the service's `reload` strategy; but when the
+    /// worker's device has no room for a second copy (max_gpu_memory), the old
+    /// worker goes first — unless it is the only ready one, since a recycle never
+    /// takes the service to zero: then the replacement is tried beside it (if it
+    /// cannot load, the old worker keeps serving).
+    fn recycle_strategy(&self, i: usize, room_for_two: bool) -> ReloadStrategy {
+        if room_for_two {
+            return self.service.reload;
+        }
+        let others_ready = self
+            .slots
+            .iter()
+            .enumerate()
+            .any(|(j, s)| j != i && s.handle.status.borrow().state.serving());
+        if others_ready {
+            ReloadStrategy::StopFirst
+        } else {
+            ReloadStrategy::StartFirst
+        }
+    }
+
+    /// Replaces slot `i`'s worker, the `how` way; returns a line describing what
+    /// was done.
+    async fn replace(
+        &mut self,
+        i: usize,
+        why: &str,
+        how: ReloadStrategy,
+    ) -> Result<String, String> {
         let name = format!("{}/{}", self.service.name, self.slots[i].index);
         let old_pid = self.slots[i].handle.status.borrow().pid;
         let limit = self.service.startup_timeout + Duration::from_secs(5);
         let patience = self.service.request_timeout + Duration::from_secs(5);
-        match self.service.reload {
+        match how {
             ReloadStrategy::StopFirst => {
                 // In place: the old worker finishes its request and goes first (a
                 // fixed port, a file or a GPU that cannot be held twice).

@@ -93,6 +93,7 @@ impl Shared {
                 state_dir: self.paths.dir.display().to_string(),
                 config: self.config.path.display().to_string(),
                 ready,
+                gpus: crate::gpu::GpuStatus::read(self.supervisor.gpu.as_ref()),
             },
             services,
         }

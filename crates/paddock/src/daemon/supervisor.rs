@@ -16,11 +16,14 @@ use super::service::{self, Order, Plan, ServiceHandle};
 use super::worker::{Deps, Launcher, OsLauncher, StartupEvent};
 use super::{env, groups::Groups, logsink::LogSink, ports, spawner::Spawner};
 use crate::config::{Config, Kind, PortSpec};
+use crate::gpu::GpuProbe;
 use crate::status::{Phase, ServiceState, ServiceStatus};
 
 pub struct Supervisor {
     pub services: Vec<ServiceHandle>,
     pub metrics: Arc<Metrics>,
+    /// The machine's GPUs (NVML, or what says there is none).
+    pub gpu: Arc<dyn GpuProbe>,
 }
 
 /// A service could not even be launched (its fixed port is taken, say).
@@ -40,6 +43,7 @@ impl Supervisor {
         groups: Groups,
         logs_dir: &std::path::Path,
         metrics: Arc<Metrics>,
+        gpu: Arc<dyn GpuProbe>,
     ) -> Result<(Supervisor, mpsc::UnboundedReceiver<StartupEvent>), LaunchError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let launcher: Arc<dyn Launcher> = Arc::new(OsLauncher {
@@ -49,6 +53,23 @@ impl Supervisor {
         let inherited: BTreeMap<String, String> = std::env::vars().collect();
         let cores = paddock_sys::available_cores();
         let total = config.total_workers();
+        // `devices = "auto"`: every GPU the driver reports now (none without one).
+        let discovered: Vec<u32> = match gpu.devices() {
+            Ok(d) => d.iter().map(|d| d.index).collect(),
+            Err(why) => {
+                if config
+                    .services
+                    .iter()
+                    .any(|s| s.gpu.devices == crate::config::gpu::Devices::Auto)
+                {
+                    tracing::warn!(
+                        "devices = \"auto\": {why}; workers run without a GPU assignment"
+                    );
+                }
+                vec![]
+            }
+        };
+        let amd = paddock_sys::gpu::amd_present();
         // Resolve every port before starting anything, so a taken port fails the
         // start before any process exists.
         let mut port_plans = vec![];
@@ -121,7 +142,9 @@ impl Supervisor {
                 metrics: metrics.clone(),
                 dispatcher,
                 coordinator: mpsc::unbounded_channel().0,
+                gpu: gpu.clone(),
             };
+            let placed = s.gpu.assign(&discovered, s.workers);
             let plans = ports_of
                 .iter()
                 .enumerate()
@@ -131,12 +154,23 @@ impl Supervisor {
                     argv: env::expand_argv(&s.command, i as u32, port),
                     listener: listeners[i].clone(),
                     cwd: env::expand_path(&s.cwd, i as u32, port),
-                    env_set: env::worker_env(s, i as u32, total, cores, port, &inherited),
+                    env_set: env::on_device(
+                        env::worker_env(s, i as u32, total, cores, port, &inherited),
+                        placed[i],
+                        amd,
+                    ),
                 })
                 .collect();
             services.push(service::start(service, plans, deps));
         }
-        Ok((Supervisor { services, metrics }, rx))
+        Ok((
+            Supervisor {
+                services,
+                metrics,
+                gpu,
+            },
+            rx,
+        ))
     }
 
     pub fn worker_count(&self) -> usize {
@@ -151,6 +185,8 @@ impl Supervisor {
 
     /// Each service's status, from its workers' latest published states.
     pub fn status(&self) -> Vec<ServiceStatus> {
+        // One NVML read for every worker (an error without a driver).
+        let gpu_memory = self.gpu.process_memory();
         self.services
             .iter()
             .map(|s| {
@@ -160,12 +196,16 @@ impl Supervisor {
                     .iter()
                     .map(|w| {
                         let mut w = w.borrow().clone();
-                        w.rss_bytes = w.pid.map(|pid| {
-                            paddock_sys::procs::tree_of_group(pid)
-                                .iter()
+                        let tree = w.pid.map(paddock_sys::procs::tree_of_group);
+                        w.rss_bytes = tree.as_ref().map(|t| {
+                            t.iter()
                                 .filter_map(|&p| paddock_sys::procs::rss_bytes(p))
                                 .sum()
                         });
+                        w.gpu_memory_bytes = match (&gpu_memory, &tree) {
+                            (Ok(per_pid), Some(t)) => Some(crate::gpu::memory_of(per_pid, t)),
+                            _ => None,
+                        };
                         w
                     })
                     .collect();

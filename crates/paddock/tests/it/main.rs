@@ -10,6 +10,7 @@ mod crashloop;
 mod examples;
 mod failures;
 mod foreground;
+mod gpus;
 mod hardening;
 mod instances;
 mod jobs;

@@ -31,8 +31,14 @@ pub enum StartupEvent {
 /// What the actor asks of its service's coordinator.
 #[derive(Debug)]
 pub enum Ask {
-    /// Replace me (a replacement first, then retire me): max_requests or max_rss.
-    Recycle { wid: u64, reason: String },
+    /// Replace me: max_requests, max_rss or max_gpu_memory. `room_for_two`: a
+    /// replacement may start beside me (false: my GPU has no room for a second
+    /// copy, so I go first — unless I am the last ready worker).
+    Recycle {
+        wid: u64,
+        reason: String,
+        room_for_two: bool,
+    },
 }
 
 /// What the actor needs from the daemon.
@@ -47,6 +53,8 @@ pub struct Deps {
     pub metrics: Arc<Metrics>,
     pub dispatcher: Option<Dispatcher>,
     pub coordinator: mpsc::UnboundedSender<Ask>,
+    /// The GPUs, for max_gpu_memory.
+    pub gpu: Arc<dyn crate::gpu::GpuProbe>,
 }
 
 /// Everything fixed about one worker slot.
@@ -95,6 +103,8 @@ pub fn start(spec: Spec, deps: Deps) -> Handle {
         forks_with_threads: 0,
         last_fork: None,
         rss_bytes: None,
+        device: crate::gpu::assigned_device(&spec.env_set),
+        gpu_memory_bytes: None,
     });
     let (commands, mut rx) = mpsc::unbounded_channel();
     let wid = spec.wid;

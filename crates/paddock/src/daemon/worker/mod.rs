@@ -304,7 +304,8 @@ impl Actor {
             .clocks()
             .filter(|(_, clock)| *clock != Clock::Kill)
             .map(|(at, clock)| (at, Timer::Life(clock)));
-        let rss = (s.max_rss > 0 && running && !self.recycle_asked).then_some(self.next_rss_check);
+        let watch_memory = s.max_rss > 0 || s.gpu.max_memory > 0;
+        let rss = (watch_memory && running && !self.recycle_asked).then_some(self.next_rss_check);
         let own = [
             (probing.then_some(self.next_probe), Timer::Probe),
             (rss, Timer::Rss),

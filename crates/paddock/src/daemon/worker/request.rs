@@ -172,31 +172,68 @@ impl Actor {
     pub(super) fn after_request(&mut self) {
         self.served += 1;
         if self.recycle_after > 0 && self.served >= self.recycle_after && !self.recycle_asked {
-            self.ask_recycle(format!("served {} requests (max_requests)", self.served));
+            self.ask_recycle(
+                format!("served {} requests (max_requests)", self.served),
+                true,
+            );
         }
     }
 
-    pub(super) fn ask_recycle(&mut self, reason: String) {
+    pub(super) fn ask_recycle(&mut self, reason: String, room_for_two: bool) {
         self.recycle_asked = true;
         tracing::info!(worker = %self.name(), "asking for a recycle: {reason}");
         let _ = self.deps.coordinator.send(Ask::Recycle {
             wid: self.spec.wid,
             reason,
+            room_for_two,
         });
     }
 
+    /// Compares the worker's memory with max_rss and its GPU memory with
+    /// max_gpu_memory; past either, asks for a recycle.
     pub(super) fn check_rss(&mut self) {
         let Some(r) = &self.running else { return };
-        let rss: u64 = paddock_sys::procs::tree_of_group(r.pid)
-            .iter()
-            .filter_map(|&p| paddock_sys::procs::rss_bytes(p))
-            .sum();
-        if rss > self.spec.service.max_rss {
-            self.ask_recycle(format!(
-                "resident memory {} MiB is over max_rss ({} MiB)",
-                rss >> 20,
-                self.spec.service.max_rss >> 20
-            ));
+        let mut tree = paddock_sys::procs::tree_of_group(r.pid);
+        if !tree.contains(&r.pid) {
+            tree.push(r.pid); // the worker itself, even where the table is unread
+        }
+        let max_rss = self.spec.service.max_rss;
+        if max_rss > 0 {
+            let rss: u64 = tree
+                .iter()
+                .filter_map(|&p| paddock_sys::procs::rss_bytes(p))
+                .sum();
+            if rss > max_rss {
+                return self.ask_recycle(
+                    format!(
+                        "resident memory {} MiB is over max_rss ({} MiB)",
+                        rss >> 20,
+                        max_rss >> 20
+                    ),
+                    true,
+                );
+            }
+        }
+        let max_gpu = self.spec.service.gpu.max_memory;
+        if max_gpu > 0
+            && let Ok(per_pid) = self.deps.gpu.process_memory()
+        {
+            let used = crate::gpu::memory_of(&per_pid, &tree);
+            if used > max_gpu {
+                let device = crate::gpu::assigned_device(&self.spec.env_set);
+                let room = match (device, self.deps.gpu.devices()) {
+                    (Some(d), Ok(devices)) => crate::gpu::room_for_two(&devices, d, used),
+                    _ => false,
+                };
+                self.ask_recycle(
+                    format!(
+                        "GPU memory {} MiB is over max_gpu_memory ({} MiB)",
+                        used >> 20,
+                        max_gpu >> 20
+                    ),
+                    room,
+                );
+            }
         }
     }
 

@@ -25,6 +25,12 @@ struct Rig {
 
 impl Rig {
     fn new(extra: &str) -> Rig {
+        Rig::with_gpu(extra, Arc::new(crate::gpu::fake::FakeGpus::none()))
+    }
+
+    /// A slot on `gpu`'s machine; a service with `devices` gets its device's
+    /// variables, as the supervisor would set them.
+    fn with_gpu(extra: &str, gpu: Arc<crate::gpu::fake::FakeGpus>) -> Rig {
         let text = format!("[services.svc]\ncommand = [\"fake\"]\n{extra}\n");
         let config = crate::config::parse(Path::new("/nonexistent/paddock.toml"), &text, None)
             .expect("the test's config is valid");
@@ -42,7 +48,9 @@ impl Rig {
             metrics,
             dispatcher: Some(dispatcher.clone()),
             coordinator,
+            gpu,
         };
+        let device = service.gpu.assign(&[0], 1)[0];
         let spec = Spec {
             service,
             index: 0,
@@ -51,7 +59,7 @@ impl Rig {
             argv: vec!["fake".into()],
             listener: None,
             cwd: dir.path().to_path_buf(),
-            env_set: BTreeMap::new(),
+            env_set: crate::daemon::env::on_device(BTreeMap::new(), device, false),
             start_delay: Duration::ZERO,
             initial: false,
             generations: Arc::new(AtomicU64::new(0)),
@@ -224,6 +232,48 @@ async fn max_requests_asks_the_coordinator_for_a_recycle_once() {
     assert_eq!(body_of(rig.call("echo", "y").await), "y");
     assert!(rig.asks.try_recv().is_err());
     assert_eq!(rig.launched(), 1, "the actor itself replaces nothing");
+}
+
+#[tokio::test]
+async fn gpu_memory_over_max_gpu_memory_asks_for_a_recycle_with_the_devices_room() {
+    let gib = 1u64 << 30;
+    let device = |used| crate::gpu::Device {
+        index: 0,
+        name: "fake H100".into(),
+        memory_total: 80 * gib,
+        memory_used: used,
+    };
+    // Room on the device for a second copy: the replacement may start first.
+    for (used_on_device, room) in [(10 * gib, true), (79 * gib, false)] {
+        let gpu = Arc::new(crate::gpu::fake::FakeGpus::with(vec![device(
+            used_on_device,
+        )]));
+        let mut rig = Rig::with_gpu("devices = [0]\nmax_gpu_memory = \"4GiB\"", gpu.clone());
+        let st = rig.ready().await;
+        assert_eq!(st.device, Some(0), "the worker's status names its device");
+        let pid = st.pid.unwrap();
+        // Under the limit: nothing asked.
+        gpu.memory.lock().unwrap().insert(pid, 3 * gib);
+        assert_eq!(body_of(rig.call("echo", "x").await), "x");
+        // Over it: one ask, naming the limit, with the device's room.
+        gpu.memory.lock().unwrap().insert(pid, 6 * gib);
+        let ask = tokio::time::timeout(LIMIT, rig.asks.recv()).await.unwrap();
+        match ask {
+            Some(Ask::Recycle {
+                reason,
+                room_for_two,
+                ..
+            }) => {
+                assert!(
+                    reason.contains("over max_gpu_memory (4096 MiB)"),
+                    "{reason}"
+                );
+                assert_eq!(room_for_two, room, "device {used_on_device} bytes used");
+            }
+            _ => panic!("expected a recycle"),
+        }
+        assert!(rig.asks.try_recv().is_err(), "asked once");
+    }
 }
 
 #[tokio::test]

@@ -1,0 +1,114 @@
+//! `paddock doctor`'s GPU checks: the devices NVML reports (or why none), each
+//! worker's visible devices against its assignment, and processes of this
+//! instance's services that hold GPU memory with no daemon of the instance owning
+//! them (VRAM orphans).
+//!
+//! Read-only, like the rest of doctor: it names a problem and its fix, and kills
+//! nothing.
+
+use std::collections::BTreeSet;
+
+use super::findings::{Finding, Severity, WorkerReport};
+use crate::config::Config;
+use crate::status::Status;
+
+pub fn examine(
+    config: &Config,
+    status: Option<&Status>,
+    reports: &mut [WorkerReport],
+    findings: &mut Vec<Finding>,
+) {
+    use paddock_sys::procs;
+    let gpus = paddock_sys::gpu::Gpus::load();
+    match gpus.devices() {
+        Ok(devices) => findings.push(Finding {
+            severity: Severity::Info,
+            subject: "instance".into(),
+            finding: format!(
+                "GPUs: {}",
+                devices
+                    .iter()
+                    .map(|d| format!(
+                        "{} {} ({} of {} MiB in use)",
+                        d.index,
+                        d.name,
+                        d.memory_used >> 20,
+                        d.memory_total >> 20
+                    ))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+            fix: "each worker's device is in its row".into(),
+        }),
+        Err(why) => findings.push(Finding {
+            severity: Severity::Info,
+            subject: "instance".into(),
+            finding: format!("GPUs: {why}"),
+            fix: "nothing to do unless a service needs a GPU; then install the NVIDIA driver"
+                .into(),
+        }),
+    }
+    let mut ours = BTreeSet::new();
+    for svc in status.map(|s| s.services.as_slice()).unwrap_or_default() {
+        for w in &svc.workers {
+            let Some(pid) = w.pid else { continue };
+            let mut tree = procs::tree_of_group(pid);
+            if !tree.contains(&pid) {
+                tree.push(pid);
+            }
+            ours.extend(tree.iter().copied());
+            if let Some(r) = reports
+                .iter_mut()
+                .find(|r| r.service == svc.name && r.index == w.index)
+            {
+                r.device = w.device;
+                r.gpu_memory_bytes = w.gpu_memory_bytes;
+            }
+            let Some(assigned) = w.device else { continue };
+            // The first process of the tree that sees other devices than assigned.
+            let wrong = tree.iter().find_map(|&p| {
+                let seen = procs::environ(p).get(crate::gpu::VISIBLE).cloned();
+                (seen.as_deref() != Some(assigned.to_string().as_str())).then_some((p, seen))
+            });
+            if let Some((p, seen)) = wrong {
+                findings.push(Finding {
+                    severity: Severity::Warning,
+                    subject: format!("{}/{} (pid {pid})", svc.name, w.index),
+                    finding: format!(
+                        "assigned GPU {assigned}, but its process {p} sees {}",
+                        match seen {
+                            Some(v) => format!("CUDA_VISIBLE_DEVICES={v}"),
+                            None => "every GPU (no CUDA_VISIBLE_DEVICES)".into(),
+                        }
+                    ),
+                    fix: "do not set CUDA_VISIBLE_DEVICES in the command or a wrapper script: `devices` and `workers_per_device` place the workers".into(),
+                });
+            }
+        }
+    }
+    let Ok(per_pid) = gpus.process_memory() else {
+        return;
+    };
+    let names: BTreeSet<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
+    for (pid, bytes) in per_pid {
+        let env = procs::environ(pid);
+        let Some(svc) = env.get("PADDOCK_SERVICE") else {
+            continue;
+        };
+        if !names.contains(svc.as_str()) || ours.contains(&pid) {
+            continue;
+        }
+        findings.push(Finding {
+            severity: Severity::Error,
+            subject: format!("pid {pid}"),
+            finding: format!(
+                "{} ({}), a worker of service {svc}, holds {} MiB of GPU memory, and no running daemon of instance {} owns it",
+                procs::cmdline(pid),
+                env.get("PADDOCK_WORKER").map(|w| format!("worker {w}")).unwrap_or_default(),
+                bytes >> 20,
+                config.instance.name
+            ),
+            fix: format!("end it (kill {pid}); paddock's reaper should have: please report how it escaped"),
+        });
+    }
+}
