@@ -212,25 +212,14 @@ impl Coordinator {
         )
     }
 
-    /// How to recycle slot `i`: the service's `reload` strategy; but when the
-    /// worker's device has no room for a second copy (max_gpu_memory), the old
-    /// worker goes first — unless it is the only ready one, since a recycle never
-    /// takes the service to zero: then the replacement is tried beside it (if it
-    /// cannot load, the old worker keeps serving).
+    /// How to recycle slot `i` (see [`recycle_strategy`]).
     fn recycle_strategy(&self, i: usize, room_for_two: bool) -> ReloadStrategy {
-        if room_for_two {
-            return self.service.reload;
-        }
         let others_ready = self
             .slots
             .iter()
             .enumerate()
             .any(|(j, s)| j != i && s.handle.status.borrow().state.serving());
-        if others_ready {
-            ReloadStrategy::StopFirst
-        } else {
-            ReloadStrategy::StartFirst
-        }
+        recycle_strategy(self.service.reload, room_for_two, others_ready)
     }
 
     /// Replaces slot `i`'s worker, the `how` way; returns a line describing what
@@ -394,5 +383,41 @@ async fn wait_ready(h: &Handle, limit: Duration) -> Result<(), String> {
             .clone()
             .or_else(|| s.last_exit.as_ref().map(|c| c.description.clone()))
             .unwrap_or_else(|| format!("it is {}", s.state))),
+    }
+}
+
+/// How a recycle replaces a worker: the service's `reload` strategy; but when the
+/// worker's device has no room for a second copy (max_gpu_memory), the old worker
+/// goes first — unless no other worker is ready, since a recycle never takes the
+/// service to zero: then the replacement is tried beside it, and if it cannot load,
+/// the old worker keeps serving.
+fn recycle_strategy(
+    reload: ReloadStrategy,
+    room_for_two: bool,
+    others_ready: bool,
+) -> ReloadStrategy {
+    match (room_for_two, others_ready) {
+        (true, _) => reload,
+        (false, true) => ReloadStrategy::StopFirst,
+        (false, false) => ReloadStrategy::StartFirst,
+    }
+}
+
+#[cfg(test)]
+mod recycle_tests {
+    use super::*;
+
+    #[test]
+    fn a_full_device_stops_first_but_never_takes_the_service_to_zero() {
+        use ReloadStrategy::{StartFirst, StopFirst};
+        // Room on the device: the service's own strategy.
+        assert_eq!(recycle_strategy(StartFirst, true, false), StartFirst);
+        assert_eq!(recycle_strategy(StopFirst, true, true), StopFirst);
+        // No room, others serve meanwhile: the old worker goes first.
+        assert_eq!(recycle_strategy(StartFirst, false, true), StopFirst);
+        // No room and it is the last ready worker: it keeps serving until the
+        // replacement is ready (or failed).
+        assert_eq!(recycle_strategy(StartFirst, false, false), StartFirst);
+        assert_eq!(recycle_strategy(StopFirst, false, false), StartFirst);
     }
 }
