@@ -3,7 +3,7 @@
 in steady state, on the SQLite store and then on PostgreSQL, in one run.
 
     python3 bench/jobs_scale.py [--jobs 1000000] [--postgres-jobs N] [--retention 10s]
-                                [--clients 16] [--backlog 5000]
+                                [--clients 16] [--backlog 5000] [--skip-sqlite]
                                 [--postgres URL | --skip-postgres]
 
 Clients enqueue over keep-alive HTTP, never more than --backlog jobs ahead of the
@@ -149,7 +149,7 @@ def run(label, store, a):
 def summary(s):
     return (f"{s['label']}: {s['jobs']} jobs in {s['total_s']:.0f} s ({s['jobs_per_s']:.0f} jobs/s); "
             f"first tenth {s['first']:.0f} jobs/s, last tenth {s['last']:.0f} jobs/s "
-            f"({(s['last'] / s['first'] - 1) * 100:+.1f} %); store at most {s['max_mb']:.1f} MB "
+            f"({(s['last'] / max(s['first'], 1e-9) - 1) * 100:+.1f} %); store at most {s['max_mb']:.1f} MB "
             f"({s['end_mb']:.1f} MB at the end); daemon RSS {s['rss_start']:.1f} MB at the start, "
             f"{s['rss_end']:.1f} MB at the end, {s['rss_max']:.1f} MB at most; CPU steal {s['steal']:.0f} % on average")
 
@@ -163,8 +163,9 @@ def main():
     ap.add_argument("--postgres-jobs", type=int, help="jobs for the PostgreSQL run (default: --jobs)")
     ap.add_argument("--postgres", help="a server's base URL, e.g. postgres://postgres@127.0.0.1:5432")
     ap.add_argument("--skip-postgres", action="store_true")
+    ap.add_argument("--skip-sqlite", action="store_true")
     a = ap.parse_args()
-    results = [run("sqlite", "", a)]
+    results = [] if a.skip_sqlite else [run("sqlite", "", a)]
     if not a.skip_postgres:
         base, started = a.postgres, None
         if not base:
