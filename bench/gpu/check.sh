@@ -37,12 +37,13 @@ env = { PYTHONPATH = "$ROOT/sdk/python" }
 TOML
 $P -c "$DIR/paddock.toml" start
 echo "--- 400 requests over 4 workers"
+secs() { $PY -c 'import sys; print(f"{float(sys.argv[2]) - float(sys.argv[1]):.3f}")' "$1" "$2"; }
 t0=$(date +%s.%N)
 for i in $(seq 1 400); do
   curl -sf localhost:18790/v1/mlp -H 'Content-Type: application/json' -d '{"n": 64}' >/dev/null
 done
 t1=$(date +%s.%N)
-echo "400 requests in $(echo "$t1 - $t0" | bc) s"
+echo "400 requests in $(secs "$t0" "$t1") s"
 echo "--- status: each worker's device and GPU memory"
 $P -c "$DIR/paddock.toml" status
 $P -c "$DIR/paddock.toml" status --json | $PY -c '
@@ -76,7 +77,7 @@ while :; do
   sleep 0.05
 done
 t1=$(date +%s.%N)
-echo "no worker holds GPU memory $(echo "$t1 - $t0" | bc) s after the daemon's SIGKILL"
+echo "no worker holds GPU memory $(secs "$t0" "$t1") s after the daemon's SIGKILL"
 echo "--- the naive pattern: CUDA initialised, then os.fork()"
 $PY "$ROOT/bench/gpu/naive_fork.py" || true
 rm -rf "$DIR"
