@@ -25,6 +25,10 @@ use tokio::sync::oneshot;
 struct Request {
     command: StdCommand,
     inherit: Option<(std::os::fd::RawFd, std::os::fd::RawFd)>,
+    /// Announce the child's group to the reaper (workers: their groups are
+    /// forgotten again when they end). Not for health probes, whose groups nobody
+    /// would forget: the reaper would keep their numbers, which the system reuses.
+    announce: bool,
     reply: oneshot::Sender<std::io::Result<Child>>,
 }
 
@@ -53,6 +57,10 @@ impl Spawner {
             .spawn(move || {
                 let _guard = runtime.enter();
                 for mut req in rx {
+                    let how = paddock_sys::spawn::Supervision {
+                        reaper_fd: how.reaper_fd.filter(|_| req.announce),
+                        ..how
+                    };
                     paddock_sys::spawn::supervise(&mut req.command, how, req.inherit);
                     let mut cmd = tokio::process::Command::from(req.command);
                     cmd.kill_on_drop(false);
@@ -71,24 +79,35 @@ impl Spawner {
         Ok(Spawner { tx })
     }
 
-    /// Spawns `command` as a supervised worker (own process group, parent-death
-    /// signal) and returns its handle.
+    /// Spawns `command` (a health probe) in its own process group, with the
+    /// parent-death signal, not announced to the reaper; returns its handle.
     pub async fn spawn(&self, command: StdCommand) -> std::io::Result<Child> {
-        self.spawn_with_fd(command, None).await
+        self.request(command, None, false).await
     }
 
-    /// Like [`Spawner::spawn`], handing the child `fd` as descriptor `target`. The
-    /// caller keeps `fd` open until this returns.
+    /// Spawns a worker: like [`Spawner::spawn`], but the child announces its group
+    /// to the reaper before it execs, and gets `fd` as descriptor `target` (the
+    /// caller keeps `fd` open until this returns).
     pub async fn spawn_with_fd(
         &self,
         command: StdCommand,
         inherit: Option<(std::os::fd::RawFd, std::os::fd::RawFd)>,
+    ) -> std::io::Result<Child> {
+        self.request(command, inherit, true).await
+    }
+
+    async fn request(
+        &self,
+        command: StdCommand,
+        inherit: Option<(std::os::fd::RawFd, std::os::fd::RawFd)>,
+        announce: bool,
     ) -> std::io::Result<Child> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Request {
                 command,
                 inherit,
+                announce,
                 reply,
             })
             .map_err(|_| std::io::Error::other("the spawner thread is gone"))?;
