@@ -186,13 +186,19 @@ fn s(v: &Value) -> String {
     }
 }
 
-fn print_list(v: &Value) {
+/// A table in the terminal's style: boxed on a terminal, plain columns in a pipe.
+fn table() -> Table {
     let mut t = Table::new();
     t.load_style(if output::stdout_is_tty() {
         presets::UTF8_FULL_CONDENSED
     } else {
         presets::NOTHING
     });
+    t
+}
+
+fn print_list(v: &Value) {
+    let mut t = table();
     t.set_header(vec![
         "ID", "SERVICE", "METHOD", "STATE", "ATTEMPTS", "CREATED", "FINISHED",
     ]);
@@ -220,12 +226,7 @@ fn print_stats(v: &Value) {
         s(&v["store"]),
         s(&v["location"])
     );
-    let mut t = Table::new();
-    t.load_style(if output::stdout_is_tty() {
-        presets::UTF8_FULL_CONDENSED
-    } else {
-        presets::NOTHING
-    });
+    let mut t = table();
     t.set_header(vec![
         "SERVICE",
         "QUEUED",

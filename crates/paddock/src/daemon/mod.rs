@@ -417,7 +417,7 @@ async fn open_jobs(
         }
         crate::config::Store::Postgres(url) => (
             jobs::postgres::open(url, owner, config.instance.lease_timeout, wake.clone()).await?,
-            ("postgres", jobs::stats::redact_url(url)),
+            ("postgres", jobs::postgres::redact(url)),
         ),
     };
     let mut pruned = std::collections::HashMap::new();

@@ -167,6 +167,23 @@ fn finished_jobs_expire(backend: Backend, n: usize) {
     env.stop_ok();
 }
 
+/// Runs a Python script (`python3 -c SCRIPT ARGS…`), asserting it succeeds; its
+/// output, trimmed.
+fn python(script: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 fn unix_ms(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
 }
@@ -205,19 +222,7 @@ print(db.execute("SELECT count(*) FROM jobs").fetchone()[0])
 "#,
         db = db.display().to_string()
     );
-    let out = std::process::Command::new("python3")
-        .args(["-c", &seed])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        ROWS.to_string()
-    );
+    assert_eq!(python(&seed, &[]), ROWS.to_string());
     // Retention 20s: the first prune round comes 5 s after the start, so the
     // clients see the store before, during and after it.
     env.config(&env.worker(
@@ -348,18 +353,8 @@ fn jobs_compact_gives_an_old_database_its_space_back() {
     // Made "old": auto_vacuum off, and its jobs deleted by hand; the file keeps
     // their pages.
     let db = env.state_dir().join("jobs.db");
-    let sql = |script: &str| {
-        let out = std::process::Command::new("python3")
-            .args(["-c", script, &db.display().to_string()])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
+    let path = db.display().to_string();
+    let sql = |script: &str| python(script, &[&path]);
     sql(
         "import sqlite3, sys\ndb = sqlite3.connect(sys.argv[1])\ndb.execute('PRAGMA auto_vacuum = NONE')\ndb.execute('VACUUM')\ndb.execute('DELETE FROM jobs')\ndb.commit()\ndb.execute('PRAGMA wal_checkpoint(TRUNCATE)')",
     );

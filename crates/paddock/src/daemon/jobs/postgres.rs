@@ -25,6 +25,7 @@ use tokio_postgres::{Client, Transaction};
 
 mod conn;
 
+pub(in crate::daemon) use conn::redact;
 use conn::{connect, listen, pg_error, reconnect};
 
 use super::apply::{ApiChange, Keyed, Stored, Tx, apply, change_sql};

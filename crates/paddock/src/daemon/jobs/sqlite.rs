@@ -129,16 +129,11 @@ static INSERT: LazyLock<String> = LazyLock::new(|| {
 pub fn open(path: &Path, owner: String) -> Result<(Store, usize), String> {
     // One daemon per database file: two instances sharing `store = "sqlite:PATH"`
     // would take each other's running jobs for a dead daemon's.
-    let lock_path = path.with_extension("db.lock");
-    let lock = paddock_sys::lock::try_acquire(&lock_path, std::time::Duration::from_millis(300))
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| {
-            format!(
-                "job store {} is in use by another paddock instance (its lock {} is held); give each instance its own store",
-                path.display(),
-                lock_path.display()
-            )
-        })?;
+    let lock = lock_store(
+        path,
+        " by another paddock instance",
+        "give each instance its own store",
+    )?;
     let what = |e: rusqlite::Error| format!("job store {}: {e}", path.display());
     let conn = Connection::open(path).map_err(what)?;
     // First of all (it only takes on a file with nothing in it yet, not even the
@@ -173,6 +168,21 @@ pub fn open(path: &Path, owner: String) -> Result<(Store, usize), String> {
     Ok((Store(tx), recovered))
 }
 
+/// The store's lock (`PATH.db.lock`), held by whoever has the file open; an error
+/// saying who (`by`) and what to do (`fix`) when someone else holds it.
+fn lock_store(path: &Path, by: &str, fix: &str) -> Result<paddock_sys::lock::HeldLock, String> {
+    let lock_path = path.with_extension("db.lock");
+    paddock_sys::lock::try_acquire(&lock_path, std::time::Duration::from_millis(300))
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| {
+            format!(
+                "job store {} is in use{by} (its lock {} is held); {fix}",
+                path.display(),
+                lock_path.display()
+            )
+        })
+}
+
 /// The file's size with its WAL.
 fn size_on_disk(path: &Path) -> u64 {
     ["", "-wal"]
@@ -190,16 +200,7 @@ fn size_on_disk(path: &Path) -> u64 {
 /// retention (auto_vacuum off), with the daemon stopped: turns incremental vacuum
 /// on and runs a full `VACUUM`. Returns the size before and after.
 pub fn compact_offline(path: &Path) -> Result<(u64, u64), String> {
-    let lock_path = path.with_extension("db.lock");
-    let _lock = paddock_sys::lock::try_acquire(&lock_path, std::time::Duration::from_millis(300))
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| {
-            format!(
-                "job store {} is in use (its lock {} is held): stop the instance using it first",
-                path.display(),
-                lock_path.display()
-            )
-        })?;
+    let _lock = lock_store(path, "", "stop the instance using it first")?;
     let what = |e: rusqlite::Error| format!("compacting job store {}: {e}", path.display());
     let before = size_on_disk(path);
     let conn = Connection::open(path).map_err(what)?;

@@ -162,37 +162,9 @@ pub fn assemble(
     }
 }
 
-/// A PostgreSQL URL without its password, to show.
-pub fn redact_url(url: &str) -> String {
-    // postgres://user:secret@host/db → postgres://user@host/db
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    match rest.split_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{scheme}://{user}@{host}")
-        }
-        None => url.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn passwords_do_not_leave_the_url() {
-        assert_eq!(
-            redact_url("postgres://app:s3cret@db.local:5432/jobs"),
-            "postgres://app@db.local:5432/jobs"
-        );
-        assert_eq!(
-            redact_url("postgres://app@127.0.0.1/jobs"),
-            "postgres://app@127.0.0.1/jobs"
-        );
-        assert_eq!(redact_url("host=/tmp dbname=jobs"), "host=/tmp dbname=jobs");
-    }
 
     #[test]
     fn every_state_is_counted_and_other_services_are_not() {

@@ -47,8 +47,8 @@ pub(super) async fn reconnect(url: &str, what: &str) -> Client {
     }
 }
 
-/// The URL without its password, for messages.
-fn redact(url: &str) -> String {
+/// The URL without its password, for messages and `paddock jobs stats`.
+pub(in crate::daemon) fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(a), Some(b)) if b > a => {
             let creds = &url[a + 3..b];
