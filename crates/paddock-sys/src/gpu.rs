@@ -12,6 +12,11 @@ use std::collections::HashMap;
 use nvml_wrapper::Nvml;
 use nvml_wrapper::enums::device::UsedGpuMemory;
 
+/// The variable that names the NVML library to load instead of the default.
+pub const LIBRARY_VAR: &str = "PADDOCK_NVML_LIBRARY";
+/// The NVML library the loader looks for by default.
+pub const DEFAULT_LIBRARY: &str = "libnvidia-ml.so.1";
+
 /// One GPU as NVML reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Device {
@@ -28,18 +33,32 @@ pub struct Gpus {
 }
 
 impl Gpus {
-    /// Loads NVML. Without a driver this still succeeds; every query then answers
-    /// "no NVIDIA driver (…)".
+    /// Loads NVML: the library `PADDOCK_NVML_LIBRARY` names (a driver installed
+    /// off the loader's path), else `libnvidia-ml.so.1`. Without a driver this
+    /// still succeeds; every query then answers "no NVIDIA driver (…)".
     pub fn load() -> Gpus {
-        let nvml = Nvml::init().map_err(|e| match e {
-            nvml_wrapper::error::NvmlError::LibloadingError(e) => {
-                format!("no NVIDIA driver (libnvidia-ml.so.1 could not be loaded: {e})")
-            }
-            nvml_wrapper::error::NvmlError::DriverNotLoaded => {
-                "no NVIDIA driver (NVML is installed but the kernel driver is not loaded)".into()
-            }
-            other => format!("no NVIDIA driver (NVML failed to start: {other})"),
-        });
+        match std::env::var_os(LIBRARY_VAR).filter(|p| !p.is_empty()) {
+            Some(path) => Gpus::load_from(&path),
+            None => Gpus::load_from(std::ffi::OsStr::new(DEFAULT_LIBRARY)),
+        }
+    }
+
+    /// Loads NVML from `library` (a file name the loader searches for, or a path).
+    pub fn load_from(library: &std::ffi::OsStr) -> Gpus {
+        let shown = library.to_string_lossy();
+        let nvml = Nvml::builder()
+            .lib_path(library)
+            .init()
+            .map_err(|e| match e {
+                nvml_wrapper::error::NvmlError::LibloadingError(e) => {
+                    format!("no NVIDIA driver ({shown} could not be loaded: {e})")
+                }
+                nvml_wrapper::error::NvmlError::DriverNotLoaded => {
+                    "no NVIDIA driver (NVML is installed but the kernel driver is not loaded)"
+                        .into()
+                }
+                other => format!("no NVIDIA driver (NVML failed to start: {other})"),
+            });
         Gpus { nvml }
     }
 
@@ -112,5 +131,15 @@ mod tests {
                 assert_eq!(g.process_memory().unwrap_err(), e);
             }
         }
+    }
+
+    #[test]
+    fn a_library_that_is_not_there_is_named() {
+        let g = Gpus::load_from(std::ffi::OsStr::new("/nonexistent/libnvidia-ml.so.1"));
+        let e = g.devices().unwrap_err();
+        assert!(
+            e.starts_with("no NVIDIA driver (/nonexistent/libnvidia-ml.so.1 could not be loaded"),
+            "{e}"
+        );
     }
 }

@@ -89,6 +89,27 @@ pub fn examine(
     let Ok(per_pid) = gpus.process_memory() else {
         return;
     };
+    // In a container without the host's PID namespace NVML names host pids, which
+    // match no process here: then nothing can be measured per worker.
+    let unseen: Vec<i32> = per_pid
+        .keys()
+        .copied()
+        .filter(|&p| procs::stat(p).is_none())
+        .collect();
+    if !unseen.is_empty() {
+        let limited = config.services.iter().any(|s| s.gpu.max_memory > 0);
+        findings.push(Finding {
+            severity: if limited { Severity::Warning } else { Severity::Info },
+            subject: "instance".into(),
+            finding: format!(
+                "NVML reports {} process(es) holding GPU memory that this PID namespace cannot see (pid {}): a container without the host's PID namespace? Then no worker's GPU memory can be measured{}",
+                unseen.len(),
+                unseen.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", "),
+                if limited { ", and max_gpu_memory never triggers" } else { "" }
+            ),
+            fix: "run the container in the host's PID namespace (docker run --pid=host; Kubernetes hostPID: true)".into(),
+        });
+    }
     let names: BTreeSet<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
     for (pid, bytes) in per_pid {
         let env = procs::environ(pid);
@@ -103,12 +124,45 @@ pub fn examine(
             subject: format!("pid {pid}"),
             finding: format!(
                 "{} ({}), a worker of service {svc}, holds {} MiB of GPU memory, and no running daemon of instance {} owns it",
-                procs::cmdline(pid),
+                short_command(&procs::cmdline(pid)),
                 env.get("PADDOCK_WORKER").map(|w| format!("worker {w}")).unwrap_or_default(),
                 bytes >> 20,
                 config.instance.name
             ),
             fix: format!("end it (kill {pid}); paddock's reaper should have: please report how it escaped"),
         });
+    }
+}
+
+/// A command line for one line of a report: its program's file name, whitespace
+/// collapsed, cut at 60 characters.
+fn short_command(cmdline: &str) -> String {
+    let mut words = cmdline.split_whitespace();
+    let program = words.next().unwrap_or("?");
+    let program = program.rsplit('/').next().unwrap_or(program);
+    let line = std::iter::once(program)
+        .chain(words)
+        .collect::<Vec<_>>()
+        .join(" ");
+    match line.char_indices().nth(60) {
+        Some((cut, _)) => format!("{}…", &line[..cut]),
+        None => line,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_command_is_shown_on_one_short_line() {
+        assert_eq!(
+            super::short_command("/usr/bin/python3 -u  serve.py\n--port 1"),
+            "python3 -u serve.py --port 1"
+        );
+        let long = super::short_command(&format!("/bin/sh -c '{}'", "x ".repeat(100)));
+        assert_eq!(long.chars().count(), 61, "{long}");
+        assert!(
+            long.starts_with("sh -c 'x x") && long.ends_with('…'),
+            "{long}"
+        );
     }
 }

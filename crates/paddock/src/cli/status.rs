@@ -111,8 +111,27 @@ pub fn render(s: &Status, tty: bool) -> String {
     }
     out.push_str(&t.to_string());
     out.push('\n');
-    if gpu && let Some(why) = &i.gpus.unavailable {
-        out.push_str(&format!("GPUs: {why}\n"));
+    if gpu {
+        match &i.gpus.unavailable {
+            Some(why) => out.push_str(&format!("GPUs: {why}\n")),
+            None => {
+                let devices: Vec<String> = i
+                    .gpus
+                    .devices
+                    .iter()
+                    .map(|d| {
+                        format!(
+                            "{} {} ({} of {} MiB in use)",
+                            d.index,
+                            d.name,
+                            d.memory_used_bytes >> 20,
+                            d.memory_total_bytes >> 20
+                        )
+                    })
+                    .collect();
+                out.push_str(&format!("GPUs: {}\n", devices.join("; ")));
+            }
+        }
     }
     for svc in &s.services {
         if let Some(r) = &svc.reason {

@@ -167,7 +167,12 @@ impl Coordinator {
                         && let Some(i) = self.slots.iter().position(|s| s.handle.wid == wid)
                     {
                         let how = self.recycle_strategy(i, room_for_two);
-                        tracing::info!(service = %self.service.name, "recycling worker {} ({}): {reason}", self.slots[i].index, how.as_str());
+                        let because = match (room_for_two, how) {
+                            (true, _) => "",
+                            (false, ReloadStrategy::StopFirst) => ", as its device has no room for a second copy",
+                            (false, ReloadStrategy::StartFirst) => ", though its device has no room for a second copy: no other worker is ready",
+                        };
+                        tracing::info!(service = %self.service.name, "recycling worker {} ({}{because}): {reason}", self.slots[i].index, how.as_str());
                         if let Err(e) = self.replace(i, "recycle", how).await {
                             tracing::warn!(service = %self.service.name, "recycle failed: {e}");
                         }

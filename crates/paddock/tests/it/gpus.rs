@@ -2,8 +2,8 @@
 //! `workers_per_device` — each worker's CUDA_VISIBLE_DEVICES in its own process,
 //! kept across a crash and a reload — and the no-driver path end to end: status,
 //! metrics, the dashboard's data and doctor say "no NVIDIA driver". The NVML
-//! measurements and `max_gpu_memory` run on a GPU machine (bench/gpu/) and, with a
-//! fake probe, in the actor's unit tests.
+//! measurements and `max_gpu_memory` run against a stand-in driver library in
+//! nvml.rs, and on a GPU machine in bench/gpu/.
 
 use std::time::Duration;
 

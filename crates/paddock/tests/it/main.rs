@@ -16,6 +16,8 @@ mod instances;
 mod jobs;
 mod listen_fd;
 mod logs;
+#[cfg(target_os = "linux")]
+mod nvml;
 mod openapi;
 mod orphans;
 mod reloads;

@@ -221,13 +221,21 @@ impl Actor {
             let used = crate::gpu::memory_of(&per_pid, &tree);
             if used > max_gpu {
                 let device = crate::gpu::assigned_device(&self.spec.env_set);
-                let room = match (device, self.deps.gpu.devices()) {
-                    (Some(d), Ok(devices)) => crate::gpu::room_for_two(&devices, d, used),
-                    _ => false,
-                };
+                let devices = self.deps.gpu.devices().unwrap_or_default();
+                let room = device.is_some_and(|d| crate::gpu::room_for_two(&devices, d, used));
+                let free = device
+                    .and_then(|d| devices.iter().find(|x| x.index == d))
+                    .map(|d| {
+                        format!(
+                            "; device {} has {} MiB free",
+                            d.index,
+                            d.memory_total.saturating_sub(d.memory_used) >> 20
+                        )
+                    })
+                    .unwrap_or_default();
                 self.ask_recycle(
                     format!(
-                        "GPU memory {} MiB is over max_gpu_memory ({} MiB)",
+                        "GPU memory {} MiB is over max_gpu_memory ({} MiB){free}",
                         used >> 20,
                         max_gpu >> 20
                     ),
