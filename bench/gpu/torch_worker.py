@@ -1,5 +1,7 @@
 """The device check's model: an MLP with random weights on the worker's GPU (no
 download), and a handler that leaks GPU memory on purpose."""
+import os
+
 import paddock
 import torch
 
@@ -19,7 +21,7 @@ class Model:
         n = int(req.json().get("n", 8))
         with torch.no_grad():
             out = self.net(torch.randn(n, 1024, device="cuda"))
-        return {"sum": float(out.sum()), "device": torch.cuda.get_device_name(0)}
+        return {"sum": float(out.sum()), "device": torch.cuda.get_device_name(0), "pid": os.getpid()}
 
     @paddock.handler
     def leak(self, req):
