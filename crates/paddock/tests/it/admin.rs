@@ -103,8 +103,9 @@ fn no_service_may_be_named_like_the_admin_prefix() {
 }
 
 /// The dashboard in a real browser (headless Chromium through Playwright): worker
-/// rows and states, the crash cause shown, the rate chart moving under traffic, a
-/// screenshot; with an auth_token, nothing shown until the token is given.
+/// rows and states, each worker's GPU memory (a stand-in NVML), the crash cause
+/// shown, the rate chart moving under traffic, a screenshot; with an auth_token,
+/// nothing shown until the token is given.
 #[test]
 #[cfg_attr(paddock_skip_browser, ignore = "PADDOCK_SKIP_BROWSER=1")]
 fn the_dashboard_shows_workers_a_crash_and_live_traffic_in_a_real_browser() {
@@ -118,9 +119,14 @@ fn the_dashboard_shows_workers_a_crash_and_live_traffic_in_a_real_browser() {
         if let Some(t) = token {
             env.instance_extra = format!("auth_token = \"{t}\"\n");
         }
+        // Two workers on a (stand-in) GPU, 100 MiB each, for the GPU column.
+        let nvml = crate::fake_nvml::FakeNvml::install(
+            &mut env,
+            &[("Fake H200", 8 * crate::fake_nvml::GIB)],
+        );
         let services = format!(
             "{}{}",
-            env.worker("fake", "workers = 2"),
+            nvml.service(&env, "fake", 100, "devices = [0]\nworkers_per_device = 2"),
             env.worker("crashy", "workers = 1")
         );
         env.config(&services);
@@ -163,7 +169,20 @@ fn the_dashboard_shows_workers_a_crash_and_live_traffic_in_a_real_browser() {
                 "{r}"
             );
             assert!(text.contains(" MiB"), "{r}");
+            // The GPU column: the device and what the worker holds there.
+            assert_eq!(
+                r[4].as_str().unwrap(),
+                if r[0] == "fake" { "0: 100 MiB" } else { "-" },
+                "{r}"
+            );
         }
+        assert!(
+            report["instance"]
+                .as_str()
+                .unwrap()
+                .contains("GPUs 0 Fake H200"),
+            "{report}"
+        );
         assert!(
             std::fs::metadata(&shot).unwrap().len() > 10_000,
             "no screenshot"

@@ -9,6 +9,7 @@ mod config_errors;
 mod crashloop;
 mod examples;
 mod failures;
+mod fake_nvml;
 mod foreground;
 mod gpus;
 mod hardening;

@@ -48,8 +48,9 @@ with sync_playwright() as p:
         page.click("#login button")
     page.wait_for_function("document.querySelectorAll('tr.worker').length >= 3", timeout=20000)
     rows = page.eval_on_selector_all(
-        "tr.worker", "rs => rs.map(r => [r.dataset.service, r.dataset.state, r.querySelector('.cause').textContent, r.textContent])")
+        "tr.worker", "rs => rs.map(r => [r.dataset.service, r.dataset.state, r.querySelector('.cause').textContent, r.textContent, r.querySelector('.gpu').textContent])")
     report["rows"] = rows
+    report["instance"] = page.text_content("#instance")
     # The crash the test caused: in the worker's row, and in the timeline.
     page.wait_for_function(
         "[...document.querySelectorAll('#timeline td')].some(td => td.textContent.includes('SIGSEGV'))",
