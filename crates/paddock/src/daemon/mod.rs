@@ -15,6 +15,7 @@ mod control_server;
 mod dispatch;
 mod env;
 mod gateway;
+mod gpu_sampler;
 mod groups;
 mod http_server;
 pub(crate) mod jobs;
@@ -36,7 +37,7 @@ mod supervisor;
 mod worker;
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
 
@@ -207,8 +208,12 @@ async fn main(
         groups.clone(),
         &paths.logs,
         Arc::new(metrics::Metrics::new()),
-        // NVML is loaded here, after the fork and inside the runtime.
-        Arc::new(paddock_sys::gpu::Gpus::load()),
+        // NVML is loaded here, after the fork and inside the runtime, and read
+        // on a thread of its own once a second.
+        Arc::new(gpu_sampler::start(
+            Box::new(paddock_sys::gpu::Gpus::load()),
+            Duration::from_secs(1),
+        )),
     )
     .map_err(|e| Failure::new(exit::FAILURE, e.to_string()))?;
     let (shutdown, mut shutdown_rx) = watch::channel(false);

@@ -144,6 +144,23 @@ fn the_dashboard_shows_workers_a_crash_and_live_traffic_in_a_real_browser() {
         )
         .unwrap();
         assert_eq!(r.code, 502, "{}", r.text());
+        // The daemon's GPU reading (once a second) has both workers' memory.
+        wait_until(Duration::from_secs(5), "a GPU reading", || {
+            let st = env.status();
+            let fake = st["services"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["name"] == "fake")
+                .unwrap()
+                .clone();
+            fake["workers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|w| w["gpu_memory_bytes"] == 100 * crate::fake_nvml::MIB)
+                .then_some(())
+        });
         let shot = env.path().join("dashboard.png");
         let mut cmd = std::process::Command::new(&python);
         cmd.arg(format!(

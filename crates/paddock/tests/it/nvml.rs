@@ -76,7 +76,18 @@ fn through_nvml_each_workers_gpu_memory_is_summed_over_its_tree_in_status_metric
             .get_mut(&worker)
             .expect("a worker of the service answered") += mb * MIB;
     }
-    let st = env.status();
+    // The daemon reads NVML once a second: wait for a reading with all of it.
+    let st = wait_until(
+        Duration::from_secs(5),
+        "a reading with every holder",
+        || {
+            let st = env.status();
+            workers(&st, "gen")
+                .iter()
+                .all(|w| w["gpu_memory_bytes"] == want[&pid_of(w)])
+                .then_some(st)
+        },
+    );
     for w in workers(&st, "gen") {
         assert_eq!(w["gpu_memory_bytes"], want[&pid_of(&w)], "{w}");
         // The device's used memory is what its worker's tree holds.
