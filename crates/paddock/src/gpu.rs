@@ -22,6 +22,10 @@ pub use paddock_sys::gpu::Device;
 pub const VISIBLE: &str = "CUDA_VISIBLE_DEVICES";
 /// ROCm's counterparts, set too where `/dev/kfd` exists.
 pub const VISIBLE_AMD: [&str; 2] = ["HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES"];
+/// CUDA numbers devices fastest first unless told otherwise; NVML (nvidia-smi,
+/// `devices`, `status`) numbers them by PCI bus. A placed worker gets this so that
+/// its device index means the same GPU to CUDA as to paddock.
+pub const ORDER: (&str, &str) = ("CUDA_DEVICE_ORDER", "PCI_BUS_ID");
 
 /// What paddock asks of the GPUs.
 pub trait GpuProbe: Send + Sync {
@@ -40,9 +44,13 @@ impl GpuProbe for paddock_sys::gpu::Gpus {
     }
 }
 
-/// The variables that put a worker on `device`.
+/// The variables that put a worker on `device`, with CUDA numbering the GPUs as
+/// NVML does.
 pub fn visible_env(device: u32, amd: bool) -> Vec<(String, String)> {
-    let mut v = vec![(VISIBLE.to_string(), device.to_string())];
+    let mut v = vec![
+        (VISIBLE.to_string(), device.to_string()),
+        (ORDER.0.to_string(), ORDER.1.to_string()),
+    ];
     if amd {
         v.extend(
             VISIBLE_AMD
@@ -169,7 +177,9 @@ mod tests {
         assert_eq!(env["ROCR_VISIBLE_DEVICES"], "3");
         env.clear();
         assert_eq!(assigned_device(&env), None);
-        assert_eq!(visible_env(1, false).len(), 1);
+        let nvidia: BTreeMap<String, String> = visible_env(1, false).into_iter().collect();
+        assert_eq!(nvidia.len(), 2, "{nvidia:?}");
+        assert_eq!(nvidia["CUDA_DEVICE_ORDER"], "PCI_BUS_ID");
     }
 
     #[test]

@@ -84,6 +84,26 @@ pub fn examine(
                     fix: "do not set CUDA_VISIBLE_DEVICES in the command or a wrapper script: `devices` and `workers_per_device` place the workers".into(),
                 });
             }
+            // CUDA reads that index in its own order unless told NVML's.
+            let (order, by_bus) = crate::gpu::ORDER;
+            let reordered = tree.iter().find_map(|&p| {
+                let seen = procs::environ(p).get(order).cloned();
+                (seen.as_deref() != Some(by_bus)).then_some((p, seen))
+            });
+            if let Some((p, seen)) = reordered {
+                findings.push(Finding {
+                    severity: Severity::Warning,
+                    subject: format!("{}/{} (pid {pid})", svc.name, w.index),
+                    finding: format!(
+                        "its process {p} has {}: CUDA may number the GPUs fastest first, so GPU {assigned} there can be another GPU than nvidia-smi's {assigned}",
+                        match seen {
+                            Some(v) => format!("{order}={v}"),
+                            None => format!("no {order}"),
+                        }
+                    ),
+                    fix: format!("do not set {order} in the command or a wrapper script: paddock sets {order}={by_bus} so that its device numbers are NVML's"),
+                });
+            }
         }
     }
     let Ok(per_pid) = gpus.process_memory() else {

@@ -62,7 +62,9 @@ pub fn on_device(
 pub fn computed(service: &Service, set: &BTreeMap<String, String>) -> BTreeMap<String, String> {
     // A device assignment overrides the service's own value: it is paddock's.
     let placed = service.gpu.devices != crate::config::gpu::Devices::None;
-    let gpu_var = |k: &str| k == crate::gpu::VISIBLE || crate::gpu::VISIBLE_AMD.contains(&k);
+    let gpu_var = |k: &str| {
+        k == crate::gpu::VISIBLE || k == crate::gpu::ORDER.0 || crate::gpu::VISIBLE_AMD.contains(&k)
+    };
     set.iter()
         .filter(|(k, _)| !service.env.contains_key(*k) || (placed && gpu_var(k)))
         .map(|(k, v)| (k.clone(), v.clone()))
@@ -153,13 +155,17 @@ mod tests {
 
     #[test]
     fn a_device_is_pinned_over_the_services_own_env() {
-        let s = service(&[("CUDA_VISIBLE_DEVICES", "0,1")]);
+        let s = service(&[
+            ("CUDA_VISIBLE_DEVICES", "0,1"),
+            ("CUDA_DEVICE_ORDER", "FASTEST_FIRST"),
+        ]);
         let e = on_device(
             worker_env(&s, 0, 1, 8, None, &BTreeMap::new()),
             Some(1),
             false,
         );
         assert_eq!(e["CUDA_VISIBLE_DEVICES"], "1");
+        assert_eq!(e["CUDA_DEVICE_ORDER"], "PCI_BUS_ID", "NVML's numbering");
         assert!(!e.contains_key("HIP_VISIBLE_DEVICES"));
         let e = on_device(worker_env(&s, 0, 1, 8, None, &BTreeMap::new()), None, true);
         assert_eq!(

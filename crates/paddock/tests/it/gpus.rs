@@ -45,6 +45,14 @@ fn workers_are_placed_on_their_devices_and_keep_them_across_a_crash_and_a_reload
             visible(w["pid"].as_i64().unwrap()).as_deref(),
             Some(want[i])
         );
+        // CUDA numbers the GPUs as NVML (and `devices`) does.
+        assert_eq!(
+            paddock_sys::procs::environ(w["pid"].as_i64().unwrap() as i32)
+                .get("CUDA_DEVICE_ORDER")
+                .map(String::as_str),
+            Some("PCI_BUS_ID"),
+            "{w}"
+        );
     }
     // A crash: the replacement is on the same device.
     let old = worker(&st, 2);
@@ -158,11 +166,11 @@ fn doctor_flags_a_worker_that_sees_other_devices_than_assigned() {
     // A wrapper that overrides the assignment, as a careless launch script would.
     let svc = env.worker("gen", "devices = [1]").replacen(
         "command = [\"python3\",",
-        "command = [\"env\", \"CUDA_VISIBLE_DEVICES=0,1\", \"python3\",",
+        "command = [\"env\", \"CUDA_VISIBLE_DEVICES=0,1\", \"CUDA_DEVICE_ORDER=FASTEST_FIRST\", \"python3\",",
         1,
     );
     assert!(
-        svc.contains("\"env\", \"CUDA_VISIBLE_DEVICES=0,1\""),
+        svc.contains("\"env\", \"CUDA_VISIBLE_DEVICES=0,1\", \"CUDA_DEVICE_ORDER"),
         "{svc}"
     );
     env.config(&svc);
@@ -186,5 +194,19 @@ fn doctor_flags_a_worker_that_sees_other_devices_than_assigned() {
             .contains("sees CUDA_VISIBLE_DEVICES=0,1"),
         "{report}"
     );
+    // And the numbering the wrapper changed.
+    let reordered: Vec<&Value> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| {
+            f["finding"]
+                .as_str()
+                .unwrap()
+                .contains("has CUDA_DEVICE_ORDER=FASTEST_FIRST: CUDA may number the GPUs fastest first, so GPU 1 there")
+        })
+        .collect();
+    assert_eq!(reordered.len(), 1, "{report}");
+    assert_eq!(reordered[0]["severity"], "warning");
     env.stop_ok();
 }
