@@ -45,13 +45,22 @@ def smi(query, kind="gpu"):
     return [[c.strip() for c in line.split(",")] for line in out.splitlines() if line.strip()]
 
 
+def number(text):
+    """An integer from nvidia-smi, or None for "[N/A]" (WSL, some containers)."""
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
 def device_used_mib():
-    return int(smi("memory.used")[0][0])
+    return number(smi("memory.used")[0][0])
 
 
 def app_memory_mib():
-    """pid -> MiB for each process nvidia-smi lists with a compute context."""
-    return {int(p): int(m) for p, m in smi("pid,used_memory", "compute-apps")}
+    """pid -> MiB for each process nvidia-smi lists with a compute context (None
+    where it cannot say how much)."""
+    return {int(p): number(m) for p, m in smi("pid,used_memory", "compute-apps")}
 
 
 def post(path, body, timeout=60):
@@ -63,6 +72,8 @@ def post(path, body, timeout=60):
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode(errors="replace")
+    except (OSError, ValueError) as e:  # refused, reset, timed out, not JSON
+        return 0, f"{type(e).__name__}: {e}"
 
 
 class Instance:
@@ -149,19 +160,28 @@ env = {{ PYTHONPATH = {json.dumps(os.path.join(ROOT, "sdk/python"))} }}
     verdict(len(ok) == 400 and len(pids) == 4, "400 of 400 requests answered, by 4 workers")
 
     print("--- 2. each worker's device and GPU memory")
+    # The daemon reads NVML once a second: give status and nvidia-smi up to 5 s to
+    # agree (idle workers hold steady memory).
+    deadline = time.monotonic() + 5
+    while True:
+        st = inst.status()
+        apps = app_memory_mib()
+        rows, agree = [], True
+        for w in st["services"][0]["workers"]:
+            ours = w["gpu_memory_bytes"]
+            smi_mib = sum(apps.get(p) or 0 for p in tree(w["pid"]))
+            rows.append(f"worker {w['index']}: pid {w['pid']}, device {w['device']}, "
+                        f"status {None if ours is None else ours >> 20} MiB, nvidia-smi {smi_mib} MiB")
+            # nvidia-smi shows whole MiB: allow one for rounding.
+            agree &= (w["device"] == 0 and ours is not None and ours > 0
+                      and abs((ours >> 20) - smi_mib) <= 1)
+        if agree or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)  # polling a live device, not a test
     print(inst.cli("status").stdout, end="")
-    st = inst.status()
     print("gpus:", json.dumps(st["instance"]["gpus"]))
-    apps = app_memory_mib()
     print("nvidia-smi compute apps (pid: MiB):", apps)
-    agree = True
-    for w in st["services"][0]["workers"]:
-        ours = w["gpu_memory_bytes"]
-        smi_mib = sum(apps.get(p, 0) for p in tree(w["pid"]))
-        print(f"worker {w['index']}: pid {w['pid']}, device {w['device']}, "
-              f"status {None if ours is None else ours >> 20} MiB, nvidia-smi {smi_mib} MiB")
-        # nvidia-smi shows whole MiB: allow one for rounding.
-        agree &= w["device"] == 0 and ours is not None and ours > 0 and abs((ours >> 20) - smi_mib) <= 1
+    print("\n".join(rows))
     verdict(agree, "status shows device 0 and each worker's GPU memory, equal to nvidia-smi's")
     doctor = json.loads(inst.cli("doctor", "--json", check=False).stdout)
     for f in doctor["findings"]:
@@ -189,16 +209,17 @@ env = {{ PYTHONPATH = {json.dumps(os.path.join(ROOT, "sdk/python"))} }}
     if recycled:
         print(f"worker {recycled['index']} recycled: pid {before[recycled['index']][0]} -> {recycled['pid']}, "
               f"now {recycled['gpu_memory_bytes'] >> 20} MiB")
+    # The daemon's log says why: a crash also raises a generation.
+    why = []
     try:
         with open(os.path.join(inst.state, "daemon.log")) as f:
-            for line in f:
-                if "recycling worker" in line:
-                    print(line.rstrip())
+            why = [line.rstrip() for line in f if "recycling worker" in line]
     except OSError as e:
         print(f"(daemon.log: {e})")
+    print("\n".join(why))
     print(f"fewest ready workers over {reads} status reads: {min_ready}")
-    verdict(recycled is not None and min_ready >= 1,
-            "a worker past max_gpu_memory was recycled, with a ready worker throughout")
+    verdict(recycled is not None and min_ready >= 1 and any("over max_gpu_memory" in w for w in why),
+            "a worker past max_gpu_memory was recycled for it, with a ready worker throughout")
 
     print("--- 4. the daemon SIGKILLed")
     ours = set()
@@ -213,7 +234,8 @@ env = {{ PYTHONPATH = {json.dumps(os.path.join(ROOT, "sdk/python"))} }}
         # Each time is taken after its query answered: an upper bound.
         if freed_at is None and not (set(app_memory_mib()) & ours):
             freed_at = time.monotonic() - t
-        if back_at is None and device_used_mib() <= baseline + 64:
+        used = device_used_mib()
+        if back_at is None and used is not None and baseline is not None and used <= baseline + 64:
             back_at = time.monotonic() - t
         time.sleep(0.05)  # polling a live device, not a test
     fmt = lambda x: "never (15 s)" if x is None else f"{x:.3f} s"

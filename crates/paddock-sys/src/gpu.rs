@@ -62,6 +62,12 @@ impl Gpus {
         Gpus { nvml }
     }
 
+    /// Whether NVML loaded and started: if not, no answer can change while this
+    /// process runs.
+    pub fn loaded(&self) -> bool {
+        self.nvml.is_ok()
+    }
+
     /// The devices.
     pub fn devices(&self) -> Result<Vec<Device>, String> {
         let nvml = self.nvml.as_ref().map_err(Clone::clone)?;

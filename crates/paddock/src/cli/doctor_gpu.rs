@@ -110,11 +110,14 @@ pub fn examine(
         return;
     };
     // In a container without the host's PID namespace NVML names host pids, which
-    // match no process here: then nothing can be measured per worker.
+    // match no process here: then nothing can be measured per worker. A process
+    // that ended between NVML's answer and the look here is not one: it counts
+    // only if NVML still lists it afterwards.
+    let relisted = gpus.process_memory().unwrap_or_default();
     let unseen: Vec<i32> = per_pid
         .keys()
         .copied()
-        .filter(|&p| procs::stat(p).is_none())
+        .filter(|&p| procs::stat(p).is_none() && relisted.contains_key(&p))
         .collect();
     if !unseen.is_empty() {
         let limited = config.services.iter().any(|s| s.gpu.max_memory > 0);

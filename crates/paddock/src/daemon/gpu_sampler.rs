@@ -5,11 +5,13 @@
 //! `status` and `/metrics` read the latest one.
 //!
 //! Invariants:
-//! - in the daemon, NVML is called from this thread only;
+//! - in the daemon, after the first reading (taken as the daemon starts, before
+//!   any worker), NVML is called from this thread only;
 //! - a reading is at most `every` old, plus one read's time;
-//! - without a driver it reads once and ends: that answer cannot change while the
-//!   daemon runs (NVML is loaded once), so a machine without a GPU has no thread
-//!   polling for one;
+//! - where NVML did not load (no driver) there is no thread: that answer cannot
+//!   change while the daemon runs (NVML is loaded once), so a machine without a
+//!   GPU has nothing polling for one. Where it loaded, a failed reading is retried
+//!   at the next tick;
 //! - the thread ends when the last reader is dropped.
 
 use std::collections::HashMap;
@@ -50,11 +52,10 @@ impl GpuProbe for Sampled {
     }
 }
 
-/// Takes a first reading now, then, where a driver answered, one every `every` on
-/// a thread of its own.
-pub fn start(probe: Box<dyn GpuProbe>, every: Duration) -> Sampled {
+/// Takes a first reading now, then, where NVML loaded (`driver`), one every
+/// `every` on a thread of its own.
+pub fn start(probe: Box<dyn GpuProbe>, driver: bool, every: Duration) -> Sampled {
     let first = Reading::take(probe.as_ref());
-    let driver = first.devices.is_ok();
     let (tx, latest) = watch::channel(Arc::new(first));
     if driver {
         let spawned = std::thread::Builder::new()
@@ -104,7 +105,11 @@ mod tests {
     #[test]
     fn readers_see_a_new_reading_within_one_period() {
         let fake = Arc::new(FakeGpus::with(vec![device(1)]));
-        let sampled = start(Box::new(Shared(fake.clone())), Duration::from_millis(10));
+        let sampled = start(
+            Box::new(Shared(fake.clone())),
+            true,
+            Duration::from_millis(10),
+        );
         assert_eq!(sampled.devices().unwrap()[0].memory_used, 1);
         *fake.devices.lock().unwrap() = Ok(vec![device(7)]);
         fake.memory.lock().unwrap().insert(42, 7);
@@ -129,16 +134,46 @@ mod tests {
     #[test]
     fn without_a_driver_it_reads_once_and_starts_no_thread() {
         let fake = Arc::new(FakeGpus::none());
-        let sampled = start(Box::new(Shared(fake.clone())), Duration::from_millis(1));
+        let sampled = start(
+            Box::new(Shared(fake.clone())),
+            false,
+            Duration::from_millis(1),
+        );
         assert_eq!(sampled.devices().unwrap_err(), "no NVIDIA driver (fake)");
         // No thread holds the probe: it was dropped once the first reading was taken.
         assert_eq!(Arc::strong_count(&fake), 1);
     }
 
     #[test]
+    fn a_failed_reading_where_nvml_loaded_is_retried() {
+        // NVML loaded, but the first reading failed (a device query erred).
+        let fake = Arc::new(FakeGpus::none());
+        let sampled = start(
+            Box::new(Shared(fake.clone())),
+            true,
+            Duration::from_millis(5),
+        );
+        assert!(sampled.devices().is_err());
+        *fake.devices.lock().unwrap() = Ok(vec![device(3)]);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while sampled.devices().is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no new reading in 5 s"
+            );
+            std::thread::yield_now();
+        }
+        assert_eq!(sampled.devices().unwrap()[0].memory_used, 3);
+    }
+
+    #[test]
     fn the_thread_ends_with_its_last_reader() {
         let fake = Arc::new(FakeGpus::with(vec![device(1)]));
-        let sampled = start(Box::new(Shared(fake.clone())), Duration::from_millis(5));
+        let sampled = start(
+            Box::new(Shared(fake.clone())),
+            true,
+            Duration::from_millis(5),
+        );
         assert_eq!(Arc::strong_count(&fake), 2, "the thread holds the probe");
         drop(sampled);
         let deadline = std::time::Instant::now() + Duration::from_secs(5);

@@ -210,10 +210,15 @@ async fn main(
         Arc::new(metrics::Metrics::new()),
         // NVML is loaded here, after the fork and inside the runtime, and read
         // on a thread of its own once a second.
-        Arc::new(gpu_sampler::start(
-            Box::new(paddock_sys::gpu::Gpus::load()),
-            Duration::from_secs(1),
-        )),
+        {
+            let gpus = paddock_sys::gpu::Gpus::load();
+            let loaded = gpus.loaded();
+            Arc::new(gpu_sampler::start(
+                Box::new(gpus),
+                loaded,
+                Duration::from_secs(1),
+            ))
+        },
     )
     .map_err(|e| Failure::new(exit::FAILURE, e.to_string()))?;
     let (shutdown, mut shutdown_rx) = watch::channel(false);

@@ -169,8 +169,8 @@ impl Coordinator {
                         let how = self.recycle_strategy(i, room_for_two);
                         let because = match (room_for_two, how) {
                             (true, _) => "",
-                            (false, ReloadStrategy::StopFirst) => ", as its device has no room for a second copy",
-                            (false, ReloadStrategy::StartFirst) => ", though its device has no room for a second copy: no other worker is ready",
+                            (false, ReloadStrategy::StopFirst) => ", as its device is not known to have room for a second copy",
+                            (false, ReloadStrategy::StartFirst) => ", though its device is not known to have room for a second copy: no other worker is ready",
                         };
                         tracing::info!(service = %self.service.name, "recycling worker {} ({}{because}): {reason}", self.slots[i].index, how.as_str());
                         if let Err(e) = self.replace(i, "recycle", how).await {

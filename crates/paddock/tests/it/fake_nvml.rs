@@ -15,6 +15,8 @@ pub const GIB: u64 = 1 << 30;
 /// The stand-in driver for one test: its state folder and its library, built here.
 pub struct FakeNvml {
     pub dir: PathBuf,
+    /// The test's own NVML handle on the fake (nvml.rs's tests are Linux-only).
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     gpus: paddock_sys::gpu::Gpus,
 }
 
@@ -52,6 +54,7 @@ impl FakeNvml {
     }
 
     /// What NVML says each process holds.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub fn holders(&self) -> HashMap<i32, u64> {
         self.gpus.process_memory().unwrap()
     }

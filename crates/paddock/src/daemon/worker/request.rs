@@ -221,18 +221,25 @@ impl Actor {
             let used = crate::gpu::memory_of(&per_pid, &tree);
             if used > max_gpu {
                 let device = crate::gpu::assigned_device(&self.spec.env_set);
-                let devices = self.deps.gpu.devices().unwrap_or_default();
-                let room = device.is_some_and(|d| crate::gpu::room_for_two(&devices, d, used));
-                let free = device
-                    .and_then(|d| devices.iter().find(|x| x.index == d))
-                    .map(|d| {
-                        format!(
-                            "; device {} has {} MiB free",
-                            d.index,
-                            d.memory_total.saturating_sub(d.memory_used) >> 20
-                        )
-                    })
-                    .unwrap_or_default();
+                // Room for a second copy only where the device's free memory is
+                // known to hold it; the reason says which.
+                let (room, free) = match (device, self.deps.gpu.devices()) {
+                    (None, _) => (false, String::new()),
+                    (Some(d), Err(e)) => (
+                        false,
+                        format!("; device {d}'s free memory could not be read ({e})"),
+                    ),
+                    (Some(d), Ok(devices)) => match devices.iter().find(|x| x.index == d) {
+                        None => (false, format!("; NVML does not list device {d}")),
+                        Some(x) => (
+                            crate::gpu::room_for_two(&devices, d, used),
+                            format!(
+                                "; device {d} has {} MiB free",
+                                x.memory_total.saturating_sub(x.memory_used) >> 20
+                            ),
+                        ),
+                    },
+                };
                 self.ask_recycle(
                     format!(
                         "GPU memory {} MiB is over max_gpu_memory ({} MiB){free}",
