@@ -28,7 +28,7 @@ import urllib.request
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 PADDOCK = os.environ.get("PADDOCK", os.path.join(ROOT, "target", "release", "paddock"))
-PORT = 18790
+PORT = int(os.environ.get("GPU_CHECK_PORT", "18790"))
 RESULTS = []
 
 

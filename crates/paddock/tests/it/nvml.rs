@@ -421,3 +421,33 @@ fn max_gpu_memory_recycles_replacement_first_only_where_the_device_has_room() {
     assert!(held.values().all(|&b| b == 256 * MIB), "{held:?}");
     env.stop_ok();
 }
+
+/// The GPU device check (bench/gpu/check.py) runs on a lent GPU machine with
+/// little time to spare, so a mistake in it must show here first: its dry run,
+/// against a stand-in torch and nvidia-smi sharing the fake NVML's state, passes
+/// every part. (It measures nothing about a GPU.)
+#[test]
+fn the_gpu_device_checks_dry_run_passes_every_part() {
+    let env = Env::new();
+    let root = format!("{}/../..", env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new("bash")
+        .arg(format!("{root}/bench/gpu/dryrun.sh"))
+        .env("PADDOCK", crate::harness::BIN)
+        .env("GPU_CHECK_PORT", crate::harness::free_port().to_string())
+        .env("OUT", env.path())
+        .env_remove("PADDOCK_NVML_LIBRARY")
+        // As on a machine that does not set it: output must not depend on it.
+        .env_remove("PYTHONUNBUFFERED")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    let summary = text.split("--- summary").nth(1).unwrap_or_default();
+    assert_eq!(summary.matches("PASS: ").count(), 5, "{text}");
+    assert!(!summary.contains("FAIL"), "{text}");
+    // The report is also written where the device tool collects it.
+    let report = std::fs::read_to_string(env.path().join("gpu-check.txt")).unwrap();
+    assert!(report.contains("--- summary"), "{report}");
+}
