@@ -1,7 +1,8 @@
 //! `paddock check`: the config is valid (loading it already proved that); say what
 //! it describes.
 
-use crate::config::{Config, PortSpec};
+use crate::config::gpu::Devices;
+use crate::config::{Config, PortSpec, Service};
 use crate::exit;
 use crate::instance::Paths;
 
@@ -18,6 +19,7 @@ pub fn run(config: &Config, json: bool) -> i32 {
                     "workers": s.workers,
                     "command": s.command,
                     "port": s.port.map(|p| match p { PortSpec::Auto => "auto".to_string(), PortSpec::Fixed(n) => n.to_string() }),
+                    "gpu": gpu_json(s),
                 })
             })
             .collect();
@@ -54,7 +56,57 @@ pub fn run(config: &Config, json: bool) -> i32 {
             if s.workers == 1 { "" } else { "s" },
             s.command.join(" ")
         );
+        if let Some(line) = gpu_line(s) {
+            println!("    {line}");
+        }
     }
     println!("  state: {}", paths.dir.display());
     exit::OK
+}
+
+/// Where a service's workers go, by worker index: a list's placement is known
+/// now; `"auto"`'s only once the daemon asks the driver.
+fn placement(s: &Service) -> Option<Vec<u32>> {
+    match &s.gpu.devices {
+        Devices::List(_) => Some(s.gpu.assign(&[], s.workers).into_iter().flatten().collect()),
+        Devices::Auto | Devices::None => None,
+    }
+}
+
+fn gpu_json(s: &Service) -> serde_json::Value {
+    let devices = match &s.gpu.devices {
+        Devices::None => return serde_json::Value::Null,
+        Devices::Auto => serde_json::json!("auto"),
+        Devices::List(l) => serde_json::json!(l),
+    };
+    serde_json::json!({
+        "devices": devices,
+        "workers_per_device": s.gpu.per_device,
+        "placement": placement(s),
+        "max_gpu_memory_bytes": (s.gpu.max_memory > 0).then_some(s.gpu.max_memory),
+    })
+}
+
+/// "GPUs: worker 0 on 3, 1 on 3, …; max_gpu_memory 30 GiB", or None without GPUs.
+fn gpu_line(s: &Service) -> Option<String> {
+    let limit = match s.gpu.max_memory {
+        0 => String::new(),
+        b => format!("; max_gpu_memory {} MiB", b >> 20),
+    };
+    match &s.gpu.devices {
+        Devices::None => None,
+        Devices::Auto => Some(format!(
+            "GPUs: every GPU the driver reports at start, {} worker(s) each{limit}",
+            s.gpu.per_device
+        )),
+        Devices::List(_) => {
+            let by_worker: Vec<String> = placement(s)
+                .unwrap_or_default()
+                .iter()
+                .enumerate()
+                .map(|(i, d)| format!("{i} on {d}"))
+                .collect();
+            Some(format!("GPUs: worker {}{limit}", by_worker.join(", ")))
+        }
+    }
 }

@@ -79,6 +79,49 @@ fn workers_are_placed_on_their_devices_and_keep_them_across_a_crash_and_a_reload
 }
 
 #[test]
+fn check_shows_where_each_worker_goes() {
+    let env = Env::new();
+    env.config(&format!(
+        "{}{}",
+        env.worker(
+            "gen",
+            "devices = [3, 5]\nworkers_per_device = 2\nmax_gpu_memory = \"2GiB\""
+        ),
+        env.worker("any", "devices = \"auto\"")
+    ));
+    let out = env.run(&["check", "--json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    let gpu_of = |name: &str| {
+        v["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap()["gpu"]
+            .clone()
+    };
+    let placed = gpu_of("gen");
+    assert_eq!(placed["placement"], serde_json::json!([3, 3, 5, 5]), "{v}");
+    assert_eq!(placed["max_gpu_memory_bytes"], 2u64 << 30, "{v}");
+    assert_eq!(gpu_of("any")["devices"], "auto", "{v}");
+    assert!(gpu_of("any")["placement"].is_null(), "{v}");
+    let out = env.run(&["check"]);
+    assert!(
+        out.stdout
+            .contains("GPUs: worker 0 on 3, 1 on 3, 2 on 5, 3 on 5; max_gpu_memory 2048 MiB"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("GPUs: every GPU the driver reports at start, 1 worker(s) each"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
 fn more_workers_than_places_is_a_config_error() {
     let env = Env::new();
     env.config(&env.worker("gen", "devices = [0]\nworkers = 2"));
