@@ -11,7 +11,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
-PADDOCK = os.path.join(ROOT, "target", "release", "paddock")
+# PADDOCK_BIN: another build to measure (e.g. a copy of an older one, side by side).
+PADDOCK = os.environ.get("PADDOCK_BIN") or os.path.join(ROOT, "target", "release", "paddock")
 
 
 def free_port():

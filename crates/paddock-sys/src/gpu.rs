@@ -24,6 +24,9 @@ pub struct Device {
     pub name: String,
     pub memory_total: u64,
     pub memory_used: u64,
+    /// The share of the last sample period a kernel ran, in percent (None where
+    /// the device does not report it).
+    pub utilization_percent: Option<u32>,
 }
 
 /// The machine's NVIDIA GPUs, or why they cannot be seen.
@@ -87,6 +90,7 @@ impl Gpus {
                     name: d.name().unwrap_or_else(|_| "unknown".into()),
                     memory_total: mem.total,
                     memory_used: mem.used,
+                    utilization_percent: d.utilization_rates().ok().map(|u| u.gpu),
                 })
             })
             .collect()

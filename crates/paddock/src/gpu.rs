@@ -94,6 +94,9 @@ pub struct DeviceStatus {
     pub name: String,
     pub memory_total_bytes: u64,
     pub memory_used_bytes: u64,
+    /// How busy the GPU was (percent of the driver's last sample period), where
+    /// it says.
+    pub utilization_percent: Option<u32>,
 }
 
 impl GpuStatus {
@@ -108,6 +111,7 @@ impl GpuStatus {
                         name: d.name,
                         memory_total_bytes: d.memory_total,
                         memory_used_bytes: d.memory_used,
+                        utilization_percent: d.utilization_percent,
                     })
                     .collect(),
             },
@@ -166,6 +170,7 @@ mod tests {
             name: format!("GPU {index}"),
             memory_total: total,
             memory_used: used,
+            utilization_percent: None,
         }
     }
 

@@ -29,11 +29,14 @@ pub fn examine(
                 devices
                     .iter()
                     .map(|d| format!(
-                        "{} {} ({} of {} MiB in use)",
+                        "{} {} ({} of {} MiB in use{})",
                         d.index,
                         d.name,
                         d.memory_used >> 20,
-                        d.memory_total >> 20
+                        d.memory_total >> 20,
+                        d.utilization_percent
+                            .map(|p| format!(", {p} % busy"))
+                            .unwrap_or_default()
                     ))
                     .collect::<Vec<_>>()
                     .join("; ")

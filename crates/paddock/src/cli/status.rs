@@ -121,11 +121,14 @@ pub fn render(s: &Status, tty: bool) -> String {
                     .iter()
                     .map(|d| {
                         format!(
-                            "{} {} ({} of {} MiB in use)",
+                            "{} {} ({} of {} MiB in use{})",
                             d.index,
                             d.name,
                             d.memory_used_bytes >> 20,
-                            d.memory_total_bytes >> 20
+                            d.memory_total_bytes >> 20,
+                            d.utilization_percent
+                                .map(|p| format!(", {p} % busy"))
+                                .unwrap_or_default()
                         )
                     })
                     .collect();

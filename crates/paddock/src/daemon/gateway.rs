@@ -171,11 +171,20 @@ async fn metrics(State(shared): State<SharedRef>) -> Response {
     let gpus = crate::gpu::GpuStatus::read(shared.supervisor.gpu.as_ref());
     m.gpu_driver.set(i64::from(gpus.unavailable.is_none()));
     for d in &gpus.devices {
+        let device = super::metrics::DeviceLabels {
+            device: d.index.to_string(),
+        };
         m.gpu_memory_used
-            .get_or_create(&super::metrics::DeviceLabels {
-                device: d.index.to_string(),
-            })
+            .get_or_create(&device)
             .set(d.memory_used_bytes as i64);
+        m.gpu_memory_total
+            .get_or_create(&device)
+            .set(d.memory_total_bytes as i64);
+        if let Some(p) = d.utilization_percent {
+            m.gpu_utilization
+                .get_or_create(&device)
+                .set(f64::from(p) / 100.0);
+        }
     }
     for s in shared.supervisor.status() {
         for w in &s.workers {

@@ -87,6 +87,7 @@ mod tests {
             name: "GPU 0".into(),
             memory_total: 100,
             memory_used: used,
+            utilization_percent: None,
         }
     }
 

@@ -4,6 +4,8 @@
 //! them directly. Gauges that describe state (workers by state) are set at scrape
 //! time from the actors' published status, so they can never drift.
 
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -100,6 +102,10 @@ pub struct Metrics {
     pub gpu_driver: Gauge,
     /// GPU memory in use per device.
     pub gpu_memory_used: Family<DeviceLabels, Gauge>,
+    /// GPU memory per device.
+    pub gpu_memory_total: Family<DeviceLabels, Gauge>,
+    /// How busy each GPU was, 0 to 1.
+    pub gpu_utilization: Family<DeviceLabels, Gauge<f64, AtomicU64>>,
     /// Durable jobs by service and state (set at scrape time from the store).
     pub jobs: Family<StateLabels, Gauge>,
     /// The job store's size on disk.
@@ -134,6 +140,8 @@ impl Metrics {
             worker_gpu_memory: Family::default(),
             gpu_driver: Gauge::default(),
             gpu_memory_used: Family::default(),
+            gpu_memory_total: Family::default(),
+            gpu_utilization: Family::default(),
             jobs: Family::default(),
             jobs_store_bytes: Gauge::default(),
             jobs_oldest_finished: Family::default(),
@@ -226,6 +234,16 @@ impl Metrics {
             "gpu_memory_used_bytes",
             "GPU memory in use per device",
             m.gpu_memory_used.clone(),
+        );
+        registry.register(
+            "gpu_memory_total_bytes",
+            "GPU memory per device",
+            m.gpu_memory_total.clone(),
+        );
+        registry.register(
+            "gpu_utilization_ratio",
+            "How busy each GPU was over the driver's last sample period, 0 to 1 (NVML)",
+            m.gpu_utilization.clone(),
         );
         registry.register("jobs", "Durable jobs by service and state", m.jobs.clone());
         registry.register(

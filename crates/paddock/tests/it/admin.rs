@@ -197,7 +197,7 @@ fn the_dashboard_shows_workers_a_crash_and_live_traffic_in_a_real_browser() {
             report["instance"]
                 .as_str()
                 .unwrap()
-                .contains("GPUs 0 Fake H200"),
+                .contains("GPUs 0 Fake H200 (200 of 8192 MiB, 0 % busy)"),
             "{report}"
         );
         assert!(

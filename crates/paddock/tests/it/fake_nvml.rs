@@ -22,13 +22,14 @@ pub struct FakeNvml {
 
 impl FakeNvml {
     /// Builds the library for `devices` (name, total bytes) and points the
-    /// daemon and the CLI at it.
+    /// daemon and the CLI at it. Device N is N × 10 % busy.
     pub fn install(env: &mut Env, devices: &[(&str, u64)]) -> FakeNvml {
         let dir = env.path().join("nvml");
         std::fs::create_dir_all(&dir).unwrap();
         let lines: String = devices
             .iter()
-            .map(|(name, total)| format!("{name}|{total}\n"))
+            .enumerate()
+            .map(|(i, (name, total))| format!("{name}|{total}|{}\n", i * 10))
             .collect();
         std::fs::write(dir.join("devices"), lines).unwrap();
         let lib = dir.join("libnvidia-ml.so.1");

@@ -101,10 +101,28 @@ fn through_nvml_each_workers_gpu_memory_is_summed_over_its_tree_in_status_metric
     assert_eq!(env.metric("paddock_gpu_driver_available "), 1.0);
     assert_eq!(env.metric("paddock_worker_gpu_memory_bytes{"), total as f64);
     assert_eq!(env.metric("paddock_gpu_memory_used_bytes{"), total as f64);
+    assert_eq!(
+        env.metric("paddock_gpu_memory_total_bytes{"),
+        (16 * GIB) as f64
+    );
+    // How busy each GPU is (the stand-in's device 1 is 10 % busy).
+    assert_eq!(
+        st["instance"]["gpus"]["devices"][1]["utilization_percent"],
+        10
+    );
+    assert_eq!(
+        env.metric("paddock_gpu_utilization_ratio{device=\"1\"}"),
+        0.1
+    );
     // The human status names the devices and each worker's share.
     let out = env.run(&["status"]);
+    let used = |d: usize| want[&pid_of(&workers(&st, "gen")[d])] >> 20;
     assert!(
-        out.stdout.contains("GPUs: 0 Fake H200 (") && out.stdout.contains("of 8192 MiB in use)"),
+        out.stdout.contains(&format!(
+            "GPUs: 0 Fake H200 ({} of 8192 MiB in use, 0 % busy); 1 Fake H200 ({} of 8192 MiB in use, 10 % busy)",
+            used(0),
+            used(1)
+        )),
         "{}",
         out.stdout
     );

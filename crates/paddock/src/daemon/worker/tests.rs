@@ -242,6 +242,7 @@ async fn gpu_memory_over_max_gpu_memory_asks_for_a_recycle_with_the_devices_room
         name: "fake H100".into(),
         memory_total: 80 * gib,
         memory_used: used,
+        utilization_percent: None,
     };
     // Room on the device for a second copy: the replacement may start first.
     for (used_on_device, room) in [(10 * gib, true), (79 * gib, false)] {
