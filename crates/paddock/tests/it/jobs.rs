@@ -69,7 +69,21 @@ on_both_stores!(api, poison, sigkill);
 
 /// Enqueues `n` record jobs from 8 threads; returns id -> n.
 fn enqueue_records(env: &Env, n: usize, seconds: f64) -> BTreeMap<String, usize> {
+    enqueue_records_meanwhile(env, n, seconds).join().unwrap()
+}
+
+/// `enqueue_records` on a thread of its own, so that the test can watch the jobs
+/// run while they are being enqueued.
+fn enqueue_records_meanwhile(
+    env: &Env,
+    n: usize,
+    seconds: f64,
+) -> std::thread::JoinHandle<BTreeMap<String, usize>> {
     let port = env.port;
+    std::thread::spawn(move || enqueue_records_to(port, n, seconds))
+}
+
+fn enqueue_records_to(port: u16, n: usize, seconds: f64) -> BTreeMap<String, usize> {
     let handles: Vec<_> = (0..8)
         .map(|t| {
             std::thread::spawn(move || {
@@ -429,8 +443,10 @@ fn two_daemons_share_one_postgres() {
     let pid_b = info["pid"].as_i64().unwrap() as i32;
 
     const N: usize = 2000;
-    // Slow enough (20 ms a job) that the queue outlasts the enqueueing.
-    let ids = enqueue_records(&env, N, 0.02);
+    // 20 ms a job. Watched while they are enqueued: on a loaded machine the
+    // workers can finish the queue before the last enqueue is answered, and then
+    // no moment with B running jobs would come.
+    let enqueueing = enqueue_records_meanwhile(&env, N, 0.02);
     // Kill B while it is running jobs (its pid is in their owner).
     let b_owner = format!(":{pid_b}@");
     wait_until(
@@ -449,6 +465,7 @@ fn two_daemons_share_one_postgres() {
     let running = all_jobs(&env, "&state=running").len();
     kill(pid_b, 9);
     eprintln!("{running} jobs running (both daemons) at the kill");
+    let ids = enqueueing.join().unwrap();
     let jobs = wait_until(Duration::from_secs(120), "every job done", || {
         let all = all_jobs(&env, "");
         all.iter().all(|j| j["state"] == "done").then_some(all)
