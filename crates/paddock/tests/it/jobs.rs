@@ -331,13 +331,28 @@ fn poison(backend: Backend) {
 /// (`n pid` lines) in the returned file.
 fn recording_service(env: &Env) -> String {
     let record = env.path().join("record").display().to_string();
+    let gate = env.path().join("gate").display().to_string();
     env.config(&env.worker_with(
         "fake",
         "fake_worker.py",
-        &[("FAKE_RECORD", &record)],
-        "workers = 2\njobs_share = 1.0",
+        &[("FAKE_RECORD", &record), ("FAKE_GATE", &gate)],
+        "workers = 2\njobs_share = 1.0\nrequest_timeout = \"120s\"",
     ));
     record
+}
+
+/// Holds every recorded job at its start until dropped (see `FAKE_GATE`): the
+/// whole queue is enqueued before any job runs, however fast the workers are.
+/// (An exclusive `flock`, released on drop.)
+struct Gate(#[allow(dead_code)] paddock_sys::lock::HeldLock);
+
+impl Gate {
+    fn shut(env: &Env) -> Gate {
+        let held = paddock_sys::lock::try_acquire(&env.path().join("gate"), Duration::ZERO)
+            .unwrap()
+            .expect("nothing else holds the gate");
+        Gate(held)
+    }
 }
 
 /// From a record file: how many times each job ran, and the worker pids that ran them.
@@ -359,8 +374,12 @@ fn sigkill(backend: Backend) {
     let record = recording_service(&env);
     env.start_ok();
     const N: usize = 2000;
-    // Slow enough (10 ms a job) that the queue outlasts the enqueueing.
+    // 10 ms a job, and none runs before all are enqueued: otherwise, on a loaded
+    // machine, the workers could empty the queue as fast as it fills, and no
+    // moment with jobs running after the first threshold would come.
+    let gate = Gate::shut(&env);
     let ids = enqueue_records(&env, N, 0.01);
+    drop(gate);
     // Kill at three points spread over the run, each time the daemon is mid-work.
     for threshold in [350, 900, 1450] {
         wait_until(
