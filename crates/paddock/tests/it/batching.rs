@@ -142,25 +142,37 @@ fn a_lone_request_goes_out_at_once_and_max_wait_never_passes_its_deadline() {
     env.config(&batched(&env, ""));
     env.start_ok();
     // The same work, batched and not, one request at a time on an idle service.
-    let median = |method: &str| {
-        let mut took: Vec<Duration> = (0..40)
-            .map(|n| {
-                let t = Instant::now();
-                let r = work(env.port, method, &json!({"op": "echo", "n": n}));
-                assert_eq!(r.code, 200, "{}", r.text());
-                assert_eq!(r.json()["batch"], 1);
-                t.elapsed()
-            })
-            .collect();
-        took.sort();
-        took[took.len() / 2]
+    // In pairs, each path first in turn, so that both see the same machine:
+    // tests run side by side, and a burst of load in one path's window alone
+    // once made its median 1.6 ms slower (10.1 vs 8.5 ms, both ~8x the usual).
+    let one = |method: &str, n: usize| {
+        let t = Instant::now();
+        let r = work(env.port, method, &json!({"op": "echo", "n": n}));
+        assert_eq!(r.code, 200, "{}", r.text());
+        assert_eq!(r.json()["batch"], 1);
+        t.elapsed().as_secs_f64()
     };
-    let (_, _) = (median("work"), median("single")); // warm both paths
-    let batched_path = median("work");
-    let plain_path = median("single");
+    for n in 0..20 {
+        one("work", n); // warm both paths
+        one("single", n);
+    }
+    let mut diffs: Vec<f64> = (0..60)
+        .map(|n| {
+            if n % 2 == 0 {
+                let b = one("work", n);
+                b - one("single", n)
+            } else {
+                let p = one("single", n);
+                one("work", n) - p
+            }
+        })
+        .collect();
+    diffs.sort_by(f64::total_cmp);
+    let median = diffs[diffs.len() / 2];
     assert!(
-        batched_path < plain_path + Duration::from_millis(1),
-        "a lone batched request took {batched_path:?}, the unbatched path {plain_path:?}"
+        median < 0.001,
+        "a lone batched request took {:.2} ms longer than the unbatched path (median of 60 pairs)",
+        median * 1e3
     );
     env.stop_ok();
 
