@@ -144,7 +144,7 @@ fn a_lone_request_goes_out_at_once_and_max_wait_never_passes_its_deadline() {
     // The same work, batched and not, one request at a time on an idle service.
     // In pairs, each path first in turn, so that both see the same machine:
     // tests run side by side, and a burst of load in one path's window alone
-    // once made its median 1.6 ms slower (10.1 vs 8.5 ms, both ~8x the usual).
+    // once made its median 1.6 ms slower (10.1 vs 8.5 ms, in CI beside the chaos test).
     let one = |method: &str, n: usize| {
         let t = Instant::now();
         let r = work(env.port, method, &json!({"op": "echo", "n": n}));
