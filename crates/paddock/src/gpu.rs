@@ -99,6 +99,22 @@ pub struct DeviceStatus {
     pub utilization_percent: Option<u32>,
 }
 
+impl DeviceStatus {
+    /// One device on one line: "0 NAME (U of T MiB in use, P % busy)".
+    pub fn summary(&self) -> String {
+        format!(
+            "{} {} ({} of {} MiB in use{})",
+            self.index,
+            self.name,
+            self.memory_used_bytes >> 20,
+            self.memory_total_bytes >> 20,
+            self.utilization_percent
+                .map(|p| format!(", {p} % busy"))
+                .unwrap_or_default()
+        )
+    }
+}
+
 impl GpuStatus {
     pub fn read(probe: &dyn GpuProbe) -> GpuStatus {
         match probe.devices() {

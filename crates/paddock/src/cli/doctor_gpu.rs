@@ -6,10 +6,11 @@
 //! Read-only, like the rest of doctor: it names a problem and its fix, and kills
 //! nothing.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use super::findings::{Finding, Severity, WorkerReport};
 use crate::config::Config;
+use crate::gpu::GpuStatus;
 use crate::status::Status;
 
 pub fn examine(
@@ -20,30 +21,27 @@ pub fn examine(
 ) {
     use paddock_sys::procs;
     let gpus = paddock_sys::gpu::Gpus::load();
-    match gpus.devices() {
-        Ok(devices) => findings.push(Finding {
+    match GpuStatus::read(&gpus) {
+        GpuStatus {
+            unavailable: None,
+            devices,
+        } => findings.push(Finding {
             severity: Severity::Info,
             subject: "instance".into(),
             finding: format!(
                 "GPUs: {}",
                 devices
                     .iter()
-                    .map(|d| format!(
-                        "{} {} ({} of {} MiB in use{})",
-                        d.index,
-                        d.name,
-                        d.memory_used >> 20,
-                        d.memory_total >> 20,
-                        d.utilization_percent
-                            .map(|p| format!(", {p} % busy"))
-                            .unwrap_or_default()
-                    ))
+                    .map(|d| d.summary())
                     .collect::<Vec<_>>()
                     .join("; ")
             ),
             fix: "each worker's device is in its row".into(),
         }),
-        Err(why) => findings.push(Finding {
+        GpuStatus {
+            unavailable: Some(why),
+            ..
+        } => findings.push(Finding {
             severity: Severity::Info,
             subject: "instance".into(),
             finding: format!("GPUs: {why}"),
@@ -68,12 +66,11 @@ pub fn examine(
                 r.gpu_memory_bytes = w.gpu_memory_bytes;
             }
             let Some(assigned) = w.device else { continue };
-            // The first process of the tree that sees other devices than assigned.
-            let wrong = tree.iter().find_map(|&p| {
-                let seen = procs::environ(p).get(crate::gpu::VISIBLE).cloned();
-                (seen.as_deref() != Some(assigned.to_string().as_str())).then_some((p, seen))
-            });
-            if let Some((p, seen)) = wrong {
+            // Each process's environment, read once for both checks.
+            let envs: Vec<(i32, HashMap<String, String>)> =
+                tree.iter().map(|&p| (p, procs::environ(p))).collect();
+            if let Some((p, seen)) = first_other(&envs, crate::gpu::VISIBLE, &assigned.to_string())
+            {
                 findings.push(Finding {
                     severity: Severity::Warning,
                     subject: format!("{}/{} (pid {pid})", svc.name, w.index),
@@ -89,11 +86,7 @@ pub fn examine(
             }
             // CUDA reads that index in its own order unless told NVML's.
             let (order, by_bus) = crate::gpu::ORDER;
-            let reordered = tree.iter().find_map(|&p| {
-                let seen = procs::environ(p).get(order).cloned();
-                (seen.as_deref() != Some(by_bus)).then_some((p, seen))
-            });
-            if let Some((p, seen)) = reordered {
+            if let Some((p, seen)) = first_other(&envs, order, by_bus) {
                 findings.push(Finding {
                     severity: Severity::Warning,
                     subject: format!("{}/{} (pid {pid})", svc.name, w.index),
@@ -116,12 +109,15 @@ pub fn examine(
     // match no process here: then nothing can be measured per worker. A process
     // that ended between NVML's answer and the look here is not one: it counts
     // only if NVML still lists it afterwards.
-    let relisted = gpus.process_memory().unwrap_or_default();
-    let unseen: Vec<i32> = per_pid
+    let mut unseen: Vec<i32> = per_pid
         .keys()
         .copied()
-        .filter(|&p| procs::stat(p).is_none() && relisted.contains_key(&p))
+        .filter(|&p| procs::stat(p).is_none())
         .collect();
+    if !unseen.is_empty() {
+        let relisted = gpus.process_memory().unwrap_or_default();
+        unseen.retain(|p| relisted.contains_key(p));
+    }
     if !unseen.is_empty() {
         let limited = config.services.iter().any(|s| s.gpu.max_memory > 0);
         findings.push(Finding {
@@ -158,6 +154,18 @@ pub fn examine(
             fix: format!("end it (kill {pid}); paddock's reaper should have: please report how it escaped"),
         });
     }
+}
+
+/// The first process whose `var` is not `want`, with what it has instead.
+fn first_other(
+    envs: &[(i32, HashMap<String, String>)],
+    var: &str,
+    want: &str,
+) -> Option<(i32, Option<String>)> {
+    envs.iter().find_map(|(p, env)| {
+        let seen = env.get(var);
+        (seen.map(String::as_str) != Some(want)).then(|| (*p, seen.cloned()))
+    })
 }
 
 /// A command line for one line of a report: its program's file name, whitespace

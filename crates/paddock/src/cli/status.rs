@@ -115,23 +115,7 @@ pub fn render(s: &Status, tty: bool) -> String {
         match &i.gpus.unavailable {
             Some(why) => out.push_str(&format!("GPUs: {why}\n")),
             None => {
-                let devices: Vec<String> = i
-                    .gpus
-                    .devices
-                    .iter()
-                    .map(|d| {
-                        format!(
-                            "{} {} ({} of {} MiB in use{})",
-                            d.index,
-                            d.name,
-                            d.memory_used_bytes >> 20,
-                            d.memory_total_bytes >> 20,
-                            d.utilization_percent
-                                .map(|p| format!(", {p} % busy"))
-                                .unwrap_or_default()
-                        )
-                    })
-                    .collect();
+                let devices: Vec<String> = i.gpus.devices.iter().map(|d| d.summary()).collect();
                 out.push_str(&format!("GPUs: {}\n", devices.join("; ")));
             }
         }

@@ -91,6 +91,18 @@ mod tests {
         }
     }
 
+    /// Spins until `done`, for at most 5 s (the sampler ticks every few ms here).
+    fn until(mut done: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !done() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still not so after 5 s"
+            );
+            std::thread::yield_now();
+        }
+    }
+
     /// A probe shared with the test, so that it can change what the driver says.
     struct Shared(Arc<FakeGpus>);
 
@@ -114,22 +126,9 @@ mod tests {
         assert_eq!(sampled.devices().unwrap()[0].memory_used, 1);
         *fake.devices.lock().unwrap() = Ok(vec![device(7)]);
         fake.memory.lock().unwrap().insert(42, 7);
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while sampled.devices().unwrap()[0].memory_used != 7 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no new reading in 5 s"
-            );
-            std::thread::yield_now();
-        }
+        until(|| sampled.devices().unwrap()[0].memory_used == 7);
         // The next reading has the memory too (both come from one reading).
-        while sampled.process_memory().unwrap().get(&42) != Some(&7) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no new reading in 5 s"
-            );
-            std::thread::yield_now();
-        }
+        until(|| sampled.process_memory().unwrap().get(&42) == Some(&7));
     }
 
     #[test]
@@ -156,14 +155,7 @@ mod tests {
         );
         assert!(sampled.devices().is_err());
         *fake.devices.lock().unwrap() = Ok(vec![device(3)]);
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while sampled.devices().is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no new reading in 5 s"
-            );
-            std::thread::yield_now();
-        }
+        until(|| sampled.devices().is_ok());
         assert_eq!(sampled.devices().unwrap()[0].memory_used, 3);
     }
 
@@ -177,13 +169,6 @@ mod tests {
         );
         assert_eq!(Arc::strong_count(&fake), 2, "the thread holds the probe");
         drop(sampled);
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while Arc::strong_count(&fake) != 1 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the thread still runs after 5 s"
-            );
-            std::thread::yield_now();
-        }
+        until(|| Arc::strong_count(&fake) == 1);
     }
 }

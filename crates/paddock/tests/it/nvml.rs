@@ -44,6 +44,7 @@ fn workers(st: &Value, service: &str) -> Vec<Value> {
         .clone()
 }
 
+/// The "pid" of a worker's status or of a `vram` answer (the holder's).
 fn pid_of(w: &Value) -> i32 {
     w["pid"].as_i64().unwrap() as i32
 }
@@ -183,9 +184,11 @@ fn no_process_holds_gpu_memory_2s_after_a_deadline_kill_or_a_daemon_sigkill() {
     ));
     env.start_ok();
     let old = pid_of(&workers(&env.status(), "gen")[0]);
-    let child = vram(&env, "gen", json!({"op": "vram", "mb": 50, "child": true}))["pid"]
-        .as_i64()
-        .unwrap() as i32;
+    let child = pid_of(&vram(
+        &env,
+        "gen",
+        json!({"op": "vram", "mb": 50, "child": true}),
+    ));
     assert_eq!(
         nvml.holders(),
         HashMap::from([(old, 100 * MIB), (child, 50 * MIB)])
@@ -212,9 +215,11 @@ fn no_process_holds_gpu_memory_2s_after_a_deadline_kill_or_a_daemon_sigkill() {
         (w["state"] == "ready" && pid_of(&w) != old).then(|| pid_of(&w))
     });
     assert_eq!(nvml.holders(), HashMap::from([(new, 100 * MIB)]));
-    let child = vram(&env, "gen", json!({"op": "vram", "mb": 50, "child": true}))["pid"]
-        .as_i64()
-        .unwrap() as i32;
+    let child = pid_of(&vram(
+        &env,
+        "gen",
+        json!({"op": "vram", "mb": 50, "child": true}),
+    ));
     assert_eq!(nvml.holders().len(), 2);
     // The daemon SIGKILLed: nothing of the instance holds GPU memory 2 s later.
     kill(env.daemon_pid(), 9);
@@ -246,9 +251,11 @@ fn doctor_names_a_process_that_escaped_its_worker_holding_gpu_memory() {
     env.start_ok();
     // A process in a session of its own: out of the worker's group, so the
     // group's kill misses it, as a careless `setsid` or daemonising library would.
-    let escaped = vram(&env, "gen", json!({"op": "vram", "mb": 64, "escape": true}))["pid"]
-        .as_i64()
-        .unwrap() as i32;
+    let escaped = pid_of(&vram(
+        &env,
+        "gen",
+        json!({"op": "vram", "mb": 64, "escape": true}),
+    ));
     let _cleanup = KillOnDrop(escaped);
     env.stop_ok();
     assert!(alive(escaped));
