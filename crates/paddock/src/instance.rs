@@ -52,6 +52,29 @@ impl Paths {
         }
     }
 
+    /// Whether [`Paths::create`] can work, without creating anything that is not
+    /// there: the instance's folder, or its nearest existing ancestor, must be a
+    /// folder this user can create entries in (proved by making and removing one,
+    /// which also catches a read-only file system and root's blind spots).
+    pub fn probe(&self) -> Result<(), String> {
+        let mut at = self.dir.as_path();
+        loop {
+            match std::fs::metadata(at) {
+                Ok(m) if m.is_dir() => break,
+                Ok(_) => return Err(format!("{} is a file, not a folder", at.display())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => match at.parent() {
+                    Some(p) => at = p,
+                    None => return Err(format!("{} does not exist", self.dir.display())),
+                },
+                Err(e) => return Err(format!("cannot read {}: {e}", at.display())),
+            }
+        }
+        let trial = at.join(format!(".paddock-check-{}", std::process::id()));
+        std::fs::create_dir(&trial)
+            .and_then(|()| std::fs::remove_dir(&trial))
+            .map_err(|e| format!("cannot create a folder in {}: {e}", at.display()))
+    }
+
     /// Creates the instance's folders (mode 0700).
     pub fn create(&self) -> std::io::Result<()> {
         for d in [&self.dir, &self.logs] {

@@ -483,25 +483,45 @@ def _next_frame(conn):
     return frame
 
 
+_NO_HANDLERS = """\
+{name} has no handler: no method of it is marked @paddock.handler, so no request could \
+reach it. Mark each method that serves requests, for example:
+
+    class {name}:
+        @paddock.handler
+        def predict(self, req):
+            return {{"ok": True}}
+
+(@paddock.batch(...) marks a batched handler.)
+"""
+
+
+def _setup_failed(conn, text):
+    """Tells the daemon (SETUP_FAILED) and the log why this worker cannot get ready,
+    then exits 1."""
+    sys.stderr.write(text if text.endswith("\n") else text + "\n")
+    try:
+        conn.send(SETUP_FAILED, _cut(text.encode("utf-8"), conn.max_frame - 1))
+    except OSError:
+        pass  # the daemon is gone; the exit status still says it failed
+    _exit(1)
+
+
 def _run(conn, obj):
     meta = {"sdk": "python", "sdk_version": __version__, "python": platform.python_version()}
     conn.send(HELLO, struct.pack(">HI", PROTOCOL_VERSION, os.getpid()),
               json.dumps(meta).encode("utf-8"))
+    # Handlers are marked on the class: a worker without one is told before it
+    # loads a model that nothing could ever call.
+    handlers = _handlers(obj)
+    if not handlers:
+        _setup_failed(conn, _NO_HANDLERS.format(name=type(obj).__name__))
     try:
         setup = getattr(obj, "setup", None)
         if callable(setup):
             setup()
-        handlers = _handlers(obj)
-        if not handlers:
-            raise TypeError(f"{type(obj).__name__} has no methods marked @paddock.handler")
     except Exception:
-        tb = traceback.format_exc()
-        sys.stderr.write(tb)
-        try:
-            conn.send(SETUP_FAILED, _cut(tb.encode("utf-8"), conn.max_frame - 1))
-        except OSError:
-            pass  # the daemon is gone; the exit status still says it failed
-        _exit(1)
+        _setup_failed(conn, "setup() raised an exception:\n" + traceback.format_exc())
     ready = {"methods": list(handlers),
              "idempotent": [n for n, (_, idem, _b) in handlers.items() if idem],
              "batch": {n: b for n, (_, _i, b) in handlers.items() if b is not None}}

@@ -484,13 +484,21 @@ class WorkerTests(unittest.TestCase):
         self.assertIn("FileNotFoundError: weights.bin is missing", w.stderr)
         self.assertEqual(w.stdout, "")
 
-    def test_no_handlers_is_a_setup_failure(self):
+    def test_no_handlers_says_so_and_how_to_mark_one_before_setup(self):
         w = self.start("no_handlers_worker.py")
         self.assertEqual(w.recv()[0], HELLO)
         ftype, p = w.recv()
         self.assertEqual(ftype, SETUP_FAILED)
-        self.assertIn("@paddock.handler", p.decode())
+        text = p.decode()
+        first = text.splitlines()[0]
+        self.assertTrue(first.startswith("Empty has no handler"), text)
+        self.assertNotIn("setup()", text)
+        self.assertNotIn("Traceback", text)
+        self.assertIn("@paddock.handler\n        def predict(self, req):", text)
         self.assertEqual(w.wait(), 1)
+        # setup() never ran: no model is loaded for a worker that cannot serve.
+        self.assertNotIn("SETUP RAN", w.stdout + w.stderr)
+        self.assertIn("Empty has no handler", w.stderr)
 
     def test_eof_makes_the_worker_exit_zero_quietly(self):
         w = self.start()

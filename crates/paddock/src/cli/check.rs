@@ -8,6 +8,17 @@ use crate::instance::Paths;
 
 pub fn run(config: &Config, json: bool) -> i32 {
     let paths = Paths::of(config);
+    // `start` would fail here: say so now, naming the key (a default at fault too).
+    if let Err(why) = paths.probe() {
+        let e = crate::config::error_at(
+            &config.path,
+            "instance",
+            "state_dir",
+            format!("the state folder cannot be used: {why}"),
+        );
+        super::output::error(&e.to_string());
+        return exit::USAGE;
+    }
     if json {
         let services: Vec<_> = config
             .services

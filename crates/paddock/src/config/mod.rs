@@ -61,6 +61,21 @@ pub fn load(path: &Path, port: Option<u16>) -> Result<Config, ConfigError> {
     parse(&abs, &text, port)
 }
 
+/// An error about `table.key` of the config file at `path`, located in its text (at
+/// the file's start where the key is not written: a default is at fault).
+pub fn error_at(path: &Path, table: &str, key: &str, message: String) -> ConfigError {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let offset = locate::find_key(&text, table, key);
+    let (line, column) = locate::line_col(&text, offset);
+    ConfigError::Invalid {
+        file: path.to_path_buf(),
+        line,
+        column,
+        key: format!("{table}.{key}"),
+        message,
+    }
+}
+
 /// Validates `text` as the contents of the config file `path`.
 pub fn parse(path: &Path, text: &str, port: Option<u16>) -> Result<Config, ConfigError> {
     let invalid = |offset: usize, key: String, message: String| {
@@ -150,7 +165,25 @@ pub fn parse(path: &Path, text: &str, port: Option<u16>) -> Result<Config, Confi
             "the listen port must not be 0".into(),
         ));
     }
-    if !listen.ip().is_loopback() && ri.auth_token.as_deref().unwrap_or("").is_empty() {
+    // A blank token would lock every client out (no header can match it): refuse it
+    // here rather than answer 401 to everyone.
+    if let Some(t) = &ri.auth_token {
+        if t.trim().is_empty() {
+            return Err(at(
+                "instance",
+                "auth_token",
+                "the token is blank: write a secret of at least one visible character, or remove the key".into(),
+            ));
+        }
+        if t.trim() != t || t.bytes().any(|b| !(0x21..0x7f).contains(&b)) {
+            return Err(at(
+                "instance",
+                "auth_token",
+                "a bearer token is visible ASCII without spaces (RFC 6750): clients could not send this one".into(),
+            ));
+        }
+    }
+    if !listen.ip().is_loopback() && ri.auth_token.is_none() {
         return Err(at(
             "instance",
             "listen",

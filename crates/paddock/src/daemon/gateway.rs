@@ -54,6 +54,15 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
+/// The token of an `Authorization: Bearer TOKEN` value. The scheme is matched
+/// without regard to case (RFC 9110 §11.1), and one or more spaces may follow it.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| rest.trim_start_matches(' '))
+}
+
 async fn auth(
     State(shared): State<SharedRef>,
     headers: HeaderMap,
@@ -64,7 +73,7 @@ async fn auth(
         let authenticated = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(bearer_token)
             .is_some_and(|t| same_secret(t.as_bytes(), token.as_bytes()));
         // Orchestrators' probes carry no token: they get the verdict, not the details.
         // The dashboard's page holds no data: it asks for the token and sends it.
@@ -472,5 +481,15 @@ mod tests {
         assert!(!super::same_secret(b"abc123", b"abc124"));
         assert!(!super::same_secret(b"abc123", b"abc12"));
         assert!(!super::same_secret(b"", b"x"));
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_matched_without_regard_to_case() {
+        for v in ["Bearer t0k", "bearer t0k", "BEARER t0k", "bEaReR   t0k"] {
+            assert_eq!(super::bearer_token(v), Some("t0k"), "{v}");
+        }
+        for v in ["Basic t0k", "Bearert0k", "t0k", "Bearer"] {
+            assert_ne!(super::bearer_token(v), Some("t0k"), "{v}");
+        }
     }
 }

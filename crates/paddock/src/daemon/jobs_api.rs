@@ -54,6 +54,41 @@ pub(super) fn no_jobs() -> Response {
     )
 }
 
+/// The longest `Idempotency-Key` paddock keeps.
+pub const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// The request's `Idempotency-Key`: none, or one value of 1 to 255 visible ASCII
+/// characters. A key paddock would not honour exactly is refused (400), never
+/// dropped: a dropped key makes a retry a second job.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, String> {
+    let mut values = headers.get_all("idempotency-key").iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err("more than one Idempotency-Key header: send one".into());
+    }
+    let bytes = value.as_bytes();
+    let rule = format!(
+        "an Idempotency-Key is 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters (letters, digits, punctuation; no spaces)"
+    );
+    if bytes.is_empty() {
+        return Err(format!("the Idempotency-Key is empty: {rule}"));
+    }
+    if bytes.len() > MAX_IDEMPOTENCY_KEY {
+        return Err(format!(
+            "the Idempotency-Key is {} bytes long: {rule}",
+            bytes.len()
+        ));
+    }
+    if let Some(b) = bytes.iter().find(|b| !(0x21..0x7f).contains(*b)) {
+        return Err(format!(
+            "the Idempotency-Key holds the byte 0x{b:02x}: {rule}; encode other text first (for example as hex or base64url)"
+        ));
+    }
+    Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
+}
+
 async fn enqueue_default(
     State(shared): State<SharedRef>,
     Path(service): Path<String>,
@@ -115,13 +150,17 @@ async fn enqueue(
             ),
         );
     }
+    let idempotency_key = match idempotency_key(&headers) {
+        Ok(k) => k,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
     let job = NewJob {
         service: service.clone(),
         method,
         content_type: header_str(header::CONTENT_TYPE.as_str())
             .unwrap_or_else(|| "application/octet-stream".into()),
         body: body.to_vec(),
-        idempotency_key: header_str("idempotency-key"),
+        idempotency_key,
         max_attempts: svc.config.max_attempts,
     };
     if let Err(message) = crate::daemon::messages::check_request(&job.method, &job.content_type) {
@@ -265,5 +304,37 @@ async fn cancel(State(shared): State<SharedRef>, Path(id): Path<String>) -> Resp
     match store.cancel(id).await {
         Ok(v) => Json(v).into_response(),
         Err(e) => job_error(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::{HeaderMap, HeaderValue};
+
+    fn key(values: &[&[u8]]) -> Result<Option<String>, String> {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append("idempotency-key", HeaderValue::from_bytes(v).unwrap());
+        }
+        super::idempotency_key(&h)
+    }
+
+    #[test]
+    fn an_idempotency_key_is_kept_exactly_or_refused() {
+        assert_eq!(key(&[]), Ok(None));
+        assert_eq!(key(&[b"order-7"]), Ok(Some("order-7".into())));
+        let longest = "k".repeat(super::MAX_IDEMPOTENCY_KEY);
+        assert_eq!(key(&[longest.as_bytes()]), Ok(Some(longest.clone())));
+        for bad in [
+            "caf\u{e9}-order-7".as_bytes(),
+            b"\xff",
+            b"",
+            b"two words",
+            "k".repeat(super::MAX_IDEMPOTENCY_KEY + 1).as_bytes(),
+        ] {
+            let e = key(&[bad]).unwrap_err();
+            assert!(e.contains("1 to 255 visible ASCII"), "{e}");
+        }
+        assert!(key(&[b"a", b"b"]).is_err());
     }
 }

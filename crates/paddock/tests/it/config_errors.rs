@@ -173,3 +173,59 @@ fn numbers_that_cannot_work_are_refused_with_their_line() {
     ));
     assert_eq!(out.code, 0, "{out:?}");
 }
+
+#[test]
+fn a_blank_auth_token_is_refused_naming_the_key() {
+    // A blank token would answer 401 to every client; on a public address the old
+    // message said "set instance.auth_token" although it was set.
+    for (listen, token) in [
+        ("127.0.0.1:8799", "\"\""),
+        ("127.0.0.1:8799", "\"   \""),
+        ("0.0.0.0:8799", "\"\""),
+    ] {
+        let text = format!("[instance]\nlisten = \"{listen}\"\nauth_token = {token}\n{SVC}");
+        assert_located(&text, 3, "instance.auth_token", "blank");
+    }
+    // A token with a space inside could never be sent in a bearer header.
+    let text = format!("[instance]\nauth_token = \"two words\"\n{SVC}");
+    assert_located(&text, 2, "instance.auth_token", "visible ASCII");
+}
+
+#[test]
+fn check_refuses_a_state_dir_that_start_could_not_use() {
+    let env = Env::new();
+    let file = env.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    // The folder is a file; a folder under a file; a place nobody can create folders.
+    for dir in [
+        file.display().to_string(),
+        file.join("state").display().to_string(),
+        "/proc/paddock-state".to_string(),
+    ] {
+        let text = format!("[instance]\nname = \"t\"\nstate_dir = {dir:?}\n{SVC}");
+        assert_located(&text, 3, "instance.state_dir", "cannot be used");
+        // And start, which would have failed, fails the same way before detaching.
+        env.raw_config(&text);
+        let out = env.run(&["start"]);
+        assert_ne!(out.code, 0, "{out:?}");
+        assert!(out.stderr.contains("state"), "{out:?}");
+    }
+    // A folder that does not exist yet, under one that can be written, is fine, and
+    // check leaves nothing behind.
+    let fresh = env.path().join("new").join("state");
+    let text = format!(
+        "[instance]\nname = \"t\"\nstate_dir = {:?}\n{SVC}",
+        fresh.display().to_string()
+    );
+    assert_eq!(check(&text).code, 0);
+    let left: Vec<_> = std::fs::read_dir(env.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        !left
+            .iter()
+            .any(|n| n.to_string_lossy().starts_with(".paddock-check")),
+        "{left:?}"
+    );
+}

@@ -265,5 +265,17 @@ fn an_auth_token_guards_every_route_but_the_probes() {
     )
     .unwrap();
     assert_eq!(r.code, 401);
+    // The scheme is case-insensitive (RFC 9110 §11.1).
+    for scheme in ["bearer", "BEARER"] {
+        let r = crate::harness::post_with_headers(
+            env.port,
+            "/v1/fake",
+            "application/json",
+            &format!("Authorization: {scheme} s3cret\r\n"),
+            body,
+        )
+        .unwrap();
+        assert_eq!(r.code, 200, "{scheme}: {}", r.text());
+    }
     env.stop_ok();
 }

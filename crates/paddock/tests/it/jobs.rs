@@ -226,6 +226,30 @@ fn api(backend: Backend) {
     );
     assert_eq!(c.code, 409, "{}", c.text());
     assert!(c.text().contains("order-42"), "{}", c.text());
+    // A key paddock would not keep exactly is refused, never dropped (a dropped key
+    // made a retry a second job): non-ASCII, empty, too long.
+    let before = all_jobs(&env, "").len();
+    let long = "k".repeat(100_000);
+    for key in ["café-order-7", "", long.as_str()] {
+        for _ in 0..2 {
+            let r = enqueue(
+                &env,
+                "/v1/jobs/fake",
+                &json!({"op": "echo", "n": 3}),
+                Some(key),
+            );
+            assert_eq!(r.code, 400, "{}", r.text());
+            assert!(
+                r.json()["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("1 to 255 visible ASCII"),
+                "{}",
+                r.text()
+            );
+        }
+    }
+    assert_eq!(all_jobs(&env, "").len(), before, "a refused key made a job");
 
     // Cancel: a slow job holds the one worker, the pump prefetches a few more, the
     // last ones stay queued and can be cancelled.

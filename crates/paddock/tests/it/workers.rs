@@ -112,6 +112,29 @@ fn an_exception_in_setup_fails_the_start_with_its_traceback() {
 }
 
 #[test]
+fn a_worker_without_handlers_fails_the_start_saying_how_to_mark_one() {
+    let env = Env::new();
+    let file = env.path().join("empty_worker.py");
+    std::fs::write(
+        &file,
+        "import paddock\n\nclass Empty:\n    def predict(self, req):\n        return {}\n\npaddock.serve(Empty())\n",
+    )
+    .unwrap();
+    let sdk = format!("{}/../../sdk/python", env!("CARGO_MANIFEST_DIR"));
+    env.config(&format!(
+        "[services.empty]\ncommand = [\"python3\", {:?}]\nenv = {{ PYTHONPATH = {sdk:?} }}\n",
+        file.display().to_string()
+    ));
+    let out = env.run(&["start"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("Empty has no handler"), "{out:?}");
+    assert!(out.stderr.contains("@paddock.handler"), "{out:?}");
+    // It is not setup() that failed.
+    assert!(!out.stderr.contains("setup() raised"), "{out:?}");
+    env.assert_nothing_left_now();
+}
+
+#[test]
 fn a_crash_is_a_502_naming_the_signal_and_a_replacement_follows() {
     let env = Env::new();
     env.config(&env.worker("fake", "workers = 1"));

@@ -389,15 +389,15 @@ impl Lifecycle {
                     crate::exit::FAILURE,
                     RestartCause::Protocol,
                 ),
-            (Starting { .. }, Event::SetupFailed(traceback)) => self.kill_for(
-                "setup() raised an exception".into(),
-                Some(format!(
-                    "setup() raised an exception:\n{}",
-                    traceback.trim_end()
-                )),
-                crate::exit::FAILURE,
-                RestartCause::Crash,
-            ),
+            (Starting { .. }, Event::SetupFailed(text)) => {
+                let (reason, message) = setup_failure(&text);
+                self.kill_for(
+                    reason,
+                    Some(message),
+                    crate::exit::FAILURE,
+                    RestartCause::Crash,
+                )
+            }
             (Replacing { .. }, Event::Exited(_)) => {
                 self.restarts += 1;
                 (Starting { since: now }, vec![Spawn])
@@ -552,6 +552,19 @@ impl Lifecycle {
             vec![Action::Wait(delay)],
         )
     }
+}
+
+/// A SETUP_FAILED text as (reason, message): its first line says what is wrong, the
+/// rest gives the details (docs/protocol.md). A bare traceback (older SDKs) is a
+/// setup() that raised.
+pub(crate) fn setup_failure(text: &str) -> (String, String) {
+    let text = text.trim_end();
+    let first = text.lines().next().unwrap_or("").trim();
+    if first.is_empty() || first.starts_with("Traceback (most recent call last)") {
+        let reason = "setup() raised an exception".to_string();
+        return (reason.clone(), format!("{reason}:\n{text}"));
+    }
+    (first.trim_end_matches(':').to_string(), text.to_string())
 }
 
 #[cfg(test)]

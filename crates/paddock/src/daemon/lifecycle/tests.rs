@@ -374,3 +374,24 @@ fn the_backoff_and_startup_clocks_follow_the_state() {
     );
     assert_eq!(l.on(Event::BackoffElapsed, until), vec![Action::Spawn]);
 }
+
+#[test]
+fn a_setup_failure_says_what_its_first_line_says() {
+    use super::setup_failure;
+    // What the SDK sends for an exception in setup().
+    let (reason, message) =
+        setup_failure("setup() raised an exception:\nTraceback (most recent call last):\nE: x\n");
+    assert_eq!(reason, "setup() raised an exception");
+    assert!(message.ends_with("E: x"), "{message}");
+    // A worker mistake that is not setup's.
+    let (reason, message) = setup_failure("Empty has no handler: mark one\n\n  @paddock.handler\n");
+    assert_eq!(reason, "Empty has no handler: mark one");
+    assert!(!message.contains("setup()"), "{message}");
+    // Older SDKs: a bare traceback.
+    let (reason, message) = setup_failure("Traceback (most recent call last):\nE: x");
+    assert_eq!(reason, "setup() raised an exception");
+    assert!(
+        message.starts_with("setup() raised an exception:\nTraceback"),
+        "{message}"
+    );
+}
