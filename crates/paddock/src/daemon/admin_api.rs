@@ -24,6 +24,7 @@ pub fn routes() -> Router<SharedRef> {
 }
 
 #[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct LogQuery {
     worker: Option<u32>,
     lines: Option<usize>,
@@ -40,10 +41,29 @@ async fn logs(
         Ok(axum::extract::Query(q)) => q,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
     };
-    if shared.supervisor.service(&name).is_none() {
+    let Some(svc) = shared.supervisor.service(&name) else {
         return error(StatusCode::NOT_FOUND, format!("no service named {name:?}"));
+    };
+    if let Some(w) = q.worker
+        && w >= svc.config.workers
+    {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "service {name:?} has no worker {w}: its workers are 0 to {}",
+                svc.config.workers.saturating_sub(1)
+            ),
+        );
     }
-    let n = q.lines.unwrap_or(50).clamp(1, 1000);
+    if let Some(n) = q.lines
+        && !(1..=1000).contains(&n)
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("lines {n} is out of range: 1 to 1000"),
+        );
+    }
+    let n = q.lines.unwrap_or(50);
     let path = shared.paths.logs.join(format!("{name}.log"));
     // The tail of the file is enough: at most 1 MiB is read.
     let text = tokio::task::spawn_blocking(move || {

@@ -229,6 +229,42 @@ async fn list(
     let Some(store) = store(&shared) else {
         return no_jobs();
     };
+    // A service that is neither configured here nor in the store (a shared
+    // PostgreSQL store holds other daemons' services too) is a mistake, not an
+    // empty page.
+    if let Some(service) = &q.service
+        && shared.supervisor.service(service).is_none()
+    {
+        let probe = ListQuery {
+            service: Some(service.clone()),
+            limit: Some(1),
+            ..ListQuery::default()
+        };
+        match store.list(probe).await {
+            Ok((jobs, _)) if jobs.is_empty() => {
+                let names: Vec<String> = shared
+                    .config
+                    .services
+                    .iter()
+                    .filter(|s| s.kind == crate::config::Kind::Worker)
+                    .map(|s| s.name.to_string())
+                    .collect();
+                return error(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "no service named {service:?} here or in the job store (this instance's worker services: {})",
+                        if names.is_empty() {
+                            "none".into()
+                        } else {
+                            names.join(", ")
+                        }
+                    ),
+                );
+            }
+            Ok(_) => {}
+            Err(e) => return job_error(e),
+        }
+    }
     match store.list(q).await {
         Ok((jobs, next)) => Json(json!({"jobs": jobs, "next": next})).into_response(),
         Err(e) => job_error(e),

@@ -51,6 +51,15 @@ fn a_service_is_reloaded_and_jobs_retried_and_cancelled_over_http() {
             .any(|l| l.as_str().unwrap().contains("spawned pid")),
         "the reload's spawn is among the last lines: {v}"
     );
+    // A worker, a parameter or a count that does not exist: refused, naming what does.
+    let (code, body) = env.get("/admin/services/fake/logs?worker=5").unwrap();
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("0 to 0"), "{body}");
+    let (code, body) = env.get("/admin/services/fake/logs?wrker=0").unwrap();
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("wrker"), "{body}");
+    let (code, body) = env.get("/admin/services/fake/logs?lines=0").unwrap();
+    assert_eq!(code, 400, "{body}");
 
     // A job that fails its only attempt is dead; retry queues it again.
     let body = json!({"op": "raise"}).to_string();

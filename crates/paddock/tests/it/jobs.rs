@@ -295,7 +295,16 @@ fn api(backend: Backend) {
     assert_eq!(page["jobs"].as_array().unwrap().len(), 5);
     assert_eq!(page["next"], seqs[4]);
     assert_eq!(all_jobs(&env, "&state=done").len(), 12);
-    assert_eq!(all_jobs(&env, "&service=nope").len(), 0);
+    assert_eq!(all_jobs(&env, "&service=fake").len(), 12);
+    // An unknown service or parameter is refused, naming what exists, never an
+    // empty page.
+    let (code, v) = get_json(&env, "/v1/jobs?service=nope");
+    assert_eq!(code, 404, "{v}");
+    let e = v["error"].as_str().unwrap();
+    assert!(e.contains("\"nope\"") && e.contains("fake"), "{v}");
+    let (code, v) = get_json(&env, "/v1/jobs?srvice=fake");
+    assert_eq!(code, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("srvice"), "{v}");
 
     // The CLI shows and lists.
     let out = env.run(&["jobs", "show", &id]);
@@ -317,6 +326,8 @@ fn poison(backend: Backend) {
     env.start_ok();
     let poison = enqueue_id(&env, "/v1/jobs/fake", &json!({"op": "segv"}));
     let raising = enqueue_id(&env, "/v1/jobs/fake", &json!({"op": "raise"}));
+    // A request the handler refuses (4xx) would be refused again: dead at once.
+    let refused = enqueue_id(&env, "/v1/jobs/fake", &json!({"op": "refuse"}));
     let good: Vec<String> = (0..40)
         .map(|n| enqueue_id(&env, "/v1/jobs/fake", &json!({"op": "echo", "n": n})))
         .collect();
@@ -340,6 +351,13 @@ fn poison(backend: Backend) {
         "{r}"
     );
     assert!(!r.to_string().contains("Traceback"), "{r}");
+    let f = wait_state(&env, &refused, "dead");
+    assert_eq!(f["attempts"], 1, "{f}");
+    assert_eq!(f["history"][0]["cause"]["kind"], "bad_request", "{f}");
+    assert_eq!(
+        f["history"][0]["cause"]["message"], "refused: bad field",
+        "{f}"
+    );
     for id in &good {
         let j = wait_state(&env, id, "done");
         assert_eq!(j["failures"], 0);

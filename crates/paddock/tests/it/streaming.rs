@@ -493,13 +493,14 @@ fn a_stalled_reader_is_not_the_workers_silence_but_request_timeout_bounds_the_st
 }
 
 /// Bounded job payloads: a body over job_max_body is refused with 413 before
-/// anything is stored; a result over job_max_result fails the attempt with a message.
+/// anything is stored; a result over job_max_result fails the job at once (a retry
+/// would make the same result) with a message naming the setting.
 #[test]
 fn oversized_job_bodies_and_results_are_refused() {
     let env = Env::new();
     env.config(&streams(
         &env,
-        "job_max_body = \"1KiB\"\njob_max_result = \"64KiB\"\nmax_attempts = 1",
+        "job_max_body = \"1KiB\"\njob_max_result = \"64KiB\"\nmax_attempts = 3\njob_backoff = \"10ms\"",
     ));
     env.start_ok();
     let big = format!("{{\"n\": 1, \"pad\": \"{}\"}}", "x".repeat(2000));
@@ -537,5 +538,12 @@ fn oversized_job_bodies_and_results_are_refused() {
     });
     let cause = job["history"][0]["cause"].to_string();
     assert!(cause.contains("job_max_result"), "{job}");
+    assert_eq!(
+        job["history"][0]["cause"]["kind"], "result_too_large",
+        "{job}"
+    );
+    // One attempt of three: it was not retried.
+    assert_eq!(job["attempts"], 1, "{job}");
+    assert_eq!(job["history"].as_array().unwrap().len(), 1, "{job}");
     env.stop_ok();
 }

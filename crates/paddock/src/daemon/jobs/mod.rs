@@ -103,8 +103,9 @@ pub struct NewJob {
 /// A page of jobs and the `after` of the next page.
 pub type Page = (Vec<JobView>, Option<i64>);
 
-/// What the list endpoint filters on.
+/// What the list endpoint filters on; any other parameter is a 400.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ListQuery {
     pub state: Option<String>,
     pub service: Option<String>,

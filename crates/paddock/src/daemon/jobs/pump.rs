@@ -104,23 +104,16 @@ async fn run(
             let max_result = service.job_max_result;
             tokio::spawn(async move {
                 let outcome = whole(rx.await.unwrap_or(Outcome::ShuttingDown)).await;
-                // A result over job_max_result is not stored: the attempt fails.
-                let outcome = match outcome {
+                let finish = match outcome {
+                    // A result over job_max_result is not stored, and the same
+                    // handler would make it again: the job fails now, not after
+                    // max_attempts runs of it.
                     Outcome::Ok { body, .. } if body.len() as u64 > max_result => {
-                        Outcome::Refused {
-                            status: 500,
-                            message: format!(
-                                "the result is {} bytes, over the service's job_max_result ({max_result} bytes)",
-                                body.len()
-                            ),
-                        }
+                        too_large(body.len(), max_result)
                     }
-                    o => o,
+                    o => finish_of(o, &job, backoff, expose_errors),
                 };
-                store.finish(
-                    job.id.clone(),
-                    finish_of(outcome, &job, backoff, expose_errors),
-                );
+                store.finish(job.id.clone(), finish);
                 let _ = done.send(share);
             });
         }
@@ -178,6 +171,23 @@ async fn whole(outcome: Outcome) -> Outcome {
                 };
             }
         }
+    }
+}
+
+/// A result over `job_max_result`: a permanent failure (a retry gives the same
+/// result), saying the size and the setting.
+fn too_large(size: usize, max_result: u64) -> Finish {
+    Finish::Failed {
+        cause: json!({
+            "kind": "result_too_large",
+            "message": format!(
+                "the result is {size} bytes, over the service's job_max_result ({max_result} bytes); a retry would make the same result, so the job is not retried"
+            ),
+            "size": size,
+            "job_max_result": max_result,
+        }),
+        permanent: true,
+        backoff_ms: 0,
     }
 }
 
