@@ -3,8 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -12,6 +11,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
+use super::request_body;
 use super::shared::SharedRef;
 
 pub fn router(shared: SharedRef) -> Router {
@@ -27,7 +27,9 @@ pub fn router(shared: SharedRef) -> Router {
         .merge(super::jobs_api::routes())
         .merge(super::admin_api::routes())
         .fallback(not_found)
-        .layer(DefaultBodyLimit::max(max_body(&shared)));
+        // The model and job routes read their bodies themselves, within their
+        // service's limits (request_body); every other route takes small ones.
+        .layer(DefaultBodyLimit::max(64 << 10));
     // The bearer-token check only exists where a token is configured: the common
     // loopback case pays nothing for it.
     if shared.config.instance.auth_token.is_some() {
@@ -163,18 +165,6 @@ async fn status(State(shared): State<SharedRef>) -> impl IntoResponse {
     Json(shared.status())
 }
 
-/// The largest body any worker service accepts (its max_frame, less the header).
-fn max_body(shared: &SharedRef) -> usize {
-    shared
-        .config
-        .services
-        .iter()
-        .map(|s| s.max_frame)
-        .max()
-        .unwrap_or(paddock_protocol::DEFAULT_MAX_FRAME)
-        .saturating_sub(1024)
-}
-
 async fn metrics(State(shared): State<SharedRef>) -> Response {
     let m = &shared.supervisor.metrics;
     let gpus = crate::gpu::GpuStatus::read(shared.supervisor.gpu.as_ref());
@@ -302,22 +292,25 @@ async fn call(shared: SharedRef, service: String, method: String, req: Request) 
     if let Err(message) = check_request(&method, &content_type) {
         return error(StatusCode::BAD_REQUEST, &service, message, json!(null));
     }
-    // The body, within DefaultBodyLimit (413 past it).
+    // The body, within what one frame to this service's workers can carry: a
+    // declared length over it is refused from the head, before the body is
+    // waited for.
     let body_timeout = shared.config.instance.body_timeout;
-    let body = match tokio::time::timeout(body_timeout, Bytes::from_request(req, &())).await {
-        Ok(Ok(b)) => b,
-        Ok(Err(rejection)) => return rejection.into_response(),
-        Err(_) => {
-            return error(
-                StatusCode::REQUEST_TIMEOUT,
-                &service,
-                format!(
-                    "the request body did not arrive within {}ms (instance.body_timeout)",
-                    body_timeout.as_millis()
-                ),
-                json!(null),
-            );
-        }
+    let limit = request_body::online_limit(svc.config.max_frame, &method, &content_type);
+    let setting = format!(
+        "services.{service}.max_frame = {} bytes, less this request's framing",
+        svc.config.max_frame
+    );
+    let refuse = |e: request_body::BodyError| {
+        let (code, message) = e.answer(limit, &setting, body_timeout);
+        error(code, &service, message, json!({"limit": limit}))
+    };
+    if let Err(e) = request_body::check_head(req.headers(), limit) {
+        return refuse(e);
+    }
+    let body = match request_body::read(req.into_body(), limit, body_timeout).await {
+        Ok(b) => b,
+        Err(e) => return refuse(e),
     };
     let t = Instant::now();
     let rx = dispatcher.submit(method.clone(), content_type, body);

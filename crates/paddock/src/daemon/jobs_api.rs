@@ -8,8 +8,7 @@
 //! - `GET /v1/jobs/{id}/result` → the raw result with its content type;
 //! - `DELETE /v1/jobs/{id}` → cancels a queued job.
 
-use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -17,6 +16,7 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use super::jobs::{JobError, ListQuery, NewJob};
+use crate::daemon::request_body;
 use crate::daemon::shared::SharedRef;
 
 pub fn routes() -> Router<SharedRef> {
@@ -92,28 +92,22 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, String> {
 async fn enqueue_default(
     State(shared): State<SharedRef>,
     Path(service): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    req: Request,
 ) -> Response {
-    enqueue(shared, service, "predict".into(), headers, body).await
+    enqueue(shared, service, "predict".into(), req).await
 }
 
 async fn enqueue_method(
     State(shared): State<SharedRef>,
     Path((service, method)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
+    req: Request,
 ) -> Response {
-    enqueue(shared, service, method, headers, body).await
+    enqueue(shared, service, method, req).await
 }
 
-async fn enqueue(
-    shared: SharedRef,
-    service: String,
-    method: String,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn enqueue(shared: SharedRef, service: String, method: String, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let headers = parts.headers;
     let Some(store) = store(&shared) else {
         return no_jobs();
     };
@@ -139,17 +133,34 @@ async fn enqueue(
             .and_then(|v| v.to_str().ok())
             .map(String::from)
     };
-    // An oversized job is refused before anything is stored (job_max_body).
-    if body.len() as u64 > svc.config.job_max_body {
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "the job body is {} bytes, over service {service}'s job_max_body ({} bytes)",
-                body.len(),
-                svc.config.job_max_body
-            ),
-        );
-    }
+    // An oversized job is refused before anything is stored: from the head where
+    // it declares its length, else as soon as it passes the limit.
+    let content_type = header_str(header::CONTENT_TYPE.as_str())
+        .unwrap_or_else(|| "application/octet-stream".into());
+    let frame_limit = request_body::online_limit(svc.config.max_frame, &method, &content_type);
+    let (limit, setting) = if svc.config.job_max_body <= frame_limit as u64 {
+        (
+            svc.config.job_max_body as usize,
+            format!("services.{service}.job_max_body"),
+        )
+    } else {
+        (
+            frame_limit,
+            format!("services.{service}.max_frame, less the request's framing"),
+        )
+    };
+    let body_timeout = shared.config.instance.body_timeout;
+    let body = match request_body::check_head(&headers, limit) {
+        Ok(()) => request_body::read(body, limit, body_timeout).await,
+        Err(e) => Err(e),
+    };
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => {
+            let (code, message) = e.answer(limit, &setting, body_timeout);
+            return error(code, message);
+        }
+    };
     let idempotency_key = match idempotency_key(&headers) {
         Ok(k) => k,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
@@ -157,8 +168,7 @@ async fn enqueue(
     let job = NewJob {
         service: service.clone(),
         method,
-        content_type: header_str(header::CONTENT_TYPE.as_str())
-            .unwrap_or_else(|| "application/octet-stream".into()),
+        content_type,
         body: body.to_vec(),
         idempotency_key,
         max_attempts: svc.config.max_attempts,

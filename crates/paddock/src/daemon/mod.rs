@@ -28,6 +28,7 @@ mod notify;
 mod ports;
 mod probe;
 pub mod report;
+mod request_body;
 mod service;
 mod shared;
 mod spawner;

@@ -403,3 +403,116 @@ fn deleting_the_state_folder_while_running_is_detected_and_repaired() {
     env.stop_ok();
     env.assert_nothing_left();
 }
+
+/// Reads one response off `s` (head and a Content-Length body) within `limit`.
+fn read_response(s: &mut TcpStream, limit: Duration) -> (u16, String) {
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = vec![];
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse().unwrap())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+                return (
+                    code,
+                    String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into(),
+                );
+            }
+        }
+        match s.read(&mut chunk) {
+            Ok(0) => panic!(
+                "closed before a whole response: {:?}",
+                String::from_utf8_lossy(&buf)
+            ),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => panic!(
+                "no response within {limit:?}: {e}; got {:?}",
+                String::from_utf8_lossy(&buf)
+            ),
+        }
+    }
+}
+
+#[test]
+fn each_service_has_its_own_body_limit_said_in_json_from_the_head() {
+    let env = Env::new();
+    env.config(&format!(
+        "{}{}",
+        env.worker("small", "workers = 1\nmax_frame = \"8KiB\""),
+        env.worker("big", "workers = 1")
+    ));
+    env.start_ok();
+    // The largest body a frame of 8 KiB carries to `echo` with this content type
+    // (type, id, deadline, "echo" and "text/plain" as str16s) is accepted, one
+    // byte more is refused with the JSON error naming the limit and its setting.
+    let limit = 8192 - (1 + 8 + 4 + 2 + 4 + 2 + 10);
+    let ok =
+        crate::harness::post(env.port, "/v1/small/echo", "text/plain", &vec![b'x'; limit]).unwrap();
+    assert_eq!(ok.code, 200, "{}", ok.text());
+    assert_eq!(ok.body.len(), limit);
+    let r = crate::harness::post(
+        env.port,
+        "/v1/small/echo",
+        "text/plain",
+        &vec![b'x'; limit + 1],
+    )
+    .unwrap();
+    assert_eq!(r.code, 413, "{}", r.text());
+    let v = r.json();
+    let e = v["error"].as_str().unwrap();
+    assert!(
+        e.contains(&limit.to_string()) && e.contains("services.small.max_frame"),
+        "{v}"
+    );
+    assert_eq!(v["service"], "small");
+    assert_eq!(v["cause"]["limit"], limit);
+    // The other service's larger limit is its own, not every route's.
+    let r =
+        crate::harness::post(env.port, "/v1/big/echo", "text/plain", &vec![b'x'; 20_000]).unwrap();
+    assert_eq!(r.code, 200, "{}", r.text());
+    // A declared length over the limit is refused from the head: no body is waited
+    // for (body_timeout is 60 s).
+    let mut s = TcpStream::connect(("127.0.0.1", env.port)).unwrap();
+    s.write_all(b"POST /v1/small/echo HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 10000000\r\n\r\nxx")
+        .unwrap();
+    let t = Instant::now();
+    let (code, body) = read_response(&mut s, Duration::from_secs(5));
+    assert_eq!(code, 413, "{body}");
+    assert!(
+        body.contains("10000000 bytes") && body.contains("max_frame"),
+        "{body}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    // The same for a job.
+    let mut s = TcpStream::connect(("127.0.0.1", env.port)).unwrap();
+    s.write_all(b"POST /v1/jobs/small/echo HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 10000000\r\n\r\nxx")
+        .unwrap();
+    let (code, body) = read_response(&mut s, Duration::from_secs(5));
+    assert_eq!(code, 413, "{body}");
+    assert!(body.contains("services.small.max_frame"), "{body}");
+    // A chunked body that grows past the limit is refused once it does.
+    let mut s = TcpStream::connect(("127.0.0.1", env.port)).unwrap();
+    s.write_all(b"POST /v1/small/echo HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .unwrap();
+    let chunk = vec![b'y'; 4096];
+    for _ in 0..3 {
+        write!(s, "{:x}\r\n", chunk.len()).unwrap();
+        s.write_all(&chunk).unwrap();
+        s.write_all(b"\r\n").unwrap();
+    }
+    let (code, body) = read_response(&mut s, Duration::from_secs(5));
+    assert_eq!(code, 413, "{body}");
+    assert!(body.contains("at least"), "{body}");
+    // The workers were never touched.
+    assert_eq!(
+        call(env.port, "small", &json!({"op": "echo", "n": 1})).code,
+        200
+    );
+    env.stop_ok();
+}
