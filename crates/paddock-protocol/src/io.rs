@@ -46,6 +46,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// The stream frames are read from.
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
     /// The next frame. `Closed` at end-of-file between frames; end-of-file inside
     /// a frame is an I/O error (`UnexpectedEof`).
     pub async fn next(&mut self) -> Result<Frame, ReadError> {

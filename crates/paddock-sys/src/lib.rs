@@ -46,3 +46,29 @@ pub fn hostname() -> Option<String> {
         .and_then(|h| h.into_string().ok())
         .filter(|h| !h.is_empty())
 }
+
+/// Whether `fd` has bytes (or an end of file) waiting to be read at this moment,
+/// asked of the kernel directly (`poll` with a zero timeout), not of an event loop
+/// that may not have heard yet.
+pub fn readable_now(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+        && fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn readable_now_sees_bytes_in_the_socket() {
+        let (mut a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert!(!super::readable_now(b.as_fd()));
+        a.write_all(b"x").unwrap();
+        assert!(super::readable_now(b.as_fd()));
+    }
+}

@@ -516,3 +516,75 @@ fn each_service_has_its_own_body_limit_said_in_json_from_the_head() {
     );
     env.stop_ok();
 }
+
+/// Pauses the daemon (SIGSTOP) while its worker answers a 0.3 s request, keeps it
+/// paused until past the 2 s deadline, then resumes it (SIGCONT): what a VM freeze,
+/// a laptop's sleep or heavy swapping does.
+fn pause_past_the_deadline(env: &Env, mark: &std::path::Path, started: Instant) {
+    let end = mark.with_extension("end");
+    let start = mark.with_extension("start");
+    wait_until(
+        Duration::from_secs(10),
+        "the worker to start the request",
+        || start.exists().then_some(()),
+    );
+    let pid = env.daemon_pid();
+    crate::harness::kill(pid, 19); // SIGSTOP
+    wait_until(Duration::from_secs(10), "the worker to answer", || {
+        end.exists().then_some(())
+    });
+    // The deadline passes while the daemon cannot run.
+    wait_until(Duration::from_secs(10), "the deadline to pass", || {
+        (started.elapsed() > Duration::from_millis(2600)).then_some(())
+    });
+    crate::harness::kill(pid, 18); // SIGCONT
+}
+
+#[test]
+fn a_paused_daemon_does_not_kill_a_worker_whose_answer_arrived() {
+    let env = Env::new();
+    env.config(&env.worker(
+        "fake",
+        "workers = 1\nrequest_timeout = \"2s\"\njobs_share = 1.0",
+    ));
+    env.start_ok();
+    let pid = env.status()["services"][0]["workers"][0]["pid"].clone();
+    // A request.
+    let mark = env.path().join("req.x");
+    let body =
+        json!({"op": "sleep", "s": 0.3, "mark": mark.with_extension("").display().to_string()});
+    let port = env.port;
+    let started = Instant::now();
+    let client = std::thread::spawn(move || call(port, "fake", &body));
+    pause_past_the_deadline(&env, &mark, started);
+    let r = client.join().unwrap();
+    assert_eq!(r.code, 200, "{}", r.text());
+    assert_eq!(r.json()["slept"], 0.3);
+    // A job: done in one attempt, not failed by a deadline and run again.
+    let mark = env.path().join("job.x");
+    let body =
+        json!({"op": "sleep", "s": 0.3, "mark": mark.with_extension("").display().to_string()});
+    let started = Instant::now();
+    let r = crate::harness::post(
+        env.port,
+        "/v1/jobs/fake",
+        "application/json",
+        body.to_string().as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.code, 202, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    pause_past_the_deadline(&env, &mark, started);
+    let job = wait_until(Duration::from_secs(10), "the job to finish", || {
+        let (_, b) = env.get(&format!("/v1/jobs/{id}"))?;
+        let v: serde_json::Value = serde_json::from_str(&b).ok()?;
+        (v["state"] == "done" || v["state"] == "dead").then_some(v)
+    });
+    assert_eq!(job["state"], "done", "{job}");
+    assert_eq!(job["attempts"], 1, "{job}");
+    // The healthy worker was never killed.
+    let w = &env.status()["services"][0]["workers"][0];
+    assert_eq!(w["pid"], pid, "{w}");
+    assert_eq!(w["restarts"], 0, "{w}");
+    env.stop_ok();
+}

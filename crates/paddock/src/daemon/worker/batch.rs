@@ -176,6 +176,7 @@ impl Actor {
             .observe(now.duration_since(oldest).as_secs_f64());
         let latest = items.iter().map(|i| i.deadline).max().expect("not empty");
         self.in_flight.inc_by(n as i64);
+        self.late_read_since = None; // a new deadline, a new grace
         self.batch = Some(BatchInFlight {
             method,
             items,

@@ -85,6 +85,10 @@ enum Timer {
     CancelGrace,
 }
 
+/// How long past a due deadline the actor keeps reading an answer that is already
+/// arriving (see `Actor::answer_unread`).
+const LATE_READ_GRACE: Duration = Duration::from_secs(1);
+
 struct Actor {
     spec: Spec,
     deps: Deps,
@@ -116,6 +120,10 @@ struct Actor {
     last_progress: String,
     ready_since: Option<String>,
     pending: VecDeque<Event>,
+    /// When a deadline timer first found the worker's answer still unread in the
+    /// socket (the daemon was paused, or busy): it is read before any kill, for at
+    /// most `LATE_READ_GRACE`.
+    late_read_since: Option<Instant>,
     /// Answers not sent yet (see `finish`).
     replies: Vec<(oneshot::Sender<Outcome>, Outcome)>,
     /// This service's in-flight gauge.
@@ -174,6 +182,7 @@ impl Actor {
             last_progress: String::new(),
             ready_since: None,
             pending: VecDeque::new(),
+            late_read_since: None,
             replies: Vec::new(),
             in_flight,
         }
@@ -320,8 +329,35 @@ impl Actor {
             .min_by_key(|(at, _)| *at)
     }
 
+    /// Whether a deadline that is due should wait for bytes the worker already
+    /// sent: the kernel holds some that this actor has not read (the daemon was
+    /// paused — SIGSTOP, a VM freeze, a laptop's sleep, heavy swapping — while the
+    /// worker answered). The decision is the kernel's, not the event loop's, which
+    /// may not have heard yet; a worker that keeps sending gets at most
+    /// `LATE_READ_GRACE` more.
+    fn answer_unread(&mut self) -> bool {
+        use std::os::fd::AsFd;
+        let unread = self
+            .conn
+            .as_ref()
+            .is_some_and(|c| paddock_sys::readable_now(c.frames.get_ref().as_ref().as_fd()));
+        if !unread {
+            self.late_read_since = None;
+            return false;
+        }
+        let now = Instant::now();
+        let since = *self.late_read_since.get_or_insert(now);
+        now < since + LATE_READ_GRACE
+    }
+
     /// A timer is due.
     pub(super) async fn on_timer(&mut self, which: Timer) -> Option<Event> {
+        if matches!(which, Timer::Request | Timer::StreamIdle) && self.answer_unread() {
+            // Let the runtime poll its I/O driver: the frame branch, ahead of the
+            // timers, then reads what is there, and the deadline is decided again.
+            tokio::task::yield_now().await;
+            return None;
+        }
         match which {
             Timer::Life(Clock::Kill) => Some(Event::GraceOver),
             Timer::Request => {

@@ -75,6 +75,7 @@ impl Actor {
         // that stops reading cannot stall this actor past the deadline.
         let now = Instant::now();
         self.in_flight.inc();
+        self.late_read_since = None; // a new deadline, a new grace
         self.inflight = Some(InFlight {
             id,
             job,
