@@ -13,7 +13,8 @@
 //!   becoming idle (when it is accepted, and after each response): a slow sender
 //!   and an idle keep-alive connection are closed alike;
 //! - when the daemon stops, a connection with no request being handled is closed at
-//!   once; one with a request in a handler gets its answer first (the handler is
+//!   once, and so is one whose client is still sending its request (head or body);
+//!   one with a whole request in a handler gets its answer first (the handler is
 //!   bounded by the service's deadlines), then closes;
 //! - `accept` failing for want of descriptors (EMFILE, ENFILE) pauses the loop
 //!   instead of spinning on the error.
@@ -21,10 +22,11 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -131,11 +133,23 @@ async fn connection(
     let busy = Arc::new(AtomicUsize::new(0));
     let counter = busy.clone();
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-        let guard = Busy::enter(counter.clone());
+        // Counted as busy once its body has arrived whole (at once for a request
+        // without one): a client still sending holds up no shutdown.
+        let slot = Arc::new(Slot {
+            counter: counter.clone(),
+            counted: AtomicBool::new(false),
+        });
         let app = app.clone();
+        let held = slot.clone();
         async move {
-            let response = app.oneshot(req.map(axum::body::Body::new)).await;
-            drop(guard);
+            let req = req.map(|body| {
+                if body.is_end_stream() {
+                    slot.count();
+                }
+                axum::body::Body::new(Received { inner: body, slot })
+            });
+            let response = app.oneshot(req).await;
+            drop(held);
             Ok::<_, Infallible>(response.unwrap_or_else(|e| match e {}))
         }
     });
@@ -151,7 +165,7 @@ async fn connection(
         _ = shutdown.wait_for(|s| *s) => {}
     }
     // Stopping. Nobody waits on a connection that is idle or still sending its
-    // request head: drop it now.
+    // request (head or body): drop it now.
     if busy.load(Ordering::Acquire) == 0 {
         return;
     }
@@ -160,18 +174,56 @@ async fn connection(
     let _ = conn.await;
 }
 
-/// Counts a request in a handler for as long as it lives.
-struct Busy(Arc<AtomicUsize>);
+/// A request's place in its connection's count of requests in a handler: counted
+/// from the moment its body has arrived whole until the handler has answered (and
+/// the body, if the handler kept it, is dropped).
+struct Slot {
+    counter: Arc<AtomicUsize>,
+    counted: AtomicBool,
+}
 
-impl Busy {
-    fn enter(n: Arc<AtomicUsize>) -> Busy {
-        n.fetch_add(1, Ordering::AcqRel);
-        Busy(n)
+impl Slot {
+    fn count(&self) {
+        if !self.counted.swap(true, Ordering::AcqRel) {
+            self.counter.fetch_add(1, Ordering::AcqRel);
+        }
     }
 }
 
-impl Drop for Busy {
+impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        if *self.counted.get_mut() {
+            self.counter.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// A request body that counts its request as busy once it has been received whole.
+struct Received {
+    inner: Incoming,
+    slot: Arc<Slot>,
+}
+
+impl http_body::Body for Received {
+    type Data = hyper::body::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.slot.count();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }

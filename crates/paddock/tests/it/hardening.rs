@@ -588,3 +588,33 @@ fn a_paused_daemon_does_not_kill_a_worker_whose_answer_arrived() {
     assert_eq!(w["restarts"], 0, "{w}");
     env.stop_ok();
 }
+
+#[test]
+fn stop_does_not_wait_for_a_client_still_sending_its_body() {
+    let env = Env::new();
+    env.config(&env.worker("fake", "workers = 1"));
+    env.start_ok();
+    let mut s = TcpStream::connect(("127.0.0.1", env.port)).unwrap();
+    // `Expect: 100-continue` makes the gateway say when its handler starts reading
+    // the body: from then on the request is in a handler, waiting for 95 bytes more.
+    s.write_all(b"POST /v1/fake HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\nExpect: 100-continue\r\n\r\n")
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 100"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    s.write_all(b"{\"op\"").unwrap();
+    let out = env.run(&["stop"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.took < Duration::from_secs(5),
+        "stop took {:?}",
+        out.took
+    );
+    assert!(closed_within(&mut s, Duration::from_secs(1)));
+    env.assert_nothing_left();
+}
