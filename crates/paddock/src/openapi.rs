@@ -132,7 +132,7 @@ pub fn document(config: &Config, handlers: &BTreeMap<String, Handlers>) -> Value
     paths.insert("/v1/jobs".into(), json!({"get": {
         "summary": "A page of jobs", "operationId": "list_jobs", "tags": ["jobs"],
         "parameters": [
-            {"name": "state", "in": "query", "required": false, "schema": {"type": "string", "enum": ["queued", "running", "done", "dead", "cancelled"]}},
+            {"name": "state", "in": "query", "required": false, "schema": {"type": "string", "enum": ["queued", "claimed", "running", "done", "dead", "cancelled"]}},
             {"name": "service", "in": "query", "required": false, "schema": {"type": "string"}},
             {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
             {"name": "after", "in": "query", "required": false, "schema": {"type": "integer"}}
@@ -246,13 +246,13 @@ pub fn document(config: &Config, handlers: &BTreeMap<String, Handlers>) -> Value
                 }},
                 "Enqueued": {"type": "object", "required": ["id", "state", "created"], "properties": {
                     "id": {"type": "string"},
-                    "state": {"type": "string", "enum": ["queued", "running", "done", "dead", "cancelled"]},
+                    "state": {"type": "string", "enum": ["queued", "claimed", "running", "done", "dead", "cancelled"]},
                     "created": {"type": "boolean"}
                 }},
                 "Job": {"type": "object", "required": ["id", "state", "service", "method"], "properties": {
                     "id": {"type": "string"}, "seq": {"type": "integer"}, "service": {"type": "string"},
                     "method": {"type": "string"},
-                    "state": {"type": "string", "enum": ["queued", "running", "done", "dead", "cancelled"]},
+                    "state": {"type": "string", "enum": ["queued", "claimed", "running", "done", "dead", "cancelled"]},
                     "attempts": {"type": "integer"}, "failures": {"type": "integer"}, "max_attempts": {"type": "integer"},
                     "idempotency_key": {"type": ["string", "null"]}, "created_at": {"type": "string"},
                     "started_at": {"type": ["string", "null"]}, "finished_at": {"type": ["string", "null"]},

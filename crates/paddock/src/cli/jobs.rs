@@ -230,6 +230,7 @@ fn print_stats(v: &Value) {
     t.set_header(vec![
         "SERVICE",
         "QUEUED",
+        "CLAIMED",
         "RUNNING",
         "DONE",
         "DEAD",
@@ -254,6 +255,7 @@ fn print_stats(v: &Value) {
         t.add_row(vec![
             s(&svc["service"]),
             s(&c["queued"]),
+            s(&c["claimed"]),
             s(&c["running"]),
             s(&c["done"]),
             s(&c["dead"]),

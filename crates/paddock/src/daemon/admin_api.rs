@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::json;
 
-use super::jobs_api::{error, job_error, no_jobs, store};
+use super::jobs_api::{error, job_error, no_jobs};
 use super::shared::SharedRef;
 
 pub fn routes() -> Router<SharedRef> {
@@ -105,21 +105,21 @@ async fn reload(State(shared): State<SharedRef>, Path(name): Path<String>) -> Re
 
 /// Queues a dead or cancelled job again.
 async fn retry(State(shared): State<SharedRef>, Path(id): Path<String>) -> Response {
-    let Some(store) = store(&shared) else {
+    let Some(jobs) = &shared.jobs else {
         return no_jobs();
     };
-    match store.retry(id).await {
+    match jobs.retry(id).await {
         Ok(view) => Json(view).into_response(),
         Err(e) => job_error(e),
     }
 }
 
-/// Cancels a queued job.
+/// Cancels a queued or claimed job.
 async fn cancel(State(shared): State<SharedRef>, Path(id): Path<String>) -> Response {
-    let Some(store) = store(&shared) else {
+    let Some(jobs) = &shared.jobs else {
         return no_jobs();
     };
-    match store.cancel(id).await {
+    match jobs.cancel(id).await {
         Ok(view) => Json(view).into_response(),
         Err(e) => job_error(e),
     }

@@ -192,8 +192,8 @@ async fn enqueue(shared: SharedRef, service: String, method: String, req: Reques
     }
     match store.enqueue(job).await {
         Ok((view, created)) => {
-            if created && let Some(w) = shared.jobs.as_ref().and_then(|j| j.wake.get(&service)) {
-                w.notify_one();
+            if created && let Some(p) = shared.jobs.as_ref().and_then(|j| j.pumps.get(&service)) {
+                p.wake();
             }
             let code = if created {
                 StatusCode::ACCEPTED
@@ -225,7 +225,7 @@ async fn list(
     {
         return error(
             StatusCode::BAD_REQUEST,
-            format!("no job state {state:?}: queued, running, done, dead or cancelled"),
+            format!("no job state {state:?}: queued, claimed, running, done, dead or cancelled"),
         );
     }
     if let Some(limit) = q.limit
@@ -344,10 +344,10 @@ async fn result(
 }
 
 async fn cancel(State(shared): State<SharedRef>, Path(id): Path<String>) -> Response {
-    let Some(store) = store(&shared) else {
+    let Some(jobs) = &shared.jobs else {
         return no_jobs();
     };
-    match store.cancel(id).await {
+    match jobs.cancel(id).await {
         Ok(v) => Json(v).into_response(),
         Err(e) => job_error(e),
     }

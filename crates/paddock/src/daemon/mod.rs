@@ -408,12 +408,12 @@ async fn open_jobs(
         hostname(),
         crate::timefmt::rfc3339(started_at)
     );
-    let mut wake = std::collections::HashMap::new();
+    let mut pumps = std::collections::HashMap::new();
+    let mut cancelled = std::collections::HashMap::new();
     for s in &services {
-        wake.insert(
-            s.config.name.to_string(),
-            Arc::new(tokio::sync::Notify::new()),
-        );
+        let (signals, rx) = jobs::pump::Signals::new();
+        pumps.insert(s.config.name.to_string(), signals);
+        cancelled.insert(s.config.name.to_string(), rx);
     }
     let (store, kind) = match &config.instance.store {
         crate::config::Store::Sqlite(path) => {
@@ -427,13 +427,17 @@ async fn open_jobs(
             (store, ("sqlite", path.display().to_string()))
         }
         crate::config::Store::Postgres(url) => (
-            jobs::postgres::open(url, owner, config.instance.lease_timeout, wake.clone()).await?,
+            jobs::postgres::open(url, owner, config.instance.lease_timeout, pumps.clone()).await?,
             ("postgres", jobs::postgres::redact(url)),
         ),
     };
     let mut pruned = std::collections::HashMap::new();
     for s in services {
-        let notify = wake[s.config.name.as_str()].clone();
+        let name = s.config.name.as_str();
+        let signals = (
+            pumps[name].clone(),
+            cancelled.remove(name).expect("one receiver per service"),
+        );
         let dispatcher = s.dispatcher.clone().expect("filtered on dispatcher");
         pruned.insert(
             s.config.name.to_string(),
@@ -448,7 +452,7 @@ async fn open_jobs(
             s.config.clone(),
             store.clone(),
             dispatcher,
-            notify,
+            signals,
             shutdown.clone(),
             config.instance.expose_errors,
         );
@@ -456,7 +460,7 @@ async fn open_jobs(
     Ok(Some(shared::Jobs {
         store,
         kind,
-        wake,
+        pumps,
         pruned,
     }))
 }

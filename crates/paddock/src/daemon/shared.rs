@@ -6,6 +6,7 @@ use std::time::{Instant, SystemTime};
 
 use tokio::sync::watch;
 
+use super::jobs::{JobError, JobView};
 use super::supervisor::Supervisor;
 use crate::config::Config;
 use crate::instance::Paths;
@@ -31,11 +32,29 @@ pub struct Jobs {
     pub store: super::jobs::Store,
     /// `sqlite` or `postgres`, and its file or its URL without a password.
     pub kind: (&'static str, String),
-    pub wake: std::collections::HashMap<String, Arc<tokio::sync::Notify>>,
+    pub pumps: std::collections::HashMap<String, super::jobs::pump::Signals>,
     pub pruned: std::collections::HashMap<String, super::jobs::stats::PruneWatch>,
 }
 
 impl Jobs {
+    /// Cancels a queued or claimed job; the pump holding it claimed drops it.
+    pub async fn cancel(&self, id: String) -> Result<JobView, JobError> {
+        let v = self.store.cancel(id).await?;
+        if let Some(p) = self.pumps.get(&v.service) {
+            p.cancelled(v.id.clone());
+        }
+        Ok(v)
+    }
+
+    /// Queues a dead or cancelled job again, and wakes its pump.
+    pub async fn retry(&self, id: String) -> Result<JobView, JobError> {
+        let v = self.store.retry(id).await?;
+        if let Some(p) = self.pumps.get(&v.service) {
+            p.wake();
+        }
+        Ok(v)
+    }
+
     /// `paddock jobs stats` and the job gauges of `/metrics`.
     pub async fn stats(
         &self,
@@ -45,7 +64,7 @@ impl Jobs {
         let services: Vec<_> = config
             .services
             .iter()
-            .filter(|s| self.wake.contains_key(s.name.as_str()))
+            .filter(|s| self.pumps.contains_key(s.name.as_str()))
             .map(|s| (s.name.to_string(), s.job_retention))
             .collect();
         Ok(super::jobs::stats::assemble(

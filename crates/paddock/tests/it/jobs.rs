@@ -65,7 +65,7 @@ macro_rules! on_both_stores {
     };
 }
 
-on_both_stores!(api, poison, sigkill);
+on_both_stores!(api, poison, sigkill, claimed_ahead);
 
 /// Enqueues `n` record jobs from 8 threads; returns id -> n.
 fn enqueue_records(env: &Env, n: usize, seconds: f64) -> BTreeMap<String, usize> {
@@ -477,6 +477,68 @@ fn sigkill(backend: Backend) {
 
 fn post_get(env: &Env, path: &str) -> Resp {
     crate::harness::request(env.port, "GET", path, "", b"").unwrap()
+}
+
+/// Jobs the pump claimed ahead of its workers are `claimed`, not `running`, and
+/// can be cancelled; a cancelled one never runs. Only jobs a worker has are
+/// `running`.
+fn claimed_ahead(backend: Backend) {
+    let env = backend.env();
+    let record = recording_service(&env);
+    env.start_ok();
+    // Every job waits at the gate inside its worker: 2 running, the pump claims
+    // some ahead, the rest queued.
+    let gate = Gate::shut(&env);
+    let ids = enqueue_records(&env, 100, 0.0);
+    let by_n: BTreeMap<usize, String> = ids.iter().map(|(id, n)| (*n, id.clone())).collect();
+    let (running, claimed) = wait_until(
+        Duration::from_secs(30),
+        "two jobs running and some claimed ahead",
+        || {
+            let running = all_jobs(&env, "&state=running");
+            let claimed = all_jobs(&env, "&state=claimed");
+            (running.len() == 2 && !claimed.is_empty()).then_some((running, claimed))
+        },
+    );
+    // No more than the workers hold are running, however many are claimed.
+    assert_eq!(all_jobs(&env, "&state=running").len(), 2);
+    assert_eq!(
+        all_jobs(&env, "&state=queued").len() + claimed.len() + running.len(),
+        100
+    );
+    for j in &running {
+        assert_eq!(j["attempts"], 1, "{j}");
+    }
+    // A claimed job is cancelled; a running one is not.
+    let victim = claimed.last().unwrap()["id"].as_str().unwrap().to_string();
+    assert_eq!(job(&env, &victim)["attempts"], 0);
+    let c = delete(&env, &format!("/v1/jobs/{victim}"));
+    assert_eq!(c.code, 200, "{}", c.text());
+    assert_eq!(c.json()["state"], "cancelled");
+    let busy = running[0]["id"].as_str().unwrap();
+    let c = delete(&env, &format!("/v1/jobs/{busy}"));
+    assert_eq!(c.code, 409, "{}", c.text());
+    assert!(c.text().contains("queued or claimed"), "{}", c.text());
+    drop(gate);
+    let jobs = wait_until(Duration::from_secs(60), "every other job done", || {
+        let all = all_jobs(&env, "");
+        all.iter()
+            .all(|j| j["state"] == "done" || j["id"] == victim.as_str())
+            .then_some(all)
+    });
+    assert_eq!(job(&env, &victim)["state"], "cancelled");
+    assert_eq!(jobs.iter().filter(|j| j["state"] == "done").count(), 99);
+    // The cancelled job never ran; every other ran once.
+    let (runs, _) = read_runs(&record);
+    let victim_n = ids[&victim];
+    assert!(
+        !runs.contains_key(&victim_n),
+        "cancelled job {victim_n} ran"
+    );
+    assert_eq!(runs.len(), 99);
+    assert!(runs.values().all(|&r| r == 1), "{runs:?}");
+    assert_eq!(by_n.len(), 100);
+    env.stop_ok();
 }
 
 fn delete(env: &Env, path: &str) -> Resp {

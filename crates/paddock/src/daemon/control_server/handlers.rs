@@ -51,16 +51,8 @@ pub async fn jobs(shared: &SharedRef, req: JobsRequest) -> Reply {
             .await
             .map(|(jobs, next)| serde_json::json!({"jobs": jobs, "next": next})),
         JobsRequest::Show { id } => j.store.get(id).await.map(|v| serde_json::json!(v)),
-        JobsRequest::Cancel { id } => j.store.cancel(id).await.map(|v| serde_json::json!(v)),
-        JobsRequest::Retry { id } => {
-            let r = j.store.retry(id).await;
-            if let Ok(v) = &r
-                && let Some(w) = j.wake.get(&v.service)
-            {
-                w.notify_one();
-            }
-            r.map(|v| serde_json::json!(v))
-        }
+        JobsRequest::Cancel { id } => j.cancel(id).await.map(|v| serde_json::json!(v)),
+        JobsRequest::Retry { id } => j.retry(id).await.map(|v| serde_json::json!(v)),
         JobsRequest::Stats => j.stats(&shared.config).await.map(|v| serde_json::json!(v)),
     };
     match r {

@@ -82,9 +82,14 @@ pub(super) async fn apply(tx: &impl Tx, cmd: Cmd) -> Reply {
             claim_reply(reply, claimed)
         }
         Cmd::Finish { id, finish } => {
+            let start = matches!(finish, Finish::Start);
             match tx.finish(&id, finish).await {
+                // Cancelled while it waited for a worker, an instant before it got one.
+                Ok(0) if start => tracing::info!(
+                    "job {id} was cancelled (or taken over) as a worker took it: its outcome will not be recorded"
+                ),
                 Ok(0) => tracing::warn!(
-                    "job {id} is no longer running here (another node took it over when its lease expired); outcome dropped"
+                    "job {id} is no longer running here (it was cancelled, or another node took it over when its lease expired); outcome dropped"
                 ),
                 Ok(_) => {}
                 Err(e) => tracing::error!("finishing job {id}: {e}"),
@@ -202,7 +207,7 @@ async fn list(tx: &impl Tx, q: ListQuery) -> Result<Page, JobError> {
 /// time in milliseconds.
 pub(super) fn change_sql(table: &str, c: ApiChange) -> String {
     let set = match c {
-        ApiChange::Cancel => "finished_ms = $2",
+        ApiChange::Cancel => "finished_ms = $2, owner = NULL",
         ApiChange::Retry => "failures = 0, run_after_ms = $2, finished_ms = NULL",
     };
     let t = c.transition();

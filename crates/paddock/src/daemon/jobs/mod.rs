@@ -64,9 +64,14 @@ pub struct Claimed {
     pub failures: u32,
 }
 
-/// How an attempt ended.
+/// What the pump records of a job it claimed: that a worker has it now (`Start`),
+/// or how the attempt ended. Each is written in a later group again until it
+/// commits (group.rs).
 #[derive(Debug, Clone)]
 pub enum Finish {
+    /// Handed to a worker: the job is `running` and an attempt is counted. Until
+    /// then it is `claimed` and can still be cancelled.
+    Start,
     Done {
         content_type: String,
         body: Vec<u8>,

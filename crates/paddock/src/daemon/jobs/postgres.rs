@@ -17,10 +17,12 @@
 //! only PostgreSQL's dialect: schema, statements, connections, leases, NOTIFY.
 
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 use std::time::Duration;
 
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
+
+use super::pump::Signals;
 use tokio_postgres::{Client, Transaction};
 
 mod conn;
@@ -77,7 +79,7 @@ pub async fn open(
     url: &str,
     owner: String,
     lease: Duration,
-    wake: HashMap<String, Arc<Notify>>,
+    pumps: HashMap<String, Signals>,
 ) -> Result<Store, String> {
     let mut client = connect(url).await?;
     {
@@ -91,7 +93,7 @@ pub async fn open(
             .map_err(|e| format!("creating the job table: {e}"))?;
         tx.commit().await.map_err(|e| e.to_string())?;
     }
-    listen(url.to_string(), wake).await?;
+    listen(url.to_string(), pumps).await?;
     let mut heartbeat = connect(url).await?;
     let lease_ms = lease.as_millis() as i64;
     let hb_owner = owner.clone();
@@ -129,27 +131,27 @@ pub async fn open(
     Ok(Store(tx))
 }
 
-/// Renews this daemon's leases on its running jobs.
+/// Renews this daemon's leases on its claimed and running jobs.
 static HEARTBEAT: LazyLock<String> = LazyLock::new(|| {
-    format!(
+    Transition::TakeOver.sql(
         "UPDATE paddock_jobs SET lease_until_ms = $1 WHERE seq IN (
-           SELECT seq FROM paddock_jobs WHERE owner = $2 AND state = '{}'
+           SELECT seq FROM paddock_jobs WHERE owner = $2 AND state IN ({from})
            ORDER BY seq FOR UPDATE SKIP LOCKED)",
-        JobState::Running.as_str()
     )
 });
 
-/// Claims queued jobs and takes over running ones whose lease expired (recorded in
-/// their history as interrupted).
+/// Claims queued jobs and takes over claimed and running ones whose lease expired,
+/// recorded in their history as interrupted (a claimed one may have been handed to
+/// a worker an instant before its start was recorded).
 static CLAIM: LazyLock<String> = LazyLock::new(|| {
     let (claim, take_over) = (Transition::Claim, Transition::TakeOver);
     format!(
         "UPDATE paddock_jobs SET
            history = CASE WHEN state IN ({over})
              THEN history || jsonb_build_array(jsonb_build_object('attempt', attempts, 'at', $5::text,
-                  'outcome', 'interrupted', 'cause', jsonb_build_object('kind', 'lease_expired', 'owner', owner)))
+                  'outcome', 'interrupted', 'cause', jsonb_build_object('kind', 'lease_expired', 'owner', owner, 'state', state)))
              ELSE history END,
-           state = {to}, attempts = attempts + 1, started_ms = $1, owner = $2, lease_until_ms = $1 + $6
+           state = {to}, owner = $2, lease_until_ms = $1 + $6
          WHERE seq IN (
            SELECT seq FROM paddock_jobs
            WHERE service = $3 AND ((state IN ({queued}) AND run_after_ms <= $1) OR (state IN ({over}) AND lease_until_ms < $1))
@@ -158,6 +160,13 @@ static CLAIM: LazyLock<String> = LazyLock::new(|| {
         over = take_over.sources_sql(),
         queued = claim.sources_sql(),
         to = claim.to_sql(),
+    )
+});
+
+static START: LazyLock<String> = LazyLock::new(|| {
+    Transition::Start.sql(
+        "UPDATE paddock_jobs SET state = {to}, attempts = attempts + 1, started_ms = $2
+         WHERE id = $1 AND state IN ({from}) AND owner = $3",
     )
 });
 
@@ -195,10 +204,13 @@ static INTERRUPT: LazyLock<String> = LazyLock::new(|| {
 });
 
 static RELEASE: LazyLock<String> = LazyLock::new(|| {
-    Transition::Release.sql(
-        "UPDATE paddock_jobs SET state = {to}, attempts = attempts - 1, owner = NULL, lease_until_ms = NULL, run_after_ms = $2
-         WHERE id = $1 AND state IN ({from}) AND owner = $3",
-    )
+    // A started job that never reached a worker does not count its start.
+    Transition::Release.sql(&format!(
+        "UPDATE paddock_jobs SET state = {{to}}, owner = NULL, lease_until_ms = NULL, run_after_ms = $2,
+           attempts = attempts - CASE WHEN state = '{}' THEN 1 ELSE 0 END
+         WHERE id = $1 AND state IN ({{from}}) AND owner = $3",
+        JobState::Running.as_str()
+    ))
 });
 
 static INSERT: LazyLock<String> = LazyLock::new(|| {
@@ -385,6 +397,7 @@ impl Tx for PgTx<'_> {
         let at = ms_to_rfc3339(now);
         let owner = self.owner;
         let n = match finish {
+            Finish::Start => self.tx.execute(START.as_str(), &[&id, &now, &owner]).await,
             Finish::Done { content_type, body } => {
                 self.tx
                     .execute(
@@ -505,15 +518,18 @@ impl Tx for PgTx<'_> {
             .execute(change_sql("paddock_jobs", c).as_str(), &[&id, &now_ms()])
             .await
             .map_err(db)?;
-        if n > 0 && c == ApiChange::Retry {
-            // Wake the pumps of every daemon serving the job's service.
-            self.tx
-                .execute(
-                    "SELECT pg_notify('paddock_jobs', service) FROM paddock_jobs WHERE id = $1",
-                    &[&id],
-                )
-                .await
-                .map_err(db)?;
+        if n > 0 {
+            let notify = match c {
+                // Wake the pumps of every daemon serving the job's service.
+                ApiChange::Retry => {
+                    "SELECT pg_notify('paddock_jobs', service) FROM paddock_jobs WHERE id = $1"
+                }
+                // The daemon that claimed it ahead drops it (conn::listen).
+                ApiChange::Cancel => {
+                    "SELECT pg_notify('paddock_cancel', service || ' ' || id) FROM paddock_jobs WHERE id = $1"
+                }
+            };
+            self.tx.execute(notify, &[&id]).await.map_err(db)?;
         }
         Ok(n)
     }

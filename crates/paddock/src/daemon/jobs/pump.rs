@@ -9,8 +9,11 @@
 //!   worker), any other job a whole worker;
 //! - claims are made in batches (prefetch) and completions are grouped by the store,
 //!   so the store's fsyncs are shared by many jobs;
-//! - every claimed job is finished exactly once: done, failed (with its cause), or
-//!   released back to the queue if it never reached a worker.
+//! - every claimed job is finished exactly once: done, failed (with its cause),
+//!   released back to the queue if it never reached a worker, or dropped unrun when
+//!   it was cancelled while claimed;
+//! - a claimed job becomes `running` (an attempt counted) only as it is handed to a
+//!   worker (`Finish::Start`): until then `cancel` applies to it.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -24,6 +27,38 @@ use crate::config::Service;
 use crate::daemon::dispatch::Dispatcher;
 use crate::daemon::messages::Outcome;
 
+/// How the rest of the daemon reaches a service's pump: there is work to claim
+/// (an enqueue, a retry, a notification from another daemon), or a job it may hold
+/// claimed ahead was cancelled (the pump drops it unrun).
+#[derive(Clone)]
+pub struct Signals {
+    wake: Arc<Notify>,
+    cancelled: mpsc::UnboundedSender<String>,
+}
+
+impl Signals {
+    pub fn new() -> (Signals, mpsc::UnboundedReceiver<String>) {
+        let (cancelled, rx) = mpsc::unbounded_channel();
+        (
+            Signals {
+                wake: Arc::new(Notify::new()),
+                cancelled,
+            },
+            rx,
+        )
+    }
+
+    /// There may be new work to claim.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Job `id` was cancelled: if the pump holds it claimed, it drops it.
+    pub fn cancelled(&self, id: String) {
+        let _ = self.cancelled.send(id);
+    }
+}
+
 /// How many jobs may be with workers at once.
 pub fn capacity(service: &Service) -> usize {
     ((service.workers as f64 * service.jobs_share).round() as usize).max(1)
@@ -33,7 +68,7 @@ pub fn start(
     service: Arc<Service>,
     store: Store,
     dispatcher: Dispatcher,
-    wake: Arc<Notify>,
+    signals: (Signals, mpsc::UnboundedReceiver<String>),
     shutdown: watch::Receiver<bool>,
     expose_errors: bool,
 ) -> tokio::task::JoinHandle<()> {
@@ -41,7 +76,7 @@ pub fn start(
         service,
         store,
         dispatcher,
-        wake,
+        signals,
         shutdown,
         expose_errors,
     ))
@@ -51,10 +86,12 @@ async fn run(
     service: Arc<Service>,
     store: Store,
     dispatcher: Dispatcher,
-    wake: Arc<Notify>,
+    (signals, mut cancelled): (Signals, mpsc::UnboundedReceiver<String>),
     mut shutdown: watch::Receiver<bool>,
     expose_errors: bool,
 ) {
+    let wake = signals.wake.clone();
+    drop(signals);
     let cap = capacity(&service);
     let mut buffer: VecDeque<Claimed> = VecDeque::new();
     // Workers occupied, in shares of a worker (see the module's invariants).
@@ -93,6 +130,8 @@ async fn run(
             let job = buffer.pop_front().expect("front exists");
             in_flight += 1;
             occupied += share;
+            // From here a worker has it: `running`, an attempt counted.
+            store.finish(job.id.clone(), Finish::Start);
             let rx = dispatcher.submit(
                 job.method.clone(),
                 job.content_type.clone(),
@@ -130,6 +169,11 @@ async fn run(
                 }
             }
             _ = wake.notified() => maybe_more = true,
+            Some(id) = cancelled.recv() => {
+                // Claimed ahead, no worker yet: it is cancelled in the store, so it
+                // is not run (nor released: it is no longer this pump's).
+                buffer.retain(|j| j.id != id);
+            }
             // Jobs waiting out a backoff (or a dead node's lease) become due without
             // anyone enqueuing. A fixed instant: a stream of completions must not
             // keep postponing it.

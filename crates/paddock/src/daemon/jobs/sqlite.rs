@@ -59,22 +59,33 @@ CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(service, finished_ms) WHERE finished_ms IS NOT NULL;
 ";
 
-/// Jobs whose daemon died (queued again at open).
+/// Jobs whose daemon died (queued again at open), recorded as interrupted: running
+/// ones, and claimed ones too, since one may have been handed to a worker an
+/// instant before its start was recorded (at-least-once, docs/jobs.md).
 static RECOVER: LazyLock<String> = LazyLock::new(|| {
-    Transition::Interrupt.sql(
-        "UPDATE jobs SET state = {to}, owner = NULL, run_after_ms = ?1,
+    Transition::Interrupt
+        .sql(
+            "UPDATE jobs SET state = {to}, owner = NULL, run_after_ms = ?1,
            history = json_insert(history, '$[#]', json_object('attempt', attempts, 'at', ?2,
-             'outcome', 'interrupted', 'cause', json_object('kind', 'daemon_died', 'owner', owner)))
-         WHERE state IN ({from})",
-    )
+             'outcome', 'interrupted', 'cause', json_object('kind', 'daemon_died', 'owner', owner, 'state', state)))
+         WHERE state IN ({owned})",
+        )
+        .replace("{owned}", &Transition::TakeOver.sources_sql())
 });
 
 static CLAIM: LazyLock<String> = LazyLock::new(|| {
     Transition::Claim.sql(
-        "UPDATE jobs SET state = {to}, attempts = attempts + 1, started_ms = ?1, owner = ?2
+        "UPDATE jobs SET state = {to}, owner = ?2
          WHERE seq IN (SELECT seq FROM jobs WHERE service = ?3 AND state IN ({from}) AND run_after_ms <= ?1
                        ORDER BY run_after_ms, seq LIMIT ?4)
          RETURNING id, method, content_type, body, failures, seq",
+    )
+});
+
+static START: LazyLock<String> = LazyLock::new(|| {
+    Transition::Start.sql(
+        "UPDATE jobs SET state = {to}, attempts = attempts + 1, started_ms = ?2
+         WHERE id = ?1 AND state IN ({from})",
     )
 });
 
@@ -110,10 +121,13 @@ static INTERRUPT: LazyLock<String> = LazyLock::new(|| {
 });
 
 static RELEASE: LazyLock<String> = LazyLock::new(|| {
-    Transition::Release.sql(
-        "UPDATE jobs SET state = {to}, attempts = attempts - 1, owner = NULL, run_after_ms = ?2
-         WHERE id = ?1 AND state IN ({from})",
-    )
+    // A started job that never reached a worker does not count its start.
+    Transition::Release.sql(&format!(
+        "UPDATE jobs SET state = {{to}}, owner = NULL, run_after_ms = ?2,
+           attempts = attempts - CASE WHEN state = '{}' THEN 1 ELSE 0 END
+         WHERE id = ?1 AND state IN ({{from}})",
+        JobState::Running.as_str()
+    ))
 });
 
 static INSERT: LazyLock<String> = LazyLock::new(|| {
@@ -385,6 +399,9 @@ impl Tx for SqliteTx<'_> {
         let at = ms_to_rfc3339(now);
         let tx = &self.tx;
         let n = match finish {
+            Finish::Start => tx
+                .prepare_cached(&START)
+                .and_then(|mut s| s.execute(params![id, now])),
             Finish::Done { content_type, body } => tx
                 .prepare_cached(&COMPLETE)
                 .and_then(|mut s| s.execute(params![id, body, content_type, now, at])),

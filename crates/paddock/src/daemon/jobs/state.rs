@@ -4,13 +4,19 @@
 //! table below is the one place the job lifecycle is written).
 //!
 //! ```text
-//! queued ──claim──▶ running ──done──▶ done
-//!   │  ▲               │ failed, attempts left ──▶ queued (after job_backoff)
-//!   │  │               │ failed, none left (or permanent) ──▶ dead
-//!   │  │               │ released / interrupted / lease expired ──▶ queued
+//! queued ──claim──▶ claimed ──start──▶ running ──done──▶ done
+//!   │  ▲              │ │                │ failed, attempts left ──▶ queued (after job_backoff)
+//!   │  │              │ │                │ failed, none left (or permanent) ──▶ dead
+//!   │  │              │ │                │ released / interrupted ──▶ queued
+//!   │  │              │ └─released ─────────────────────────────────▶ queued
+//!   │  │              │ (lease expired: claimed or running ──take over──▶ claimed)
 //!   │  └──retry── dead, cancelled
-//!   └──cancel──▶ cancelled
+//!   └──cancel──▶ cancelled ◀──cancel── claimed
 //! ```
+//!
+//! `claimed`: a daemon's pump took the job ahead (it claims in batches) and no
+//! worker has it yet: it can still be cancelled. `running`: a worker has it; each
+//! start counts an attempt.
 
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +24,7 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
     Queued,
+    Claimed,
     Running,
     Done,
     Dead,
@@ -25,8 +32,9 @@ pub enum JobState {
 }
 
 impl JobState {
-    pub const ALL: [JobState; 5] = [
+    pub const ALL: [JobState; 6] = [
         JobState::Queued,
+        JobState::Claimed,
         JobState::Running,
         JobState::Done,
         JobState::Dead,
@@ -41,10 +49,12 @@ impl JobState {
         sql_list(&JobState::FINISHED)
     }
 
-    /// As stored and shown: `queued`, `running`, `done`, `dead`, `cancelled`.
+    /// As stored and shown: `queued`, `claimed`, `running`, `done`, `dead`,
+    /// `cancelled`.
     pub fn as_str(self) -> &'static str {
         match self {
             JobState::Queued => "queued",
+            JobState::Claimed => "claimed",
             JobState::Running => "running",
             JobState::Done => "done",
             JobState::Dead => "dead",
@@ -63,9 +73,11 @@ impl JobState {
 /// `SET state = to`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transition {
-    /// The pump takes a queued job whose backoff is over.
+    /// The pump takes a queued job whose backoff is over (ahead of a worker).
     Claim,
-    /// A PostgreSQL node takes a running job whose owner's lease expired.
+    /// The pump hands a claimed job to a worker: an attempt starts.
+    Start,
+    /// A PostgreSQL node takes a claimed or running job whose owner's lease expired.
     TakeOver,
     /// The attempt succeeded; its result is stored with this change.
     Complete,
@@ -73,7 +85,8 @@ pub enum Transition {
     FailAgain,
     /// The attempt failed and none are left (or the failure is permanent).
     FailDead,
-    /// The attempt never reached a worker: queued again, not counted.
+    /// The job never reached a worker (the daemon stopped with it claimed, or the
+    /// dispatcher could not take it): queued again, not counted.
     Release,
     /// The daemon stopped or died with the job: queued again, not counted.
     Interrupt,
@@ -85,8 +98,9 @@ pub enum Transition {
 
 impl Transition {
     #[cfg(test)]
-    pub const ALL: [Transition; 9] = [
+    pub const ALL: [Transition; 10] = [
         Transition::Claim,
+        Transition::Start,
         Transition::TakeOver,
         Transition::Complete,
         Transition::FailAgain,
@@ -101,12 +115,13 @@ impl Transition {
     pub fn from(self) -> &'static [JobState] {
         use JobState::*;
         match self {
-            Transition::Claim | Transition::Cancel => &[Queued],
-            Transition::TakeOver
-            | Transition::Complete
+            Transition::Claim => &[Queued],
+            Transition::Start => &[Claimed],
+            Transition::Cancel => &[Queued, Claimed],
+            Transition::TakeOver | Transition::Release => &[Claimed, Running],
+            Transition::Complete
             | Transition::FailAgain
             | Transition::FailDead
-            | Transition::Release
             | Transition::Interrupt => &[Running],
             Transition::Retry => &[Dead, Cancelled],
         }
@@ -115,7 +130,8 @@ impl Transition {
     /// The state it leaves the job in.
     pub fn to(self) -> JobState {
         match self {
-            Transition::Claim | Transition::TakeOver => JobState::Running,
+            Transition::Claim | Transition::TakeOver => JobState::Claimed,
+            Transition::Start => JobState::Running,
             Transition::Complete => JobState::Done,
             Transition::FailDead => JobState::Dead,
             Transition::Cancel => JobState::Cancelled,
@@ -227,9 +243,13 @@ mod tests {
         assert!(Transition::Retry.applies_to(Cancelled));
         assert!(!Transition::Retry.applies_to(Done));
         assert!(!Transition::Cancel.applies_to(Running));
+        // A job claimed ahead, with no worker yet, can be cancelled.
+        assert!(Transition::Cancel.applies_to(Claimed));
+        assert_eq!(Transition::Claim.to(), Claimed);
+        assert_eq!(Transition::Start.to(), Running);
         assert_eq!(
             Transition::Cancel.refusal(),
-            "only a queued job can be cancelled"
+            "only a queued or claimed job can be cancelled"
         );
         assert_eq!(
             Transition::Retry.refusal(),

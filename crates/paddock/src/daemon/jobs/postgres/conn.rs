@@ -3,10 +3,9 @@
 //! wakes each service's pump when a job is enqueued anywhere.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use super::super::pump::Signals;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 /// The server's message, not just "db error".
@@ -61,9 +60,12 @@ pub(in crate::daemon) fn redact(url: &str) -> String {
     }
 }
 
-/// A connection that LISTENs for new jobs and wakes the matching pump; it
-/// reconnects if the connection is lost (the pumps' periodic claim covers the gap).
-pub(super) async fn listen(url: String, wake: HashMap<String, Arc<Notify>>) -> Result<(), String> {
+/// A connection that LISTENs for new jobs and wakes the matching pump, and for
+/// cancelled jobs (`paddock_cancel`, "SERVICE ID") that this daemon's pump may hold
+/// claimed; it reconnects if the connection is lost (the pumps' periodic claim
+/// covers the gap; a cancel missed meanwhile is found when the job's start or
+/// outcome does not apply).
+pub(super) async fn listen(url: String, pumps: HashMap<String, Signals>) -> Result<(), String> {
     let first = tokio_postgres::connect(&url, NoTls)
         .await
         .map_err(|e| format!("job store {}: {e}", redact(&url)))?;
@@ -87,7 +89,7 @@ pub(super) async fn listen(url: String, wake: HashMap<String, Arc<Notify>>) -> R
                     }
                 },
             };
-            let listening = client.batch_execute("LISTEN paddock_jobs");
+            let listening = client.batch_execute("LISTEN paddock_jobs; LISTEN paddock_cancel");
             let mut listening = std::pin::pin!(listening);
             let mut subscribed = false;
             loop {
@@ -99,11 +101,20 @@ pub(super) async fn listen(url: String, wake: HashMap<String, Arc<Notify>>) -> R
                         }
                     }
                     msg = std::future::poll_fn(|cx| conn.poll_message(cx)) => match msg {
-                        Some(Ok(AsyncMessage::Notification(n))) => {
-                            if let Some(w) = wake.get(n.payload()) {
-                                w.notify_one();
+                        Some(Ok(AsyncMessage::Notification(n))) => match n.channel() {
+                            "paddock_cancel" => {
+                                if let Some((service, id)) = n.payload().split_once(' ')
+                                    && let Some(p) = pumps.get(service)
+                                {
+                                    p.cancelled(id.to_string());
+                                }
                             }
-                        }
+                            _ => {
+                                if let Some(p) = pumps.get(n.payload()) {
+                                    p.wake();
+                                }
+                            }
+                        },
                         Some(Ok(_)) => {}
                         Some(Err(e)) => {
                             tracing::error!("job store notifications: {e}");
@@ -114,8 +125,8 @@ pub(super) async fn listen(url: String, wake: HashMap<String, Arc<Notify>>) -> R
                 }
             }
             // Wake every pump: notifications may have been missed meanwhile.
-            for w in wake.values() {
-                w.notify_one();
+            for p in pumps.values() {
+                p.wake();
             }
         }
     });
