@@ -47,6 +47,13 @@ pub fn hostname() -> Option<String> {
         .filter(|h| !h.is_empty())
 }
 
+/// Fills `buf` from the kernel's random source (`/dev/urandom`, on Linux and
+/// macOS alike): for secrets such as an instance's operator token.
+pub fn random_bytes(buf: &mut [u8]) -> std::io::Result<()> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")?.read_exact(buf)
+}
+
 /// Whether `fd` has bytes (or an end of file) waiting to be read at this moment,
 /// asked of the kernel directly (`poll` with a zero timeout), not of an event loop
 /// that may not have heard yet.
@@ -63,6 +70,14 @@ pub fn readable_now(fd: std::os::fd::BorrowedFd<'_>) -> bool {
 mod tests {
     use std::io::Write;
     use std::os::fd::AsFd;
+
+    #[test]
+    fn random_bytes_differ() {
+        let (mut a, mut b) = ([0u8; 32], [0u8; 32]);
+        super::random_bytes(&mut a).unwrap();
+        super::random_bytes(&mut b).unwrap();
+        assert_ne!(a, b);
+    }
 
     #[test]
     fn readable_now_sees_bytes_in_the_socket() {

@@ -23,6 +23,8 @@ pub struct Paths {
     pub logs: PathBuf,
     /// Worker process groups of the running daemon, for cleanup after a SIGKILL.
     pub groups: PathBuf,
+    /// The operator token (0600): what opens `/admin/*` when no `auth_token` is set.
+    pub token: PathBuf,
 }
 
 /// Longest socket path we use (the kernel's limit is 108 bytes with the NUL).
@@ -47,6 +49,7 @@ impl Paths {
             daemon_log: dir.join("daemon.log"),
             logs: dir.join("logs"),
             groups: dir.join("groups.json"),
+            token: dir.join("token"),
             socket,
             dir,
         }
@@ -73,6 +76,44 @@ impl Paths {
         std::fs::create_dir(&trial)
             .and_then(|()| std::fs::remove_dir(&trial))
             .map_err(|e| format!("cannot create a folder in {}: {e}", at.display()))
+    }
+
+    /// The operator token: read from its file, or made (32 random bytes, as hex)
+    /// and written 0600 the first time. It stays the same across restarts, so a
+    /// dashboard tab or a script keeps working.
+    pub fn operator_token(&self) -> std::io::Result<String> {
+        match std::fs::read_to_string(&self.token) {
+            Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let mut raw = [0u8; 32];
+        paddock_sys::random_bytes(&mut raw)?;
+        let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        let tmp = self.token.with_extension("tmp");
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            writeln!(f, "{token}")?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, &self.token)?;
+        Ok(token)
+    }
+
+    /// The operator token if the instance made one (None before its first start).
+    pub fn read_operator_token(&self) -> Option<String> {
+        std::fs::read_to_string(&self.token)
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
     }
 
     /// Creates the instance's folders (mode 0700).

@@ -137,23 +137,26 @@ pub fn document(config: &Config, handlers: &BTreeMap<String, Handlers>) -> Value
             {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
             {"name": "after", "in": "query", "required": false, "schema": {"type": "integer"}}
         ],
-        "responses": {"200": {"description": "jobs and the next page's `after`", "content": {"application/json": {"schema": {"type": "object", "properties": {"jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}}, "next": {"type": ["integer", "null"]}}}}}}, "400": {"$ref": "#/components/responses/E400"}, "503": {"$ref": "#/components/responses/E503"}}
+        "responses": {"200": {"description": "jobs and the next page's `after`", "content": {"application/json": {"schema": {"type": "object", "properties": {"jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}}, "next": {"type": ["integer", "null"]}}}}}}, "400": {"$ref": "#/components/responses/E400"}, "404": {"$ref": "#/components/responses/E404"}, "503": {"$ref": "#/components/responses/E503"}}
     }}));
     let id = json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}]);
     paths.insert("/v1/jobs/{id}".into(), json!({
         "get": {"summary": "A job", "operationId": "show_job", "tags": ["jobs"], "parameters": id, "responses": {"200": {"description": "the job", "content": job["content"].clone()}, "404": {"$ref": "#/components/responses/E404"}, "503": {"$ref": "#/components/responses/E503"}}},
-        "delete": {"summary": "Cancel a queued job", "operationId": "cancel_job", "tags": ["jobs"], "parameters": id, "responses": {"200": {"description": "cancelled", "content": job["content"].clone()}, "404": {"$ref": "#/components/responses/E404"}, "409": {"$ref": "#/components/responses/E409"}, "503": {"$ref": "#/components/responses/E503"}}}
+        "delete": {"summary": "Cancel a queued or claimed job", "operationId": "cancel_job", "tags": ["jobs"], "parameters": id, "responses": {"200": {"description": "cancelled", "content": job["content"].clone()}, "404": {"$ref": "#/components/responses/E404"}, "409": {"$ref": "#/components/responses/E409"}, "503": {"$ref": "#/components/responses/E503"}}}
     }));
     paths.insert("/v1/jobs/{id}/result".into(), json!({"get": {
         "summary": "A done job's result, with its content type", "operationId": "job_result", "tags": ["jobs"], "parameters": id,
         "responses": {"200": {"description": "the result", "content": {"*/*": {"schema": {}}}}, "404": {"$ref": "#/components/responses/E404"}, "409": {"$ref": "#/components/responses/E409"}, "503": {"$ref": "#/components/responses/E503"}}
     }}));
+    // Operator routes need the operator token, on every instance.
     let admin = |summary: &str, id: &str, param: &str, ok: Value, errors: &[&str]| {
         let mut responses = error_responses(errors);
         responses["200"] = ok;
+        responses["401"] = json!({"$ref": "#/components/responses/E401"});
         json!({"post": {
             "summary": summary, "operationId": id, "tags": ["admin"],
             "parameters": [{"name": param, "in": "path", "required": true, "schema": {"type": "string"}}],
+            "security": [{"operator": []}],
             "responses": responses
         }})
     };
@@ -163,9 +166,10 @@ pub fn document(config: &Config, handlers: &BTreeMap<String, Handlers>) -> Value
         "parameters": [
             {"name": "name", "in": "path", "required": true, "schema": {"type": "string"}},
             {"name": "worker", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0, "maximum": 4294967295u64}},
-            {"name": "lines", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0}}
+            {"name": "lines", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}
         ],
-        "responses": {"200": doc("the lines"), "400": {"$ref": "#/components/responses/E400"}, "404": {"$ref": "#/components/responses/E404"}}
+        "security": [{"operator": []}],
+        "responses": {"200": doc("the lines"), "400": {"$ref": "#/components/responses/E400"}, "401": {"$ref": "#/components/responses/E401"}, "404": {"$ref": "#/components/responses/E404"}}
     }}));
     paths.insert(
         "/admin/services/{name}/reload".into(),
@@ -190,7 +194,7 @@ pub fn document(config: &Config, handlers: &BTreeMap<String, Handlers>) -> Value
     paths.insert(
         "/admin/jobs/{id}/cancel".into(),
         admin(
-            "Cancel a queued job",
+            "Cancel a queued or claimed job",
             "cancel_job_admin",
             "id",
             json!({"description": "the job", "content": job["content"].clone()}),
@@ -211,8 +215,12 @@ pub fn document(config: &Config, handlers: &BTreeMap<String, Handlers>) -> Value
             "the handler failed (an error id; the service's log has the details)",
         ),
         (
+            "401",
+            "no token, or the wrong one (instance.auth_token; for operator routes without it, `paddock token`)",
+        ),
+        (
             "502",
-            "the worker crashed or broke the protocol while serving the request",
+            "the worker crashed or broke the protocol while serving the request (the signal and an error id; its last log lines only with expose_errors)",
         ),
         (
             "503",
@@ -242,7 +250,7 @@ pub fn document(config: &Config, handlers: &BTreeMap<String, Handlers>) -> Value
                 "Error": {"type": "object", "required": ["error"], "properties": {
                     "error": {"type": "string"},
                     "service": {"type": "string"},
-                    "cause": {"description": "why, as structured data (a crash's signal and log tail, a deadline, an error id)"}
+                    "cause": {"description": "why, as structured data (a crash's signal and error id, a deadline, a limit)"}
                 }},
                 "Enqueued": {"type": "object", "required": ["id", "state", "created"], "properties": {
                     "id": {"type": "string"},
@@ -263,8 +271,10 @@ pub fn document(config: &Config, handlers: &BTreeMap<String, Handlers>) -> Value
             "responses": Value::Object(responses),
         }
     });
+    d["components"]["securitySchemes"] = json!({"operator": {"type": "http", "scheme": "bearer", "description": "instance.auth_token, or without it the instance's operator token (`paddock token` prints it)"}});
     if config.instance.auth_token.is_some() {
-        d["components"]["securitySchemes"] = json!({"bearer": {"type": "http", "scheme": "bearer", "description": "instance.auth_token"}});
+        d["components"]["securitySchemes"]["bearer"] =
+            json!({"type": "http", "scheme": "bearer", "description": "instance.auth_token"});
         d["security"] = json!([{"bearer": []}]);
     }
     d

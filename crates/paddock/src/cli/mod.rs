@@ -17,6 +17,7 @@ mod run;
 mod start;
 mod status;
 mod stop;
+mod token;
 
 use std::path::PathBuf;
 
@@ -91,6 +92,13 @@ enum Cmd {
         #[command(subcommand)]
         command: jobs::JobsCmd,
     },
+    /// Print the token that opens the operator routes (/admin/...) and the
+    /// dashboard's logs and actions: `auth_token`, or the one the daemon made.
+    Token {
+        /// Print it as JSON (`token`, where it comes from, the header to send).
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the captured output of the workers.
     Logs {
         /// Only this service.
@@ -151,6 +159,7 @@ fn dispatch(cmd: Cmd, config: Config) -> i32 {
         Cmd::Reload { json } => reload::run(&config, json),
         Cmd::Doctor { json } => doctor::run(&config, json),
         Cmd::Openapi => openapi::run(&config),
+        Cmd::Token { json } => token::run(&config, json),
         Cmd::Jobs { command } => jobs::run(&config, command),
         Cmd::Logs {
             service,

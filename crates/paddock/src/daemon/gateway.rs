@@ -25,7 +25,10 @@ pub fn router(shared: SharedRef) -> Router {
         .route("/v1/{service}", post(call_default))
         .route("/v1/{service}/{method}", post(call_method))
         .merge(super::jobs_api::routes())
-        .merge(super::admin_api::routes())
+        .merge(
+            super::admin_api::routes()
+                .route_layer(middleware::from_fn_with_state(shared.clone(), operator)),
+        )
         .fallback(not_found)
         // The model and job routes read their bodies themselves, within their
         // service's limits (request_body); every other route takes small ones.
@@ -88,6 +91,36 @@ async fn auth(
             )
                 .into_response();
         }
+    }
+    next.run(req).await
+}
+
+/// The operator routes (`/admin/*`) show log lines and change things: they need the
+/// operator token even on a loopback instance without `auth_token`, since every
+/// account on the machine can reach 127.0.0.1. (With `auth_token`, `auth` has
+/// already checked the same token.)
+async fn operator(
+    State(shared): State<SharedRef>,
+    headers: HeaderMap,
+    req: Request,
+    next: Next,
+) -> Response {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer_token);
+    if !given.is_some_and(|t| same_secret(t.as_bytes(), shared.operator_token.as_bytes())) {
+        let how = if shared.config.instance.auth_token.is_some() {
+            "instance.auth_token"
+        } else {
+            "the instance's operator token: `paddock token` prints it"
+        };
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            Json(json!({"error": format!("operator routes (/admin/...) need Authorization: Bearer with {how}")})),
+        )
+            .into_response();
     }
     next.run(req).await
 }
@@ -330,6 +363,7 @@ async fn call(shared: SharedRef, service: String, method: String, req: Request) 
         })
         .observe(t.elapsed().as_secs_f64());
     let timeout = svc.config.request_timeout.as_millis();
+    let expose = shared.config.instance.expose_errors;
     match outcome {
         Outcome::Ok { content_type, body } => {
             let mut r = (StatusCode::OK, body).into_response();
@@ -344,7 +378,7 @@ async fn call(shared: SharedRef, service: String, method: String, req: Request) 
             worker,
             error_id,
         } => {
-            let cause = if shared.config.instance.expose_errors {
+            let cause = if expose {
                 json!({"error_id": error_id, "worker": worker, "message": message, "traceback": traceback})
             } else {
                 json!({"error_id": error_id, "worker": worker})
@@ -366,7 +400,7 @@ async fn call(shared: SharedRef, service: String, method: String, req: Request) 
                 cause.worker(),
                 cause.description()
             ),
-            json!(cause),
+            cause.for_client(expose, &service),
         ),
         Outcome::Poison { cause } => error(
             StatusCode::BAD_GATEWAY,
@@ -375,7 +409,7 @@ async fn call(shared: SharedRef, service: String, method: String, req: Request) 
                 "poison request: it killed {} workers and will not be retried",
                 cause.workers_killed()
             ),
-            json!(cause),
+            cause.for_client(expose, &service),
         ),
         Outcome::DeadlineKilled { cause } => error(
             StatusCode::GATEWAY_TIMEOUT,

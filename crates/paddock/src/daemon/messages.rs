@@ -136,6 +136,23 @@ impl CrashCause {
             CrashCause::Violation(_) => 0,
         }
     }
+
+    /// The cause as a client (an HTTP answer, a job's history) is shown it. The
+    /// worker's last log lines hold other requests' output (their tracebacks, their
+    /// data): only with `expose_errors` do they leave the daemon. Otherwise the
+    /// client gets the error id that tags them in the service's log, and where that
+    /// log is.
+    pub fn for_client(&self, expose: bool, service: &str) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
+        if !expose && let Some(o) = v.as_object_mut() {
+            o.remove("log_tail");
+            o.insert(
+                "log".into(),
+                format!("the worker's last lines are in service {service}'s log (paddock logs {service}), after its error id").into(),
+            );
+        }
+        v
+    }
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -148,6 +165,11 @@ pub struct ExitDetail {
     pub oom_killed: bool,
     pub description: String,
     pub workers_killed_by_this_request: u32,
+    /// Tags the crash in the service's log (the operator's way from a client's
+    /// report to the worker's last lines).
+    pub error_id: String,
+    /// The worker's last log lines: the operator's (status, logs); a client sees
+    /// them only with `expose_errors` ([`CrashCause::for_client`]).
     pub log_tail: Vec<String>,
 }
 

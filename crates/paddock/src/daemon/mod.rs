@@ -162,6 +162,21 @@ async fn main(
     let pid = std::process::id() as i32;
     tracing::info!(pid, instance = %config.instance.name, listen = %config.instance.listen, "daemon starting (paddock {})", env!("CARGO_PKG_VERSION"));
 
+    // What opens the operator routes (`/admin/*`: log lines, actions): the
+    // instance's auth_token, or else a token of its own, kept 0600 in its folder,
+    // so that other accounts on this machine, who can reach 127.0.0.1 too, cannot.
+    let operator_token = match &config.instance.auth_token {
+        Some(t) => t.clone(),
+        None => paths.operator_token().map_err(|e| {
+            Failure::new(
+                exit::FAILURE,
+                format!(
+                    "cannot read or make the operator token {}: {e}",
+                    paths.token.display()
+                ),
+            )
+        })?,
+    };
     let leftovers = groups::kill_leftovers(&paths.groups);
     if leftovers > 0 {
         tracing::warn!(
@@ -240,6 +255,7 @@ async fn main(
         shutdown,
         jobs,
         jobs_lost: watch::channel(None).0,
+        operator_token,
     });
     tokio::spawn(signals(shared.clone()));
     tokio::spawn(control_server::serve(control, shared.clone()));

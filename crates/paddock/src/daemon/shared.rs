@@ -24,6 +24,8 @@ pub struct Shared {
     /// Set when the job database vanished from its path while the daemon ran
     /// (its folder deleted, say): enqueues are refused with this reason.
     pub jobs_lost: watch::Sender<Option<String>>,
+    /// What `/admin/*` asks for: `auth_token`, or the instance's own token.
+    pub operator_token: String,
 }
 
 /// The job store, a way to wake each service's pump, and each service's last

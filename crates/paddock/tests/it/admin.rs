@@ -8,8 +8,13 @@ use serde_json::{Value, json};
 use crate::harness::{Env, post, wait_until};
 
 fn admin(env: &Env, path: &str) -> (u16, Value) {
-    let r = post(env.port, path, "application/json", b"").unwrap();
+    let r = env.admin("POST", path);
     (r.code, r.json())
+}
+
+fn admin_get(env: &Env, path: &str) -> (u16, String) {
+    let r = env.admin("GET", path);
+    (r.code, r.text())
 }
 
 fn job(env: &Env, id: &str) -> Value {
@@ -32,9 +37,7 @@ fn a_service_is_reloaded_and_jobs_retried_and_cancelled_over_http() {
     let (code, v) = admin(&env, "/admin/services/nope/reload");
     assert_eq!(code, 404, "{v}");
     // A worker's last log lines, as the dashboard shows them on click.
-    let (code, body) = env
-        .get("/admin/services/fake/logs?worker=0&lines=3")
-        .unwrap();
+    let (code, body) = admin_get(&env, "/admin/services/fake/logs?worker=0&lines=3");
     assert_eq!(code, 200, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
     let lines = v["lines"].as_array().unwrap();
@@ -52,13 +55,13 @@ fn a_service_is_reloaded_and_jobs_retried_and_cancelled_over_http() {
         "the reload's spawn is among the last lines: {v}"
     );
     // A worker, a parameter or a count that does not exist: refused, naming what does.
-    let (code, body) = env.get("/admin/services/fake/logs?worker=5").unwrap();
+    let (code, body) = admin_get(&env, "/admin/services/fake/logs?worker=5");
     assert_eq!(code, 404, "{body}");
     assert!(body.contains("0 to 0"), "{body}");
-    let (code, body) = env.get("/admin/services/fake/logs?wrker=0").unwrap();
+    let (code, body) = admin_get(&env, "/admin/services/fake/logs?wrker=0");
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("wrker"), "{body}");
-    let (code, body) = env.get("/admin/services/fake/logs?lines=0").unwrap();
+    let (code, body) = admin_get(&env, "/admin/services/fake/logs?lines=0");
     assert_eq!(code, 400, "{body}");
 
     // A job that fails its only attempt is dead; retry queues it again.
@@ -178,10 +181,18 @@ fn the_dashboard_shows_workers_a_crash_and_live_traffic_in_a_real_browser() {
         ))
         .arg(env.port.to_string())
         .arg(&shot);
-        if let Some(t) = token {
-            cmd.arg(t);
+        match token {
+            Some(t) => {
+                cmd.arg(t);
+            }
+            None => {
+                cmd.env("OPERATOR_TOKEN", env.operator_token());
+            }
         }
         let report = crate::harness::json_report(&mut cmd);
+        if token.is_none() {
+            assert_eq!(report["logs_with_operator_token"], true, "{report}");
+        }
         assert_eq!(report["crash_shown"], true, "{report}");
         assert!(report["rate"].as_f64().unwrap() > 1.0, "{report}");
         assert!(report["p50_ms"].as_f64().unwrap() > 0.0, "{report}");
@@ -221,4 +232,55 @@ fn the_dashboard_shows_workers_a_crash_and_live_traffic_in_a_real_browser() {
         }
         env.stop_ok();
     }
+}
+
+/// Any account on the machine can reach 127.0.0.1: on an instance without an
+/// auth_token, what shows log lines or changes anything still needs a token, the
+/// one the daemon made at its first start (0600, in the instance's folder), which
+/// `paddock token` prints. States stay open to read.
+#[test]
+fn operator_routes_need_the_instance_token_even_on_loopback() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    env.config(&env.worker("fake", "workers = 1"));
+    let out = env.run(&["token"]);
+    assert_eq!(out.code, 4, "no token before the first start: {out:?}");
+    assert!(out.stderr.contains("paddock start"), "{out:?}");
+    env.start_ok();
+    let token = env.operator_token();
+    assert_eq!(token.len(), 64, "{token}");
+    let file = env.state_dir().join("token");
+    assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), token);
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{mode:o}");
+    let routes = [
+        ("GET", "/admin/services/fake/logs"),
+        ("POST", "/admin/services/fake/reload"),
+        ("POST", "/admin/jobs/j000/retry"),
+        ("POST", "/admin/jobs/j000/cancel"),
+    ];
+    for (method, path) in routes {
+        for auth in ["", "Authorization: Bearer wrong\r\n"] {
+            let r = crate::harness::request(env.port, method, path, auth, b"").unwrap();
+            assert_eq!(r.code, 401, "{method} {path}: {}", r.text());
+            assert!(r.text().contains("paddock token"), "{}", r.text());
+            assert!(!r.text().contains("spawned"), "{}", r.text());
+        }
+    }
+    let r = env.admin("GET", "/admin/services/fake/logs");
+    assert_eq!(r.code, 200, "{}", r.text());
+    assert!(r.text().contains("spawned pid"), "{}", r.text());
+    // States, metrics and the page need no token here.
+    for path in ["/status", "/metrics", "/ui", "/healthz", "/readyz"] {
+        assert_eq!(env.get(path).unwrap().0, 200, "{path}");
+    }
+    // The CLI acts over its socket, token or not.
+    assert_eq!(env.run(&["reload"]).code, 0);
+    // The same token after a restart: a dashboard tab keeps working.
+    env.stop_ok();
+    env.start_ok();
+    assert_eq!(env.operator_token(), token);
+    let v: Value = serde_json::from_str(&env.run(&["token", "--json"]).stdout).unwrap();
+    assert_eq!(v["token"], token.as_str());
+    env.stop_ok();
 }

@@ -618,3 +618,94 @@ fn stop_does_not_wait_for_a_client_still_sending_its_body() {
     assert!(closed_within(&mut s, Duration::from_secs(1)));
     env.assert_nothing_left();
 }
+
+const LEAKY_WORKER: &str = r#"
+import os
+import paddock
+
+class Leaky:
+    @paddock.handler
+    def raises(self, req):
+        raise RuntimeError("always fails SECRET_IN_EXCEPTION")
+
+    @paddock.handler
+    def crash(self, req):
+        os.kill(os.getpid(), 11)
+
+paddock.serve(Leaky())
+"#;
+
+/// Issue: a crash's 502 carried ~20 of the worker's log lines, other requests'
+/// tracebacks among them; so did the history of a job whose worker crashed.
+#[test]
+fn a_crash_shows_clients_no_log_lines_unless_expose_errors() {
+    for expose in [false, true] {
+        let mut env = Env::new();
+        if expose {
+            env.instance_extra = "expose_errors = true\n".into();
+        }
+        let file = env.path().join("leaky.py");
+        std::fs::write(&file, LEAKY_WORKER).unwrap();
+        let sdk = format!("{}/../../sdk/python", env!("CARGO_MANIFEST_DIR"));
+        env.config(&format!(
+            "[services.w]\ncommand = [\"python3\", {:?}]\nenv = {{ PYTHONPATH = {sdk:?} }}\nworkers = 2\njobs_share = 1.0\nmax_attempts = 1\n",
+            file.display().to_string()
+        ));
+        env.start_ok();
+        let post =
+            |path: &str| crate::harness::post(env.port, path, "application/json", b"{}").unwrap();
+        for _ in 0..4 {
+            let r = post("/v1/w/raises");
+            assert_eq!(r.code, 500, "{}", r.text());
+            assert_eq!(
+                r.text().contains("SECRET_IN_EXCEPTION"),
+                expose,
+                "{}",
+                r.text()
+            );
+        }
+        let r = post("/v1/w/crash");
+        assert_eq!(r.code, 502, "{}", r.text());
+        let v = r.json();
+        assert_eq!(v["cause"]["signal"], "SIGSEGV", "{v}");
+        let id = v["cause"]["error_id"].as_str().unwrap().to_string();
+        if expose {
+            assert!(v["cause"]["log_tail"].is_array(), "{v}");
+        } else {
+            assert!(!r.text().contains("SECRET_IN_EXCEPTION"), "{}", r.text());
+            assert!(!r.text().contains("Traceback"), "{}", r.text());
+            assert!(v["cause"].get("log_tail").is_none(), "{v}");
+            assert!(
+                v["cause"]["log"]
+                    .as_str()
+                    .unwrap()
+                    .contains("paddock logs w"),
+                "{v}"
+            );
+        }
+        // A job whose worker crashes: its history is no window on the log either.
+        let r = post("/v1/jobs/w/crash");
+        assert_eq!(r.code, 202, "{}", r.text());
+        let jid = r.json()["id"].as_str().unwrap().to_string();
+        let job = wait_until(Duration::from_secs(20), "the job to die", || {
+            let (_, b) = env.get(&format!("/v1/jobs/{jid}"))?;
+            let v: serde_json::Value = serde_json::from_str(&b).ok()?;
+            (v["state"] == "dead").then_some(v)
+        });
+        let detail = &job["history"][0]["cause"]["detail"];
+        assert!(detail["error_id"].is_string(), "{job}");
+        assert_eq!(detail["log_tail"].is_array(), expose, "{job}");
+        if !expose {
+            let text = job.to_string();
+            assert!(
+                !text.contains("SECRET_IN_EXCEPTION") && !text.contains("Traceback"),
+                "{job}"
+            );
+        }
+        // The operator still has every line, and the error id after them.
+        let logs = env.run(&["logs", "w", "-n", "500"]);
+        assert!(logs.stdout.contains("SECRET_IN_EXCEPTION"), "{logs:?}");
+        assert!(logs.stdout.contains(&format!("error {id}:")), "{logs:?}");
+        env.stop_ok();
+    }
+}

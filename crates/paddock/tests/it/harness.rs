@@ -228,6 +228,19 @@ impl Env {
         http_get(self.port, path)
     }
 
+    /// The operator token, as `paddock token` prints it.
+    pub fn operator_token(&self) -> String {
+        let out = self.run(&["token"]);
+        assert_eq!(out.code, 0, "{out:?}");
+        out.stdout.trim().to_string()
+    }
+
+    /// A request to an operator route (`/admin/...`), with the operator token.
+    pub fn admin(&self, method: &str, path: &str) -> Resp {
+        let auth = format!("Authorization: Bearer {}\r\n", self.operator_token());
+        request(self.port, method, path, &auth, b"").unwrap()
+    }
+
     /// Live (not zombie) processes this environment started: anything whose
     /// command line names this folder, and anything in a daemon's session.
     pub fn leftovers(&self) -> Vec<(i32, String)> {

@@ -145,7 +145,23 @@ fn a_crash_is_a_502_naming_the_signal_and_a_replacement_follows() {
     assert_eq!(v["cause"]["signal"], "SIGSEGV", "{v}");
     assert_eq!(v["cause"]["worker"], 0);
     assert!(v["error"].as_str().unwrap().contains("SIGSEGV"), "{v}");
-    assert!(v["cause"]["log_tail"].is_array());
+    // The worker's last lines are the operator's: the client gets the error id
+    // that tags them in the service's log.
+    assert!(v["cause"].get("log_tail").is_none(), "{v}");
+    let id = v["cause"]["error_id"].as_str().unwrap();
+    assert!(id.starts_with("E-"), "{v}");
+    assert!(
+        v["cause"]["log"]
+            .as_str()
+            .unwrap()
+            .contains("paddock logs fake"),
+        "{v}"
+    );
+    let logs = env.run(&["logs", "fake", "-n", "200"]);
+    assert!(
+        logs.stdout.contains(&format!("error {id}: worker 0")),
+        "{logs:?}"
+    );
     // The next request is served by the replacement.
     let r = call(env.port, "fake", &json!({"op": "echo", "n": 2}));
     assert_eq!(r.code, 200, "{}", r.text());

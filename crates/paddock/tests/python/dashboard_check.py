@@ -4,12 +4,15 @@ chromium), for the integration test:
     python dashboard_check.py PORT SCREENSHOT [TOKEN]
 
 Loads /ui; with TOKEN, first checks that the page shows nothing without it, then
-gives it. Waits for the worker rows, for the crash the test caused (SIGSEGV) in the
+gives it. With OPERATOR_TOKEN in the environment (an instance without auth_token),
+checks that the page shows its data at once, that a worker's log lines are asked
+for with the operator token, and that once it is given they are shown. Waits for the worker rows, for the crash the test caused (SIGSEGV) in the
 worker's row and in the timeline, and for the request-rate chart to move under
 traffic this script sends; saves a screenshot. Prints one JSON line; exits 1 with
 the reason on any failure.
 """
 import json
+import os
 import sys
 import threading
 import urllib.request
@@ -18,6 +21,7 @@ from playwright.sync_api import sync_playwright
 
 port, shot = int(sys.argv[1]), sys.argv[2]
 token = sys.argv[3] if len(sys.argv) > 3 else None
+operator = os.environ.get("OPERATOR_TOKEN")
 base = f"http://127.0.0.1:{port}"
 report = {}
 
@@ -59,6 +63,19 @@ with sync_playwright() as p:
         "[...document.querySelectorAll('tr.worker')].some(r => r.dataset.service === 'crashy' && r.querySelector('.cause').textContent.includes('SIGSEGV'))",
         timeout=20000)
     report["crash_shown"] = True
+    if operator:
+        # A worker's log lines: the page asks for the operator token, keeps its data.
+        page.click("tr.worker[data-service='fake']")
+        page.wait_for_selector("#login", state="visible", timeout=15000)
+        assert page.is_visible("#main"), "the data was hidden"
+        assert "paddock token" in page.text_content("#login-why")
+        assert not page.is_visible("#logs"), "log lines shown without the token"
+        page.fill("#token", operator)
+        page.click("#login button")
+        page.click("tr.worker[data-service='fake']")
+        page.wait_for_function(
+            "document.getElementById('logs').textContent.includes('spawned pid')", timeout=15000)
+        report["logs_with_operator_token"] = True
     # Traffic moves the request-rate chart.
     stop = threading.Event()
     t = threading.Thread(target=traffic, args=(stop,))

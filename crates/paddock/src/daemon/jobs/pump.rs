@@ -141,6 +141,7 @@ async fn run(
             let done = done_tx.clone();
             let backoff = service.job_backoff;
             let max_result = service.job_max_result;
+            let service_name = service.name.to_string();
             tokio::spawn(async move {
                 let outcome = whole(rx.await.unwrap_or(Outcome::ShuttingDown)).await;
                 let finish = match outcome {
@@ -150,7 +151,7 @@ async fn run(
                     Outcome::Ok { body, .. } if body.len() as u64 > max_result => {
                         too_large(body.len(), max_result)
                     }
-                    o => finish_of(o, &job, backoff, expose_errors),
+                    o => finish_of(o, &job, backoff, expose_errors, &service_name),
                 };
                 store.finish(job.id.clone(), finish);
                 let _ = done.send(share);
@@ -236,8 +237,15 @@ fn too_large(size: usize, max_result: u64) -> Finish {
 }
 
 /// The record of an attempt's end.
-/// `expose`: the instance's `expose_errors` (tracebacks in job results).
-pub fn finish_of(outcome: Outcome, job: &Claimed, backoff: Duration, expose: bool) -> Finish {
+/// `expose`: the instance's `expose_errors` (tracebacks and a crashed worker's last
+/// log lines in the job's history); `service`: the job's service.
+pub fn finish_of(
+    outcome: Outcome,
+    job: &Claimed,
+    backoff: Duration,
+    expose: bool,
+    service: &str,
+) -> Finish {
     let backoff_ms = (backoff.as_millis() as u64)
         .saturating_mul(1u64 << job.failures.min(20))
         .min(300_000);
@@ -258,8 +266,9 @@ pub fn finish_of(outcome: Outcome, job: &Claimed, backoff: Duration, expose: boo
         } else {
             json!({"kind": "handler_error", "error_id": error_id, "worker": worker})
         }),
-        Outcome::Crashed { cause } => failed(json!({"kind": "crash", "detail": cause})),
-        Outcome::Poison { cause } => failed(json!({"kind": "crash", "detail": cause})),
+        Outcome::Crashed { cause } | Outcome::Poison { cause } => {
+            failed(json!({"kind": "crash", "detail": cause.for_client(expose, service)}))
+        }
         Outcome::DeadlineKilled { cause } => failed(json!({"kind": "deadline", "detail": cause})),
         Outcome::BadRequest { message, .. } => Finish::Failed {
             cause: json!({"kind": "bad_request", "message": message}),

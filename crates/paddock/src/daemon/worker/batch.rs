@@ -280,6 +280,7 @@ impl Actor {
                 oom_killed: false,
                 description: "passed its batch_timeout and was killed".into(),
                 workers_killed_by_this_request: 0,
+                error_id: super::request::new_error_id(),
                 log_tail: vec![],
             });
             self.bisect(&b.method, again, b.cap, crash);

@@ -141,10 +141,7 @@ impl Actor {
     /// A handler's unexpected exception: tagged with an error id that the client
     /// gets, while the message and traceback go to the service's log.
     pub(super) fn handler_error(&self, message: String, traceback: String) -> Outcome {
-        let error_id = format!(
-            "E-{:08x}",
-            (crate::daemon::jitter() * f64::from(u32::MAX)) as u32
-        );
+        let error_id = new_error_id();
         let worker = self.spec.index;
         self.deps.logs.note_now(
             worker,
@@ -284,7 +281,9 @@ impl Actor {
     }
 
     /// What a client is told of a worker that died with its request: the exit, how
-    /// many workers the request has killed, and the worker's last log lines.
+    /// many workers the request has killed, an error id, and the worker's last log
+    /// lines (for the operator; see `CrashCause::for_client`). The service's log
+    /// gets the error id after those lines.
     pub(super) fn crash_detail(
         &self,
         pid: i32,
@@ -292,7 +291,16 @@ impl Actor {
         killed: u32,
         log_tail: Vec<String>,
     ) -> CrashCause {
+        let error_id = new_error_id();
+        self.deps.logs.note_now(
+            self.spec.index,
+            format!(
+                "error {error_id}: worker {} (pid {pid}) {} while serving a request; the lines above are its last output",
+                self.spec.index, cause.description
+            ),
+        );
         CrashCause::Exit(ExitDetail {
+            error_id,
             worker: self.spec.index,
             pid,
             generation: self.generation,
@@ -337,6 +345,14 @@ impl Actor {
             let _ = job.reply.send(Outcome::Crashed { cause: detail });
         }
     }
+}
+
+/// An id that tags an error in the service's log and in what the client is told.
+pub(super) fn new_error_id() -> String {
+    format!(
+        "E-{:08x}",
+        (crate::daemon::jitter() * f64::from(u32::MAX)) as u32
+    )
 }
 
 /// Sends held answers to their HTTP clients (a client that left is no error).
