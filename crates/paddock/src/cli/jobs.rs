@@ -220,11 +220,18 @@ fn print_list(v: &Value) {
 }
 
 fn print_stats(v: &Value) {
-    let mb = v["bytes"].as_u64().unwrap_or(0) as f64 / 1e6;
+    let mb = |x: &Value| x.as_u64().unwrap_or(0) as f64 / 1e6;
     println!(
-        "job store: {} {} ({mb:.1} MB)",
+        "job store: {} {} ({:.1} MB on disk; jobs take {} of at most {:.1} MB, job_store_max_size)",
         s(&v["store"]),
-        s(&v["location"])
+        s(&v["location"]),
+        mb(&v["bytes"]),
+        if v["used_bytes"].is_null() {
+            "? MB".to_string()
+        } else {
+            format!("{:.1} MB", mb(&v["used_bytes"]))
+        },
+        mb(&v["max_bytes"]),
     );
     let mut t = table();
     t.set_header(vec![

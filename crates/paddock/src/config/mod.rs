@@ -25,6 +25,9 @@ use raw::RawConfig;
 use values::humanize;
 pub use values::{Dur, MAX_DURATION, MAX_WORKERS, MIN_DURATION, Name, PortSpec, default_state_dir};
 
+/// `job_store_max_size` when the config says nothing: 1 GiB of jobs.
+pub const DEFAULT_JOB_STORE_MAX: u64 = 1 << 30;
+
 /// A config error: where it is, and what is wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -237,6 +240,14 @@ pub fn parse(path: &Path, text: &str, port: Option<u16>) -> Result<Config, Confi
             "must be at least 300ms".into(),
         ));
     }
+    let job_store_max_bytes = num(
+        "instance",
+        "job_store_max_size",
+        ri.job_store_max_size.map(|b| b.0),
+        DEFAULT_JOB_STORE_MAX,
+        1 << 20,
+        1 << 50,
+    )?;
     let max_connections = num(
         "instance",
         "max_connections",
@@ -273,6 +284,7 @@ pub fn parse(path: &Path, text: &str, port: Option<u16>) -> Result<Config, Confi
         header_timeout,
         body_timeout,
         lease_timeout,
+        job_store_max_bytes,
         store,
         name,
         listen,

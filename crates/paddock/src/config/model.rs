@@ -109,6 +109,9 @@ pub struct Instance {
     pub store: Store,
     /// PostgreSQL store: how long a claimed job stays claimed without a heartbeat.
     pub lease_timeout: Duration,
+    /// Past this size of the job store, enqueues are refused (507); claims,
+    /// results and pruning go on.
+    pub job_store_max_bytes: u64,
     /// Gateway connections open at once, at most (more wait in the backlog).
     pub max_connections: usize,
     /// A connection must send a whole request head within this long of becoming

@@ -117,6 +117,14 @@ async fn enqueue(shared: SharedRef, service: String, method: String, req: Reques
             .insert(header::RETRY_AFTER, header::HeaderValue::from_static("60"));
         return r;
     }
+    if let Some((why, size)) = shared.jobs.as_ref().and_then(|j| j.full()) {
+        let limit = shared.config.instance.job_store_max_bytes;
+        return (
+            StatusCode::INSUFFICIENT_STORAGE,
+            Json(json!({"error": why, "limit": limit, "size": size})),
+        )
+            .into_response();
+    }
     let Some(svc) = shared
         .supervisor
         .service(&service)

@@ -110,6 +110,10 @@ pub struct Metrics {
     pub jobs: Family<StateLabels, Gauge>,
     /// The job store's size on disk.
     pub jobs_store_bytes: Gauge,
+    /// `instance.job_store_max_size`.
+    pub jobs_store_max_bytes: Gauge,
+    /// The space the jobs take, as the limit sees it.
+    pub jobs_store_used_bytes: Gauge,
     /// When each service's oldest finished job finished (Unix seconds).
     pub jobs_oldest_finished: Family<ServiceLabels, Gauge>,
     /// Finished jobs deleted by retention.
@@ -144,6 +148,8 @@ impl Metrics {
             gpu_utilization: Family::default(),
             jobs: Family::default(),
             jobs_store_bytes: Gauge::default(),
+            jobs_store_max_bytes: Gauge::default(),
+            jobs_store_used_bytes: Gauge::default(),
             jobs_oldest_finished: Family::default(),
             jobs_pruned: Family::default(),
             jobs_last_prune: Family::default(),
@@ -250,6 +256,16 @@ impl Metrics {
             "jobs_store_bytes",
             "The job store's size on disk (SQLite file and WAL, or PostgreSQL table)",
             m.jobs_store_bytes.clone(),
+        );
+        registry.register(
+            "jobs_store_max_bytes",
+            "instance.job_store_max_size: past it, enqueues are refused with 507",
+            m.jobs_store_max_bytes.clone(),
+        );
+        registry.register(
+            "jobs_store_used_bytes",
+            "The space the jobs take (SQLite pages in use, PostgreSQL table), sampled each second: what job_store_max_size bounds",
+            m.jobs_store_used_bytes.clone(),
         );
         registry.register(
             "jobs_oldest_finished_timestamp_seconds",

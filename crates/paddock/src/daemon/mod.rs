@@ -474,6 +474,8 @@ async fn open_jobs(
         );
     }
     Ok(Some(shared::Jobs {
+        size: jobs::size::start(store.clone(), shutdown.clone()),
+        max_bytes: config.instance.job_store_max_bytes,
         store,
         kind,
         pumps,

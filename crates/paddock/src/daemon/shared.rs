@@ -36,6 +36,9 @@ pub struct Jobs {
     pub kind: (&'static str, String),
     pub pumps: std::collections::HashMap<String, super::jobs::pump::Signals>,
     pub pruned: std::collections::HashMap<String, super::jobs::stats::PruneWatch>,
+    /// The store's size as last sampled (`jobs::size`), and its limit.
+    pub size: watch::Receiver<Option<u64>>,
+    pub max_bytes: u64,
 }
 
 impl Jobs {
@@ -69,12 +72,21 @@ impl Jobs {
             .filter(|s| self.pumps.contains_key(s.name.as_str()))
             .map(|s| (s.name.to_string(), s.job_retention))
             .collect();
-        Ok(super::jobs::stats::assemble(
+        let mut stats = super::jobs::stats::assemble(
             (self.kind.0, &self.kind.1),
             &services,
             read,
             &self.pruned,
-        ))
+        );
+        stats.used_bytes = *self.size.borrow();
+        stats.max_bytes = self.max_bytes;
+        Ok(stats)
+    }
+
+    /// Why an enqueue must be refused now (the store is at its size limit), if so.
+    pub fn full(&self) -> Option<(String, u64)> {
+        let size = *self.size.borrow();
+        super::jobs::size::over(size, self.max_bytes).map(|why| (why, size.unwrap_or(0)))
     }
 }
 

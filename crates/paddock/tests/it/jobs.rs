@@ -65,7 +65,7 @@ macro_rules! on_both_stores {
     };
 }
 
-on_both_stores!(api, poison, sigkill, claimed_ahead);
+on_both_stores!(api, poison, sigkill, claimed_ahead, store_cap);
 
 /// Enqueues `n` record jobs from 8 threads; returns id -> n.
 fn enqueue_records(env: &Env, n: usize, seconds: f64) -> BTreeMap<String, usize> {
@@ -538,6 +538,73 @@ fn claimed_ahead(backend: Backend) {
     assert_eq!(runs.len(), 99);
     assert!(runs.values().all(|&r| r == 1), "{runs:?}");
     assert_eq!(by_n.len(), 100);
+    env.stop_ok();
+}
+
+/// Past `job_store_max_size`, enqueues get 507 naming the limit and the size;
+/// queued jobs still run; on SQLite, once retention prunes them, the store takes
+/// jobs again (PostgreSQL gives the space back at its autovacuum).
+fn store_cap(backend: Backend) {
+    let mut env = backend.env();
+    env.instance_extra
+        .push_str("job_store_max_size = \"2MiB\"\n");
+    env.config(&env.worker(
+        "fake",
+        "workers = 1\njobs_share = 1.0\njob_retention = \"1s\"",
+    ));
+    env.start_ok();
+    let body = json!({"op": "echo", "n": 1, "pad": "x".repeat(100_000)});
+    let mut accepted = vec![];
+    let refused = wait_until(
+        Duration::from_secs(60),
+        "an enqueue refused with 507",
+        || {
+            let r = enqueue(&env, "/v1/jobs/fake", &body, None);
+            match r.code {
+                202 => {
+                    accepted.push(r.json()["id"].as_str().unwrap().to_string());
+                    None
+                }
+                507 => Some(r.json()),
+                other => panic!("{other}: {}", r.text()),
+            }
+        },
+    );
+    assert!(accepted.len() >= 10, "{} accepted", accepted.len());
+    assert_eq!(refused["limit"], 2 << 20, "{refused}");
+    assert!(refused["size"].as_u64().unwrap() >= 2 << 20, "{refused}");
+    let e = refused["error"].as_str().unwrap();
+    assert!(
+        e.contains("job_store_max_size") && e.contains("2097152"),
+        "{refused}"
+    );
+    // What was accepted runs: claims and results go on past the limit.
+    for id in &accepted {
+        let (code, j) = get_json(&env, &format!("/v1/jobs/{id}"));
+        // Done jobs may be pruned already (retention 1s): a 404 is fine.
+        if code == 200 && j["state"] != "done" {
+            wait_state(&env, id, "done");
+        }
+    }
+    // The limit, and what it compares, in stats and metrics.
+    let out = env.run(&["jobs", "stats", "--json"]);
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["max_bytes"], 2 << 20, "{v}");
+    assert!(v["used_bytes"].is_u64(), "{v}");
+    assert_eq!(env.metric("paddock_jobs_store_max_bytes"), (2 << 20) as f64);
+    let table = env.run(&["jobs", "stats"]);
+    assert!(table.stdout.contains("job_store_max_size"), "{table:?}");
+    if matches!(backend, Backend::Sqlite) {
+        // Pruned, the jobs give their pages back: new jobs are taken again.
+        wait_until(
+            Duration::from_secs(60),
+            "the store to take jobs again",
+            || {
+                (enqueue(&env, "/v1/jobs/fake", &json!({"op": "echo", "n": 2}), None).code == 202)
+                    .then_some(())
+            },
+        );
+    }
     env.stop_ok();
 }
 

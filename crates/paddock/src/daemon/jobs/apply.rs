@@ -56,6 +56,9 @@ pub(super) trait Tx {
     async fn prune(&self, service: &str, before_ms: i64, limit: usize) -> Result<u64, String>;
     /// Jobs by service and state, each service's oldest finished job, the size.
     async fn stats(&self) -> Result<StoreStats, JobError>;
+    /// The space the jobs take: SQLite's pages in use (the WAL's included, free
+    /// pages not), PostgreSQL's table with its indexes and TOAST.
+    async fn size(&self) -> Result<u64, String>;
     /// Jobs selected by `q`, at most `limit` of them, by `seq`.
     async fn list(&self, q: &ListQuery, limit: i64) -> Result<Vec<JobView>, JobError>;
 }
@@ -109,6 +112,16 @@ pub(super) async fn apply(tx: &impl Tx, cmd: Cmd) -> Reply {
             let _ = r.send(0);
         }),
         Cmd::Stats(r) => reply(r, tx.stats().await),
+        Cmd::Size(r) => {
+            let size = tx
+                .size()
+                .await
+                .map_err(|e| tracing::warn!("job store size: {e}"))
+                .ok();
+            Box::new(move |_| {
+                let _ = r.send(size);
+            })
+        }
         Cmd::Prune {
             service,
             before_ms,

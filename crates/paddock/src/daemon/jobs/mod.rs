@@ -21,6 +21,7 @@ pub use state::JobState;
 pub mod postgres;
 pub mod prune;
 pub mod pump;
+pub mod size;
 pub mod sqlite;
 pub mod stats;
 
@@ -178,6 +179,9 @@ pub enum Cmd {
     Compact(oneshot::Sender<u64>),
     /// Jobs by service and state, oldest finished jobs, the store's size.
     Stats(oneshot::Sender<Result<stats::StoreStats, JobError>>),
+    /// The space the jobs take (what `job_store_max_size` bounds); None when it
+    /// could not be read.
+    Size(oneshot::Sender<Option<u64>>),
 }
 
 /// A handle to the job store's group loop (on the SQLite thread or the PostgreSQL
@@ -281,6 +285,13 @@ impl Store {
         }
     }
 
+    /// The space the jobs take (see `Cmd::Size`); None when it could not be read.
+    pub async fn size(&self) -> Option<u64> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Cmd::Size(tx)).ok()?;
+        rx.await.ok().flatten()
+    }
+
     pub async fn list(&self, q: ListQuery) -> Result<Page, JobError> {
         let (tx, rx) = oneshot::channel();
         self.send(Cmd::List(q, tx))?;
@@ -334,6 +345,9 @@ fn refused(cmd: Cmd) -> Reply {
             let _ = r.send(0);
         }),
         Cmd::Stats(r) => reply(r, Err(not_applied())),
+        Cmd::Size(r) => Box::new(move |_| {
+            let _ = r.send(None);
+        }),
         Cmd::Prune { reply, .. } => Box::new(move |_| {
             let _ = reply.send(0);
         }),

@@ -512,6 +512,16 @@ impl Tx for PgTx<'_> {
         })
     }
 
+    async fn size(&self) -> Result<u64, String> {
+        let bytes: i64 = self
+            .tx
+            .query_one("SELECT pg_total_relation_size('paddock_jobs')", &[])
+            .await
+            .map_err(|e| pg_error(&e))?
+            .get(0);
+        Ok(bytes.max(0) as u64)
+    }
+
     async fn change(&self, id: &str, c: ApiChange) -> Result<u64, JobError> {
         let n = self
             .tx

@@ -456,6 +456,16 @@ impl Tx for SqliteTx<'_> {
             .map_err(|e| e.to_string())
     }
 
+    async fn size(&self) -> Result<u64, String> {
+        let pragma = |name: &str| {
+            self.tx
+                .pragma_query_value(None, name, |r| r.get::<_, i64>(0))
+                .map_err(|e| e.to_string())
+        };
+        let used = pragma("page_count")? - pragma("freelist_count")?;
+        Ok((used.max(0) * pragma("page_size")?) as u64)
+    }
+
     async fn stats(&self) -> Result<StoreStats, JobError> {
         let mut counts = vec![];
         {

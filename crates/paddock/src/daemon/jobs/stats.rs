@@ -50,6 +50,10 @@ pub struct JobStats {
     /// The SQLite file, or the PostgreSQL server and database (no password).
     pub location: String,
     pub bytes: u64,
+    /// The space the jobs take, as last sampled: what `max_bytes` bounds.
+    pub used_bytes: Option<u64>,
+    /// `instance.job_store_max_size`: past it, enqueues are refused (507).
+    pub max_bytes: u64,
     pub services: Vec<ServiceJobStats>,
 }
 
@@ -81,6 +85,10 @@ impl JobStats {
     pub fn record(&self, m: &Metrics) {
         let stats = self;
         m.jobs_store_bytes.set(stats.bytes as i64);
+        m.jobs_store_max_bytes.set(stats.max_bytes as i64);
+        if let Some(used) = stats.used_bytes {
+            m.jobs_store_used_bytes.set(used as i64);
+        }
         for s in &stats.services {
             for (state, n) in &s.counts {
                 m.jobs
@@ -158,6 +166,8 @@ pub fn assemble(
         store: store.0.to_string(),
         location: store.1.to_string(),
         bytes: read.bytes,
+        used_bytes: None,
+        max_bytes: 0,
         services,
     }
 }
