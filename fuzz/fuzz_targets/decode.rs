@@ -1,7 +1,7 @@
 //! Fuzz the frame decoder: it must never panic, never allocate past the maximum,
 //! and every frame it accepts must re-encode to the same bytes. Version 3's batch
 //! frames are held to their documented limits: a BATCH has at least one item, a
-//! refusal's status is an HTTP error.
+//! refusal's status (BATCH_REPLY's, and version 6's REFUSED) is an HTTP error.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -15,6 +15,7 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(g, frame);
         match &frame {
             Frame::Batch { items, .. } => assert!(!items.is_empty()),
+            Frame::Refused { status, .. } => assert!((400..=599).contains(status)),
             Frame::BatchReply { results } => {
                 for r in results {
                     if let ItemOutcome::Refused { status, .. } = r.outcome {

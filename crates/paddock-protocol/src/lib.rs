@@ -1,4 +1,4 @@
-//! The paddock worker protocol (version 2), specified in `docs/protocol.md`.
+//! The paddock worker protocol (version 6), specified in `docs/protocol.md`.
 //!
 //! Why a crate of its own: the protocol is the contract between the daemon and
 //! workers written in any language; it must be testable (property tests, a fuzz
@@ -16,7 +16,7 @@
 pub mod io;
 
 /// The protocol version this crate speaks.
-pub const VERSION: u16 = 5;
+pub const VERSION: u16 = 6;
 /// The oldest version a worker may say in HELLO (version 2 only added a frame
 /// that version-1 workers never send).
 pub const MIN_VERSION: u16 = 1;
@@ -39,6 +39,7 @@ pub mod kind {
     pub const BAD_REQUEST: u8 = 0x16;
     pub const BATCH: u8 = 0x17;
     pub const BATCH_REPLY: u8 = 0x18;
+    pub const REFUSED: u8 = 0x19;
     pub const SHUTDOWN: u8 = 0x20;
     pub const CANCEL: u8 = 0x21;
 }
@@ -75,6 +76,13 @@ pub enum Frame {
     /// The request was wrong (version 2): `message` is meant for the client.
     BadRequest {
         id: u64,
+        message: String,
+    },
+    /// The handler refused the request with an HTTP status (400–599) and a
+    /// message meant for the client (version 6).
+    Refused {
+        id: u64,
+        status: u16,
         message: String,
     },
     /// Several requests for one method (version 3).
@@ -257,6 +265,7 @@ impl Frame {
             kind::BAD_REQUEST => "BAD_REQUEST",
             kind::BATCH => "BATCH",
             kind::BATCH_REPLY => "BATCH_REPLY",
+            kind::REFUSED => "REFUSED",
             kind::STREAM_START => "STREAM_START",
             kind::CHUNK => "CHUNK",
             kind::STREAM_END => "STREAM_END",
@@ -277,6 +286,7 @@ impl Frame {
             Frame::Reply { .. } => kind::REPLY,
             Frame::Error { .. } => kind::ERROR,
             Frame::BadRequest { .. } => kind::BAD_REQUEST,
+            Frame::Refused { .. } => kind::REFUSED,
             Frame::Batch { .. } => kind::BATCH,
             Frame::BatchReply { .. } => kind::BATCH_REPLY,
             Frame::StreamStart { .. } => kind::STREAM_START,
@@ -343,6 +353,21 @@ impl Frame {
                 let id = r.u64()?;
                 Frame::BadRequest {
                     id,
+                    message: String::from_utf8_lossy(r.rest()).into_owned(),
+                }
+            }
+            kind::REFUSED => {
+                let id = r.u64()?;
+                let status = r.u16()?;
+                if !(400..=599).contains(&status) {
+                    return Err(Error::Invalid(
+                        "REFUSED",
+                        "a refusal's status is not in 400..=599",
+                    ));
+                }
+                Frame::Refused {
+                    id,
+                    status,
                     message: String::from_utf8_lossy(r.rest()).into_owned(),
                 }
             }
@@ -456,6 +481,15 @@ impl Frame {
             }
             Frame::BadRequest { id, message } => {
                 out.extend_from_slice(&id.to_be_bytes());
+                out.extend_from_slice(message.as_bytes());
+            }
+            Frame::Refused {
+                id,
+                status,
+                message,
+            } => {
+                out.extend_from_slice(&id.to_be_bytes());
+                out.extend_from_slice(&status.to_be_bytes());
                 out.extend_from_slice(message.as_bytes());
             }
             Frame::Batch { method, items } => {
@@ -648,6 +682,13 @@ mod tests {
                 }
             }),
             (any::<u64>(), ".{0,60}").prop_map(|(id, message)| Frame::BadRequest { id, message }),
+            (any::<u64>(), 400u16..=599, ".{0,60}").prop_map(|(id, status, message)| {
+                Frame::Refused {
+                    id,
+                    status,
+                    message,
+                }
+            }),
             (
                 s16,
                 proptest::collection::vec(
@@ -746,6 +787,31 @@ mod tests {
                 max: DEFAULT_MAX_FRAME
             })
         );
+    }
+
+    #[test]
+    fn a_refusal_carries_an_error_status_only() {
+        let ok = Frame::Refused {
+            id: 7,
+            status: 422,
+            message: "no".into(),
+        };
+        let bytes = ok.encode().unwrap();
+        assert_eq!(decode(&bytes, 100).unwrap().unwrap().0, ok);
+        for status in [200u16, 399, 600] {
+            let bad = Frame::Refused {
+                id: 7,
+                status,
+                message: "no".into(),
+            };
+            assert_eq!(
+                decode(&bad.encode().unwrap(), 100),
+                Err(Error::Invalid(
+                    "REFUSED",
+                    "a refusal's status is not in 400..=599"
+                ))
+            );
+        }
     }
 
     #[test]

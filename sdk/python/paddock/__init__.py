@@ -85,13 +85,14 @@ __all__ = ["handler", "batch", "serve", "Request", "Response", "BadRequest", "Er
            "PROTOCOL_VERSION"]
 __version__ = "0.1.0"
 
-PROTOCOL_VERSION = 5  # said in HELLO; 2 BAD_REQUEST, 3 batches, 4 streams, 5 FORK_WARNING
+PROTOCOL_VERSION = 6  # said in HELLO; 2 BAD_REQUEST, 3 batches, 4 streams, 5 FORK_WARNING, 6 REFUSED
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024
 
 HELLO, READY, SETUP_FAILED, FORK_WARNING = 0x01, 0x02, 0x03, 0x04
 REQUEST, REPLY, ERROR = 0x10, 0x11, 0x12
 BAD_REQUEST = 0x16  # id: u64, then the UTF-8 message to the end (version 2)
 BATCH, BATCH_REPLY = 0x17, 0x18  # version 3
+REFUSED = 0x19  # id: u64, status: u16, then the UTF-8 message (version 6)
 STREAM_START, CHUNK, STREAM_END, CANCEL = 0x13, 0x14, 0x15, 0x21  # version 4
 _OK, _REFUSED, _FAILED = 0, 1, 2  # a batch item's outcome
 SHUTDOWN = 0x20
@@ -351,6 +352,11 @@ class _Conn:
         msg = _cut(message.encode("utf-8"), self.max_frame - 1 - 8)
         self.send(BAD_REQUEST, struct.pack(">Q", rid), msg)
 
+    def refused(self, rid, status, message):
+        """Sends REFUSED (version 6): this status and a message for the client."""
+        msg = _cut(message.encode("utf-8"), self.max_frame - 1 - 10)
+        self.send(REFUSED, struct.pack(">QH", rid, status), msg)
+
 
 _REQUEST_HEAD = struct.Struct(">QIH")  # id, deadline_ms, method length
 _U16 = struct.Struct(">H")
@@ -568,7 +574,7 @@ def _run(conn, obj):
             if e.status == 400:
                 conn.bad_request(req.id, e.message or "bad request")
             else:
-                conn.error(req.id, e.message, "")
+                conn.refused(req.id, e.status, e.message)
             continue
         except Exception as e:
             _handler_failed(conn, req, e, "handler")

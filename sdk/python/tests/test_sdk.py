@@ -26,6 +26,7 @@ HELLO, READY, SETUP_FAILED = 0x01, 0x02, 0x03
 REQUEST, REPLY, ERROR, SHUTDOWN = 0x10, 0x11, 0x12, 0x20
 BAD_REQUEST = 0x16
 BATCH, BATCH_REPLY = 0x17, 0x18
+REFUSED = 0x19
 STREAM_START, CHUNK, STREAM_END, CANCEL = 0x13, 0x14, 0x15, 0x21
 
 
@@ -185,6 +186,20 @@ class WorkerTests(unittest.TestCase):
         self.assertEqual(got_id, rid)
         return message, tb
 
+    def test_a_raised_error_with_a_status_is_refused_with_it(self):
+        w = self.start()
+        w.handshake()
+        ftype, p = self.call(w, 3, "refuse", b"422")
+        self.assertEqual(ftype, REFUSED, p)
+        rid, status = struct.unpack_from(">QH", p, 0)
+        self.assertEqual((rid, status, p[10:].decode()), (3, 422, "not processable"))
+        # A 5xx too: the status is the handler's choice.
+        ftype, p = self.call(w, 4, "refuse", b"503")
+        self.assertEqual(ftype, REFUSED, p)
+        self.assertEqual(struct.unpack_from(">QH", p, 0), (4, 503))
+        # 400 stays BAD_REQUEST (every daemon since version 2 knows it).
+        self.assertEqual(self.bad_request(w, 5, "refuse", b"400"), "not processable")
+
     def bad_request(self, w, rid, method, body=b""):
         ftype, p = self.call(w, rid, method, body)
         self.assertEqual(ftype, BAD_REQUEST, p)
@@ -203,7 +218,7 @@ class WorkerTests(unittest.TestCase):
         ftype, p = w.recv()
         self.assertEqual(ftype, HELLO)
         version, pid = struct.unpack_from(">HI", p, 0)
-        self.assertEqual(version, 5)  # version 5: BAD_REQUEST, batches, streams, forks
+        self.assertEqual(version, 6)  # version 6: BAD_REQUEST, batches, streams, forks, REFUSED
         self.assertEqual(pid, w.proc.pid)
         meta = json.loads(p[6:])
         self.assertEqual(meta["sdk"], "python")
@@ -216,7 +231,7 @@ class WorkerTests(unittest.TestCase):
         self.assertEqual(sorted(ready["methods"]), sorted(
             ["predict", "raw", "text", "typed", "nothing", "boom", "needs_text",
              "long_bad_request", "long_error", "nan", "big", "thread", "upper",
-             "wrong_count", "explode", "refuse_all", "count", "fail_after", "objs"]))
+             "wrong_count", "explode", "refuse_all", "count", "fail_after", "objs", "refuse"]))
         # A batched method is declared safe to run again.
         self.assertEqual(sorted(ready["idempotent"]), [
             "explode", "raw", "refuse_all", "thread", "upper", "wrong_count"])
@@ -584,7 +599,7 @@ class ApiTests(unittest.TestCase):
         r = paddock.Request(5, "predict", "application/json", b'{"a": 1}', 0.0)
         self.assertEqual(r.json(), {"a": 1})
         self.assertEqual(r.text(), '{"a": 1}')
-        self.assertEqual(paddock.PROTOCOL_VERSION, 5)
+        self.assertEqual(paddock.PROTOCOL_VERSION, 6)
 
     def test_json_raises_bad_request(self):
         self.assertIn("BadRequest", paddock.__all__)

@@ -328,6 +328,11 @@ fn poison(backend: Backend) {
     let raising = enqueue_id(&env, "/v1/jobs/fake", &json!({"op": "raise"}));
     // A request the handler refuses (4xx) would be refused again: dead at once.
     let refused = enqueue_id(&env, "/v1/jobs/fake", &json!({"op": "refuse"}));
+    let refused_422 = enqueue_id(
+        &env,
+        "/v1/jobs/fake",
+        &json!({"op": "refuse", "status": 422}),
+    );
     let good: Vec<String> = (0..40)
         .map(|n| enqueue_id(&env, "/v1/jobs/fake", &json!({"op": "echo", "n": n})))
         .collect();
@@ -358,6 +363,14 @@ fn poison(backend: Backend) {
         f["history"][0]["cause"]["message"], "refused: bad field",
         "{f}"
     );
+    let f = wait_state(&env, &refused_422, "dead");
+    assert_eq!(f["attempts"], 1, "{f}");
+    assert_eq!(f["history"][0]["cause"]["kind"], "refused", "{f}");
+    assert_eq!(f["history"][0]["cause"]["status"], 422, "{f}");
+    // Online, the client gets the handler's status and message.
+    let r = crate::harness::call(env.port, "fake", &json!({"op": "refuse", "status": 422}));
+    assert_eq!(r.code, 422, "{}", r.text());
+    assert_eq!(r.json()["error"], "refused: bad field");
     for id in &good {
         let j = wait_state(&env, id, "done");
         assert_eq!(j["failures"], 0);

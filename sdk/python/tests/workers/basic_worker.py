@@ -49,6 +49,10 @@ class Basic:
         return {"text": data["text"]}
 
     @paddock.handler
+    def refuse(self, req):
+        raise paddock.Error("not processable", status=int(req.text()))
+
+    @paddock.handler
     def long_bad_request(self, req):
         raise paddock.BadRequest("é" * 5000)
 

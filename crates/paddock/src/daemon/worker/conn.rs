@@ -61,6 +61,11 @@ pub(super) enum Answer {
     BadRequest {
         message: String,
     },
+    /// The handler refused it with this HTTP status (protocol version 6).
+    Refused {
+        status: u16,
+        message: String,
+    },
 }
 
 impl Answer {
@@ -81,6 +86,11 @@ impl Answer {
             Frame::BadRequest { id, message } if version >= 2 => {
                 Ok((id, Answer::BadRequest { message }))
             }
+            Frame::Refused {
+                id,
+                status,
+                message,
+            } if version >= 6 => Ok((id, Answer::Refused { status, message })),
             other => Err(other),
         }
     }
@@ -93,6 +103,7 @@ impl Actor {
             Answer::Reply { content_type, body } => Outcome::Ok { content_type, body },
             Answer::Error { message, traceback } => self.handler_error(message, traceback),
             Answer::BadRequest { message } => Outcome::BadRequest { message, code: 400 },
+            Answer::Refused { status, message } => Outcome::Refused { status, message },
         };
         self.finish(outcome);
     }
@@ -204,22 +215,23 @@ impl Actor {
                 Some(Event::ProvenReady)
             }
             Frame::SetupFailed { text } => Some(Event::SetupFailed(text)),
-            frame @ (Frame::Reply { .. } | Frame::Error { .. } | Frame::BadRequest { .. }) => {
-                match Answer::of(frame, version) {
-                    Ok((id, answer)) if self.is_open_stream(id) => self.fail_stream_with(answer),
-                    Ok((id, answer)) if self.inflight.as_ref().is_some_and(|f| f.id == id) => {
-                        self.take_answer(answer);
-                        self.after_request();
-                        Some(Event::Finished)
-                    }
-                    Ok((id, _)) => Some(self.wrong_id(id)),
-                    Err(other) => Some(Event::ProtocolViolation(format!(
-                        "frame 0x{:02x} is not part of protocol version {}",
-                        other.kind(),
-                        version
-                    ))),
+            frame @ (Frame::Reply { .. }
+            | Frame::Error { .. }
+            | Frame::BadRequest { .. }
+            | Frame::Refused { .. }) => match Answer::of(frame, version) {
+                Ok((id, answer)) if self.is_open_stream(id) => self.fail_stream_with(answer),
+                Ok((id, answer)) if self.inflight.as_ref().is_some_and(|f| f.id == id) => {
+                    self.take_answer(answer);
+                    self.after_request();
+                    Some(Event::Finished)
                 }
-            }
+                Ok((id, _)) => Some(self.wrong_id(id)),
+                Err(other) => Some(Event::ProtocolViolation(format!(
+                    "frame 0x{:02x} is not part of protocol version {}",
+                    other.kind(),
+                    version
+                ))),
+            },
             Frame::BatchReply { results } if version >= 3 => {
                 if let Err(why) = self.answers_batch(&results) {
                     return Some(Event::ProtocolViolation(why));

@@ -111,6 +111,10 @@ impl Actor {
     pub(super) fn fail_stream_with(&mut self, answer: Answer) -> Option<Event> {
         let (message, cause) = match answer {
             Answer::BadRequest { message } => (message, serde_json::json!({"kind": "bad_request"})),
+            Answer::Refused { status, message } => (
+                message,
+                serde_json::json!({"kind": "refused", "status": status}),
+            ),
             Answer::Error { message, traceback } => match self.handler_error(message, traceback) {
                 Outcome::HandlerError {
                     worker, error_id, ..
