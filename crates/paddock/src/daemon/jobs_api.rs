@@ -173,6 +173,7 @@ async fn enqueue(shared: SharedRef, service: String, method: String, req: Reques
         Ok(k) => k,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
+    let body_len = body.len();
     let job = NewJob {
         service: service.clone(),
         method,
@@ -200,8 +201,11 @@ async fn enqueue(shared: SharedRef, service: String, method: String, req: Reques
     }
     match store.enqueue(job).await {
         Ok((view, created)) => {
-            if created && let Some(p) = shared.jobs.as_ref().and_then(|j| j.pumps.get(&service)) {
-                p.wake();
+            if created && let Some(j) = &shared.jobs {
+                j.size.added(body_len);
+                if let Some(p) = j.pumps.get(&service) {
+                    p.wake();
+                }
             }
             let code = if created {
                 StatusCode::ACCEPTED

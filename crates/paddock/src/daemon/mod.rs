@@ -474,7 +474,7 @@ async fn open_jobs(
         );
     }
     Ok(Some(shared::Jobs {
-        size: jobs::size::start(store.clone(), shutdown.clone()),
+        size: jobs::size::StoreSize::start(store.clone(), shutdown.clone()),
         max_bytes: config.instance.job_store_max_bytes,
         store,
         kind,

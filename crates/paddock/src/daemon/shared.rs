@@ -36,8 +36,8 @@ pub struct Jobs {
     pub kind: (&'static str, String),
     pub pumps: std::collections::HashMap<String, super::jobs::pump::Signals>,
     pub pruned: std::collections::HashMap<String, super::jobs::stats::PruneWatch>,
-    /// The store's size as last sampled (`jobs::size`), and its limit.
-    pub size: watch::Receiver<Option<u64>>,
+    /// The store's size (`jobs::size`), and its limit.
+    pub size: super::jobs::size::StoreSize,
     pub max_bytes: u64,
 }
 
@@ -78,14 +78,14 @@ impl Jobs {
             read,
             &self.pruned,
         );
-        stats.used_bytes = *self.size.borrow();
+        stats.used_bytes = self.size.reading();
         stats.max_bytes = self.max_bytes;
         Ok(stats)
     }
 
     /// Why an enqueue must be refused now (the store is at its size limit), if so.
     pub fn full(&self) -> Option<(String, u64)> {
-        let size = *self.size.borrow();
+        let size = self.size.estimate();
         super::jobs::size::over(size, self.max_bytes).map(|why| (why, size.unwrap_or(0)))
     }
 }

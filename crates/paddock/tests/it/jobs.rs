@@ -584,6 +584,11 @@ fn store_cap(backend: Backend) {
         },
     );
     assert!(accepted.len() >= 10, "{} accepted", accepted.len());
+    if matches!(backend, Backend::Sqlite) {
+        // Each enqueue counts between two readings: a burst stops near the limit
+        // (2 MiB of 100 KB bodies is 21), not a second's worth of enqueues past it.
+        assert!(accepted.len() <= 25, "{} accepted", accepted.len());
+    }
     assert_eq!(refused["limit"], 2 << 20, "{refused}");
     assert!(refused["size"].as_u64().unwrap() >= 2 << 20, "{refused}");
     let e = refused["error"].as_str().unwrap();
