@@ -65,10 +65,17 @@ impl Paths {
             match std::fs::metadata(at) {
                 Ok(m) if m.is_dir() => break,
                 Ok(_) => return Err(format!("{} is a file, not a folder", at.display())),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => match at.parent() {
-                    Some(p) => at = p,
-                    None => return Err(format!("{} does not exist", self.dir.display())),
-                },
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                    ) =>
+                {
+                    match at.parent() {
+                        Some(p) => at = p,
+                        None => return Err(format!("{} does not exist", self.dir.display())),
+                    }
+                }
                 Err(e) => return Err(format!("cannot read {}: {e}", at.display())),
             }
         }

@@ -204,6 +204,9 @@ fn check_refuses_a_state_dir_that_start_could_not_use() {
     ] {
         let text = format!("[instance]\nname = \"t\"\nstate_dir = {dir:?}\n{SVC}");
         assert_located(&text, 3, "instance.state_dir", "cannot be used");
+        if dir.starts_with(&file.display().to_string()) {
+            assert_located(&text, 3, "instance.state_dir", "is a file, not a folder");
+        }
         // And start, which would have failed, fails the same way before detaching.
         env.raw_config(&text);
         let out = env.run(&["start"]);
