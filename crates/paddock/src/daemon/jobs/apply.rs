@@ -85,7 +85,7 @@ pub(super) async fn apply(tx: &impl Tx, cmd: Cmd) -> Reply {
             claim_reply(reply, claimed)
         }
         Cmd::Finish { id, finish } => {
-            let start = matches!(finish, Finish::Start);
+            let start = matches!(finish, Finish::Start { .. });
             match tx.finish(&id, finish).await {
                 // Cancelled while it waited for a worker, an instant before it got one.
                 Ok(0) if start => tracing::info!(

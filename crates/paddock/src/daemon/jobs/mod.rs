@@ -58,6 +58,8 @@ pub struct JobView {
 #[derive(Debug, Clone)]
 pub struct Claimed {
     pub id: String,
+    /// The job's row (`seq`): how its start is recorded without an index lookup.
+    pub seq: i64,
     pub method: String,
     pub content_type: String,
     pub body: Vec<u8>,
@@ -71,8 +73,10 @@ pub struct Claimed {
 #[derive(Debug, Clone)]
 pub enum Finish {
     /// Handed to a worker: the job is `running` and an attempt is counted. Until
-    /// then it is `claimed` and can still be cancelled.
-    Start,
+    /// then it is `claimed` and can still be cancelled. `seq`: its row.
+    Start {
+        seq: i64,
+    },
     Done {
         content_type: String,
         body: Vec<u8>,

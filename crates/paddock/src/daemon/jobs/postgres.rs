@@ -166,7 +166,7 @@ static CLAIM: LazyLock<String> = LazyLock::new(|| {
 static START: LazyLock<String> = LazyLock::new(|| {
     Transition::Start.sql(
         "UPDATE paddock_jobs SET state = {to}, attempts = attempts + 1, started_ms = $2
-         WHERE id = $1 AND state IN ({from}) AND owner = $3",
+         WHERE seq = $1 AND state IN ({from}) AND owner = $3",
     )
 });
 
@@ -382,6 +382,7 @@ impl Tx for PgTx<'_> {
                     r.get(5),
                     Claimed {
                         id: r.get(0),
+                        seq: r.get(5),
                         method: r.get(1),
                         content_type: r.get(2),
                         body: r.get(3),
@@ -397,7 +398,7 @@ impl Tx for PgTx<'_> {
         let at = ms_to_rfc3339(now);
         let owner = self.owner;
         let n = match finish {
-            Finish::Start => self.tx.execute(START.as_str(), &[&id, &now, &owner]).await,
+            Finish::Start { seq } => self.tx.execute(START.as_str(), &[&seq, &now, &owner]).await,
             Finish::Done { content_type, body } => {
                 self.tx
                     .execute(

@@ -131,7 +131,7 @@ async fn run(
             in_flight += 1;
             occupied += share;
             // From here a worker has it: `running`, an attempt counted.
-            store.finish(job.id.clone(), Finish::Start);
+            store.finish(job.id.clone(), Finish::Start { seq: job.seq });
             let rx = dispatcher.submit(
                 job.method.clone(),
                 job.content_type.clone(),

@@ -85,7 +85,7 @@ static CLAIM: LazyLock<String> = LazyLock::new(|| {
 static START: LazyLock<String> = LazyLock::new(|| {
     Transition::Start.sql(
         "UPDATE jobs SET state = {to}, attempts = attempts + 1, started_ms = ?2
-         WHERE id = ?1 AND state IN ({from})",
+         WHERE seq = ?1 AND state IN ({from})",
     )
 });
 
@@ -382,6 +382,7 @@ impl Tx for SqliteTx<'_> {
                     r.get(5)?,
                     Claimed {
                         id: r.get(0)?,
+                        seq: r.get(5)?,
                         method: r.get(1)?,
                         content_type: r.get(2)?,
                         body: r.get(3)?,
@@ -399,9 +400,9 @@ impl Tx for SqliteTx<'_> {
         let at = ms_to_rfc3339(now);
         let tx = &self.tx;
         let n = match finish {
-            Finish::Start => tx
+            Finish::Start { seq } => tx
                 .prepare_cached(&START)
-                .and_then(|mut s| s.execute(params![id, now])),
+                .and_then(|mut s| s.execute(params![seq, now])),
             Finish::Done { content_type, body } => tx
                 .prepare_cached(&COMPLETE)
                 .and_then(|mut s| s.execute(params![id, body, content_type, now, at])),
