@@ -789,6 +789,43 @@ mod tests {
         );
     }
 
+    /// One source for the version: the crate's constant. The specification's title
+    /// and closing note, the Python SDK's constant and docstring, and its package
+    /// description must say the same number.
+    #[test]
+    fn every_document_says_the_crates_version() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+        let read = |p: &str| std::fs::read_to_string(format!("{root}/{p}")).unwrap();
+        let v = VERSION;
+        let spec = read("docs/protocol.md");
+        for says in [
+            format!("# The paddock worker protocol, version {v}\n"),
+            format!(
+                "A version-{v} daemon accepts workers that say {MIN_VERSION} to {v} in HELLO. The Python SDK says {v}."
+            ),
+            format!("`version: u16` ({MIN_VERSION} to {v})"),
+        ] {
+            assert!(spec.contains(&says), "docs/protocol.md should say: {says}");
+        }
+        let sdk = read("sdk/python/paddock/__init__.py");
+        for says in [
+            format!("\nPROTOCOL_VERSION = {v}  #"),
+            format!("implements docs/protocol.md (version {v}:"),
+        ] {
+            assert!(sdk.contains(&says), "the SDK should say: {says}");
+        }
+        let pyproject = read("sdk/python/pyproject.toml");
+        assert!(
+            pyproject.contains(&format!("(worker protocol version {v})")),
+            "sdk/python/pyproject.toml's description should name version {v}"
+        );
+        assert!(
+            include_str!("lib.rs")
+                .starts_with(&format!("//! The paddock worker protocol (version {v})")),
+            "this crate's header should name version {v}"
+        );
+    }
+
     #[test]
     fn a_refusal_carries_an_error_status_only() {
         let ok = Frame::Refused {

@@ -29,15 +29,16 @@
             for pcm in self.tts(req.json()["text"]):
                 yield pcm
 
-This file implements docs/protocol.md (version 4: version 1, BAD_REQUEST, batches
-and streams). Its invariants:
+This file implements docs/protocol.md (version 6: version 1, BAD_REQUEST, batches,
+streams, FORK_WARNING and REFUSED). Its invariants:
 
 * Everything happens on the main thread: `setup()` and every handler run on the
   thread that called `serve()`, which must be the main thread. The SDK never starts
   a thread, so models that insist on the main thread (signals, some GPU runtimes)
   work, and a handler that hangs is killed by the daemon at its deadline.
 * One request at a time: the daemon sends a REQUEST only after the previous one was
-  answered, and the worker answers each with exactly one REPLY, ERROR or BAD_REQUEST.
+  answered, and the worker answers each with exactly one REPLY, ERROR, BAD_REQUEST or
+  REFUSED.
   A batched handler gets a BATCH (a list of requests) and the worker answers it with
   one BATCH_REPLY holding exactly one result per request: what the handler returned
   in that request's place, a `paddock.Error` for that one request, or — when the
