@@ -8,7 +8,7 @@
 use std::time::{Duration, SystemTime};
 
 use crate::config::Config;
-use crate::daemon::{self, report::Reporter};
+use crate::daemon::{self, start_report::Reporter};
 use crate::exit;
 use crate::instance::{LockInfo, Paths};
 

@@ -2,7 +2,7 @@
 //! containers, Ctrl-C).
 
 use crate::config::Config;
-use crate::daemon::report::Reporter;
+use crate::daemon::start_report::Reporter;
 use crate::exit;
 use crate::instance::Paths;
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::control::StartEvent;
-use crate::daemon::report::Reporter;
+use crate::daemon::start_report::Reporter;
 use crate::exit;
 use crate::instance::Paths;
 

@@ -10,16 +10,14 @@
 //! 6. serve until SIGTERM, SIGINT or `paddock stop`; stop every worker; exit, which
 //!    releases the lock.
 
-mod admin_api;
 mod control_server;
+mod coordinator;
 mod dispatch;
 mod env;
-mod gateway;
+mod file_watch;
 mod gpu_sampler;
-mod groups;
-mod http_server;
+mod http;
 pub(crate) mod jobs;
-mod jobs_api;
 mod lifecycle;
 mod logsink;
 mod messages;
@@ -27,13 +25,10 @@ mod metrics;
 mod notify;
 mod ports;
 mod probe;
-pub mod report;
-mod request_body;
-mod service;
+mod process_groups;
 mod shared;
 mod spawner;
-mod state;
-mod stream_body;
+pub mod start_report;
 mod supervisor;
 mod worker;
 
@@ -45,7 +40,7 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::exit;
 use crate::instance::Paths;
-use report::Reporter;
+use start_report::Reporter;
 use worker::StartupEvent;
 
 /// Everything the daemon is handed by the CLI after the fork and the lock.
@@ -177,7 +172,7 @@ async fn main(
             )
         })?,
     };
-    let leftovers = groups::kill_leftovers(&paths.groups);
+    let leftovers = process_groups::kill_leftovers(&paths.groups);
     if leftovers > 0 {
         tracing::warn!(
             "killed {leftovers} process group(s) left by a previous daemon of this instance"
@@ -191,7 +186,7 @@ async fn main(
                     format!("could not start the spawner thread: {e}"),
                 )
             })?;
-    let groups = groups::Groups::start(reaper, paths.groups.clone());
+    let groups = process_groups::Groups::start(reaper, paths.groups.clone());
 
     let control = control_server::bind(&paths.socket).map_err(|e| {
         Failure::new(
@@ -203,7 +198,7 @@ async fn main(
         )
     })?;
     let listen = config.instance.listen;
-    let http = match http_server::bind(listen) {
+    let http = match ports::bind(listen) {
         Ok(l) => l,
         Err(e) => {
             let who = ports::holder(listen.port())
@@ -259,8 +254,8 @@ async fn main(
     });
     tokio::spawn(signals(shared.clone()));
     tokio::spawn(control_server::serve(control, shared.clone()));
-    let app = gateway::router(shared.clone());
-    let limits = http_server::Limits {
+    let app = http::router(shared.clone());
+    let limits = http::server::Limits {
         max_connections: gateway_cap(shared.config.instance.max_connections, nofile),
         header_timeout: shared.config.instance.header_timeout,
     };
@@ -268,7 +263,7 @@ async fn main(
         "gateway: at most {} connections (descriptor limit {nofile})",
         limits.max_connections
     );
-    let gateway = tokio::spawn(http_server::serve(http, app, limits, shutdown_rx.clone()));
+    let gateway = tokio::spawn(http::server::serve(http, app, limits, shutdown_rx.clone()));
 
     // Wait for every worker's verdict.
     let mut pending = shared.supervisor.worker_count();
@@ -284,8 +279,8 @@ async fn main(
                     reporter.progress(&format!("{service}/{worker}"), "ready");
                 }
                 Some(StartupEvent::Failed { service, worker, code, message, tail }) => {
-                    let message = report::shorten_shown(&message, &tail);
-                    let detail = report::tail_block(&format!("{service}/{worker}"), &tail);
+                    let message = start_report::shorten_shown(&message, &tail);
+                    let detail = start_report::tail_block(&format!("{service}/{worker}"), &tail);
                     verdict = Some((code, format!("service {service} (worker {worker}) {message}"), detail));
                     break;
                 }
@@ -382,7 +377,7 @@ async fn main(
     loop {
         tokio::select! {
             _ = shutdown_rx.wait_for(|s| *s) => break,
-            _ = check.tick() => state::check(&shared, lock, &mut relocked),
+            _ = check.tick() => file_watch::check(&shared, lock, &mut relocked),
         }
     }
     notify::notify("STOPPING=1");

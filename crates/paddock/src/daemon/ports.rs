@@ -1,6 +1,23 @@
-//! Ports: choosing a free one, and telling who holds a busy one.
+//! Ports: binding one with a deep backlog, choosing a free one, and telling who
+//! holds a busy one.
 
 use std::net::TcpListener;
+
+/// The listen backlog: the gateway's connections past `max_connections`, and a
+/// `listen_fd` service's connections during a reload, wait here.
+const BACKLOG: u32 = 4096;
+
+/// Binds `addr` with a deep backlog.
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
 
 /// A free loopback port, chosen by the kernel.
 pub fn pick_free() -> std::io::Result<u16> {

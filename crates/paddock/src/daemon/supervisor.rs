@@ -10,11 +10,11 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::coordinator::{self, Order, Plan, ServiceHandle};
 use super::dispatch::Dispatcher;
 use super::metrics::Metrics;
-use super::service::{self, Order, Plan, ServiceHandle};
 use super::worker::{Deps, Launcher, OsLauncher, StartupEvent};
-use super::{env, groups::Groups, logsink::LogSink, ports, spawner::Spawner};
+use super::{env, logsink::LogSink, ports, process_groups::Groups, spawner::Spawner};
 use crate::config::{Config, Kind, PortSpec};
 use crate::gpu::GpuProbe;
 use crate::status::{Phase, ServiceState, ServiceStatus};
@@ -107,7 +107,7 @@ impl Supervisor {
                 listeners.push(match (s.listen_fd, port) {
                     (true, Some(p)) => {
                         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], *p));
-                        let l = super::http_server::bind(addr)
+                        let l = super::ports::bind(addr)
                             .and_then(|l| l.into_std())
                             .and_then(|l| l.set_nonblocking(false).map(|()| l))
                             .map_err(|e| LaunchError {
@@ -161,7 +161,7 @@ impl Supervisor {
                     ),
                 })
                 .collect();
-            services.push(service::start(service, plans, deps));
+            services.push(coordinator::start(service, plans, deps));
         }
         Ok((
             Supervisor {

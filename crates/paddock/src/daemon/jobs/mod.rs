@@ -10,11 +10,11 @@
 //! The store is SQLite (one thread owns the connection) or PostgreSQL. Either way
 //! the store is opened only after the daemon forked, and it has one model: the
 //! lifecycle in `state.rs`, the rules in `apply.rs`, the group-commit loop in
-//! `group.rs`, the row mapping in `row.rs`; `sqlite.rs` and `postgres.rs` hold only
+//! `group_commit.rs`, the row mapping in `row.rs`; `sqlite.rs` and `postgres.rs` hold only
 //! their dialect's SQL, their connections and (PostgreSQL) leases.
 
 mod apply;
-mod group;
+mod group_commit;
 mod row;
 mod state;
 pub use state::JobState;
@@ -69,7 +69,7 @@ pub struct Claimed {
 
 /// What the pump records of a job it claimed: that a worker has it now (`Start`),
 /// or how the attempt ended. Each is written in a later group again until it
-/// commits (group.rs).
+/// commits (group_commit.rs).
 #[derive(Debug, Clone)]
 pub enum Finish {
     /// Handed to a worker: the job is `running` and an attempt is counted. Until

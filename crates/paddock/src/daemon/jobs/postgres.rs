@@ -12,7 +12,7 @@
 //! - an enqueue sends `NOTIFY paddock_jobs` in its transaction; every daemon
 //!   LISTENs and wakes the service's pump, so no one polls for new work.
 //!
-//! Commands are applied in groups by the loop in `group.rs`, one transaction per
+//! Commands are applied in groups by the loop in `group_commit.rs`, one transaction per
 //! group and a savepoint per command; the rules are in `apply.rs`. This file holds
 //! only PostgreSQL's dialect: schema, statements, connections, leases, NOTIFY.
 
@@ -31,7 +31,7 @@ pub(in crate::daemon) use conn::redact;
 use conn::{connect, listen, pg_error, reconnect};
 
 use super::apply::{ApiChange, Keyed, Stored, Tx, apply, change_sql};
-use super::group::{self, Applied, Dialect};
+use super::group_commit::{self, Applied, Dialect};
 use super::row::{COLUMNS, view};
 use super::state::Transition;
 use super::stats::StoreStats;
@@ -119,7 +119,7 @@ pub async fn open(
         }
     });
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(group::run(
+    tokio::spawn(group_commit::run(
         rx,
         Postgres {
             client,

@@ -2,7 +2,7 @@
 //! folder, owned by one thread.
 //!
 //! This file holds only SQLite's dialect: its schema, its statements and its
-//! connection; the rules are in `apply.rs`, the group-commit loop in `group.rs`.
+//! connection; the rules are in `apply.rs`, the group-commit loop in `group_commit.rs`.
 //!
 //! Invariants:
 //! - the connection is opened after the daemon forked, and used on this store's
@@ -18,7 +18,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use tokio::sync::mpsc;
 
 use super::apply::{ApiChange, Keyed, Stored, Tx, apply, change_sql};
-use super::group::{self, Applied, Dialect};
+use super::group_commit::{self, Applied, Dialect};
 use super::row::{COLUMNS, view};
 use super::state::Transition;
 use super::stats::StoreStats;
@@ -176,7 +176,7 @@ pub fn open(path: &Path, owner: String) -> Result<(Store, usize), String> {
         .name("paddock-jobs".into())
         .spawn(move || {
             let _lock = lock; // held for as long as the store is open
-            runtime.block_on(group::run(rx, Sqlite { conn, owner, path }))
+            runtime.block_on(group_commit::run(rx, Sqlite { conn, owner, path }))
         })
         .map_err(|e| format!("job store thread: {e}"))?;
     Ok((Store(tx), recovered))

@@ -21,8 +21,8 @@ use std::time::Duration;
 use tokio::io::AsyncRead;
 use tokio::process::Child;
 
-use crate::daemon::groups::Groups;
 use crate::daemon::logsink::Stream;
+use crate::daemon::process_groups::Groups;
 use crate::daemon::spawner::Spawner;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -119,7 +119,7 @@ impl Proc for OsProc {
 
     fn reap_group(&mut self, limit: Duration) -> BoxFuture<'_, Vec<i32>> {
         Box::pin(async move {
-            let left = crate::daemon::groups::wait_gone(self.pid, limit).await;
+            let left = crate::daemon::process_groups::wait_gone(self.pid, limit).await;
             self.groups.remove(self.pid);
             left
         })

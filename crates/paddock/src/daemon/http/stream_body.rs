@@ -15,7 +15,7 @@ use axum::body::Bytes;
 use http_body::Frame;
 use tokio::sync::mpsc;
 
-use super::messages::StreamItem;
+use crate::daemon::messages::StreamItem;
 
 /// The most bytes gathered into one write when chunks are waiting.
 const COALESCE: usize = 64 * 1024;

@@ -20,7 +20,6 @@
 //!   instead of spinning on the error.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -29,7 +28,7 @@ use axum::Router;
 use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tower::ServiceExt;
@@ -39,21 +38,6 @@ use tower::ServiceExt;
 pub struct Limits {
     pub max_connections: usize,
     pub header_timeout: Duration,
-}
-
-/// The listen backlog: connections past `max_connections` wait here.
-const BACKLOG: u32 = 4096;
-
-/// Binds `addr` with a deep backlog.
-pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(BACKLOG)
 }
 
 /// Whether an accept error means "out of descriptors" (wait for one to close).

@@ -12,14 +12,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::json;
 
-use super::jobs_api::{error, job_error, no_jobs};
-use super::shared::SharedRef;
+use super::errors::{error, job_error, no_jobs};
+use crate::daemon::shared::SharedRef;
 
 pub fn routes() -> Router<SharedRef> {
     Router::new()
         .route("/admin/services/{name}/reload", post(reload))
         .route("/admin/jobs/{id}/retry", post(retry))
-        .route("/admin/jobs/{id}/cancel", post(cancel))
+        .route("/admin/jobs/{id}/cancel", post(super::jobs::cancel))
         .route("/admin/services/{name}/logs", axum::routing::get(logs))
 }
 
@@ -109,17 +109,6 @@ async fn retry(State(shared): State<SharedRef>, Path(id): Path<String>) -> Respo
         return no_jobs();
     };
     match jobs.retry(id).await {
-        Ok(view) => Json(view).into_response(),
-        Err(e) => job_error(e),
-    }
-}
-
-/// Cancels a queued or claimed job.
-async fn cancel(State(shared): State<SharedRef>, Path(id): Path<String>) -> Response {
-    let Some(jobs) = &shared.jobs else {
-        return no_jobs();
-    };
-    match jobs.cancel(id).await {
         Ok(view) => Json(view).into_response(),
         Err(e) => job_error(e),
     }

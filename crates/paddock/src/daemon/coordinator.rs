@@ -291,7 +291,7 @@ impl Coordinator {
     async fn tail_of(&self, i: usize) -> String {
         let tail = self.deps.logs.tail(self.slots[i].index, 10).await;
         let name = format!("{}/{}", self.service.name, self.slots[i].index);
-        super::report::tail_block(&name, &tail)
+        super::start_report::tail_block(&name, &tail)
             .map(|t| format!("\n{t}"))
             .unwrap_or_default()
     }

@@ -6,7 +6,7 @@
 //! - `GET /v1/jobs?state=&service=&limit=&after=` → a page of jobs and `next`;
 //! - `GET /v1/jobs/{id}` → state, attempts, timestamps, each attempt's cause;
 //! - `GET /v1/jobs/{id}/result` → the raw result with its content type;
-//! - `DELETE /v1/jobs/{id}` → cancels a queued job.
+//! - `DELETE /v1/jobs/{id}` → cancels a queued or claimed job.
 
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -15,8 +15,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-use super::jobs::{JobError, ListQuery, NewJob};
-use crate::daemon::request_body;
+use super::errors::{error, job_error, no_jobs, store};
+use super::request_body;
+use crate::daemon::jobs::{JobError, ListQuery, NewJob};
 use crate::daemon::shared::SharedRef;
 
 pub fn routes() -> Router<SharedRef> {
@@ -27,31 +28,6 @@ pub fn routes() -> Router<SharedRef> {
             get(show).post(enqueue_default).delete(cancel),
         )
         .route("/v1/jobs/{a}/{b}", get(result).post(enqueue_method))
-}
-
-pub(super) fn error(code: StatusCode, message: String) -> Response {
-    (code, Json(json!({"error": message}))).into_response()
-}
-
-pub(super) fn job_error(e: JobError) -> Response {
-    match e {
-        JobError::NotFound(_) => error(StatusCode::NOT_FOUND, e.to_string()),
-        JobError::Conflict { .. } | JobError::KeyReused { .. } => {
-            error(StatusCode::CONFLICT, e.to_string())
-        }
-        JobError::Store(_) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-    }
-}
-
-pub(super) fn store(shared: &SharedRef) -> Option<&super::jobs::Store> {
-    shared.jobs.as_ref().map(|j| &j.store)
-}
-
-pub(super) fn no_jobs() -> Response {
-    error(
-        StatusCode::NOT_FOUND,
-        "this instance has no worker services, so no jobs".into(),
-    )
 }
 
 /// The longest `Idempotency-Key` paddock keeps.
@@ -233,7 +209,7 @@ async fn list(
         Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
     };
     if let Some(state) = &q.state
-        && super::jobs::JobState::parse(state).is_none()
+        && crate::daemon::jobs::JobState::parse(state).is_none()
     {
         return error(
             StatusCode::BAD_REQUEST,
@@ -311,7 +287,7 @@ fn expired(shared: &SharedRef, id: &str) -> bool {
         .iter()
         .filter_map(|s| s.job_retention)
         .min();
-    shortest.is_some_and(|keep| created < super::jobs::now_ms() - keep.as_millis() as i64)
+    shortest.is_some_and(|keep| created < crate::daemon::jobs::now_ms() - keep.as_millis() as i64)
 }
 
 async fn show(State(shared): State<SharedRef>, Path(id): Path<String>) -> Response {
@@ -355,7 +331,9 @@ async fn result(
     }
 }
 
-async fn cancel(State(shared): State<SharedRef>, Path(id): Path<String>) -> Response {
+/// Cancels a queued or claimed job: `DELETE /v1/jobs/{id}`, and the operator's
+/// `POST /admin/jobs/{id}/cancel`.
+pub(super) async fn cancel(State(shared): State<SharedRef>, Path(id): Path<String>) -> Response {
     let Some(jobs) = &shared.jobs else {
         return no_jobs();
     };
