@@ -6,7 +6,6 @@ mod client;
 mod daemonize;
 mod doctor;
 mod doctor_gpu;
-pub mod exec_listen;
 mod findings;
 mod jobs;
 mod logs;
@@ -115,8 +114,8 @@ enum Cmd {
 /// Runs the CLI; returns the process exit code.
 pub fn main() -> i32 {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if args.get(1).is_some_and(|a| a == exec_listen::ARG) {
-        return exec_listen::run(&args[2..]);
+    if args.get(1).is_some_and(|a| a == crate::exec_listen::ARG) {
+        return crate::exec_listen::run(&args[2..]);
     }
     let cli = match Cli::try_parse() {
         Ok(c) => c,

@@ -53,14 +53,6 @@ pub struct Launch {
     pub started_at: SystemTime,
 }
 
-/// A pseudo-random number in [0, 1) for backoff jitter.
-pub(crate) fn jitter() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(Instant::now().elapsed().as_nanos());
-    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
-}
-
 /// A start that failed: the verdict, sent only once everything the daemon started
 /// is gone (see [`run`]).
 struct Failure {

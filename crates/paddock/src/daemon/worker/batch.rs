@@ -18,12 +18,21 @@
 //!   that its remaining requests get 502.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use paddock_protocol::{BatchResult, ItemOutcome};
+use tokio::time::sleep_until;
 
-use super::*;
-use crate::daemon::messages::{BatchPart, CrashCause, DeadlineCause, ExitDetail};
+use super::Actor;
+use super::handle::TAIL_LINES;
+use super::inflight::InFlight;
+use crate::daemon::dispatch::Dispatcher;
+use crate::daemon::lifecycle::{Event, State};
+use crate::daemon::messages::{BatchPart, CrashCause, DeadlineCause, ExitDetail, Job, Outcome};
+use crate::daemon::metrics::Metrics;
+use crate::status::ExitCause;
 
 /// A batched method's limits on this worker: what it announced, overridden by the
 /// service's `[batch.METHOD]` config.

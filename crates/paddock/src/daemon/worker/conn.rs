@@ -2,8 +2,17 @@
 //! actor expects (HELLO first, one reply per request id); anything else is a
 //! protocol violation that kills the worker.
 
-use super::*;
-use crate::daemon::messages::{CrashCause, ViolationDetail};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use paddock_protocol::Frame;
+use paddock_protocol::io::{FrameReader, ReadError};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+
+use super::Actor;
+use crate::daemon::lifecycle::{Event, State};
+use crate::daemon::messages::{CrashCause, Outcome, ViolationDetail};
+use crate::daemon::metrics::Metrics;
 
 pub(super) struct Conn {
     pub(super) frames: FrameReader<OwnedReadHalf>,

@@ -2,7 +2,21 @@
 //! [`Handle`]), what they send it ([`Command`]), what it tells them ([`StartupEvent`],
 //! [`Ask`]), what it needs ([`Deps`], [`Spec`]), and [`start`], which runs it.
 
-use super::*;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+use super::Actor;
+use super::launch::Launcher;
+use crate::config::Service;
+use crate::daemon::dispatch::Dispatcher;
+use crate::daemon::logsink::LogSink;
+use crate::daemon::messages::Command;
+use crate::daemon::metrics::Metrics;
+use crate::daemon::spawner::Spawner;
+use crate::status::{Phase, WorkerStatus};
 
 /// Lines of a worker's output shown with a failure.
 pub const TAIL_LINES: usize = 20;

@@ -30,6 +30,7 @@ mod conn;
 #[cfg(test)]
 mod fake;
 mod handle;
+mod inflight;
 mod launch;
 mod process;
 mod request;
@@ -37,31 +38,22 @@ mod stream;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, VecDeque};
-use std::process::{ExitStatus, Stdio};
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use paddock_protocol::Frame;
-use paddock_protocol::io::{FrameReader, ReadError};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::sleep_until;
 
-use super::dispatch::Dispatcher;
 use super::lifecycle::{Action, Clock, Event, Lifecycle, Policy, State};
-use super::logsink::LogSink;
 use super::messages::{Command, Job, Outcome};
-use super::metrics::{CauseLabels, Metrics};
-use super::ports::{self, Ownership};
-use super::spawner::Spawner;
-use crate::config::{Kind, Service};
+use super::metrics::Metrics;
+use crate::config::Kind;
 use crate::status::{ExitCause, Phase, WorkerStatus};
 
 use batch::BatchInFlight;
-use conn::{Answer, Conn, connect, next_frame};
+use conn::{Conn, next_frame};
+use inflight::InFlight;
 use process::{Running, not_running, wait};
-use request::{InFlight, recycle_after};
 
 pub use handle::{Ask, Deps, Handle, Spec, StartupEvent, TAIL_LINES, start};
 pub use launch::{Launcher, OsLauncher, Proc};
@@ -474,7 +466,7 @@ impl Actor {
                     });
                 }
                 Action::Wait(d) => {
-                    self.life.jitter = super::jitter();
+                    self.life.jitter = crate::jitter::unit();
                     tracing::info!(worker = %self.name(), "restarting in {:.1}s", d.as_secs_f64());
                 }
             }

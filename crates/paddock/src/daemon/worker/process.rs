@@ -3,7 +3,21 @@
 //! a process service, and collecting its exit (what is left of its group killed and
 //! waited for, its last frames read, the cause described).
 
-use super::*;
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use paddock_protocol::Frame;
+
+use super::Actor;
+use super::conn::{Answer, connect};
+use super::launch::Proc;
+use super::request::recycle_after;
+use crate::config::Kind;
+use crate::daemon::lifecycle::{Event, State};
+use crate::daemon::metrics::CauseLabels;
+use crate::daemon::ports;
+use crate::daemon::ports::Ownership;
+use crate::status::ExitCause;
 
 pub(super) struct Running {
     pub(super) proc: Box<dyn Proc>,
@@ -82,7 +96,7 @@ impl Actor {
                 let exe = std::env::current_exe()
                     .unwrap_or_else(|_| std::path::PathBuf::from(env!("CARGO_PKG_NAME")));
                 let mut c = std::process::Command::new(exe);
-                c.arg(crate::cli::exec_listen::ARG)
+                c.arg(crate::exec_listen::ARG)
                     .args(&self.spec.argv)
                     .env("LISTEN_FDS", "1")
                     .env("LISTEN_FDNAMES", self.spec.service.name.as_str());
@@ -146,7 +160,7 @@ impl Actor {
                 self.served = 0;
                 self.recycle_asked = false;
                 self.announced = false;
-                self.recycle_after = recycle_after(s.max_requests, crate::daemon::jitter());
+                self.recycle_after = recycle_after(s.max_requests, crate::jitter::unit());
                 self.ready_since = None;
                 self.next_probe = Instant::now() + Duration::from_millis(50);
                 if let Some((ours, theirs)) = pair {

@@ -2,18 +2,18 @@
 //! until the worker has its next request), a crash's retry or poison verdict, and
 //! recycling by request count and memory.
 
-use super::*;
-use crate::daemon::messages::{CrashCause, DeadlineCause, ExitDetail};
+use std::time::{Duration, Instant};
 
-pub(super) struct InFlight {
-    pub(super) id: u64,
-    pub(super) job: Job,
-    pub(super) deadline: Instant,
-    pub(super) started: Instant,
-    pub(super) idempotent: bool,
-    /// Its streamed answer, once the worker began one.
-    pub(super) stream: Option<super::stream::OpenStream>,
-}
+use tokio::sync::oneshot;
+
+use super::Actor;
+use super::handle::{Ask, TAIL_LINES};
+use super::inflight::InFlight;
+use crate::daemon::dispatch::Dispatcher;
+use crate::daemon::lifecycle::{Event, State};
+use crate::daemon::messages::{CrashCause, DeadlineCause, ExitDetail, Job, Outcome};
+use crate::daemon::metrics::Metrics;
+use crate::status::ExitCause;
 
 impl Actor {
     /// Sends a request to the worker, or hands it back when this worker cannot take it.
@@ -351,7 +351,7 @@ impl Actor {
 pub(super) fn new_error_id() -> String {
     format!(
         "E-{:08x}",
-        (crate::daemon::jitter() * f64::from(u32::MAX)) as u32
+        (crate::jitter::unit() * f64::from(u32::MAX)) as u32
     )
 }
 

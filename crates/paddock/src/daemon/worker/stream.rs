@@ -13,29 +13,19 @@
 //! - a stream that fails (an ERROR, a crash, a deadline, a violation) reaches its
 //!   client as a failure, never as a complete answer.
 
+use std::time::{Duration, Instant};
+
 use axum::body::Bytes;
+use paddock_protocol::Frame;
 use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, oneshot};
 
-use super::*;
-use crate::daemon::messages::StreamItem;
+use super::conn::Answer;
+use super::inflight::{InFlight, OpenStream, STREAM_BUFFER};
+use super::{Actor, Timer};
+use crate::daemon::lifecycle::Event;
+use crate::daemon::messages::{Outcome, StreamItem};
 use crate::daemon::metrics::OutcomeLabels;
-
-/// Chunks a stream's client has not taken yet, at most.
-pub(super) const STREAM_BUFFER: usize = 16;
-
-pub(super) struct OpenStream {
-    /// To the HTTP side; `None` once the client is gone or the stream failed.
-    pub(super) tx: Option<mpsc::Sender<StreamItem>>,
-    /// An item that found the buffer full, and since when: no frame is read from
-    /// the worker until the client takes it.
-    pub(super) stalled: Option<(StreamItem, Instant)>,
-    /// The worker's last frame of this stream (or the end of the last stall).
-    pub(super) last_frame: Instant,
-    /// When CANCEL was sent.
-    pub(super) cancelled_at: Option<Instant>,
-    /// The worker ended the stream (its end may still be stalled).
-    pub(super) ended: bool,
-}
 
 impl Actor {
     pub(super) fn stream(&self) -> Option<&OpenStream> {

@@ -9,7 +9,13 @@ use axum::body::Bytes;
 
 use super::fake::FakeLauncher;
 use super::*;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::daemon::dispatch::Dispatcher;
+use crate::daemon::logsink::LogSink;
 use crate::daemon::messages::CrashCause;
+use crate::daemon::spawner::Spawner;
 
 /// How long any awaited event may take before the test fails.
 const LIMIT: Duration = Duration::from_secs(5);
