@@ -174,13 +174,18 @@ fn every_document_says_the_crates_version() {
     ] {
         assert!(spec.contains(&says), "docs/protocol.md should say: {says}");
     }
-    let sdk = read("sdk/python/paddock/__init__.py");
-    for says in [
-        format!("\nPROTOCOL_VERSION = {v}  #"),
-        format!("implements docs/protocol.md (version {v}:"),
-    ] {
-        assert!(sdk.contains(&says), "the SDK should say: {says}");
-    }
+    let constant = read("sdk/python/paddock/_protocol.py");
+    let says = format!("\nPROTOCOL_VERSION = {v}  #");
+    assert!(
+        constant.contains(&says),
+        "the SDK's _protocol.py should say: {says}"
+    );
+    let face = read("sdk/python/paddock/__init__.py");
+    let says = format!("implements docs/protocol.md (version {v}:");
+    assert!(
+        face.contains(&says),
+        "the SDK's docstring should say: {says}"
+    );
     let pyproject = read("sdk/python/pyproject.toml");
     assert!(
         pyproject.contains(&format!("(worker protocol version {v})")),
