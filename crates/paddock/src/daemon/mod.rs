@@ -35,11 +35,12 @@ mod worker;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
 use crate::exit;
 use crate::instance::Paths;
+use shared::SharedRef;
 use start_report::Reporter;
 use worker::StartupEvent;
 
@@ -148,83 +149,13 @@ async fn main(
     let started = Instant::now();
     let pid = std::process::id() as i32;
     tracing::info!(pid, instance = %config.instance.name, listen = %config.instance.listen, "daemon starting (paddock {})", env!("CARGO_PKG_VERSION"));
-
-    // What opens the operator routes (`/admin/*`: log lines, actions): the
-    // instance's auth_token, or else a token of its own, kept 0600 in its folder,
-    // so that other accounts on this machine, who can reach 127.0.0.1 too, cannot.
-    let operator_token = match &config.instance.auth_token {
-        Some(t) => t.clone(),
-        None => paths.operator_token().map_err(|e| {
-            Failure::new(
-                exit::FAILURE,
-                format!(
-                    "cannot read or make the operator token {}: {e}",
-                    paths.token.display()
-                ),
-            )
-        })?,
-    };
-    let leftovers = process_groups::kill_leftovers(&paths.groups);
-    if leftovers > 0 {
-        tracing::warn!(
-            "killed {leftovers} process group(s) left by a previous daemon of this instance"
-        );
-    }
-    let spawner =
-        spawner::Spawner::start(tokio::runtime::Handle::current(), Some(reaper.write_fd()))
-            .map_err(|e| {
-                Failure::new(
-                    exit::FAILURE,
-                    format!("could not start the spawner thread: {e}"),
-                )
-            })?;
-    let groups = process_groups::Groups::start(reaper, paths.groups.clone());
-
-    let control = control_server::bind(&paths.socket).map_err(|e| {
-        Failure::new(
-            exit::FAILURE,
-            format!(
-                "cannot create the control socket {}: {e}",
-                paths.socket.display()
-            ),
-        )
-    })?;
-    let listen = config.instance.listen;
-    let http = match ports::bind(listen) {
-        Ok(l) => l,
-        Err(e) => {
-            let who = ports::holder(listen.port())
-                .map(|w| format!(" (held by {w})"))
-                .unwrap_or_default();
-            return Err(Failure::new(
-                exit::FAILURE,
-                format!(
-                    "cannot listen on {listen} for the gateway: {e}{who}; choose another with --port"
-                ),
-            ));
-        }
-    };
-
-    let (supervisor, mut startup) = supervisor::Supervisor::launch(
-        &config,
-        spawner.clone(),
-        groups.clone(),
-        &paths.logs,
-        Arc::new(metrics::Metrics::new()),
-        // NVML is loaded here, after the fork and inside the runtime, and read
-        // on a thread of its own once a second.
-        {
-            let gpus = paddock_sys::gpu::Gpus::load();
-            let loaded = gpus.loaded();
-            Arc::new(gpu_sampler::start(
-                Box::new(gpus),
-                loaded,
-                Duration::from_secs(1),
-            ))
-        },
-    )
-    .map_err(|e| Failure::new(exit::FAILURE, e.to_string()))?;
-    let (shutdown, mut shutdown_rx) = watch::channel(false);
+    // Steps 6 to 9 of docs/architecture.md, "Start-up sequence".
+    let operator_token = operator_token(&config, &paths)?;
+    kill_leftovers(&paths);
+    let (spawner, groups) = start_spawner(reaper, &paths)?;
+    let (control, http) = bind_sockets(&config, &paths)?;
+    let (supervisor, startup) = launch_services(&config, &paths, spawner, groups)?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
     let jobs = match open_jobs(&config, &paths, &supervisor, pid, started_at, &shutdown_rx).await {
         Ok(j) => j,
         Err(e) => {
@@ -246,6 +177,136 @@ async fn main(
     });
     tokio::spawn(signals(shared.clone()));
     tokio::spawn(control_server::serve(control, shared.clone()));
+    let gateway = serve_gateway(&shared, http, nofile, shutdown_rx.clone());
+    if let Err(failure) = await_verdict(&shared, startup, reporter, shutdown_rx.clone()).await {
+        tracing::error!("start failed: {}", failure.message);
+        shared.request_stop();
+        let _ = tokio::join!(gateway, stop_all(shared));
+        return Err(failure);
+    }
+    report_ready(&shared, reporter);
+    serve_until_stopped(&shared, lock, shutdown_rx).await;
+    stop(shared, gateway).await;
+    Ok(exit::OK)
+}
+
+/// What opens the operator routes (`/admin/*`: log lines, actions): the instance's
+/// auth_token, or else a token of its own, kept 0600 in its folder, so that other
+/// accounts on this machine, who can reach 127.0.0.1 too, cannot.
+fn operator_token(config: &Config, paths: &Paths) -> Result<String, Failure> {
+    match &config.instance.auth_token {
+        Some(t) => Ok(t.clone()),
+        None => paths.operator_token().map_err(|e| {
+            Failure::new(
+                exit::FAILURE,
+                format!(
+                    "cannot read or make the operator token {}: {e}",
+                    paths.token.display()
+                ),
+            )
+        }),
+    }
+}
+
+/// Step 6: the process groups a dead predecessor left (only those that are still
+/// the ones it started).
+fn kill_leftovers(paths: &Paths) {
+    let leftovers = process_groups::kill_leftovers(&paths.groups);
+    if leftovers > 0 {
+        tracing::warn!(
+            "killed {leftovers} process group(s) left by a previous daemon of this instance"
+        );
+    }
+}
+
+/// Step 7a: the spawner thread, and the registry of worker process groups (which
+/// tells the reaper of each).
+fn start_spawner(
+    reaper: paddock_sys::reaper::Reaper,
+    paths: &Paths,
+) -> Result<(spawner::Spawner, process_groups::Groups), Failure> {
+    let spawner =
+        spawner::Spawner::start(tokio::runtime::Handle::current(), Some(reaper.write_fd()))
+            .map_err(|e| {
+                Failure::new(
+                    exit::FAILURE,
+                    format!("could not start the spawner thread: {e}"),
+                )
+            })?;
+    let groups = process_groups::Groups::start(reaper, paths.groups.clone());
+    Ok((spawner, groups))
+}
+
+/// Step 7b: the control socket and the gateway's port; a port held by another
+/// program fails the start, naming it.
+fn bind_sockets(
+    config: &Config,
+    paths: &Paths,
+) -> Result<(tokio::net::UnixListener, tokio::net::TcpListener), Failure> {
+    let control = control_server::bind(&paths.socket).map_err(|e| {
+        Failure::new(
+            exit::FAILURE,
+            format!(
+                "cannot create the control socket {}: {e}",
+                paths.socket.display()
+            ),
+        )
+    })?;
+    let listen = config.instance.listen;
+    let http = ports::bind(listen).map_err(|e| {
+        let who = ports::holder(listen.port())
+            .map(|w| format!(" (held by {w})"))
+            .unwrap_or_default();
+        Failure::new(
+            exit::FAILURE,
+            format!(
+                "cannot listen on {listen} for the gateway: {e}{who}; choose another with --port"
+            ),
+        )
+    })?;
+    Ok((control, http))
+}
+
+/// Step 7c: every service's port resolved and one actor per worker started. NVML is
+/// loaded here, after the fork and inside the runtime, and read on a thread of its
+/// own once a second.
+fn launch_services(
+    config: &Config,
+    paths: &Paths,
+    spawner: spawner::Spawner,
+    groups: process_groups::Groups,
+) -> Result<
+    (
+        supervisor::Supervisor,
+        mpsc::UnboundedReceiver<StartupEvent>,
+    ),
+    Failure,
+> {
+    let gpus = paddock_sys::gpu::Gpus::load();
+    let loaded = gpus.loaded();
+    let sampler = Arc::new(gpu_sampler::start(
+        Box::new(gpus),
+        loaded,
+        Duration::from_secs(1),
+    ));
+    supervisor::Supervisor::launch(
+        config,
+        spawner,
+        groups,
+        &paths.logs,
+        Arc::new(metrics::Metrics::new()),
+        sampler,
+    )
+    .map_err(|e| Failure::new(exit::FAILURE, e.to_string()))
+}
+
+/// The gateway's connection loop, within the descriptor limit.
+fn serve_gateway(
+    shared: &SharedRef,
+    http: tokio::net::TcpListener,
+    nofile: u64,
+    shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
     let app = http::router(shared.clone());
     let limits = http::server::Limits {
         max_connections: gateway_cap(shared.config.instance.max_connections, nofile),
@@ -255,11 +316,21 @@ async fn main(
         "gateway: at most {} connections (descriptor limit {nofile})",
         limits.max_connections
     );
-    let gateway = tokio::spawn(http::server::serve(http, app, limits, shutdown_rx.clone()));
+    tokio::spawn(http::server::serve(http, app, limits, shutdown))
+}
 
-    // Wait for every worker's verdict.
+/// Step 8: each worker's progress to whoever waits; the first failure is the
+/// verdict. Each worker announced itself ready once, and one may have died since
+/// (no longer "starting", it restarts quietly): success means every service is
+/// ready now, within the longest `startup_timeout`.
+async fn await_verdict(
+    shared: &SharedRef,
+    mut startup: mpsc::UnboundedReceiver<StartupEvent>,
+    reporter: &mut Reporter,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), Failure> {
+    let interrupted = || Failure::new(exit::FAILURE, "interrupted while starting");
     let mut pending = shared.supervisor.worker_count();
-    let mut verdict: Option<(i32, String, Option<String>)> = None;
     while pending > 0 {
         tokio::select! {
             ev = startup.recv() => match ev {
@@ -272,119 +343,103 @@ async fn main(
                 }
                 Some(StartupEvent::Failed { service, worker, code, message, tail }) => {
                     let message = start_report::shorten_shown(&message, &tail);
-                    let detail = start_report::tail_block(&format!("{service}/{worker}"), &tail);
-                    verdict = Some((code, format!("service {service} (worker {worker}) {message}"), detail));
-                    break;
+                    return Err(Failure {
+                        code,
+                        message: format!("service {service} (worker {worker}) {message}"),
+                        detail: start_report::tail_block(&format!("{service}/{worker}"), &tail),
+                    });
                 }
                 None => break,
             },
-            _ = shutdown_rx.wait_for(|s| *s) => {
-                verdict = Some((exit::FAILURE, "interrupted while starting".into(), None));
-                break;
-            }
+            _ = shutdown.wait_for(|s| *s) => return Err(interrupted()),
         }
     }
-
-    // Each worker announced itself ready once; one may have died since (it is no
-    // longer "starting", so it restarts quietly). Success means ready now.
-    if verdict.is_none() {
-        let longest = shared
-            .config
-            .services
-            .iter()
-            .map(|s| s.startup_timeout)
-            .max()
-            .unwrap_or_default();
-        let deadline = Instant::now() + longest;
-        while !shared.status().instance.ready {
-            if Instant::now() >= deadline {
-                let why = shared
-                    .status()
-                    .services
-                    .iter()
-                    .filter_map(|s| s.reason.clone().map(|r| format!("{}: {r}", s.name)))
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                verdict = Some((
-                    exit::TIMED_OUT,
-                    format!("not every service is ready: {why}"),
-                    None,
-                ));
-                break;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
-                _ = shutdown_rx.wait_for(|s| *s) => {
-                    verdict = Some((exit::FAILURE, "interrupted while starting".into(), None));
-                    break;
-                }
-            }
+    let longest = shared
+        .config
+        .services
+        .iter()
+        .map(|s| s.startup_timeout)
+        .max()
+        .unwrap_or_default();
+    let deadline = Instant::now() + longest;
+    while !shared.status().instance.ready {
+        if Instant::now() >= deadline {
+            let why = shared
+                .status()
+                .services
+                .iter()
+                .filter_map(|s| s.reason.clone().map(|r| format!("{}: {r}", s.name)))
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(Failure::new(
+                exit::TIMED_OUT,
+                format!("not every service is ready: {why}"),
+            ));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            _ = shutdown.wait_for(|s| *s) => return Err(interrupted()),
         }
     }
+    Ok(())
+}
 
-    if let Some((code, message, detail)) = verdict {
-        tracing::error!("start failed: {message}");
-        shared.request_stop();
-        let _ = tokio::join!(gateway, stop_all(shared));
-        return Err(Failure {
-            code,
-            message,
-            detail,
-        });
-    }
-
+/// Step 8's success: the verdict names every service, and systemd hears READY=1.
+fn report_ready(shared: &SharedRef, reporter: &mut Reporter) {
     let summary = shared
         .supervisor
         .status()
         .iter()
-        .map(|s| match s.port {
-            Some(p) => format!(
-                "{} ({} worker{}, port {p})",
-                s.name,
-                s.workers.len(),
-                if s.workers.len() == 1 { "" } else { "s" }
-            ),
-            None => format!(
-                "{} ({} worker{})",
-                s.name,
-                s.workers.len(),
-                if s.workers.len() == 1 { "" } else { "s" }
-            ),
+        .map(|s| {
+            let n = s.workers.len();
+            let workers = format!("{n} worker{}", if n == 1 { "" } else { "s" });
+            match s.port {
+                Some(p) => format!("{} ({workers}, port {p})", s.name),
+                None => format!("{} ({workers})", s.name),
+            }
         })
         .collect::<Vec<_>>()
         .join(", ");
     let message = format!(
-        "instance {} ready on http://{} (pid {pid}): {summary}",
-        shared.config.instance.name, shared.config.instance.listen
+        "instance {} ready on http://{} (pid {}): {summary}",
+        shared.config.instance.name, shared.config.instance.listen, shared.pid
     );
     tracing::info!("{message}");
     reporter.verdict(exit::OK, &message, None);
     notify::notify("READY=1");
+}
 
-    // Serve until asked to stop, checking once a second that the instance's files
-    // are still where clients look for them.
+/// Step 9: serve until asked to stop, checking once a second that the instance's
+/// files are still where clients look for them.
+async fn serve_until_stopped(
+    shared: &SharedRef,
+    lock: &paddock_sys::lock::HeldLock,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut relocked = vec![];
-    let mut check = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut check = tokio::time::interval(Duration::from_secs(1));
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = shutdown_rx.wait_for(|s| *s) => break,
-            _ = check.tick() => file_watch::check(&shared, lock, &mut relocked),
+            _ = shutdown.wait_for(|s| *s) => break,
+            _ = check.tick() => file_watch::check(shared, lock, &mut relocked),
         }
     }
+}
+
+/// Step 9's end: queued requests are answered 503 now, not after the connections
+/// that wait for them have drained; the workers are told at once (no replacement is
+/// spawned once a stop began) while the gateway waits for the answers to the
+/// requests they are serving.
+async fn stop(shared: SharedRef, gateway: tokio::task::JoinHandle<()>) {
     notify::notify("STOPPING=1");
     tracing::info!("stopping");
-    // Queued requests are answered 503 now, not after the connections that wait
-    // for them have drained.
     for s in &shared.supervisor.services {
         if let Some(d) = &s.dispatcher {
             d.close();
         }
     }
-    // The workers are told at once (no replacement is spawned once a stop began)
-    // while the gateway waits for the answers to the requests they are serving.
     let _ = tokio::join!(gateway, stop_all(shared));
-    Ok(exit::OK)
 }
 
 /// Opens the job store (after the fork, like every handle that may start a thread)
