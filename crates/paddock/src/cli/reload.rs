@@ -58,7 +58,8 @@ fn reload_limit(config: &Config) -> std::time::Duration {
         .services
         .iter()
         .map(|s| {
-            (s.startup_timeout + s.stop_timeout + std::time::Duration::from_secs(5)) * s.workers
+            (s.startup_timeout + s.restart.stop_timeout + std::time::Duration::from_secs(5))
+                * s.workers
         })
         .sum::<std::time::Duration>()
         + std::time::Duration::from_secs(10)

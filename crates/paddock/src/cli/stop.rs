@@ -104,7 +104,7 @@ pub fn stop_limit(config: &Config) -> Duration {
     config
         .services
         .iter()
-        .map(|s| s.request_timeout + Duration::from_secs(1) + s.stop_timeout)
+        .map(|s| s.request_timeout + Duration::from_secs(1) + s.restart.stop_timeout)
         .max()
         .unwrap_or_default()
         + Duration::from_secs(15)

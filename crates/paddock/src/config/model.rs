@@ -144,19 +144,13 @@ pub struct Service {
     pub env: BTreeMap<String, String>,
     pub startup_timeout: Duration,
     pub request_timeout: Duration,
-    pub stop_timeout: Duration,
     pub port: Option<PortSpec>,
     pub health: Option<Health>,
     pub health_interval: Duration,
     pub health_timeout: Duration,
-    pub health_failures: u32,
-    pub backoff_initial: Duration,
-    pub backoff_max: Duration,
-    pub crash_loop_failures: u32,
-    pub crash_loop_window: Duration,
-    /// Ready this long, a worker's failures are forgotten (its next one restarts it
-    /// at once).
-    pub stable_after: Duration,
+    /// How a worker's failures are met, and how long it is given to stop: the
+    /// policy its lifecycle follows, as configured.
+    pub restart: Restart,
     /// How a reload replaces each worker (process services: always stop-first).
     pub reload: ReloadStrategy,
     /// Worker N's first spawn waits N times this long (0: all at once).
@@ -234,4 +228,21 @@ impl Config {
     pub fn total_workers(&self) -> u32 {
         self.services.iter().map(|s| s.workers).sum()
     }
+}
+
+/// How a worker's failures are met, and how long a stopping one is given: one type
+/// for the config and the lifecycle (`daemon::lifecycle::Policy` is this).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Restart {
+    /// Failed health probes in a row that restart a ready worker.
+    pub health_failures: u32,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub crash_loop_failures: u32,
+    pub crash_loop_window: Duration,
+    /// Ready this long, a worker's failures are forgotten (its next one restarts it
+    /// at once).
+    pub stable_after: Duration,
+    /// From SIGTERM to SIGKILL.
+    pub stop_timeout: Duration,
 }

@@ -1,6 +1,7 @@
 //! Unit tests of parsing and validation.
 
 use super::*;
+use std::time::Duration;
 
 fn err(text: &str) -> (usize, usize, String, String) {
     match parse(Path::new("/x/p.toml"), text, None) {
@@ -24,7 +25,7 @@ fn minimal_config_gets_defaults() {
     assert_eq!(c.instance.listen.port(), 8700);
     let s = &c.services[0];
     assert_eq!(s.health, Some(Health::Tcp));
-    assert_eq!(s.stop_timeout, Duration::from_secs(10));
+    assert_eq!(s.restart.stop_timeout, Duration::from_secs(10));
     assert_eq!(s.cwd, PathBuf::from("/srv/My App"));
 }
 

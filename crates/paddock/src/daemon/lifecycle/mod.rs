@@ -196,19 +196,9 @@ pub enum Action {
     Wait(Duration),
 }
 
-/// The restart policy, from the service's config.
-#[derive(Debug, Clone)]
-pub struct Policy {
-    pub health_failures: u32,
-    pub backoff_initial: Duration,
-    pub backoff_max: Duration,
-    pub crash_loop_failures: u32,
-    pub crash_loop_window: Duration,
-    /// Ready this long, a worker's failure history is forgotten.
-    pub stable_after: Duration,
-    /// From SIGTERM to SIGKILL.
-    pub stop_timeout: Duration,
-}
+/// How the slot meets failures and how long a stopping process is given: the
+/// service's `restart` settings, one type for the config and the lifecycle.
+pub type Policy = crate::config::Restart;
 
 /// How long a worker that closed its protocol socket may go on running.
 pub const SOCKET_CLOSED_GRACE: Duration = Duration::from_secs(1);

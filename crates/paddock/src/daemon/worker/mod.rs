@@ -130,15 +130,7 @@ impl Actor {
         me: mpsc::UnboundedSender<Command>,
     ) -> Actor {
         let s = &spec.service;
-        let policy = Policy {
-            health_failures: s.health_failures,
-            backoff_initial: s.backoff_initial,
-            backoff_max: s.backoff_max,
-            crash_loop_failures: s.crash_loop_failures,
-            crash_loop_window: s.crash_loop_window,
-            stable_after: s.stable_after,
-            stop_timeout: s.stop_timeout,
-        };
+        let policy: Policy = s.restart;
         let (mut life, _) = Lifecycle::new(policy, Instant::now());
         life.initial = spec.initial;
         life.startup_timeout = s.startup_timeout;
