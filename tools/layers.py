@@ -36,7 +36,7 @@ DAEMON_LAYERS = {
     "messages": 0, "metrics": 0, "lifecycle": 0, "logsink": 0, "ports": 0,
     "spawner": 0, "env": 0, "notify": 0, "gpu_sampler": 0, "process_groups": 0,
     "start_report": 0,
-    "dispatch": 1, "probe": 1,
+    "dispatch": 1, "probe": 1, "failure": 1,
     "worker": 2,
     "coordinator": 3, "jobs": 3,
     "supervisor": 4,

@@ -14,6 +14,7 @@ mod control_server;
 mod coordinator;
 mod dispatch;
 mod env;
+mod failure;
 mod file_watch;
 mod gpu_sampler;
 mod http;

@@ -15,6 +15,7 @@ use serde_json::json;
 
 use super::errors::service_error as error;
 use super::request_body;
+use crate::daemon::failure::{self, Verdict};
 use crate::daemon::messages::{Outcome, check_request};
 use crate::daemon::shared::SharedRef;
 
@@ -107,71 +108,26 @@ async fn call(shared: SharedRef, service: String, method: String, req: Request) 
             method: method.clone(),
         })
         .observe(t.elapsed().as_secs_f64());
-    let timeout = svc.config.request_timeout.as_millis();
-    let expose = shared.config.instance.expose_errors;
-    match outcome {
-        Outcome::Ok { content_type, body } => {
-            let mut r = (StatusCode::OK, body).into_response();
-            if let Ok(v) = header::HeaderValue::from_str(&content_type) {
-                r.headers_mut().insert(header::CONTENT_TYPE, v);
+    let ctx = failure::Context {
+        service: &service,
+        method: &method,
+        expose: shared.config.instance.expose_errors,
+        request_timeout: svc.config.request_timeout,
+        max_queue: svc.config.max_queue,
+        queue_timeout: svc.config.queue_timeout,
+    };
+    match failure::of(outcome, &ctx) {
+        Verdict::Failed(f) => {
+            let code = StatusCode::from_u16(f.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let mut r = error(code, &service, f.message, f.cause);
+            if let Some(after) = f.retry_after {
+                let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, header::HeaderValue::from(secs.max(1)));
             }
             r
         }
-        Outcome::HandlerError {
-            message,
-            traceback,
-            worker,
-            error_id,
-        } => {
-            let cause = if expose {
-                json!({"error_id": error_id, "worker": worker, "message": message, "traceback": traceback})
-            } else {
-                json!({"error_id": error_id, "worker": worker})
-            };
-            error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                &service,
-                format!(
-                    "handler {method:?} failed (error id {error_id}; the service's log has the details)"
-                ),
-                cause,
-            )
-        }
-        Outcome::Crashed { cause } => error(
-            StatusCode::BAD_GATEWAY,
-            &service,
-            format!(
-                "worker {} crashed while serving the request: it {}",
-                cause.worker(),
-                cause.description()
-            ),
-            cause.for_client(expose, &service),
-        ),
-        Outcome::Poison { cause } => error(
-            StatusCode::BAD_GATEWAY,
-            &service,
-            format!(
-                "poison request: it killed {} workers and will not be retried",
-                cause.workers_killed()
-            ),
-            cause.for_client(expose, &service),
-        ),
-        Outcome::DeadlineKilled { cause } => error(
-            StatusCode::GATEWAY_TIMEOUT,
-            &service,
-            format!("deadline of {timeout}ms passed; the worker was killed and is being replaced"),
-            json!(cause),
-        ),
-        Outcome::BadRequest { message, code } => error(
-            StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST),
-            &service,
-            message,
-            json!({"kind": "bad_request"}),
-        ),
-        Outcome::NotFound { message } => {
-            error(StatusCode::NOT_FOUND, &service, message, json!(null))
-        }
-        Outcome::Stream {
+        Verdict::Stream {
             content_type,
             items,
         } => {
@@ -192,47 +148,12 @@ async fn call(shared: SharedRef, service: String, method: String, req: Request) 
             }
             r
         }
-        Outcome::Refused { status, message } => error(
-            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            &service,
-            message,
-            json!({"kind": if status == 400 { "bad_request" } else { "refused" }}),
-        ),
-        Outcome::QueueFull => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &service,
-            format!("queue full ({} requests waiting)", svc.config.max_queue),
-            json!({"max_queue": svc.config.max_queue}),
-        ),
-        Outcome::QueueTimeout => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &service,
-            format!(
-                "no worker became free within queue_timeout ({}ms)",
-                svc.config.queue_timeout.as_millis()
-            ),
-            json!(null),
-        ),
-        Outcome::Unavailable {
-            reason,
-            retry_after,
-        } => {
-            let mut r = error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &service,
-                format!("service {service:?} has no worker that can serve: it is crash-looping"),
-                json!({"state": crate::status::Phase::CrashLooping, "reason": reason, "retry_after_s": retry_after.as_secs_f64()}),
-            );
-            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs.max(1)));
+        Verdict::Answer { content_type, body } => {
+            let mut r = (StatusCode::OK, body).into_response();
+            if let Ok(v) = header::HeaderValue::from_str(&content_type) {
+                r.headers_mut().insert(header::CONTENT_TYPE, v);
+            }
             r
         }
-        Outcome::ShuttingDown => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &service,
-            "paddock is stopping".into(),
-            json!(null),
-        ),
     }
 }

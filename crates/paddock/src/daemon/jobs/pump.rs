@@ -25,6 +25,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use super::{Claimed, Finish, Store};
 use crate::config::Service;
 use crate::daemon::dispatch::Dispatcher;
+use crate::daemon::failure::{self, Then, Verdict};
 use crate::daemon::messages::Outcome;
 
 /// How the rest of the daemon reaches a service's pump: there is work to claim
@@ -236,9 +237,10 @@ fn too_large(size: usize, max_result: u64) -> Finish {
     }
 }
 
-/// The record of an attempt's end.
-/// `expose`: the instance's `expose_errors` (tracebacks and a crashed worker's last
-/// log lines in the job's history); `service`: the job's service.
+/// The record of an attempt's end, from the table in `daemon::failure` (the same
+/// that answers an HTTP client). `expose`: the instance's `expose_errors`
+/// (tracebacks and a crashed worker's last log lines in the job's history);
+/// `service`: the job's service.
 pub fn finish_of(
     outcome: Outcome,
     job: &Claimed,
@@ -249,56 +251,36 @@ pub fn finish_of(
     let backoff_ms = (backoff.as_millis() as u64)
         .saturating_mul(1u64 << job.failures.min(20))
         .min(300_000);
-    let failed = |cause: serde_json::Value| Finish::Failed {
-        cause,
-        permanent: false,
-        backoff_ms,
+    // The messages name no setting a job shows, so the limits are left at zero.
+    let ctx = failure::Context {
+        service,
+        method: &job.method,
+        expose,
+        request_timeout: Duration::ZERO,
+        max_queue: 0,
+        queue_timeout: Duration::ZERO,
     };
-    match outcome {
-        Outcome::Ok { content_type, body } => Finish::Done { content_type, body },
-        Outcome::HandlerError {
-            message,
-            traceback,
-            worker,
-            error_id,
-        } => failed(if expose {
-            json!({"kind": "handler_error", "error_id": error_id, "message": message, "traceback": traceback, "worker": worker})
-        } else {
-            json!({"kind": "handler_error", "error_id": error_id, "worker": worker})
-        }),
-        Outcome::Crashed { cause } | Outcome::Poison { cause } => {
-            failed(json!({"kind": "crash", "detail": cause.for_client(expose, service)}))
-        }
-        Outcome::DeadlineKilled { cause } => failed(json!({"kind": "deadline", "detail": cause})),
-        Outcome::BadRequest { message, .. } => Finish::Failed {
-            cause: json!({"kind": "bad_request", "message": message}),
-            permanent: true,
-            backoff_ms: 0,
-        },
-        // A refusal with a 4xx status is the request's fault: retrying cannot help.
-        Outcome::Refused { status, message } => Finish::Failed {
-            cause: json!({"kind": "refused", "status": status, "message": message}),
-            permanent: status < 500,
-            backoff_ms: if status < 500 { 0 } else { backoff_ms },
-        },
+    match failure::of(outcome, &ctx) {
+        Verdict::Answer { content_type, body } => Finish::Done { content_type, body },
         // `whole` makes every stream one answer before this; never seen here.
-        Outcome::Stream { .. } => failed(json!({"kind": "stream_not_collected"})),
-        Outcome::NotFound { message } => Finish::Failed {
-            cause: json!({"kind": "no_handler", "message": message}),
-            permanent: true,
-            backoff_ms: 0,
+        Verdict::Stream { .. } => Finish::Failed {
+            cause: json!({"kind": "stream_not_collected"}),
+            permanent: false,
+            backoff_ms,
         },
-        Outcome::QueueFull => Finish::Release {
-            why: "queue full".into(),
-        },
-        Outcome::QueueTimeout => Finish::Release {
-            why: "no worker became free".into(),
-        },
-        Outcome::Unavailable { reason, .. } => Finish::Release {
-            why: format!("no worker can serve: {reason}"),
-        },
-        Outcome::ShuttingDown => Finish::Interrupted {
-            why: "the daemon stopped".into(),
+        Verdict::Failed(f) => match f.then {
+            Then::Retry => Finish::Failed {
+                cause: f.job_cause,
+                permanent: false,
+                backoff_ms,
+            },
+            Then::GiveUp => Finish::Failed {
+                cause: f.job_cause,
+                permanent: true,
+                backoff_ms: 0,
+            },
+            Then::Requeue(why) => Finish::Release { why },
+            Then::Interrupted(why) => Finish::Interrupted { why },
         },
     }
 }
