@@ -104,7 +104,7 @@ pub fn run(config: &Config, cmd: JobsCmd) -> i32 {
             return exit::FAILURE;
         }
         Err(e) => {
-            output::error(&e);
+            output::error(&e.to_string());
             return exit::FAILURE;
         }
     };
@@ -164,7 +164,7 @@ fn compact(config: &Config, paths: &Paths, json: bool) -> i32 {
             exit::OK
         }
         Err(e) => {
-            output::error(&e);
+            output::error(&e.to_string());
             exit::FAILURE
         }
     }

@@ -35,9 +35,21 @@ struct Slot {
     handle: Handle,
 }
 
+/// Why a reload did not replace every worker.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReloadError {
+    #[error("no service named {0:?}")]
+    NoService(String),
+    #[error("service {0} is stopping")]
+    Stopping(String),
+    /// A replacement did not become ready: what happened to it.
+    #[error("{0}")]
+    Replacement(String),
+}
+
 pub enum Order {
     /// Replace every worker, one at a time; the reply lists what was replaced.
-    Reload(oneshot::Sender<Result<Vec<String>, String>>),
+    Reload(oneshot::Sender<Result<Vec<String>, ReloadError>>),
     /// Stop every worker; reply when all are gone.
     Stop(oneshot::Sender<()>),
 }
@@ -152,7 +164,7 @@ impl Coordinator {
                         for i in 0..self.slots.len() {
                             match self.replace(i, "reload", self.service.reload).await {
                                 Ok(line) => done.push(line),
-                                Err(e) => { result = Err(e); break; }
+                                Err(e) => { result = Err(ReloadError::Replacement(e)); break; }
                             }
                         }
                         let _ = reply.send(result.map(|_| done));

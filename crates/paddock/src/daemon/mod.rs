@@ -477,7 +477,7 @@ async fn open_jobs(
     let (store, kind) = match &config.instance.store {
         crate::config::Store::Sqlite(path) => {
             let path = path.clone().unwrap_or_else(|| paths.dir.join("jobs.db"));
-            let (store, recovered) = jobs::sqlite::open(&path, owner)?;
+            let (store, recovered) = jobs::sqlite::open(&path, owner).map_err(|e| e.to_string())?;
             if recovered > 0 {
                 tracing::warn!(
                     "{recovered} job(s) were running when the previous daemon died: queued again"
@@ -486,7 +486,9 @@ async fn open_jobs(
             (store, ("sqlite", path.display().to_string()))
         }
         crate::config::Store::Postgres(url) => (
-            jobs::postgres::open(url, owner, config.instance.lease_timeout, pumps.clone()).await?,
+            jobs::postgres::open(url, owner, config.instance.lease_timeout, pumps.clone())
+                .await
+                .map_err(|e| e.to_string())?,
             ("postgres", jobs::postgres::redact(url)),
         ),
     };

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::coordinator::{self, Order, Plan, ServiceHandle};
+use super::coordinator::{self, Order, Plan, ReloadError, ServiceHandle};
 use super::dispatch::Dispatcher;
 use super::metrics::Metrics;
 use super::worker::{Deps, Launcher, OsLauncher, StartupEvent};
@@ -262,7 +262,7 @@ impl Supervisor {
     }
 
     /// Replaces every worker of every service, one at a time.
-    pub async fn reload(&self) -> Result<Vec<String>, String> {
+    pub async fn reload(&self) -> Result<Vec<String>, ReloadError> {
         let mut lines = vec![];
         for s in &self.services {
             lines.extend(Self::reload_one(s).await?);
@@ -271,20 +271,18 @@ impl Supervisor {
     }
 
     /// Replaces every worker of service `name`, one at a time.
-    pub async fn reload_service(&self, name: &str) -> Result<Vec<String>, String> {
+    pub async fn reload_service(&self, name: &str) -> Result<Vec<String>, ReloadError> {
         let s = self
             .service(name)
-            .ok_or_else(|| format!("no service named {name:?}"))?;
+            .ok_or_else(|| ReloadError::NoService(name.to_string()))?;
         Self::reload_one(s).await
     }
 
-    async fn reload_one(s: &ServiceHandle) -> Result<Vec<String>, String> {
+    async fn reload_one(s: &ServiceHandle) -> Result<Vec<String>, ReloadError> {
+        let stopping = || ReloadError::Stopping(s.config.name.to_string());
         let (tx, rx) = oneshot::channel();
-        s.orders
-            .send(Order::Reload(tx))
-            .map_err(|_| format!("service {} is stopping", s.config.name))?;
-        rx.await
-            .map_err(|_| format!("service {} is stopping", s.config.name))?
+        s.orders.send(Order::Reload(tx)).map_err(|_| stopping())?;
+        rx.await.map_err(|_| stopping())?
     }
 
     /// Stops every worker (SIGTERM, then SIGKILL after the service's stop_timeout)

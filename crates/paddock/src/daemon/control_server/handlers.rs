@@ -23,7 +23,9 @@ pub fn stop(shared: &SharedRef) -> Reply {
 pub async fn reload(shared: &SharedRef) -> Reply {
     match shared.supervisor.reload().await {
         Ok(replaced) => Reply::Reloaded { replaced },
-        Err(error) => Reply::Error { error },
+        Err(e) => Reply::Error {
+            error: e.to_string(),
+        },
     }
 }
 

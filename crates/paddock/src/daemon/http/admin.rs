@@ -13,6 +13,7 @@ use axum::routing::post;
 use serde_json::json;
 
 use super::errors::{error, job_error, no_jobs};
+use crate::daemon::coordinator::ReloadError;
 use crate::daemon::shared::SharedRef;
 
 pub fn routes() -> Router<SharedRef> {
@@ -91,11 +92,9 @@ async fn logs(
 
 /// Replaces the service's workers one at a time (as `paddock reload`, for one service).
 async fn reload(State(shared): State<SharedRef>, Path(name): Path<String>) -> Response {
-    if shared.supervisor.service(&name).is_none() {
-        return error(StatusCode::NOT_FOUND, format!("no service named {name:?}"));
-    }
     match shared.supervisor.reload_service(&name).await {
         Ok(replaced) => Json(json!({"service": name, "replaced": replaced})).into_response(),
+        Err(e @ ReloadError::NoService(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
         Err(e) => error(
             StatusCode::CONFLICT,
             format!("reload of {name} failed: {e}"),

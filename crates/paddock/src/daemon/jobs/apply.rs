@@ -6,8 +6,8 @@
 use super::state::Transition;
 use super::stats::StoreStats;
 use super::{
-    Claimed, Cmd, Finish, JobError, JobState, JobView, ListQuery, NewJob, Page, Reply, claim_reply,
-    new_id, now_ms, page, reply,
+    Claimed, Cmd, Finish, JobError, JobState, JobView, ListQuery, NewJob, Page, Reply, StoreError,
+    claim_reply, new_id, now_ms, page, reply,
 };
 
 /// A job as first enqueued under an Idempotency-Key: its id, method, content type
@@ -43,22 +43,22 @@ pub(super) trait Tx {
     /// same key first.
     async fn insert(&self, id: &str, job: &NewJob, now: i64) -> Result<bool, JobError>;
     /// Claims up to `limit` jobs of `service` for this daemon, with their `seq`.
-    async fn claim(&self, service: &str, limit: usize) -> Result<Vec<(i64, Claimed)>, String>;
+    async fn claim(&self, service: &str, limit: usize) -> Result<Vec<(i64, Claimed)>, StoreError>;
     /// Records an attempt's outcome; how many jobs it changed (0: the job was no
     /// longer running here).
-    async fn finish(&self, id: &str, finish: Finish) -> Result<u64, String>;
+    async fn finish(&self, id: &str, finish: Finish) -> Result<u64, StoreError>;
     /// A job's state and result.
     async fn result(&self, id: &str) -> Result<Option<Stored>, JobError>;
     /// Applies an API change; how many jobs it changed.
     async fn change(&self, id: &str, c: ApiChange) -> Result<u64, JobError>;
     /// Deletes up to `limit` finished jobs of `service` that finished before
     /// `before_ms`; how many.
-    async fn prune(&self, service: &str, before_ms: i64, limit: usize) -> Result<u64, String>;
+    async fn prune(&self, service: &str, before_ms: i64, limit: usize) -> Result<u64, StoreError>;
     /// Jobs by service and state, each service's oldest finished job, the size.
     async fn stats(&self) -> Result<StoreStats, JobError>;
     /// The space the jobs take: SQLite's pages in use (the WAL's included, free
     /// pages not), PostgreSQL's table with its indexes and TOAST.
-    async fn size(&self) -> Result<u64, String>;
+    async fn size(&self) -> Result<u64, StoreError>;
     /// Jobs selected by `q`, at most `limit` of them, by `seq`.
     async fn list(&self, q: &ListQuery, limit: i64) -> Result<Vec<JobView>, JobError>;
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::{Cmd, Finish, Reply};
+use super::{Cmd, Finish, Reply, StoreError};
 
 /// The most commands one transaction takes.
 const MAX_GROUP: usize = 1024;
@@ -26,7 +26,7 @@ pub(super) struct Applied {
     /// One per command, in order; each is told the commit's error, if any.
     pub replies: Vec<Reply>,
     /// The commit's outcome.
-    pub commit: Result<(), String>,
+    pub commit: Result<(), StoreError>,
     /// Outcomes whose own command rolled back inside a group that committed.
     pub again: Vec<(String, Finish)>,
 }
@@ -73,7 +73,7 @@ pub(super) async fn run(mut rx: mpsc::UnboundedReceiver<Cmd>, mut dialect: impl 
             None => again,
         };
         for r in replies {
-            r(err.as_deref());
+            r(err.as_ref());
         }
     }
 }
@@ -116,7 +116,7 @@ mod tests {
                     }
                     Cmd::Sync(r) => {
                         names.push("sync".into());
-                        replies.push(Box::new(move |err: Option<&str>| {
+                        replies.push(Box::new(move |err: Option<&StoreError>| {
                             assert!(err.is_none(), "a sync is answered after a commit");
                             let _ = r.send(());
                         }));
@@ -167,7 +167,7 @@ mod tests {
         ));
         // The caller of the failed group hears the commit's error, not its answer.
         match get_rx.await.unwrap() {
-            Err(super::super::JobError::Store(e)) => assert_eq!(e, "disk full"),
+            Err(super::super::JobError::Store(e)) => assert_eq!(e, "disk full".into()),
             other => panic!("expected the commit's error, got {other:?}"),
         }
         // A later sync is answered only once the outcome was written again.

@@ -14,9 +14,11 @@
 //! their dialect's SQL, their connections and (PostgreSQL) leases.
 
 mod apply;
+mod error;
 mod group_commit;
 mod row;
 mod state;
+pub use error::StoreError;
 pub use state::JobState;
 pub mod postgres;
 pub mod prune;
@@ -135,7 +137,7 @@ pub enum JobError {
         what: String,
     },
     #[error("job store: {0}")]
-    Store(String),
+    Store(#[from] StoreError),
     /// An Idempotency-Key sent again with a different request (as Stripe: 409).
     #[error(
         "Idempotency-Key {key:?} was first used for job {id} with a different request (method, content type or body); use a new key for a new request"
@@ -197,14 +199,15 @@ impl Store {
     pub(super) fn send(&self, c: Cmd) -> Result<(), JobError> {
         self.0
             .send(c)
-            .map_err(|_| JobError::Store("the job store is closed".into()))
+            .map_err(|_| JobError::Store(StoreError::Unreachable("the job store is closed".into())))
     }
 
     pub async fn enqueue(&self, job: NewJob) -> Result<(JobView, bool), JobError> {
         let (tx, rx) = oneshot::channel();
         self.send(Cmd::Enqueue(job, tx))?;
-        rx.await
-            .map_err(|_| JobError::Store("the job store is closed".into()))?
+        rx.await.map_err(|_| {
+            JobError::Store(StoreError::Unreachable("the job store is closed".into()))
+        })?
     }
 
     pub async fn claim(&self, service: &str, limit: usize) -> Vec<Claimed> {
@@ -229,29 +232,33 @@ impl Store {
     pub async fn get(&self, id: String) -> Result<JobView, JobError> {
         let (tx, rx) = oneshot::channel();
         self.send(Cmd::Get(id, tx))?;
-        rx.await
-            .map_err(|_| JobError::Store("the job store is closed".into()))?
+        rx.await.map_err(|_| {
+            JobError::Store(StoreError::Unreachable("the job store is closed".into()))
+        })?
     }
 
     pub async fn result(&self, id: String) -> Result<(String, Vec<u8>), JobError> {
         let (tx, rx) = oneshot::channel();
         self.send(Cmd::Result(id, tx))?;
-        rx.await
-            .map_err(|_| JobError::Store("the job store is closed".into()))?
+        rx.await.map_err(|_| {
+            JobError::Store(StoreError::Unreachable("the job store is closed".into()))
+        })?
     }
 
     pub async fn cancel(&self, id: String) -> Result<JobView, JobError> {
         let (tx, rx) = oneshot::channel();
         self.send(Cmd::Cancel(id, tx))?;
-        rx.await
-            .map_err(|_| JobError::Store("the job store is closed".into()))?
+        rx.await.map_err(|_| {
+            JobError::Store(StoreError::Unreachable("the job store is closed".into()))
+        })?
     }
 
     pub async fn retry(&self, id: String) -> Result<JobView, JobError> {
         let (tx, rx) = oneshot::channel();
         self.send(Cmd::Retry(id, tx))?;
-        rx.await
-            .map_err(|_| JobError::Store("the job store is closed".into()))?
+        rx.await.map_err(|_| {
+            JobError::Store(StoreError::Unreachable("the job store is closed".into()))
+        })?
     }
 
     /// Waits until every command sent so far is committed.
@@ -299,14 +306,15 @@ impl Store {
     pub async fn list(&self, q: ListQuery) -> Result<Page, JobError> {
         let (tx, rx) = oneshot::channel();
         self.send(Cmd::List(q, tx))?;
-        rx.await
-            .map_err(|_| JobError::Store("the job store is closed".into()))?
+        rx.await.map_err(|_| {
+            JobError::Store(StoreError::Unreachable("the job store is closed".into()))
+        })?
     }
 }
 
 /// Sends a command's answer once its group's commit is known: the value when the
 /// commit succeeded, the commit's error otherwise.
-type Reply = Box<dyn FnOnce(Option<&str>) + Send>;
+type Reply = Box<dyn FnOnce(Option<&StoreError>) + Send>;
 
 fn reply<T: Send + 'static>(
     tx: oneshot::Sender<Result<T, JobError>>,
@@ -314,7 +322,7 @@ fn reply<T: Send + 'static>(
 ) -> Reply {
     Box::new(move |commit_err| {
         let _ = tx.send(match commit_err {
-            Some(e) => Err(JobError::Store(e.to_string())),
+            Some(e) => Err(JobError::Store(e.clone())),
             None => value,
         });
     })

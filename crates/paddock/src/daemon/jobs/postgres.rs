@@ -36,8 +36,8 @@ use super::row::{COLUMNS, view};
 use super::state::Transition;
 use super::stats::StoreStats;
 use super::{
-    Claimed, Cmd, Finish, JobError, JobState, JobView, ListQuery, NewJob, Store, ms_to_rfc3339,
-    now_ms, refused,
+    Claimed, Cmd, Finish, JobError, JobState, JobView, ListQuery, NewJob, Store, StoreError,
+    ms_to_rfc3339, now_ms, refused,
 };
 
 const SCHEMA: &str = "
@@ -66,11 +66,17 @@ CREATE TABLE IF NOT EXISTS paddock_jobs (
 CREATE UNIQUE INDEX IF NOT EXISTS paddock_jobs_idempotency ON paddock_jobs(service, idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS paddock_jobs_queue ON paddock_jobs(service, state, run_after_ms, seq);
 CREATE INDEX IF NOT EXISTS paddock_jobs_owner ON paddock_jobs(owner) WHERE state = 'running';
+CREATE INDEX IF NOT EXISTS paddock_jobs_owned ON paddock_jobs(owner) WHERE state IN ('claimed', 'running');
 CREATE INDEX IF NOT EXISTS paddock_jobs_finished ON paddock_jobs(service, finished_ms) WHERE finished_ms IS NOT NULL;
 ";
 
 fn db(e: tokio_postgres::Error) -> JobError {
-    JobError::Store(pg_error(&e))
+    JobError::Store(StoreError::from(e))
+}
+
+/// A PostgreSQL error in words: the server's severity and message, or the client's.
+pub(super) fn describe(e: &tokio_postgres::Error) -> String {
+    pg_error(e)
 }
 
 /// Connects, creates the schema, and starts the store task, the heartbeat and the
@@ -80,18 +86,18 @@ pub async fn open(
     owner: String,
     lease: Duration,
     pumps: HashMap<String, Signals>,
-) -> Result<Store, String> {
+) -> Result<Store, StoreError> {
     let mut client = connect(url).await?;
     {
         // Two daemons starting at once must not race on CREATE TABLE.
-        let tx = client.transaction().await.map_err(|e| e.to_string())?;
+        let tx = client.transaction().await.map_err(StoreError::from)?;
         tx.execute("SELECT pg_advisory_xact_lock(7217717)", &[])
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(StoreError::from)?;
         tx.batch_execute(SCHEMA)
             .await
-            .map_err(|e| format!("creating the job table: {e}"))?;
-        tx.commit().await.map_err(|e| e.to_string())?;
+            .map_err(|e| StoreError::Failed(format!("creating the job table: {}", describe(&e))))?;
+        tx.commit().await.map_err(StoreError::from)?;
     }
     listen(url.to_string(), pumps).await?;
     let mut heartbeat = connect(url).await?;
@@ -244,7 +250,7 @@ impl Dialect for Postgres {
             Err(e) => {
                 return Applied {
                     replies: cmds.into_iter().map(refused).collect(),
-                    commit: Err(pg_error(&e)),
+                    commit: Err(StoreError::from(e)),
                     again: vec![],
                 };
             }
@@ -259,7 +265,7 @@ impl Dialect for Postgres {
             // caller hears of it, instead of the whole group rolling back behind
             // acknowledged replies.
             if let Err(e) = tx.tx.batch_execute("SAVEPOINT cmd").await {
-                broken = Some(pg_error(&e));
+                broken = Some(StoreError::from(e));
                 replies.push(refused(cmd));
                 break;
             }
@@ -268,9 +274,11 @@ impl Dialect for Postgres {
             match tx.tx.batch_execute("RELEASE SAVEPOINT cmd").await {
                 Ok(()) => replies.push(r),
                 Err(e) => {
-                    let why = pg_error(&e);
+                    let why = StoreError::from(e);
                     tracing::error!("job store command rolled back: {why}");
-                    replies.push(Box::new(move |_| r(Some(&format!("rolled back: {why}")))));
+                    replies.push(Box::new(move |_| {
+                        r(Some(&StoreError::Failed(format!("rolled back: {why}"))))
+                    }));
                     // A job's outcome must not be lost to a transient failure (a
                     // deadlock, a serialization failure): it goes in a later group.
                     again.extend(outcome);
@@ -279,7 +287,7 @@ impl Dialect for Postgres {
                         .batch_execute("ROLLBACK TO SAVEPOINT cmd; RELEASE SAVEPOINT cmd")
                         .await
                     {
-                        broken = Some(pg_error(&e));
+                        broken = Some(StoreError::from(e));
                         break;
                     }
                 }
@@ -288,7 +296,7 @@ impl Dialect for Postgres {
         replies.extend(cmds.map(refused));
         let commit = match broken {
             Some(e) => Err(e),
-            None => tx.tx.commit().await.map_err(|e| pg_error(&e)),
+            None => tx.tx.commit().await.map_err(StoreError::from),
         };
         Applied {
             replies,
@@ -315,7 +323,9 @@ impl Tx for PgTx<'_> {
             )
             .await
             .map_err(db)?;
-        row.map(|r| view(&r)).transpose().map_err(JobError::Store)
+        row.map(|r| view(&r))
+            .transpose()
+            .map_err(|e| JobError::Store(e.into()))
     }
 
     async fn by_key(&self, service: &str, key: &str) -> Result<Option<Keyed>, JobError> {
@@ -357,7 +367,7 @@ impl Tx for PgTx<'_> {
         Ok(inserted > 0)
     }
 
-    async fn claim(&self, service: &str, limit: usize) -> Result<Vec<(i64, Claimed)>, String> {
+    async fn claim(&self, service: &str, limit: usize) -> Result<Vec<(i64, Claimed)>, StoreError> {
         let now = now_ms();
         let at = ms_to_rfc3339(now);
         let rows = self
@@ -374,7 +384,7 @@ impl Tx for PgTx<'_> {
                 ],
             )
             .await
-            .map_err(|e| pg_error(&e))?;
+            .map_err(StoreError::from)?;
         Ok(rows
             .iter()
             .map(|r| {
@@ -393,7 +403,7 @@ impl Tx for PgTx<'_> {
             .collect())
     }
 
-    async fn finish(&self, id: &str, finish: Finish) -> Result<u64, String> {
+    async fn finish(&self, id: &str, finish: Finish) -> Result<u64, StoreError> {
         let now = now_ms();
         let at = ms_to_rfc3339(now);
         let owner = self.owner;
@@ -441,7 +451,7 @@ impl Tx for PgTx<'_> {
                     .await
             }
         };
-        n.map_err(|e| pg_error(&e))
+        n.map_err(StoreError::from)
     }
 
     async fn result(&self, id: &str) -> Result<Option<Stored>, JobError> {
@@ -456,7 +466,7 @@ impl Tx for PgTx<'_> {
         Ok(row.map(|r| (r.get(0), r.get(1), r.get(2))))
     }
 
-    async fn prune(&self, service: &str, before_ms: i64, limit: usize) -> Result<u64, String> {
+    async fn prune(&self, service: &str, before_ms: i64, limit: usize) -> Result<u64, StoreError> {
         let sql = format!(
             "DELETE FROM paddock_jobs WHERE seq IN (SELECT seq FROM paddock_jobs WHERE service = $1
                AND finished_ms IS NOT NULL AND finished_ms < $2 AND state IN ({})
@@ -466,7 +476,7 @@ impl Tx for PgTx<'_> {
         self.tx
             .execute(sql.as_str(), &[&service, &before_ms, &(limit as i64)])
             .await
-            .map_err(|e| pg_error(&e))
+            .map_err(StoreError::from)
     }
 
     async fn stats(&self) -> Result<StoreStats, JobError> {
@@ -482,7 +492,7 @@ impl Tx for PgTx<'_> {
         for r in &rows {
             let state: String = r.get(1);
             let state = JobState::parse(&state)
-                .ok_or_else(|| JobError::Store(format!("unknown job state {state:?}")))?;
+                .ok_or_else(|| JobError::Store(format!("unknown job state {state:?}").into()))?;
             counts.push((r.get::<_, String>(0), state, r.get::<_, i64>(2) as u64));
         }
         let services: std::collections::BTreeSet<String> =
@@ -513,12 +523,12 @@ impl Tx for PgTx<'_> {
         })
     }
 
-    async fn size(&self) -> Result<u64, String> {
+    async fn size(&self) -> Result<u64, StoreError> {
         let bytes: i64 = self
             .tx
             .query_one("SELECT pg_total_relation_size('paddock_jobs')", &[])
             .await
-            .map_err(|e| pg_error(&e))?
+            .map_err(StoreError::from)?
             .get(0);
         Ok(bytes.max(0) as u64)
     }
@@ -558,7 +568,7 @@ impl Tx for PgTx<'_> {
             .await
             .map_err(db)?;
         rows.iter()
-            .map(|r| view(r).map_err(JobError::Store))
+            .map(|r| view(r).map_err(|e| JobError::Store(e.into())))
             .collect()
     }
 }

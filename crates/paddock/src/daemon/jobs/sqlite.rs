@@ -23,8 +23,8 @@ use super::row::{COLUMNS, view};
 use super::state::Transition;
 use super::stats::StoreStats;
 use super::{
-    Claimed, Cmd, Finish, JobError, JobState, JobView, ListQuery, NewJob, Store, ms_to_rfc3339,
-    now_ms,
+    Claimed, Cmd, Finish, JobError, JobState, JobView, ListQuery, NewJob, Store, StoreError,
+    ms_to_rfc3339, now_ms,
 };
 
 /// Pages one compaction step gives back (4 KiB each): a step is a few
@@ -140,7 +140,7 @@ static INSERT: LazyLock<String> = LazyLock::new(|| {
 
 /// Opens (creating) the store at `path`; returns it and how many interrupted jobs
 /// were queued again.
-pub fn open(path: &Path, owner: String) -> Result<(Store, usize), String> {
+pub fn open(path: &Path, owner: String) -> Result<(Store, usize), StoreError> {
     // One daemon per database file: two instances sharing `store = "sqlite:PATH"`
     // would take each other's running jobs for a dead daemon's.
     let lock = lock_store(
@@ -148,7 +148,7 @@ pub fn open(path: &Path, owner: String) -> Result<(Store, usize), String> {
         " by another paddock instance",
         "give each instance its own store",
     )?;
-    let what = |e: rusqlite::Error| format!("job store {}: {e}", path.display());
+    let what = |e: rusqlite::Error| in_words(path, "job store", e);
     let conn = Connection::open(path).map_err(what)?;
     // First of all (it only takes on a file with nothing in it yet, not even the
     // WAL setting below): pruned jobs' pages can then be given back to the file
@@ -170,7 +170,7 @@ pub fn open(path: &Path, owner: String) -> Result<(Store, usize), String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
-        .map_err(|e| format!("job store runtime: {e}"))?;
+        .map_err(|e| StoreError::Failed(format!("job store runtime: {e}")))?;
     let (tx, rx) = mpsc::unbounded_channel();
     std::thread::Builder::new()
         .name("paddock-jobs".into())
@@ -178,23 +178,35 @@ pub fn open(path: &Path, owner: String) -> Result<(Store, usize), String> {
             let _lock = lock; // held for as long as the store is open
             runtime.block_on(group_commit::run(rx, Sqlite { conn, owner, path }))
         })
-        .map_err(|e| format!("job store thread: {e}"))?;
+        .map_err(|e| StoreError::Failed(format!("job store thread: {e}")))?;
     Ok((Store(tx), recovered))
 }
 
 /// The store's lock (`PATH.db.lock`), held by whoever has the file open; an error
 /// saying who (`by`) and what to do (`fix`) when someone else holds it.
-fn lock_store(path: &Path, by: &str, fix: &str) -> Result<paddock_sys::lock::HeldLock, String> {
+fn lock_store(path: &Path, by: &str, fix: &str) -> Result<paddock_sys::lock::HeldLock, StoreError> {
     let lock_path = path.with_extension("db.lock");
     paddock_sys::lock::try_acquire(&lock_path, std::time::Duration::from_millis(300))
-        .map_err(|e| e.to_string())?
+        .map_err(|e| StoreError::Unreachable(e.to_string()))?
         .ok_or_else(|| {
-            format!(
+            StoreError::InUse(format!(
                 "job store {} is in use{by} (its lock {} is held); {fix}",
                 path.display(),
                 lock_path.display()
-            )
+            ))
         })
+}
+
+/// A database error at `path` in words, its kind kept.
+fn in_words(path: &Path, what: &str, e: rusqlite::Error) -> StoreError {
+    match StoreError::from(e) {
+        StoreError::Busy(m) => StoreError::Busy(format!("{what} {}: {m}", path.display())),
+        StoreError::Unreachable(m) => {
+            StoreError::Unreachable(format!("{what} {}: {m}", path.display()))
+        }
+        StoreError::InUse(m) => StoreError::InUse(m),
+        StoreError::Failed(m) => StoreError::Failed(format!("{what} {}: {m}", path.display())),
+    }
 }
 
 /// The file's size with its WAL.
@@ -213,9 +225,9 @@ fn size_on_disk(path: &Path) -> u64 {
 /// `paddock jobs compact`: the one-time compaction of a database made before
 /// retention (auto_vacuum off), with the daemon stopped: turns incremental vacuum
 /// on and runs a full `VACUUM`. Returns the size before and after.
-pub fn compact_offline(path: &Path) -> Result<(u64, u64), String> {
+pub fn compact_offline(path: &Path) -> Result<(u64, u64), StoreError> {
     let _lock = lock_store(path, "", "stop the instance using it first")?;
-    let what = |e: rusqlite::Error| format!("compacting job store {}: {e}", path.display());
+    let what = |e: rusqlite::Error| in_words(path, "compacting job store", e);
     let before = size_on_disk(path);
     let conn = Connection::open(path).map_err(what)?;
     conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
@@ -301,14 +313,14 @@ impl Sqlite {
                 for cmd in cmds {
                     replies.push(apply(&tx, cmd).await);
                 }
-                tx.tx.commit().map_err(|e| e.to_string())
+                tx.tx.commit().map_err(StoreError::from)
             }
             Err(e) => {
                 // Nothing applied: every command hears of the failure.
                 for cmd in cmds {
                     replies.push(super::refused(cmd));
                 }
-                Err(e.to_string())
+                Err(StoreError::from(e))
             }
         };
         Applied {
@@ -327,7 +339,7 @@ struct SqliteTx<'c> {
 }
 
 fn store_err(e: rusqlite::Error) -> JobError {
-    JobError::Store(e.to_string())
+    JobError::Store(StoreError::from(e))
 }
 
 impl Tx for SqliteTx<'_> {
@@ -341,7 +353,7 @@ impl Tx for SqliteTx<'_> {
             .optional()
             .map_err(store_err)?
             .transpose()
-            .map_err(JobError::Store)
+            .map_err(|e| JobError::Store(e.into()))
     }
 
     async fn by_key(&self, service: &str, key: &str) -> Result<Option<Keyed>, JobError> {
@@ -374,8 +386,8 @@ impl Tx for SqliteTx<'_> {
         Ok(true)
     }
 
-    async fn claim(&self, service: &str, limit: usize) -> Result<Vec<(i64, Claimed)>, String> {
-        let mut stmt = self.tx.prepare_cached(&CLAIM).map_err(|e| e.to_string())?;
+    async fn claim(&self, service: &str, limit: usize) -> Result<Vec<(i64, Claimed)>, StoreError> {
+        let mut stmt = self.tx.prepare_cached(&CLAIM).map_err(StoreError::from)?;
         let rows = stmt
             .query_map(params![now_ms(), self.owner, service, limit as i64], |r| {
                 Ok((
@@ -390,12 +402,12 @@ impl Tx for SqliteTx<'_> {
                     },
                 ))
             })
-            .map_err(|e| e.to_string())?;
+            .map_err(StoreError::from)?;
         rows.collect::<rusqlite::Result<_>>()
-            .map_err(|e| e.to_string())
+            .map_err(StoreError::from)
     }
 
-    async fn finish(&self, id: &str, finish: Finish) -> Result<u64, String> {
+    async fn finish(&self, id: &str, finish: Finish) -> Result<u64, StoreError> {
         let now = now_ms();
         let at = ms_to_rfc3339(now);
         let tx = &self.tx;
@@ -429,7 +441,7 @@ impl Tx for SqliteTx<'_> {
                     .and_then(|mut s| s.execute(params![id, now]))
             }
         };
-        n.map(|n| n as u64).map_err(|e| e.to_string())
+        n.map(|n| n as u64).map_err(StoreError::from)
     }
 
     async fn result(&self, id: &str) -> Result<Option<Stored>, JobError> {
@@ -443,7 +455,7 @@ impl Tx for SqliteTx<'_> {
             .map_err(store_err)
     }
 
-    async fn prune(&self, service: &str, before_ms: i64, limit: usize) -> Result<u64, String> {
+    async fn prune(&self, service: &str, before_ms: i64, limit: usize) -> Result<u64, StoreError> {
         let sql = format!(
             "DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs INDEXED BY jobs_finished
                WHERE service = ?1 AND finished_ms IS NOT NULL AND finished_ms < ?2 AND state IN ({})
@@ -454,14 +466,14 @@ impl Tx for SqliteTx<'_> {
             .prepare_cached(&sql)
             .and_then(|mut s| s.execute(params![service, before_ms, limit as i64]))
             .map(|n| n as u64)
-            .map_err(|e| e.to_string())
+            .map_err(StoreError::from)
     }
 
-    async fn size(&self) -> Result<u64, String> {
+    async fn size(&self) -> Result<u64, StoreError> {
         let pragma = |name: &str| {
             self.tx
                 .pragma_query_value(None, name, |r| r.get::<_, i64>(0))
-                .map_err(|e| e.to_string())
+                .map_err(StoreError::from)
         };
         let used = pragma("page_count")? - pragma("freelist_count")?;
         Ok((used.max(0) * pragma("page_size")?) as u64)
@@ -485,8 +497,9 @@ impl Tx for SqliteTx<'_> {
                 .map_err(store_err)?;
             for row in rows {
                 let (service, state, n) = row.map_err(store_err)?;
-                let state = JobState::parse(&state)
-                    .ok_or_else(|| JobError::Store(format!("unknown job state {state:?}")))?;
+                let state = JobState::parse(&state).ok_or_else(|| {
+                    JobError::Store(format!("unknown job state {state:?}").into())
+                })?;
                 counts.push((service, state, n as u64));
             }
         }
@@ -537,7 +550,10 @@ impl Tx for SqliteTx<'_> {
             .map_err(store_err)?;
         let mut jobs = vec![];
         for r in rows {
-            jobs.push(r.map_err(store_err)?.map_err(JobError::Store)?);
+            jobs.push(
+                r.map_err(store_err)?
+                    .map_err(|e| JobError::Store(e.into()))?,
+            );
         }
         Ok(jobs)
     }

@@ -114,8 +114,11 @@ impl Store {
     pub async fn stats(&self) -> Result<StoreStats, JobError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.send(super::Cmd::Stats(tx))?;
-        rx.await
-            .map_err(|_| JobError::Store("the job store is closed".into()))?
+        rx.await.map_err(|_| {
+            JobError::Store(super::StoreError::Unreachable(
+                "the job store is closed".into(),
+            ))
+        })?
     }
 }
 

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use super::super::StoreError;
 use super::super::pump::Signals;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
@@ -16,10 +17,10 @@ pub(super) fn pg_error(e: &tokio_postgres::Error) -> String {
     }
 }
 
-pub(super) async fn connect(url: &str) -> Result<Client, String> {
+pub(super) async fn connect(url: &str) -> Result<Client, StoreError> {
     let (client, conn) = tokio_postgres::connect(url, NoTls)
         .await
-        .map_err(|e| format!("job store {}: {e}", redact(url)))?;
+        .map_err(|e| StoreError::Unreachable(format!("job store {}: {e}", redact(url))))?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::error!("job store connection: {e}");
@@ -65,10 +66,10 @@ pub(in crate::daemon) fn redact(url: &str) -> String {
 /// claimed; it reconnects if the connection is lost (the pumps' periodic claim
 /// covers the gap; a cancel missed meanwhile is found when the job's start or
 /// outcome does not apply).
-pub(super) async fn listen(url: String, pumps: HashMap<String, Signals>) -> Result<(), String> {
+pub(super) async fn listen(url: String, pumps: HashMap<String, Signals>) -> Result<(), StoreError> {
     let first = tokio_postgres::connect(&url, NoTls)
         .await
-        .map_err(|e| format!("job store {}: {e}", redact(&url)))?;
+        .map_err(|e| StoreError::Unreachable(format!("job store {}: {e}", redact(&url))))?;
     tokio::spawn(async move {
         let mut next = Some(first);
         let mut delay = Duration::from_millis(100);
