@@ -83,3 +83,20 @@ fn already_running(config: &Config, paths: &Paths) -> String {
         ),
     }
 }
+
+/// What `start` and `run` do first: every file and folder the daemon makes is
+/// private (0600/0700), whatever the umask (workers get the umask back,
+/// paddock_sys::limits), and the instance's folders exist. Err: the exit code,
+/// the reason said.
+pub(super) fn prepare(config: &Config) -> Result<Paths, i32> {
+    paddock_sys::limits::private_umask();
+    let paths = Paths::of(config);
+    if let Err(e) = paths.create() {
+        super::output::error(&format!(
+            "cannot create the state folder {}: {e}",
+            paths.dir.display()
+        ));
+        return Err(crate::exit::FAILURE);
+    }
+    Ok(paths)
+}

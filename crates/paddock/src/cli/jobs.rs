@@ -93,20 +93,12 @@ pub fn run(config: &Config, cmd: JobsCmd) -> i32 {
         JobsCmd::Compact { .. } => unreachable!("handled above"),
     };
     let req = Request::Jobs(req);
-    let value = match client::request(&paths, &req) {
-        Ok(Reply::Jobs { value }) => value,
-        Ok(Reply::Error { error }) => {
-            output::error(&error);
-            return exit::FAILURE;
-        }
-        Ok(other) => {
-            output::error(&format!("unexpected answer: {other:?}"));
-            return exit::FAILURE;
-        }
-        Err(e) => {
-            output::error(&e.to_string());
-            return exit::FAILURE;
-        }
+    let value = match client::ask(config, &req, "jobs", client::ANSWER_TIMEOUT, |r| match r {
+        Reply::Jobs { value } => Ok(value),
+        other => Err(other),
+    }) {
+        Ok(v) => v,
+        Err(code) => return code,
     };
     if json {
         println!(

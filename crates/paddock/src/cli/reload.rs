@@ -18,8 +18,21 @@ pub fn run(config: &Config, json: bool) -> i32 {
             config.instance.name
         );
     }
-    match client::request_with_timeout(&paths, &Request::Reload, reload_limit(config)) {
-        Ok(Reply::Reloaded { replaced }) => {
+    let asked = client::ask(
+        config,
+        &Request::Reload,
+        "reload",
+        reload_limit(config),
+        |r| match r {
+            Reply::Reloaded { replaced } => Ok(replaced),
+            Reply::Error { error } => Err(Reply::Error {
+                error: format!("reload failed: {error}"),
+            }),
+            other => Err(other),
+        },
+    );
+    match asked {
+        Ok(replaced) => {
             if json {
                 println!(
                     "{}",
@@ -37,18 +50,7 @@ pub fn run(config: &Config, json: bool) -> i32 {
             }
             exit::OK
         }
-        Ok(Reply::Error { error }) => {
-            output::error(&format!("reload failed: {error}"));
-            exit::FAILURE
-        }
-        Ok(other) => {
-            output::error(&format!("unexpected answer to reload: {other:?}"));
-            exit::FAILURE
-        }
-        Err(e) => {
-            output::error(&e);
-            exit::FAILURE
-        }
+        Err(code) => code,
     }
 }
 

@@ -21,17 +21,10 @@ use crate::instance::Paths;
 use super::output;
 
 pub fn run(config: Config, json: bool) -> i32 {
-    // Every file and folder the daemon makes is private (0600/0700), whatever
-    // the umask; workers get the umask back (paddock_sys::limits).
-    paddock_sys::limits::private_umask();
-    let paths = Paths::of(&config);
-    if let Err(e) = paths.create() {
-        output::error(&format!(
-            "cannot create the state folder {}: {e}",
-            paths.dir.display()
-        ));
-        return exit::FAILURE;
-    }
+    let paths = match super::daemonize::prepare(&config) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
     let (reader, writer) = match std::io::pipe() {
         Ok(p) => p,
         Err(e) => {

@@ -21,16 +21,19 @@ pub fn run(config: &Config, json: bool) -> i32 {
         output::error(&client::not_running_message(config));
         return exit::NOT_RUNNING;
     }
-    let status = match client::request(&paths, &Request::Status) {
-        Ok(Reply::Status { status }) => status,
-        Ok(other) => {
-            output::error(&format!("unexpected answer: {other:?}"));
-            return exit::FAILURE;
-        }
-        Err(e) => {
-            output::error(&e);
-            return exit::FAILURE;
-        }
+    let asked = client::ask(
+        config,
+        &Request::Status,
+        "status",
+        client::ANSWER_TIMEOUT,
+        |r| match r {
+            Reply::Status { status } => Ok(status),
+            other => Err(other),
+        },
+    );
+    let status = match asked {
+        Ok(s) => s,
+        Err(code) => return code,
     };
     if json {
         println!(

@@ -15,20 +15,18 @@ pub fn run(config: &Config, json: bool) -> i32 {
         return exit::NOT_RUNNING;
     }
     let info = LockInfo::read_settled(&paths.lock);
-    match client::request(&paths, &Request::Stop) {
-        Ok(Reply::Stopping) => {}
-        Ok(other) => {
-            output::error(&format!("unexpected answer to stop: {other:?}"));
-            return exit::FAILURE;
-        }
-        Err(e) => {
-            if !client::running(&paths) {
-                output::error(&client::not_running_message(config));
-                return exit::NOT_RUNNING;
-            }
-            output::error(&e);
-            return exit::FAILURE;
-        }
+    let asked = client::ask(
+        config,
+        &Request::Stop,
+        "stop",
+        client::ANSWER_TIMEOUT,
+        |r| match r {
+            Reply::Stopping => Ok(()),
+            other => Err(other),
+        },
+    );
+    if let Err(code) = asked {
+        return code;
     }
     let limit = stop_limit(config);
     if !json {

@@ -113,6 +113,28 @@ impl Writer {
     }
 }
 
+/// The whole lines at the front of `buf` (without their `\n` or `\r\n`), then
+/// pieces of `MAX_LINE` bytes of a line that is still longer; what is left is the
+/// start of a line yet to end.
+fn take_lines(buf: &mut Vec<u8>) -> Vec<String> {
+    let mut out = vec![];
+    let mut start = 0;
+    while let Some(pos) = buf[start..].iter().position(|&b| b == b'\n') {
+        let end = start + pos;
+        let line = buf[start..end]
+            .strip_suffix(b"\r")
+            .unwrap_or(&buf[start..end]);
+        out.push(String::from_utf8_lossy(line).into_owned());
+        start = end + 1;
+    }
+    buf.drain(..start);
+    while buf.len() >= MAX_LINE {
+        out.push(String::from_utf8_lossy(&buf[..MAX_LINE]).into_owned());
+        buf.drain(..MAX_LINE);
+    }
+    out
+}
+
 impl LogSink {
     pub fn start(service: &str, dir: PathBuf, max_bytes: u64, max_files: u32) -> LogSink {
         let (tx, mut rx) = mpsc::channel::<Msg>(4096);
@@ -187,39 +209,13 @@ impl LogSink {
                     return;
                 }
                 buf.extend_from_slice(&chunk[..n]);
-                let mut start = 0;
-                while let Some(pos) = buf[start..].iter().position(|&b| b == b'\n') {
-                    let end = start + pos;
-                    let line = buf[start..end]
-                        .strip_suffix(b"\r")
-                        .unwrap_or(&buf[start..end]);
-                    let text = String::from_utf8_lossy(line).into_owned();
-                    if tx
-                        .send(Msg::Line {
-                            worker,
-                            stream,
-                            text,
-                        })
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                    start = end + 1;
-                }
-                buf.drain(..start);
-                while buf.len() >= MAX_LINE {
-                    let text = String::from_utf8_lossy(&buf[..MAX_LINE]).into_owned();
-                    buf.drain(..MAX_LINE);
-                    if tx
-                        .send(Msg::Line {
-                            worker,
-                            stream,
-                            text,
-                        })
-                        .await
-                        .is_err()
-                    {
+                for text in take_lines(&mut buf) {
+                    let line = Msg::Line {
+                        worker,
+                        stream,
+                        text,
+                    };
+                    if tx.send(line).await.is_err() {
                         return;
                     }
                 }
@@ -256,5 +252,20 @@ impl LogSink {
             return vec![];
         }
         rx.await.unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn lines_are_taken_whole_and_overlong_ones_in_pieces() {
+        let mut buf = b"one\r\ntwo\nthr".to_vec();
+        assert_eq!(super::take_lines(&mut buf), ["one", "two"]);
+        assert_eq!(buf, b"thr");
+        let mut long = vec![b'x'; super::MAX_LINE + 3];
+        let out = super::take_lines(&mut long);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].len(), super::MAX_LINE);
+        assert_eq!(long.len(), 3);
     }
 }
