@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::super::StoreError;
+use super::super::error::StoreError;
 use super::super::pump::Signals;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
