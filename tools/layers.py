@@ -40,7 +40,7 @@ DAEMON_LAYERS = {
     "worker": 2,
     "coordinator": 3, "jobs": 3,
     "supervisor": 4,
-    "shared": 5,
+    "handles": 5,
     "http": 6, "control_server": 6,
     "file_watch": 7,
 }

@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use super::shared::SharedRef;
+use super::handles::SharedRef;
 use crate::control::{Reply, Request};
 use tokio::io::AsyncReadExt as _;
 

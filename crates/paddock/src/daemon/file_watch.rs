@@ -16,7 +16,7 @@
 
 use paddock_sys::lock::HeldLock;
 
-use super::shared::SharedRef;
+use super::handles::SharedRef;
 use crate::instance::LockInfo;
 
 /// One check; `relocked` holds the locks taken on recreated lock files.

@@ -17,6 +17,7 @@ mod env;
 mod failure;
 mod file_watch;
 mod gpu_sampler;
+mod handles;
 mod http;
 pub(crate) mod jobs;
 mod lifecycle;
@@ -27,7 +28,6 @@ mod notify;
 mod ports;
 mod probe;
 mod process_groups;
-mod shared;
 mod spawner;
 pub mod start_report;
 mod supervisor;
@@ -41,7 +41,7 @@ use tokio::sync::{mpsc, watch};
 use crate::config::Config;
 use crate::exit;
 use crate::instance::Paths;
-use shared::SharedRef;
+use handles::SharedRef;
 use start_report::Reporter;
 use worker::StartupEvent;
 
@@ -164,7 +164,7 @@ async fn main(
             return Err(Failure::new(exit::FAILURE, e));
         }
     };
-    let shared = Arc::new(shared::Shared {
+    let shared = Arc::new(handles::Shared {
         config,
         paths,
         pid,
@@ -452,7 +452,7 @@ async fn open_jobs(
     pid: i32,
     started_at: SystemTime,
     shutdown: &watch::Receiver<bool>,
-) -> Result<Option<shared::Jobs>, String> {
+) -> Result<Option<handles::Jobs>, String> {
     let services: Vec<_> = supervisor
         .services
         .iter()
@@ -518,7 +518,7 @@ async fn open_jobs(
             config.instance.expose_errors,
         );
     }
-    Ok(Some(shared::Jobs {
+    Ok(Some(handles::Jobs {
         size: jobs::size::StoreSize::start(store.clone(), shutdown.clone()),
         max_bytes: config.instance.job_store_max_bytes,
         store,
@@ -544,7 +544,7 @@ fn hostname() -> String {
     paddock_sys::hostname().unwrap_or_else(|| "localhost".into())
 }
 
-async fn stop_all(shared: Arc<shared::Shared>) {
+async fn stop_all(shared: Arc<handles::Shared>) {
     shared.supervisor.stop().await;
     if let Some(j) = &shared.jobs {
         // What the pumps released or finished while stopping is committed before we exit.
@@ -554,7 +554,7 @@ async fn stop_all(shared: Arc<shared::Shared>) {
     tracing::info!("stopped");
 }
 
-async fn signals(shared: Arc<shared::Shared>) {
+async fn signals(shared: Arc<handles::Shared>) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),

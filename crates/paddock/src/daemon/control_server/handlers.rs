@@ -2,8 +2,8 @@
 //! request's own fields, and returns the reply.
 
 use crate::control::{JobsRequest, Reply};
+use crate::daemon::handles::SharedRef;
 use crate::daemon::jobs::{JobError, ListQuery};
-use crate::daemon::shared::SharedRef;
 
 /// `paddock status`.
 pub fn status(shared: &SharedRef) -> Reply {

@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::errors::{error, job_error, no_jobs};
 use crate::daemon::coordinator::ReloadError;
-use crate::daemon::shared::SharedRef;
+use crate::daemon::handles::SharedRef;
 
 pub fn routes() -> Router<SharedRef> {
     Router::new()

@@ -16,8 +16,8 @@ use serde_json::json;
 use super::errors::service_error as error;
 use super::request_body;
 use crate::daemon::failure::{self, Verdict};
+use crate::daemon::handles::SharedRef;
 use crate::daemon::messages::{Outcome, check_request};
-use crate::daemon::shared::SharedRef;
 
 pub(super) async fn call_default(
     State(shared): State<SharedRef>,

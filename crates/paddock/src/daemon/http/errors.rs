@@ -7,8 +7,8 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::daemon::handles::SharedRef;
 use crate::daemon::jobs::JobError;
-use crate::daemon::shared::SharedRef;
 
 /// `{"error": message}`: an answer about the request or the instance.
 pub fn error(code: StatusCode, message: String) -> Response {

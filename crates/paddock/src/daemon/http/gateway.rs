@@ -11,7 +11,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::daemon::shared::SharedRef;
+use crate::daemon::handles::SharedRef;
 
 pub fn router(shared: SharedRef) -> Router {
     let mut r = Router::new()

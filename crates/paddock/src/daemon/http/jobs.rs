@@ -17,8 +17,8 @@ use serde_json::json;
 
 use super::errors::{error, job_error, no_jobs, store};
 use super::request_body;
+use crate::daemon::handles::SharedRef;
 use crate::daemon::jobs::{JobError, ListQuery, NewJob};
-use crate::daemon::shared::SharedRef;
 
 pub fn routes() -> Router<SharedRef> {
     Router::new()

@@ -1,5 +1,6 @@
-//! What the gateway and the control socket read: the config, the supervisor's
-//! handles, and the way to ask the daemon to stop. Immutable once built.
+//! The daemon's handles, what the gateway and the control socket read: the config,
+//! the supervisor, the job store, and the way to ask the daemon to stop. Immutable
+//! once built.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
