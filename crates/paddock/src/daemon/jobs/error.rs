@@ -50,7 +50,7 @@ impl From<rusqlite::Error> for StoreError {
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> StoreError {
         use tokio_postgres::error::SqlState;
-        let text = super::postgres::describe(&e);
+        let text = describe_pg(&e);
         if e.is_closed() {
             return StoreError::Unreachable(text);
         }
@@ -66,6 +66,14 @@ impl From<tokio_postgres::Error> for StoreError {
             None => StoreError::Unreachable(text),
             _ => StoreError::Failed(text),
         }
+    }
+}
+
+/// A PostgreSQL error in words: the server's severity and message, or the client's.
+pub(super) fn describe_pg(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => format!("{}: {}", d.severity(), d.message()),
+        None => e.to_string(),
     }
 }
 

@@ -28,7 +28,7 @@ use tokio_postgres::{Client, Transaction};
 mod conn;
 
 pub(in crate::daemon) use conn::redact;
-use conn::{connect, listen, pg_error, reconnect};
+use conn::{connect, listen, reconnect};
 
 use super::apply::{ApiChange, Keyed, Stored, Tx, apply, change_sql};
 use super::group_commit::{self, Applied, Dialect};
@@ -74,11 +74,6 @@ fn db(e: tokio_postgres::Error) -> JobError {
     JobError::Store(StoreError::from(e))
 }
 
-/// A PostgreSQL error in words: the server's severity and message, or the client's.
-pub(super) fn describe(e: &tokio_postgres::Error) -> String {
-    pg_error(e)
-}
-
 /// Connects, creates the schema, and starts the store task, the heartbeat and the
 /// listener that wakes pumps.
 pub async fn open(
@@ -94,9 +89,12 @@ pub async fn open(
         tx.execute("SELECT pg_advisory_xact_lock(7217717)", &[])
             .await
             .map_err(StoreError::from)?;
-        tx.batch_execute(SCHEMA)
-            .await
-            .map_err(|e| StoreError::Failed(format!("creating the job table: {}", describe(&e))))?;
+        tx.batch_execute(SCHEMA).await.map_err(|e| {
+            StoreError::Failed(format!(
+                "creating the job table: {}",
+                super::error::describe_pg(&e)
+            ))
+        })?;
         tx.commit().await.map_err(StoreError::from)?;
     }
     listen(url.to_string(), pumps).await?;

@@ -9,14 +9,6 @@ use super::super::error::StoreError;
 use super::super::pump::Signals;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
-/// The server's message, not just "db error".
-pub(super) fn pg_error(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(d) => format!("{}: {}", d.severity(), d.message()),
-        None => e.to_string(),
-    }
-}
-
 pub(super) async fn connect(url: &str) -> Result<Client, StoreError> {
     let (client, conn) = tokio_postgres::connect(url, NoTls)
         .await
