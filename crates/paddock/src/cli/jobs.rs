@@ -138,7 +138,7 @@ fn compact(config: &Config, paths: &Paths, json: bool) -> i32 {
         output::error(&format!("no job store at {}", path.display()));
         return exit::FAILURE;
     }
-    match crate::daemon::jobs::sqlite::compact_offline(&path) {
+    match crate::daemon::jobs::compact_offline(&path) {
         Ok((before, after)) => {
             if json {
                 println!(

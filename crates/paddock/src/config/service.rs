@@ -41,11 +41,7 @@ pub(super) fn build(
             ),
         ));
     }
-    if let Some(share) = rs.jobs_share
-        && !(share > 0.0 && share <= 1.0)
-    {
-        return Err(c.at(&table, "jobs_share", format!("{share} is not in (0, 1]")));
-    }
+    let jobs = jobs(c, &table, &rs)?;
     let (gpu, gpu_workers) = rs.gpu().map_err(|(k, e)| c.at(&table, k, e))?;
     let workers = rs.workers.map(u64::from);
     let workers = c.num(
@@ -321,30 +317,52 @@ pub(super) fn build(
         max_requests: rs.max_requests.unwrap_or(0),
         max_rss: rs.max_rss.map(|b| b.0).unwrap_or(0),
         max_frame: max_frame as usize,
-        max_attempts: c.num(
-            &table,
-            "max_attempts",
-            rs.max_attempts.map(u64::from),
-            3,
-            1,
-            1000,
-        )? as u32,
-        jobs_share: rs.jobs_share.unwrap_or(0.5),
-        job_backoff: c.dur(
-            &table,
-            "job_backoff",
-            rs.job_backoff,
-            Duration::from_secs(1),
-        )?,
-        job_retention: super::values::retention(rs.job_retention.as_deref())
-            .map_err(|e| c.at(&table, "job_retention", e))?,
-        job_max_body: rs.job_max_body.map_or(4 << 20, |b| b.0),
-        job_max_result: rs.job_max_result.map_or(4 << 20, |b| b.0),
+        max_attempts: jobs.max_attempts,
+        jobs_share: jobs.share,
+        job_backoff: jobs.backoff,
+        job_retention: jobs.retention,
+        job_max_body: jobs.max_body,
+        job_max_result: jobs.max_result,
         stream_idle_timeout: stream_idle_timeout?,
         stream_write_timeout: stream_write_timeout?,
         cancel_grace: cancel_grace?,
         gpu,
         batch: super::batch::overrides(rs.batch)
             .map_err(|(m, key, e)| c.at(&format!("{table}.batch.{m}"), key, e))?,
+    })
+}
+
+/// A service's durable-job settings, checked and defaulted.
+struct Jobs {
+    max_attempts: u32,
+    share: f64,
+    backoff: Duration,
+    retention: Option<Duration>,
+    max_body: u64,
+    max_result: u64,
+}
+
+/// The job settings of the service whose table is `table`.
+fn jobs(c: &Checker, table: &str, rs: &RawService) -> Result<Jobs, ConfigError> {
+    if let Some(share) = rs.jobs_share
+        && !(share > 0.0 && share <= 1.0)
+    {
+        return Err(c.at(table, "jobs_share", format!("{share} is not in (0, 1]")));
+    }
+    Ok(Jobs {
+        max_attempts: c.num(
+            table,
+            "max_attempts",
+            rs.max_attempts.map(u64::from),
+            3,
+            1,
+            1000,
+        )? as u32,
+        share: rs.jobs_share.unwrap_or(0.5),
+        backoff: c.dur(table, "job_backoff", rs.job_backoff, Duration::from_secs(1))?,
+        retention: super::values::retention(rs.job_retention.as_deref())
+            .map_err(|e| c.at(table, "job_retention", e))?,
+        max_body: rs.job_max_body.map_or(4 << 20, |b| b.0),
+        max_result: rs.job_max_result.map_or(4 << 20, |b| b.0),
     })
 }

@@ -19,6 +19,7 @@ mod group_commit;
 mod row;
 mod state;
 pub use error::StoreError;
+pub use sqlite::compact_offline;
 pub use state::JobState;
 pub mod postgres;
 pub mod prune;
