@@ -21,7 +21,7 @@ import os
 import re
 import sys
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "crates", "paddock", "src")
+from rust_modules import read, resolve
 
 # The crate's top-level parts, lowest first. `lib` and `main` sit above all.
 CRATE_LAYERS = {
@@ -44,14 +44,6 @@ DAEMON_LAYERS = {
     "http": 6, "control_server": 6,
     "file_watch": 7,
 }
-
-
-def module_of(path):
-    rel = os.path.relpath(path, ROOT)[:-3].split(os.sep)
-    folder_module = rel[-1] in ("mod", "lib", "main")
-    if folder_module:
-        rel = rel[:-1]
-    return tuple(rel), folder_module
 
 
 def without_tests(text):
@@ -89,13 +81,7 @@ def part_layer(module):
 
 
 def main():
-    files = {}
-    for d, _, names in os.walk(ROOT):
-        for n in names:
-            if n.endswith(".rs"):
-                p = os.path.join(d, n)
-                m, folder = module_of(p)
-                files[m] = (p, folder, open(p).read())
+    files = read()
     modules = set(files)
     problems = []
     for m in files:
@@ -104,14 +90,8 @@ def main():
         if len(m) >= 2 and m[0] == "daemon" and m[1] not in DAEMON_LAYERS:
             problems.append(f"{files[m][0]}: daemon part {m[1]!r} has no layer in tools/layers.py")
 
-    def resolve(parts):
-        for k in range(len(parts), 0, -1):
-            if tuple(parts[:k]) in modules:
-                return tuple(parts[:k]), parts[k:]
-        return None, parts
-
     for m, (path, folder, text) in files.items():
-        rel = os.path.relpath(path, os.path.join(ROOT, "..", "..", ".."))
+        rel = os.path.relpath(path, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
         is_test = os.path.basename(path) == "tests.rs"
         code = without_tests(text)
         if not is_test and re.search(r"\buse super::\*;", code):
@@ -120,14 +100,7 @@ def main():
         # parent folder's module is one level up, which it may not reach).
         home = m if folder else m[:-1]
         for mm in re.finditer(r"\b((?:crate|super)(?:::\w+)+)", code):
-            parts = mm.group(1).split("::")
-            base = list(m)
-            while parts and parts[0] == "super":
-                base = base[:-1]
-                parts = parts[1:]
-            if mm.group(1).startswith("crate"):
-                base, parts = [], parts[1:]
-            target, rest = resolve(base + parts)
+            target, rest = resolve(modules, m, mm.group(1))
             if target is None or target == m:
                 continue
             # Rule 2: an item of a module above this file's folder.

@@ -8,48 +8,20 @@ when there is a cycle, so it can run in CI.
 
     python3 tools/module_cycles.py
 """
-import os
 import re
 import sys
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "crates", "paddock", "src")
-
-
-def module_of(path):
-    rel = os.path.relpath(path, ROOT)[:-3].split(os.sep)
-    if rel[-1] in ("mod", "lib", "main"):
-        rel = rel[:-1]
-    return tuple(rel)
+from rust_modules import read, resolve
 
 
 def main():
-    files = {}
-    for d, _, names in os.walk(ROOT):
-        for n in names:
-            if n.endswith(".rs"):
-                p = os.path.join(d, n)
-                files[module_of(p)] = open(p).read()
+    files = {m: text for m, (_, _, text) in read().items()}
     modules = set(files)
     edges = {m: set() for m in modules}
-
-    def resolve(parts):
-        # the longest known module that is a prefix of parts
-        for k in range(len(parts), 0, -1):
-            if tuple(parts[:k]) in modules:
-                return tuple(parts[:k])
-        return None
-
     for m, text in files.items():
         text = re.sub(r"//.*", "", text)
         for mm in re.finditer(r"\b((?:crate|super)(?:::\w+)+)", text):
-            parts = mm.group(1).split("::")
-            base = list(m)
-            while parts and parts[0] == "super":
-                base = base[:-1]
-                parts = parts[1:]
-            if mm.group(1).startswith("crate"):
-                base, parts = [], parts[1:]
-            target = resolve(base + parts)
+            target, _ = resolve(modules, m, mm.group(1))
             if target is None or target == m:
                 continue
             if target[: len(m)] == m or m[: len(target)] == target:
@@ -61,7 +33,7 @@ def main():
                 name = item.strip().split("::")[0]
                 if not name or name == "self":
                     continue
-                target = resolve(list(m[:-1]) + [name])
+                target, _ = resolve(modules, m, "super::" + name)
                 if target and target != m and not (target[: len(m)] == m or m[: len(target)] == target):
                     edges[m].add(target)
 
