@@ -30,7 +30,7 @@ pub fn run_daemon(
             return code;
         }
     };
-    init_tracing(ansi);
+    init_tracing(ansi, config.instance.log_format);
     daemon::run(daemon::Launch {
         config,
         paths,
@@ -56,15 +56,24 @@ fn take_lock(config: &Config, paths: &Paths) -> Result<paddock_sys::lock::HeldLo
 
 /// The daemon's own log goes to stderr: the terminal or journald with `run`, the
 /// instance's daemon.log with `start` (stderr was redirected there). Level from
-/// `PADDOCK_LOG` (default info).
-fn init_tracing(ansi: bool) {
+/// `PADDOCK_LOG` (default info); `log_format = "json"`: one JSON object a line.
+fn init_tracing(ansi: bool, format: crate::config::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PADDOCK_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(ansi && output::stderr_is_tty())
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        crate::config::LogFormat::Text => builder
+            .with_ansi(ansi && output::stderr_is_tty())
+            .try_init(),
+        crate::config::LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .try_init(),
+    };
 }
 
 /// The message for an instance that is already running.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::checker::Checker;
 use super::raw::RawInstance;
 use super::values::{Name, default_state_dir};
-use super::{ConfigError, DEFAULT_JOB_STORE_MAX, Instance, Store};
+use super::{ConfigError, DEFAULT_JOB_STORE_MAX, Instance, LogFormat, Store};
 
 /// The instance from its table; `dir` is the config file's folder, `port` the
 /// command line's `--port`.
@@ -150,7 +150,19 @@ pub(super) fn build(
             ),
         ));
     }
+    let log_format = match ri.log_format.as_deref() {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            return Err(c.at(
+                "instance",
+                "log_format",
+                format!("unknown log format {other:?}: write \"text\" or \"json\""),
+            ));
+        }
+    };
     Ok(Instance {
+        log_format,
         expose_errors,
         max_connections,
         header_timeout,

@@ -22,7 +22,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use checker::Checker;
-pub use model::{Config, Health, Instance, Kind, ReloadStrategy, Restart, Service, Store};
+pub use model::{
+    Config, Health, Instance, Kind, LogFormat, ReloadStrategy, Restart, Service, Store,
+};
 use raw::RawConfig;
 pub use values::PortSpec;
 

@@ -105,6 +105,8 @@ pub struct Instance {
     pub auth_token: Option<String>,
     pub log_max_bytes: u64,
     pub log_max_files: u32,
+    /// The daemon's own log: text lines, or one JSON object a line.
+    pub log_format: LogFormat,
     /// Where durable jobs live.
     pub store: Store,
     /// PostgreSQL store: how long a claimed job stays claimed without a heartbeat.
@@ -122,6 +124,16 @@ pub struct Instance {
     /// Handler exceptions' messages and tracebacks go to HTTP clients too (a
     /// debugging aid; loopback only).
     pub expose_errors: bool,
+}
+
+/// How the daemon writes its own log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human lines (the default).
+    Text,
+    /// One JSON object a line, for log shippers: time, level, target, the message
+    /// and the event's fields (service, worker, pid …).
+    Json,
 }
 
 /// The job store: SQLite in the instance's folder, or a shared PostgreSQL.

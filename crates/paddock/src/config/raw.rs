@@ -20,6 +20,7 @@ pub(super) struct RawInstance {
     pub(super) store: Option<String>,
     pub(super) lease_timeout: Option<Dur>,
     pub(super) job_store_max_size: Option<Bytes>,
+    pub(super) log_format: Option<String>,
     pub(super) max_connections: Option<u64>,
     pub(super) expose_errors: Option<bool>,
     pub(super) header_timeout: Option<Dur>,

@@ -65,3 +65,44 @@ fn logs_rotate_by_size() {
         assert!(len <= 64 * 1024, "{n} is {len} bytes");
     }
 }
+
+/// `log_format = "json"`: the daemon's log is one JSON object a line, with the
+/// time, level, target, message and the event's fields, for log shippers.
+#[test]
+fn the_daemon_log_can_be_json_lines() {
+    let mut env = Env::new();
+    env.instance_extra = "log_format = \"json\"\n".into();
+    env.config(&env.worker("fake", "workers = 1"));
+    env.start_ok();
+    env.stop_ok();
+    let log = std::fs::read_to_string(env.state_dir().join("daemon.log")).unwrap();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines.len() > 3, "{log}");
+    for v in &lines {
+        for key in ["timestamp", "level", "target", "message"] {
+            assert!(v.get(key).is_some(), "no {key} in {v}");
+        }
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|v| v["message"].as_str().unwrap().contains("ready")),
+        "{log}"
+    );
+    // The event's own fields are kept: a worker's name, the daemon's pid.
+    assert!(lines.iter().any(|v| v.get("worker").is_some()), "{log}");
+    assert!(lines.iter().any(|v| v.get("pid").is_some()), "{log}");
+    // Anything else is a config error naming the key.
+    let env = Env::new();
+    env.raw_config("[instance]\nlog_format = \"xml\"\n[services.w]\ncommand = [\"python3\"]\n");
+    let out = env.run(&["check"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains("instance.log_format") && out.stderr.contains("\"json\""),
+        "{out:?}"
+    );
+}
