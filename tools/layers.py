@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Holds crates/paddock/src to the layers docs/architecture.md writes down.
+"""Holds crates/paddock/src to the layers docs/architecture.md writes down, and its
+folder map to the tree.
 
 Three rules, each a failure (exit 1) when broken, so it runs in CI:
 
@@ -122,12 +123,31 @@ def main():
                     f"{rel}: daemon part {a[1]} (layer {a[2]}) uses {b[1]} (layer {b[2]}): "
                     "only lower layers may be used"
                 )
+    problems += folder_map()
     for p in sorted(set(problems)):
         print(p)
     if problems:
         return 1
     print(f"layers hold among {len(modules)} modules")
     return 0
+
+
+def folder_map():
+    """Differences between the folders docs/architecture.md maps ("## Folders") and
+    the folders that hold tracked files."""
+    import subprocess
+
+    top = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    out = subprocess.run(["git", "ls-files"], cwd=top, capture_output=True, text=True)
+    if out.returncode != 0:
+        return [f"git ls-files failed: {out.stderr.strip()}"]
+    tracked = {os.path.dirname(f) for f in out.stdout.splitlines()} - {""}
+    doc = open(os.path.join(top, "docs", "architecture.md")).read()
+    section = doc.split("## Folders", 1)[1].split("\n## ", 1)[0] if "## Folders" in doc else ""
+    mapped = set(re.findall(r"^- `([^`]+)/`", section, re.M))
+    problems = [f"docs/architecture.md: folder {f}/ is not in the map" for f in sorted(tracked - mapped)]
+    problems += [f"docs/architecture.md: the map names {f}/, which holds no tracked file" for f in sorted(mapped - tracked)]
+    return problems
 
 
 if __name__ == "__main__":
