@@ -25,22 +25,8 @@ pub(super) fn build(
     dir: &Path,
     fixed_ports: &mut BTreeMap<u16, String>,
 ) -> Result<Service, ConfigError> {
-    let listen = instance.listen;
     let table = format!("services.{name}");
-    if let Some(why) = match name.as_str() {
-        "jobs" => Some("the job API (/v1/jobs)"),
-        "admin" => Some("operator actions (/admin/...)"),
-        _ => None,
-    } {
-        return Err(c.at(
-            &table,
-            "",
-            format!(
-                "\"{}\" is reserved for {why}: choose another service name",
-                name.as_str()
-            ),
-        ));
-    }
+    check_name(c, &table, &name)?;
     let jobs = jobs(c, &table, &rs)?;
     let (gpu, gpu_workers) = rs.gpu().map_err(|(k, e)| c.at(&table, k, e))?;
     let workers = rs.workers.map(u64::from);
@@ -53,149 +39,21 @@ pub(super) fn build(
         MAX_WORKERS,
     )?;
     let workers = workers as u32;
-    for key in rs.env.keys() {
-        if key.is_empty() || key.contains('=') || key.contains('\0') {
-            return Err(c.at(
-                &table,
-                "env",
-                format!("invalid environment variable name {key:?}"),
-            ));
-        }
-    }
-    if let Some(PortSpec::Fixed(p)) = rs.port {
-        if p == listen.port() {
-            return Err(c.at(
-                &table,
-                "port",
-                format!("port {p} is the gateway's own port (instance.listen)"),
-            ));
-        }
-        if let Some(other) = fixed_ports.insert(p, name.to_string()) {
-            return Err(c.at(
-                &table,
-                "port",
-                format!(
-                    "port {p} is also used by service {other:?}; two services cannot share a port"
-                ),
-            ));
-        }
-    }
-    match rs.kind {
-        Kind::Process => {
-            if rs.port.is_none() && !matches!(rs.health, Some(Health::Exec(_))) {
-                return Err(c.at(
-                    &table,
-                    "",
-                    "a process service needs `port` (a number or \"auto\") or `health = { exec = [...] }` to prove it is ready".into(),
-                ));
-            }
-            if rs.port.is_none() && matches!(rs.health, Some(Health::Http(_) | Health::Tcp)) {
-                return Err(c.at(&table, "health", "an http or tcp probe needs `port`".into()));
-            }
-            if workers > 1 && matches!(rs.port, Some(PortSpec::Fixed(_))) {
-                return Err(c.at(
-                    &table,
-                    "workers",
-                    "a process service with a fixed port runs 1 worker (the port can be bound once); use port = \"auto\"".into(),
-                ));
-            }
-        }
-        Kind::Worker => {
-            if rs.health.is_some() {
-                return Err(c.at(
-                    &table,
-                    "health",
-                    "`health` is for kind = \"process\"; a worker service is ready when its worker sends READY".into(),
-                ));
-            }
-            if rs.port.is_some() {
-                return Err(c.at(&table, "port", "`port` is for kind = \"process\"; worker services are reached through the gateway".into()));
-            }
-        }
-    }
-    let health = match (rs.kind, rs.health, rs.port) {
+    check_env(c, &table, &rs)?;
+    claim_port(c, &table, &rs, instance.listen.port(), &name, fixed_ports)?;
+    check_kind(c, &table, &rs, workers)?;
+    let health = match (rs.kind, rs.health.take(), rs.port) {
         (Kind::Process, None, Some(_)) => Some(Health::Tcp),
         (_, h, _) => h,
     };
-    let backoff_initial = c.dur(
-        &table,
-        "backoff_initial",
-        rs.backoff_initial,
-        Duration::from_secs(1),
-    )?;
-    let backoff_max = c.dur(
-        &table,
-        "backoff_max",
-        rs.backoff_max,
-        Duration::from_secs(30),
-    )?;
-    if backoff_max < backoff_initial {
-        return Err(c.at(
-            &table,
-            "backoff_max",
-            "must not be less than backoff_initial".into(),
-        ));
-    }
     let max_frame = rs.max_frame.map(|b| b.0).unwrap_or(64 << 20);
     if !(4096..=1 << 31).contains(&max_frame) {
         return Err(c.at(&table, "max_frame", "must be between 4KiB and 2GiB".into()));
     }
-    let worker_only = [
-        ("max_queue", rs.max_queue.is_some()),
-        ("queue_timeout", rs.queue_timeout.is_some()),
-        ("retry_on_crash", rs.retry_on_crash.is_some()),
-        ("poison_limit", rs.poison_limit.is_some()),
-        ("max_requests", rs.max_requests.is_some()),
-        ("max_rss", rs.max_rss.is_some()),
-        ("max_gpu_memory", gpu.max_memory > 0),
-        ("max_frame", rs.max_frame.is_some()),
-        ("max_attempts", rs.max_attempts.is_some()),
-        ("jobs_share", rs.jobs_share.is_some()),
-        ("job_backoff", rs.job_backoff.is_some()),
-        ("batch", !rs.batch.is_empty()),
-        ("job_retention", rs.job_retention.is_some()),
-        ("job_max_body", rs.job_max_body.is_some()),
-        ("job_max_result", rs.job_max_result.is_some()),
-        ("stream_idle_timeout", rs.stream_idle_timeout.is_some()),
-        ("stream_write_timeout", rs.stream_write_timeout.is_some()),
-        ("cancel_grace", rs.cancel_grace.is_some()),
-    ];
-    if rs.kind == Kind::Process
-        && let Some((key, _)) = worker_only.iter().find(|(_, set)| *set)
-    {
-        return Err(c.at(
-            &table,
-            key,
-            format!("`{key}` applies to kind = \"worker\" services only"),
-        ));
-    }
-    if rs.listen_fd {
-        if rs.kind != Kind::Process || rs.port.is_none() {
-            return Err(c.at(
-                &table,
-                "listen_fd",
-                "listen_fd is for kind = \"process\" services with a `port`".into(),
-            ));
-        }
-        if !matches!(health, Some(Health::Http(_) | Health::Exec(_))) {
-            return Err(c.at(
-                &table,
-                "listen_fd",
-                "with listen_fd the kernel accepts connections on paddock's socket before the program runs, so a tcp probe (the default) proves nothing: set health = { http = \"/path\" } or { exec = [...] }".into(),
-            ));
-        }
-    }
-    let reload = match (rs.kind, rs.reload) {
-        (Kind::Process, Some(ReloadStrategy::StartFirst)) => {
-            return Err(c.at(
-                &table,
-                "reload",
-                "a process service is replaced in place (its port may be fixed): only \"stop-first\" applies".into(),
-            ));
-        }
-        (Kind::Process, _) => ReloadStrategy::StopFirst,
-        (Kind::Worker, r) => r.unwrap_or(ReloadStrategy::StartFirst),
-    };
+    check_worker_only(c, &table, &rs, &gpu)?;
+    let restart = restart(c, &table, &rs)?;
+    check_listen_fd(c, &table, &rs, &health)?;
+    let reload = reload(c, &table, &rs)?;
     let cwd = match rs.cwd {
         Some(p) if p.is_absolute() => p,
         Some(p) => dir.join(p),
@@ -240,44 +98,7 @@ pub(super) fn build(
             rs.health_timeout,
             Duration::from_secs(2),
         )?,
-        restart: Restart {
-            stop_timeout: c.dur(
-                &table,
-                "stop_timeout",
-                rs.stop_timeout,
-                Duration::from_secs(10),
-            )?,
-            health_failures: c.num(
-                &table,
-                "health_failures",
-                rs.health_failures.map(u64::from),
-                3,
-                1,
-                1000,
-            )? as u32,
-            backoff_initial,
-            backoff_max,
-            crash_loop_failures: c.num(
-                &table,
-                "crash_loop_failures",
-                rs.crash_loop_failures.map(u64::from),
-                5,
-                1,
-                1000,
-            )? as u32,
-            crash_loop_window: c.dur(
-                &table,
-                "crash_loop_window",
-                rs.crash_loop_window,
-                Duration::from_secs(60),
-            )?,
-            stable_after: c.dur(
-                &table,
-                "stable_after",
-                rs.stable_after,
-                Duration::from_secs(10),
-            )?,
-        },
+        restart,
         reload,
         listen_fd: rs.listen_fd,
         start_stagger: match rs.start_stagger {
@@ -364,5 +185,250 @@ fn jobs(c: &Checker, table: &str, rs: &RawService) -> Result<Jobs, ConfigError> 
             .map_err(|e| c.at(table, "job_retention", e))?,
         max_body: rs.job_max_body.map_or(4 << 20, |b| b.0),
         max_result: rs.job_max_result.map_or(4 << 20, |b| b.0),
+    })
+}
+
+/// Names the routes take for themselves.
+fn check_name(c: &Checker, table: &str, name: &Name) -> Result<(), ConfigError> {
+    if let Some(why) = match name.as_str() {
+        "jobs" => Some("the job API (/v1/jobs)"),
+        "admin" => Some("operator actions (/admin/...)"),
+        _ => None,
+    } {
+        return Err(c.at(
+            table,
+            "",
+            format!(
+                "\"{}\" is reserved for {why}: choose another service name",
+                name.as_str()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Environment variable names a process can be given.
+fn check_env(c: &Checker, table: &str, rs: &RawService) -> Result<(), ConfigError> {
+    for key in rs.env.keys() {
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            return Err(c.at(
+                table,
+                "env",
+                format!("invalid environment variable name {key:?}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A fixed port: not the gateway's, and not another service's (`fixed_ports` holds
+/// the claims so far).
+fn claim_port(
+    c: &Checker,
+    table: &str,
+    rs: &RawService,
+    listen_port: u16,
+    name: &Name,
+    fixed_ports: &mut BTreeMap<u16, String>,
+) -> Result<(), ConfigError> {
+    if let Some(PortSpec::Fixed(p)) = rs.port {
+        if p == listen_port {
+            return Err(c.at(
+                table,
+                "port",
+                format!("port {p} is the gateway's own port (instance.listen)"),
+            ));
+        }
+        if let Some(other) = fixed_ports.insert(p, name.to_string()) {
+            return Err(c.at(
+                table,
+                "port",
+                format!(
+                    "port {p} is also used by service {other:?}; two services cannot share a port"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What each kind needs and refuses: a process service proves readiness by a port
+/// or an exec probe; a worker service is reached through the gateway.
+fn check_kind(c: &Checker, table: &str, rs: &RawService, workers: u32) -> Result<(), ConfigError> {
+    match rs.kind {
+        Kind::Process => {
+            if rs.port.is_none() && !matches!(rs.health, Some(Health::Exec(_))) {
+                return Err(c.at(
+                    table,
+                    "",
+                    "a process service needs `port` (a number or \"auto\") or `health = { exec = [...] }` to prove it is ready".into(),
+                ));
+            }
+            if rs.port.is_none() && matches!(rs.health, Some(Health::Http(_) | Health::Tcp)) {
+                return Err(c.at(table, "health", "an http or tcp probe needs `port`".into()));
+            }
+            if workers > 1 && matches!(rs.port, Some(PortSpec::Fixed(_))) {
+                return Err(c.at(
+                    table,
+                    "workers",
+                    "a process service with a fixed port runs 1 worker (the port can be bound once); use port = \"auto\"".into(),
+                ));
+            }
+        }
+        Kind::Worker => {
+            if rs.health.is_some() {
+                return Err(c.at(
+                    table,
+                    "health",
+                    "`health` is for kind = \"process\"; a worker service is ready when its worker sends READY".into(),
+                ));
+            }
+            if rs.port.is_some() {
+                return Err(c.at(table, "port", "`port` is for kind = \"process\"; worker services are reached through the gateway".into()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How failures are met and how long a stop may take.
+fn restart(c: &Checker, table: &str, rs: &RawService) -> Result<Restart, ConfigError> {
+    let backoff_initial = c.dur(
+        table,
+        "backoff_initial",
+        rs.backoff_initial,
+        Duration::from_secs(1),
+    )?;
+    let backoff_max = c.dur(
+        table,
+        "backoff_max",
+        rs.backoff_max,
+        Duration::from_secs(30),
+    )?;
+    if backoff_max < backoff_initial {
+        return Err(c.at(
+            table,
+            "backoff_max",
+            "must not be less than backoff_initial".into(),
+        ));
+    }
+    Ok(Restart {
+        stop_timeout: c.dur(
+            table,
+            "stop_timeout",
+            rs.stop_timeout,
+            Duration::from_secs(10),
+        )?,
+        health_failures: c.num(
+            table,
+            "health_failures",
+            rs.health_failures.map(u64::from),
+            3,
+            1,
+            1000,
+        )? as u32,
+        backoff_initial,
+        backoff_max,
+        crash_loop_failures: c.num(
+            table,
+            "crash_loop_failures",
+            rs.crash_loop_failures.map(u64::from),
+            5,
+            1,
+            1000,
+        )? as u32,
+        crash_loop_window: c.dur(
+            table,
+            "crash_loop_window",
+            rs.crash_loop_window,
+            Duration::from_secs(60),
+        )?,
+        stable_after: c.dur(
+            table,
+            "stable_after",
+            rs.stable_after,
+            Duration::from_secs(10),
+        )?,
+    })
+}
+
+/// Keys that only a worker service has.
+fn check_worker_only(
+    c: &Checker,
+    table: &str,
+    rs: &RawService,
+    gpu: &super::gpu::Gpu,
+) -> Result<(), ConfigError> {
+    let worker_only = [
+        ("max_queue", rs.max_queue.is_some()),
+        ("queue_timeout", rs.queue_timeout.is_some()),
+        ("retry_on_crash", rs.retry_on_crash.is_some()),
+        ("poison_limit", rs.poison_limit.is_some()),
+        ("max_requests", rs.max_requests.is_some()),
+        ("max_rss", rs.max_rss.is_some()),
+        ("max_gpu_memory", gpu.max_memory > 0),
+        ("max_frame", rs.max_frame.is_some()),
+        ("max_attempts", rs.max_attempts.is_some()),
+        ("jobs_share", rs.jobs_share.is_some()),
+        ("job_backoff", rs.job_backoff.is_some()),
+        ("batch", !rs.batch.is_empty()),
+        ("job_retention", rs.job_retention.is_some()),
+        ("job_max_body", rs.job_max_body.is_some()),
+        ("job_max_result", rs.job_max_result.is_some()),
+        ("stream_idle_timeout", rs.stream_idle_timeout.is_some()),
+        ("stream_write_timeout", rs.stream_write_timeout.is_some()),
+        ("cancel_grace", rs.cancel_grace.is_some()),
+    ];
+    if rs.kind == Kind::Process
+        && let Some((key, _)) = worker_only.iter().find(|(_, set)| *set)
+    {
+        return Err(c.at(
+            table,
+            key,
+            format!("`{key}` applies to kind = \"worker\" services only"),
+        ));
+    }
+    Ok(())
+}
+
+/// `listen_fd` needs a process service with a port, and a probe that a socket
+/// paddock holds cannot fake.
+fn check_listen_fd(
+    c: &Checker,
+    table: &str,
+    rs: &RawService,
+    health: &Option<Health>,
+) -> Result<(), ConfigError> {
+    if rs.listen_fd {
+        if rs.kind != Kind::Process || rs.port.is_none() {
+            return Err(c.at(
+                table,
+                "listen_fd",
+                "listen_fd is for kind = \"process\" services with a `port`".into(),
+            ));
+        }
+        if !matches!(health, Some(Health::Http(_) | Health::Exec(_))) {
+            return Err(c.at(
+                table,
+                "listen_fd",
+                "with listen_fd the kernel accepts connections on paddock's socket before the program runs, so a tcp probe (the default) proves nothing: set health = { http = \"/path\" } or { exec = [...] }".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// How a reload replaces each worker.
+fn reload(c: &Checker, table: &str, rs: &RawService) -> Result<ReloadStrategy, ConfigError> {
+    Ok(match (rs.kind, rs.reload) {
+        (Kind::Process, Some(ReloadStrategy::StartFirst)) => {
+            return Err(c.at(
+                table,
+                "reload",
+                "a process service is replaced in place (its port may be fixed): only \"stop-first\" applies".into(),
+            ));
+        }
+        (Kind::Process, _) => ReloadStrategy::StopFirst,
+        (Kind::Worker, r) => r.unwrap_or(ReloadStrategy::StartFirst),
     })
 }
