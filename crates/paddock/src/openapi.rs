@@ -80,127 +80,9 @@ pub fn document(config: &Config, handlers: &BTreeMap<String, Handlers>) -> Value
     paths.insert("/status".into(), json!({"get": {"summary": "The instance, its services and workers", "operationId": "status", "tags": ["instance"], "responses": {"200": doc("the status (as paddock status --json)")}}}));
     paths.insert("/metrics".into(), json!({"get": {"summary": "Prometheus metrics", "operationId": "metrics", "tags": ["instance"], "responses": {"200": text("the text exposition")}}}));
     paths.insert("/openapi.json".into(), json!({"get": {"summary": "This document", "operationId": "openapi", "tags": ["instance"], "responses": {"200": doc("OpenAPI 3.1")}}}));
-    for s in config.services.iter().filter(|s| s.kind == Kind::Worker) {
-        let name = s.name.as_str();
-        let h = handlers.get(name).filter(|h| !h.methods.is_empty());
-        match h {
-            Some(h) => {
-                if h.methods.iter().any(|m| m == "predict") {
-                    paths.insert(
-                        format!("/v1/{name}"),
-                        json!({"post": call(format!("Call {name}'s default handler (predict)"), format!("call_{name}"), name, "predict", Some(h))}),
-                    );
-                    paths.insert(
-                        format!("/v1/jobs/{name}"),
-                        json!({"post": enqueue(format!("enqueue_{name}"), name, "predict")}),
-                    );
-                }
-                for m in &h.methods {
-                    paths.insert(
-                        format!("/v1/{name}/{m}"),
-                        json!({"post": call(format!("Call {name}'s {m:?} handler"), format!("call_{name}_{m}"), name, m, Some(h))}),
-                    );
-                    paths.insert(
-                        format!("/v1/jobs/{name}/{m}"),
-                        json!({"post": enqueue(format!("enqueue_{name}_{m}"), name, m)}),
-                    );
-                }
-            }
-            None => {
-                paths.insert(
-                    format!("/v1/{name}"),
-                    json!({"post": call(format!("Call {name}'s default handler (predict); its handlers are known once its workers run"), format!("call_{name}"), name, "predict", None)}),
-                );
-                let mut op = call(
-                    format!("Call one of {name}'s handlers"),
-                    format!("call_{name}_method"),
-                    name,
-                    "method",
-                    None,
-                );
-                op["parameters"] = json!([{"name": "method", "in": "path", "required": true, "schema": {"type": "string", "pattern": "^[A-Za-z0-9_]{1,128}$"}}]);
-                paths.insert(format!("/v1/{name}/{{method}}"), json!({"post": op}));
-                paths.insert(
-                    format!("/v1/jobs/{name}"),
-                    json!({"post": enqueue(format!("enqueue_{name}"), name, "predict")}),
-                );
-            }
-        }
-    }
-    let job =
-        json!({"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Job"}}}});
-    paths.insert("/v1/jobs".into(), json!({"get": {
-        "summary": "A page of jobs", "operationId": "list_jobs", "tags": ["jobs"],
-        "parameters": [
-            {"name": "state", "in": "query", "required": false, "schema": {"type": "string", "enum": ["queued", "claimed", "running", "done", "dead", "cancelled"]}},
-            {"name": "service", "in": "query", "required": false, "schema": {"type": "string"}},
-            {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
-            {"name": "after", "in": "query", "required": false, "schema": {"type": "integer"}}
-        ],
-        "responses": {"200": {"description": "jobs and the next page's `after`", "content": {"application/json": {"schema": {"type": "object", "properties": {"jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}}, "next": {"type": ["integer", "null"]}}}}}}, "400": {"$ref": "#/components/responses/E400"}, "404": {"$ref": "#/components/responses/E404"}, "503": {"$ref": "#/components/responses/E503"}}
-    }}));
-    let id = json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}]);
-    paths.insert("/v1/jobs/{id}".into(), json!({
-        "get": {"summary": "A job", "operationId": "show_job", "tags": ["jobs"], "parameters": id, "responses": {"200": {"description": "the job", "content": job["content"].clone()}, "404": {"$ref": "#/components/responses/E404"}, "503": {"$ref": "#/components/responses/E503"}}},
-        "delete": {"summary": "Cancel a queued or claimed job", "operationId": "cancel_job", "tags": ["jobs"], "parameters": id, "responses": {"200": {"description": "cancelled", "content": job["content"].clone()}, "404": {"$ref": "#/components/responses/E404"}, "409": {"$ref": "#/components/responses/E409"}, "503": {"$ref": "#/components/responses/E503"}}}
-    }));
-    paths.insert("/v1/jobs/{id}/result".into(), json!({"get": {
-        "summary": "A done job's result, with its content type", "operationId": "job_result", "tags": ["jobs"], "parameters": id,
-        "responses": {"200": {"description": "the result", "content": {"*/*": {"schema": {}}}}, "404": {"$ref": "#/components/responses/E404"}, "409": {"$ref": "#/components/responses/E409"}, "503": {"$ref": "#/components/responses/E503"}}
-    }}));
-    // Operator routes need the operator token, on every instance.
-    let admin = |summary: &str, id: &str, param: &str, ok: Value, errors: &[&str]| {
-        let mut responses = error_responses(errors);
-        responses["200"] = ok;
-        responses["401"] = json!({"$ref": "#/components/responses/E401"});
-        json!({"post": {
-            "summary": summary, "operationId": id, "tags": ["admin"],
-            "parameters": [{"name": param, "in": "path", "required": true, "schema": {"type": "string"}}],
-            "security": [{"operator": []}],
-            "responses": responses
-        }})
-    };
-    paths.insert("/ui".into(), json!({"get": {"summary": "The dashboard (the page needs no token; its data calls do)", "operationId": "ui", "tags": ["instance"], "security": [], "responses": {"200": {"description": "the page", "content": {"text/html": {"schema": {"type": "string"}}}}}}}));
-    paths.insert("/admin/services/{name}/logs".into(), json!({"get": {
-        "summary": "A service's (or one worker's) last log lines", "operationId": "service_logs", "tags": ["admin"],
-        "parameters": [
-            {"name": "name", "in": "path", "required": true, "schema": {"type": "string"}},
-            {"name": "worker", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0, "maximum": 4294967295u64}},
-            {"name": "lines", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}
-        ],
-        "security": [{"operator": []}],
-        "responses": {"200": doc("the lines"), "400": {"$ref": "#/components/responses/E400"}, "401": {"$ref": "#/components/responses/E401"}, "404": {"$ref": "#/components/responses/E404"}}
-    }}));
-    paths.insert(
-        "/admin/services/{name}/reload".into(),
-        admin(
-            "Replace the service's workers one at a time",
-            "reload_service",
-            "name",
-            doc("the workers replaced"),
-            &["404", "409"],
-        ),
-    );
-    paths.insert(
-        "/admin/jobs/{id}/retry".into(),
-        admin(
-            "Queue a dead or cancelled job again",
-            "retry_job",
-            "id",
-            json!({"description": "the job", "content": job["content"].clone()}),
-            &["404", "409", "503"],
-        ),
-    );
-    paths.insert(
-        "/admin/jobs/{id}/cancel".into(),
-        admin(
-            "Cancel a queued or claimed job",
-            "cancel_job_admin",
-            "id",
-            json!({"description": "the job", "content": job["content"].clone()}),
-            &["404", "409", "503"],
-        ),
-    );
+    service_paths(&mut paths, config, handlers);
+    job_paths(&mut paths);
+    admin_paths(&mut paths);
     let mut responses = serde_json::Map::new();
     for (code, what) in [
         (
@@ -278,4 +160,145 @@ pub fn document(config: &Config, handlers: &BTreeMap<String, Handlers>) -> Value
         d["security"] = json!([{"bearer": []}]);
     }
     d
+}
+
+/// Each worker service's model and job routes, with the handlers its workers
+/// announced (or the generic forms before they did).
+fn service_paths(
+    paths: &mut serde_json::Map<String, Value>,
+    config: &Config,
+    handlers: &BTreeMap<String, Handlers>,
+) {
+    for s in config.services.iter().filter(|s| s.kind == Kind::Worker) {
+        let name = s.name.as_str();
+        let h = handlers.get(name).filter(|h| !h.methods.is_empty());
+        match h {
+            Some(h) => {
+                if h.methods.iter().any(|m| m == "predict") {
+                    paths.insert(
+                        format!("/v1/{name}"),
+                        json!({"post": call(format!("Call {name}'s default handler (predict)"), format!("call_{name}"), name, "predict", Some(h))}),
+                    );
+                    paths.insert(
+                        format!("/v1/jobs/{name}"),
+                        json!({"post": enqueue(format!("enqueue_{name}"), name, "predict")}),
+                    );
+                }
+                for m in &h.methods {
+                    paths.insert(
+                        format!("/v1/{name}/{m}"),
+                        json!({"post": call(format!("Call {name}'s {m:?} handler"), format!("call_{name}_{m}"), name, m, Some(h))}),
+                    );
+                    paths.insert(
+                        format!("/v1/jobs/{name}/{m}"),
+                        json!({"post": enqueue(format!("enqueue_{name}_{m}"), name, m)}),
+                    );
+                }
+            }
+            None => {
+                paths.insert(
+                    format!("/v1/{name}"),
+                    json!({"post": call(format!("Call {name}'s default handler (predict); its handlers are known once its workers run"), format!("call_{name}"), name, "predict", None)}),
+                );
+                let mut op = call(
+                    format!("Call one of {name}'s handlers"),
+                    format!("call_{name}_method"),
+                    name,
+                    "method",
+                    None,
+                );
+                op["parameters"] = json!([{"name": "method", "in": "path", "required": true, "schema": {"type": "string", "pattern": "^[A-Za-z0-9_]{1,128}$"}}]);
+                paths.insert(format!("/v1/{name}/{{method}}"), json!({"post": op}));
+                paths.insert(
+                    format!("/v1/jobs/{name}"),
+                    json!({"post": enqueue(format!("enqueue_{name}"), name, "predict")}),
+                );
+            }
+        }
+    }
+}
+
+/// The job routes that are not a service's.
+fn job_paths(paths: &mut serde_json::Map<String, Value>) {
+    let job =
+        json!({"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Job"}}}});
+    paths.insert("/v1/jobs".into(), json!({"get": {
+        "summary": "A page of jobs", "operationId": "list_jobs", "tags": ["jobs"],
+        "parameters": [
+            {"name": "state", "in": "query", "required": false, "schema": {"type": "string", "enum": ["queued", "claimed", "running", "done", "dead", "cancelled"]}},
+            {"name": "service", "in": "query", "required": false, "schema": {"type": "string"}},
+            {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+            {"name": "after", "in": "query", "required": false, "schema": {"type": "integer"}}
+        ],
+        "responses": {"200": {"description": "jobs and the next page's `after`", "content": {"application/json": {"schema": {"type": "object", "properties": {"jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}}, "next": {"type": ["integer", "null"]}}}}}}, "400": {"$ref": "#/components/responses/E400"}, "404": {"$ref": "#/components/responses/E404"}, "503": {"$ref": "#/components/responses/E503"}}
+    }}));
+    let id = json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}]);
+    paths.insert("/v1/jobs/{id}".into(), json!({
+        "get": {"summary": "A job", "operationId": "show_job", "tags": ["jobs"], "parameters": id, "responses": {"200": {"description": "the job", "content": job["content"].clone()}, "404": {"$ref": "#/components/responses/E404"}, "503": {"$ref": "#/components/responses/E503"}}},
+        "delete": {"summary": "Cancel a queued or claimed job", "operationId": "cancel_job", "tags": ["jobs"], "parameters": id, "responses": {"200": {"description": "cancelled", "content": job["content"].clone()}, "404": {"$ref": "#/components/responses/E404"}, "409": {"$ref": "#/components/responses/E409"}, "503": {"$ref": "#/components/responses/E503"}}}
+    }));
+    paths.insert("/v1/jobs/{id}/result".into(), json!({"get": {
+        "summary": "A done job's result, with its content type", "operationId": "job_result", "tags": ["jobs"], "parameters": id,
+        "responses": {"200": {"description": "the result", "content": {"*/*": {"schema": {}}}}, "404": {"$ref": "#/components/responses/E404"}, "409": {"$ref": "#/components/responses/E409"}, "503": {"$ref": "#/components/responses/E503"}}
+    }}));
+    // Operator routes need the operator token, on every instance.
+}
+
+/// The operator routes (`/admin/...`) and the dashboard.
+fn admin_paths(paths: &mut serde_json::Map<String, Value>) {
+    let doc = |d: &str| json!({"description": d, "content": {"application/json": {"schema": {"type": "object"}}}});
+    let job =
+        json!({"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Job"}}}});
+    let admin = |summary: &str, id: &str, param: &str, ok: Value, errors: &[&str]| {
+        let mut responses = error_responses(errors);
+        responses["200"] = ok;
+        responses["401"] = json!({"$ref": "#/components/responses/E401"});
+        json!({"post": {
+            "summary": summary, "operationId": id, "tags": ["admin"],
+            "parameters": [{"name": param, "in": "path", "required": true, "schema": {"type": "string"}}],
+            "security": [{"operator": []}],
+            "responses": responses
+        }})
+    };
+    paths.insert("/ui".into(), json!({"get": {"summary": "The dashboard (the page needs no token; its data calls do)", "operationId": "ui", "tags": ["instance"], "security": [], "responses": {"200": {"description": "the page", "content": {"text/html": {"schema": {"type": "string"}}}}}}}));
+    paths.insert("/admin/services/{name}/logs".into(), json!({"get": {
+        "summary": "A service's (or one worker's) last log lines", "operationId": "service_logs", "tags": ["admin"],
+        "parameters": [
+            {"name": "name", "in": "path", "required": true, "schema": {"type": "string"}},
+            {"name": "worker", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0, "maximum": 4294967295u64}},
+            {"name": "lines", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}
+        ],
+        "security": [{"operator": []}],
+        "responses": {"200": doc("the lines"), "400": {"$ref": "#/components/responses/E400"}, "401": {"$ref": "#/components/responses/E401"}, "404": {"$ref": "#/components/responses/E404"}}
+    }}));
+    paths.insert(
+        "/admin/services/{name}/reload".into(),
+        admin(
+            "Replace the service's workers one at a time",
+            "reload_service",
+            "name",
+            doc("the workers replaced"),
+            &["404", "409"],
+        ),
+    );
+    paths.insert(
+        "/admin/jobs/{id}/retry".into(),
+        admin(
+            "Queue a dead or cancelled job again",
+            "retry_job",
+            "id",
+            json!({"description": "the job", "content": job["content"].clone()}),
+            &["404", "409", "503"],
+        ),
+    );
+    paths.insert(
+        "/admin/jobs/{id}/cancel".into(),
+        admin(
+            "Cancel a queued or claimed job",
+            "cancel_job_admin",
+            "id",
+            json!({"description": "the job", "content": job["content"].clone()}),
+            &["404", "409", "503"],
+        ),
+    );
 }
