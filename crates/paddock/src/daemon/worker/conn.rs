@@ -177,52 +177,7 @@ impl Actor {
             return None;
         }
         match frame {
-            Frame::Ready { json } => {
-                if !matches!(self.life.state, State::Starting { .. }) {
-                    return Some(Event::ProtocolViolation("READY when not starting".into()));
-                }
-                let v: serde_json::Value = match serde_json::from_str(&json) {
-                    Ok(v) => v,
-                    Err(e) => {
-                        return Some(Event::ProtocolViolation(format!("READY is not JSON: {e}")));
-                    }
-                };
-                let list = |k: &str| -> Vec<String> {
-                    v[k].as_array()
-                        .map(|a| {
-                            a.iter()
-                                .filter_map(|x| x.as_str().map(String::from))
-                                .collect()
-                        })
-                        .unwrap_or_default()
-                };
-                conn.methods = list("methods");
-                conn.idempotent = list("idempotent");
-                conn.batch = match batch_limits(&v["batch"], &conn.methods) {
-                    Ok(b) => b,
-                    Err(why) => return Some(Event::ProtocolViolation(why)),
-                };
-                if let Some(d) = &self.deps.dispatcher {
-                    d.set_methods(&conn.methods, &conn.idempotent);
-                }
-                let batched: Vec<String> = conn.batch.keys().cloned().collect();
-                if let Some(r) = &self.running {
-                    let secs = r.spawned.elapsed().as_secs_f64();
-                    self.deps
-                        .metrics
-                        .load_seconds
-                        .get_or_create(&Metrics::service(self.service()))
-                        .observe(secs);
-                }
-                let sizes = batched
-                    .iter()
-                    .filter_map(|m| Some((m.clone(), self.batch_limits(m)?.max_size)))
-                    .collect();
-                if let Some(d) = &self.deps.dispatcher {
-                    d.set_batch_sizes(sizes);
-                }
-                Some(Event::ProvenReady)
-            }
+            Frame::Ready { json } => self.on_ready(&json),
             Frame::SetupFailed { text } => Some(Event::SetupFailed(text)),
             frame @ (Frame::Reply { .. }
             | Frame::Error { .. }
@@ -281,6 +236,57 @@ impl Actor {
                 other.kind()
             ))),
         }
+    }
+
+    /// READY: the worker's handlers (and its batched ones' limits) become the
+    /// dispatcher's, and its load time is measured; it is ready only when the
+    /// lifecycle says so (`ProvenReady`).
+    fn on_ready(&mut self, json: &str) -> Option<Event> {
+        let conn = self.conn.as_mut()?;
+        if !matches!(self.life.state, State::Starting { .. }) {
+            return Some(Event::ProtocolViolation("READY when not starting".into()));
+        }
+        let v: serde_json::Value = match serde_json::from_str(json) {
+            Ok(v) => v,
+            Err(e) => {
+                return Some(Event::ProtocolViolation(format!("READY is not JSON: {e}")));
+            }
+        };
+        let list = |k: &str| -> Vec<String> {
+            v[k].as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        conn.methods = list("methods");
+        conn.idempotent = list("idempotent");
+        conn.batch = match batch_limits(&v["batch"], &conn.methods) {
+            Ok(b) => b,
+            Err(why) => return Some(Event::ProtocolViolation(why)),
+        };
+        if let Some(d) = &self.deps.dispatcher {
+            d.set_methods(&conn.methods, &conn.idempotent);
+        }
+        let batched: Vec<String> = conn.batch.keys().cloned().collect();
+        if let Some(r) = &self.running {
+            let secs = r.spawned.elapsed().as_secs_f64();
+            self.deps
+                .metrics
+                .load_seconds
+                .get_or_create(&Metrics::service(self.service()))
+                .observe(secs);
+        }
+        let sizes = batched
+            .iter()
+            .filter_map(|m| Some((m.clone(), self.batch_limits(m)?.max_size)))
+            .collect();
+        if let Some(d) = &self.deps.dispatcher {
+            d.set_batch_sizes(sizes);
+        }
+        Some(Event::ProvenReady)
     }
 
     /// The worker broke the protocol: the request it held is answered 502 now.
