@@ -251,38 +251,47 @@ impl Metrics {
             "How busy each GPU was over the driver's last sample period, 0 to 1 (NVML)",
             m.gpu_utilization.clone(),
         );
-        registry.register("jobs", "Durable jobs by service and state", m.jobs.clone());
+        m.register_jobs(&mut registry);
+        Metrics { registry, ..m }
+    }
+
+    /// The job store's figures: jobs by state, its size and limit, retention.
+    fn register_jobs(&self, registry: &mut Registry) {
+        registry.register(
+            "jobs",
+            "Durable jobs by service and state",
+            self.jobs.clone(),
+        );
         registry.register(
             "jobs_store_bytes",
             "The job store's size on disk (SQLite file and WAL, or PostgreSQL table)",
-            m.jobs_store_bytes.clone(),
+            self.jobs_store_bytes.clone(),
         );
         registry.register(
             "jobs_store_max_bytes",
             "instance.job_store_max_size: past it, enqueues are refused with 507",
-            m.jobs_store_max_bytes.clone(),
+            self.jobs_store_max_bytes.clone(),
         );
         registry.register(
-            "jobs_store_used_bytes",
-            "The space the jobs take (SQLite pages in use, PostgreSQL table), sampled each second: what job_store_max_size bounds",
-            m.jobs_store_used_bytes.clone(),
-        );
+        "jobs_store_used_bytes",
+        "The space the jobs take (SQLite pages in use, PostgreSQL table), sampled each second: what job_store_max_size bounds",
+        self.jobs_store_used_bytes.clone(),
+    );
         registry.register(
             "jobs_oldest_finished_timestamp_seconds",
             "When the service's oldest kept finished job finished",
-            m.jobs_oldest_finished.clone(),
+            self.jobs_oldest_finished.clone(),
         );
         registry.register(
             "jobs_pruned",
             "Finished jobs deleted by job_retention",
-            m.jobs_pruned.clone(),
+            self.jobs_pruned.clone(),
         );
         registry.register(
             "jobs_last_prune_timestamp_seconds",
             "When the service's last prune round ended",
-            m.jobs_last_prune.clone(),
+            self.jobs_last_prune.clone(),
         );
-        Metrics { registry, ..m }
     }
 
     pub fn method(service: &str, method: &str) -> MethodLabels {
