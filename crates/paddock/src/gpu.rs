@@ -27,20 +27,31 @@ pub const VISIBLE_AMD: [&str; 2] = ["HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES
 /// its device index means the same GPU to CUDA as to paddock.
 pub const ORDER: (&str, &str) = ("CUDA_DEVICE_ORDER", "PCI_BUS_ID");
 
+/// Why the GPUs cannot be seen or read ("no NVIDIA driver (…)").
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct GpuError(pub String);
+
+impl From<&str> for GpuError {
+    fn from(s: &str) -> GpuError {
+        GpuError(s.to_string())
+    }
+}
+
 /// What paddock asks of the GPUs.
 pub trait GpuProbe: Send + Sync {
     /// The devices, or why there are none to see ("no NVIDIA driver (…)").
-    fn devices(&self) -> Result<Vec<Device>, String>;
+    fn devices(&self) -> Result<Vec<Device>, GpuError>;
     /// GPU memory per process holding some, by pid.
-    fn process_memory(&self) -> Result<HashMap<i32, u64>, String>;
+    fn process_memory(&self) -> Result<HashMap<i32, u64>, GpuError>;
 }
 
 impl GpuProbe for paddock_sys::gpu::Gpus {
-    fn devices(&self) -> Result<Vec<Device>, String> {
-        paddock_sys::gpu::Gpus::devices(self)
+    fn devices(&self) -> Result<Vec<Device>, GpuError> {
+        paddock_sys::gpu::Gpus::devices(self).map_err(GpuError)
     }
-    fn process_memory(&self) -> Result<HashMap<i32, u64>, String> {
-        paddock_sys::gpu::Gpus::process_memory(self)
+    fn process_memory(&self) -> Result<HashMap<i32, u64>, GpuError> {
+        paddock_sys::gpu::Gpus::process_memory(self).map_err(GpuError)
     }
 }
 
@@ -132,7 +143,7 @@ impl GpuStatus {
                     .collect(),
             },
             Err(why) => GpuStatus {
-                unavailable: Some(why),
+                unavailable: Some(why.to_string()),
                 devices: vec![],
             },
         }
@@ -146,7 +157,7 @@ pub mod fake {
     use std::sync::Mutex;
 
     pub struct FakeGpus {
-        pub devices: Mutex<Result<Vec<Device>, String>>,
+        pub devices: Mutex<Result<Vec<Device>, GpuError>>,
         pub memory: Mutex<HashMap<i32, u64>>,
     }
 
@@ -166,10 +177,10 @@ pub mod fake {
     }
 
     impl GpuProbe for FakeGpus {
-        fn devices(&self) -> Result<Vec<Device>, String> {
+        fn devices(&self) -> Result<Vec<Device>, GpuError> {
             self.devices.lock().unwrap().clone()
         }
-        fn process_memory(&self) -> Result<HashMap<i32, u64>, String> {
+        fn process_memory(&self) -> Result<HashMap<i32, u64>, GpuError> {
             self.devices()?;
             Ok(self.memory.lock().unwrap().clone())
         }

@@ -13,6 +13,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 
+/// Why the state folder cannot be used, in words (a file in the way, no right to
+/// create a folder).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unusable(pub String);
+
 /// The paths of one instance.
 #[derive(Debug, Clone)]
 pub struct Paths {
@@ -59,12 +65,17 @@ impl Paths {
     /// there: the instance's folder, or its nearest existing ancestor, must be a
     /// folder this user can create entries in (proved by making and removing one,
     /// which also catches a read-only file system and root's blind spots).
-    pub fn probe(&self) -> Result<(), String> {
+    pub fn probe(&self) -> Result<(), Unusable> {
         let mut at = self.dir.as_path();
         loop {
             match std::fs::metadata(at) {
                 Ok(m) if m.is_dir() => break,
-                Ok(_) => return Err(format!("{} is a file, not a folder", at.display())),
+                Ok(_) => {
+                    return Err(Unusable(format!(
+                        "{} is a file, not a folder",
+                        at.display()
+                    )));
+                }
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -73,16 +84,18 @@ impl Paths {
                 {
                     match at.parent() {
                         Some(p) => at = p,
-                        None => return Err(format!("{} does not exist", self.dir.display())),
+                        None => {
+                            return Err(Unusable(format!("{} does not exist", self.dir.display())));
+                        }
                     }
                 }
-                Err(e) => return Err(format!("cannot read {}: {e}", at.display())),
+                Err(e) => return Err(Unusable(format!("cannot read {}: {e}", at.display()))),
             }
         }
         let trial = at.join(format!(".paddock-check-{}", std::process::id()));
         std::fs::create_dir(&trial)
             .and_then(|()| std::fs::remove_dir(&trial))
-            .map_err(|e| format!("cannot create a folder in {}: {e}", at.display()))
+            .map_err(|e| Unusable(format!("cannot create a folder in {}: {e}", at.display())))
     }
 
     /// The operator token: read from its file, or made (32 random bytes, as hex)

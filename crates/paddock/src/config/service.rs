@@ -182,7 +182,7 @@ fn jobs(c: &Checker, table: &str, rs: &RawService) -> Result<Jobs, ConfigError> 
         share: rs.jobs_share.unwrap_or(0.5),
         backoff: c.dur(table, "job_backoff", rs.job_backoff, Duration::from_secs(1))?,
         retention: super::values::retention(rs.job_retention.as_deref())
-            .map_err(|e| c.at(table, "job_retention", e))?,
+            .map_err(|e| c.at(table, "job_retention", e.to_string()))?,
         max_body: rs.job_max_body.map_or(4 << 20, |b| b.0),
         max_result: rs.job_max_result.map_or(4 << 20, |b| b.0),
     })

@@ -6,12 +6,17 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, de};
 
+/// A value the config file cannot hold, in words: what it is, and what to write.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadValue(pub String);
+
 /// A name of an instance or a service: `[a-z0-9][a-z0-9_-]*`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Name(String);
 
 impl Name {
-    pub fn parse(s: &str) -> Result<Name, String> {
+    pub fn parse(s: &str) -> Result<Name, BadValue> {
         let mut chars = s.chars();
         let ok = match chars.next() {
             Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit() => {
@@ -22,9 +27,9 @@ impl Name {
         if ok && s.len() <= 64 {
             Ok(Name(s.to_string()))
         } else {
-            Err(format!(
+            Err(BadValue(format!(
                 "invalid name {s:?}: names are 1 to 64 characters of a-z, 0-9, '_' and '-', starting with a letter or digit"
-            ))
+            )))
         }
     }
 
@@ -74,7 +79,7 @@ impl<'de> Deserialize<'de> for Name {
 pub struct Dur(pub Duration);
 
 impl Dur {
-    pub fn parse(s: &str) -> Result<Dur, String> {
+    pub fn parse(s: &str) -> Result<Dur, BadValue> {
         let t = s.trim();
         let split = t
             .find(|c: char| !c.is_ascii_digit() && c != '.')
@@ -97,7 +102,7 @@ impl Dur {
 }
 
 /// `job_retention`: a duration from 1s to 365d (default 7d), or "forever" (None).
-pub(super) fn retention(v: Option<&str>) -> Result<Option<Duration>, String> {
+pub(super) fn retention(v: Option<&str>) -> Result<Option<Duration>, BadValue> {
     match v {
         None => Ok(Some(Duration::from_secs(7 * 86400))),
         Some("forever") => Ok(None),
@@ -106,14 +111,18 @@ pub(super) fn retention(v: Option<&str>) -> Result<Option<Duration>, String> {
             .map(|d| d.0)
             .filter(|d| *d >= Duration::from_secs(1))
             .map(Some)
-            .ok_or_else(|| format!("{v:?}: write a duration from 1s to 365d, or \"forever\"")),
+            .ok_or_else(|| {
+                BadValue(format!(
+                    "{v:?}: write a duration from 1s to 365d, or \"forever\""
+                ))
+            }),
     }
 }
 
-fn bad_duration(s: &str) -> String {
-    format!(
+fn bad_duration(s: &str) -> BadValue {
+    BadValue(format!(
         "invalid duration {s:?}: write a number and a unit, e.g. \"500ms\", \"30s\", \"2m\", \"1h\", \"7d\""
-    )
+    ))
 }
 
 impl<'de> Deserialize<'de> for Dur {
@@ -128,7 +137,7 @@ impl<'de> Deserialize<'de> for Dur {
 pub struct Bytes(pub u64);
 
 impl Bytes {
-    pub fn parse(s: &str) -> Result<Bytes, String> {
+    pub fn parse(s: &str) -> Result<Bytes, BadValue> {
         let t = s.trim();
         let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
@@ -147,8 +156,10 @@ impl Bytes {
     }
 }
 
-fn bad_bytes(s: &str) -> String {
-    format!("invalid size {s:?}: write e.g. \"10MiB\", \"512KiB\", \"1GiB\" or a number of bytes")
+fn bad_bytes(s: &str) -> BadValue {
+    BadValue(format!(
+        "invalid size {s:?}: write e.g. \"10MiB\", \"512KiB\", \"1GiB\" or a number of bytes"
+    ))
 }
 
 impl<'de> Deserialize<'de> for Bytes {

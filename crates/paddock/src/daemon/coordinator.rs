@@ -164,7 +164,7 @@ impl Coordinator {
                         for i in 0..self.slots.len() {
                             match self.replace(i, "reload", self.service.reload).await {
                                 Ok(line) => done.push(line),
-                                Err(e) => { result = Err(ReloadError::Replacement(e)); break; }
+                                Err(e) => { result = Err(e); break; }
                             }
                         }
                         let _ = reply.send(result.map(|_| done));
@@ -246,7 +246,7 @@ impl Coordinator {
         i: usize,
         why: &str,
         how: ReloadStrategy,
-    ) -> Result<String, String> {
+    ) -> Result<String, ReloadError> {
         let name = format!("{}/{}", self.service.name, self.slots[i].index);
         let old_pid = self.slots[i].handle.status.borrow().pid;
         let limit = self.service.startup_timeout + Duration::from_secs(5);
@@ -261,9 +261,9 @@ impl Coordinator {
                 self.publish();
                 if let Err(e) = wait_ready(&self.slots[i].handle, limit).await {
                     let tail = self.tail_of(i).await;
-                    return Err(format!(
+                    return Err(ReloadError::Replacement(format!(
                         "{name}: the replacement failed before it was ready: {e}; the old worker was already retired (reload = \"stop-first\"), so the new one keeps retrying{tail}"
-                    ));
+                    )));
                 }
             }
             ReloadStrategy::StartFirst => {
@@ -278,9 +278,9 @@ impl Coordinator {
                     self.publish();
                     let generation = new.status.borrow().generation;
                     let tail = self.tail_of(i).await;
-                    return Err(format!(
+                    return Err(ReloadError::Replacement(format!(
                         "{name}: the replacement (generation {generation}) failed before it was ready: {e}; it was stopped, and the old worker keeps serving{tail}"
-                    ));
+                    )));
                 }
                 let old = std::mem::replace(&mut self.slots[i].handle, new);
                 self.extra.clear();
@@ -373,7 +373,12 @@ async fn retire(h: &Handle, patience: Duration) {
     }
 }
 
-async fn wait_ready(h: &Handle, limit: Duration) -> Result<(), String> {
+/// Why a replacement did not become ready: its last failure, or the wait.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct NotReady(String);
+
+async fn wait_ready(h: &Handle, limit: Duration) -> Result<(), NotReady> {
     let mut st = h.status.clone();
     let deadline = Instant::now() + limit;
     let r = tokio::time::timeout_at(
@@ -392,14 +397,15 @@ async fn wait_ready(h: &Handle, limit: Duration) -> Result<(), String> {
     )
     .await;
     match r {
-        Err(_) => Err(format!("not ready within {}s", limit.as_secs())),
-        Ok(Err(_)) => Err("the worker's actor ended".into()),
+        Err(_) => Err(NotReady(format!("not ready within {}s", limit.as_secs()))),
+        Ok(Err(_)) => Err(NotReady("the worker's actor ended".into())),
         Ok(Ok(s)) if s.state.serving() => Ok(()),
-        Ok(Ok(s)) => Err(s
-            .reason
-            .clone()
-            .or_else(|| s.last_exit.as_ref().map(|c| c.description.clone()))
-            .unwrap_or_else(|| format!("it is {}", s.state))),
+        Ok(Ok(s)) => Err(NotReady(
+            s.reason
+                .clone()
+                .or_else(|| s.last_exit.as_ref().map(|c| c.description.clone()))
+                .unwrap_or_else(|| format!("it is {}", s.state)),
+        )),
     }
 }
 

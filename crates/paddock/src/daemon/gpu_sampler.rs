@@ -20,13 +20,13 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::gpu::{Device, GpuProbe};
+use crate::gpu::{Device, GpuError, GpuProbe};
 
 /// One reading of the GPUs.
 #[derive(Debug, Clone)]
 struct Reading {
-    devices: Result<Vec<Device>, String>,
-    memory: Result<HashMap<i32, u64>, String>,
+    devices: Result<Vec<Device>, GpuError>,
+    memory: Result<HashMap<i32, u64>, GpuError>,
 }
 
 impl Reading {
@@ -44,10 +44,10 @@ pub struct Sampled {
 }
 
 impl GpuProbe for Sampled {
-    fn devices(&self) -> Result<Vec<Device>, String> {
+    fn devices(&self) -> Result<Vec<Device>, GpuError> {
         self.latest.borrow().devices.clone()
     }
-    fn process_memory(&self) -> Result<HashMap<i32, u64>, String> {
+    fn process_memory(&self) -> Result<HashMap<i32, u64>, GpuError> {
         self.latest.borrow().memory.clone()
     }
 }
@@ -107,10 +107,10 @@ mod tests {
     struct Shared(Arc<FakeGpus>);
 
     impl GpuProbe for Shared {
-        fn devices(&self) -> Result<Vec<Device>, String> {
+        fn devices(&self) -> Result<Vec<Device>, GpuError> {
             self.0.devices()
         }
-        fn process_memory(&self) -> Result<HashMap<i32, u64>, String> {
+        fn process_memory(&self) -> Result<HashMap<i32, u64>, GpuError> {
             self.0.process_memory()
         }
     }
@@ -139,7 +139,7 @@ mod tests {
             false,
             Duration::from_millis(1),
         );
-        assert_eq!(sampled.devices().unwrap_err(), "no NVIDIA driver (fake)");
+        assert_eq!(sampled.devices().unwrap_err().0, "no NVIDIA driver (fake)");
         // No thread holds the probe: it was dropped once the first reading was taken.
         assert_eq!(Arc::strong_count(&fake), 1);
     }

@@ -245,23 +245,29 @@ pub enum Command {
 }
 
 /// Checks what goes into a protocol frame: a method name that can be a handler, and
+/// A request that cannot be framed for a worker, or carries a header paddock will
+/// not honour: the message for its 400.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidRequest(pub String);
+
 /// a content type of sane length. Err is the message for a 400.
-pub fn check_request(method: &str, content_type: &str) -> Result<(), String> {
+pub fn check_request(method: &str, content_type: &str) -> Result<(), InvalidRequest> {
     if method.is_empty()
         || method.len() > 128
         || !method
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_')
     {
-        return Err(format!(
+        return Err(InvalidRequest(format!(
             "{method:?} is not a handler name (1 to 128 letters, digits or '_')"
-        ));
+        )));
     }
     if content_type.len() > 1024 {
-        return Err(format!(
+        return Err(InvalidRequest(format!(
             "the Content-Type header is {} bytes; at most 1024",
             content_type.len()
-        ));
+        )));
     }
     Ok(())
 }

@@ -161,7 +161,7 @@ async fn main(
         Ok(j) => j,
         Err(e) => {
             supervisor.stop().await;
-            return Err(Failure::new(exit::FAILURE, e));
+            return Err(Failure::new(exit::FAILURE, e.to_string()));
         }
     };
     let shared = Arc::new(handles::Shared {
@@ -452,7 +452,7 @@ async fn open_jobs(
     pid: i32,
     started_at: SystemTime,
     shutdown: &watch::Receiver<bool>,
-) -> Result<Option<handles::Jobs>, String> {
+) -> Result<Option<handles::Jobs>, jobs::StoreError> {
     let services: Vec<_> = supervisor
         .services
         .iter()
@@ -477,7 +477,7 @@ async fn open_jobs(
     let (store, kind) = match &config.instance.store {
         crate::config::Store::Sqlite(path) => {
             let path = path.clone().unwrap_or_else(|| paths.dir.join("jobs.db"));
-            let (store, recovered) = jobs::sqlite::open(&path, owner).map_err(|e| e.to_string())?;
+            let (store, recovered) = jobs::sqlite::open(&path, owner)?;
             if recovered > 0 {
                 tracing::warn!(
                     "{recovered} job(s) were running when the previous daemon died: queued again"
@@ -486,9 +486,7 @@ async fn open_jobs(
             (store, ("sqlite", path.display().to_string()))
         }
         crate::config::Store::Postgres(url) => (
-            jobs::postgres::open(url, owner, config.instance.lease_timeout, pumps.clone())
-                .await
-                .map_err(|e| e.to_string())?,
+            jobs::postgres::open(url, owner, config.instance.lease_timeout, pumps.clone()).await?,
             ("postgres", jobs::postgres::redact(url)),
         ),
     };

@@ -8,16 +8,33 @@ use tokio::net::TcpStream;
 
 use crate::config::Health;
 
+/// Why a health probe failed, in one line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ProbeFailed(pub String);
+
+impl From<String> for ProbeFailed {
+    fn from(s: String) -> ProbeFailed {
+        ProbeFailed(s)
+    }
+}
+
+impl From<&str> for ProbeFailed {
+    fn from(s: &str) -> ProbeFailed {
+        ProbeFailed(s.to_string())
+    }
+}
+
 /// Runs `health` against `port`; Err carries a one-line reason.
 pub async fn run(
     health: &Health,
     port: Option<u16>,
     timeout: Duration,
     spawner: &super::spawner::Spawner,
-) -> Result<(), String> {
+) -> Result<(), ProbeFailed> {
     match tokio::time::timeout(timeout, probe(health, port, spawner)).await {
         Ok(r) => r,
-        Err(_) => Err(format!("no answer within {}ms", timeout.as_millis())),
+        Err(_) => Err(format!("no answer within {}ms", timeout.as_millis()).into()),
     }
 }
 
@@ -25,14 +42,14 @@ async fn probe(
     health: &Health,
     port: Option<u16>,
     spawner: &super::spawner::Spawner,
-) -> Result<(), String> {
+) -> Result<(), ProbeFailed> {
     match health {
         Health::Tcp => {
             let port = port.ok_or("no port")?;
             TcpStream::connect(("127.0.0.1", port))
                 .await
                 .map(drop)
-                .map_err(|e| format!("tcp connect to port {port}: {e}"))
+                .map_err(|e| format!("tcp connect to port {port}: {e}").into())
         }
         Health::Http(path) => {
             let port = port.ok_or("no port")?;
@@ -51,7 +68,7 @@ async fn probe(
                 match s.read(&mut head[n..]).await {
                     Ok(0) => break,
                     Ok(k) => n += k,
-                    Err(e) => return Err(format!("GET {path} on port {port}: {e}")),
+                    Err(e) => return Err(format!("GET {path} on port {port}: {e}").into()),
                 }
             }
             let line = String::from_utf8_lossy(&head[..n]);
@@ -63,7 +80,7 @@ async fn probe(
             if (200..300).contains(&code) {
                 Ok(())
             } else {
-                Err(format!("GET {path} on port {port} answered {code}"))
+                Err(format!("GET {path} on port {port} answered {code}").into())
             }
         }
         Health::Exec(argv) => {
@@ -92,7 +109,8 @@ async fn probe(
                     "health program {:?} {}",
                     argv[0],
                     crate::status::describe_exit(status)
-                ))
+                )
+                .into())
             }
         }
     }

@@ -68,8 +68,13 @@ async fn call(shared: SharedRef, service: String, method: String, req: Request) 
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/octet-stream")
         .to_string();
-    if let Err(message) = check_request(&method, &content_type) {
-        return error(StatusCode::BAD_REQUEST, &service, message, json!(null));
+    if let Err(e) = check_request(&method, &content_type) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &service,
+            e.to_string(),
+            json!(null),
+        );
     }
     // The body, within what one frame to this service's workers can carry: a
     // declared length over it is refused from the head, before the body is

@@ -19,6 +19,7 @@ use super::errors::{error, job_error, no_jobs, store};
 use super::request_body;
 use crate::daemon::handles::SharedRef;
 use crate::daemon::jobs::{JobError, ListQuery, NewJob};
+use crate::daemon::messages::InvalidRequest;
 
 pub fn routes() -> Router<SharedRef> {
     Router::new()
@@ -36,31 +37,35 @@ pub const MAX_IDEMPOTENCY_KEY: usize = 255;
 /// The request's `Idempotency-Key`: none, or one value of 1 to 255 visible ASCII
 /// characters. A key paddock would not honour exactly is refused (400), never
 /// dropped: a dropped key makes a retry a second job.
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, String> {
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, InvalidRequest> {
     let mut values = headers.get_all("idempotency-key").iter();
     let Some(value) = values.next() else {
         return Ok(None);
     };
     if values.next().is_some() {
-        return Err("more than one Idempotency-Key header: send one".into());
+        return Err(InvalidRequest(
+            "more than one Idempotency-Key header: send one".into(),
+        ));
     }
     let bytes = value.as_bytes();
     let rule = format!(
         "an Idempotency-Key is 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters (letters, digits, punctuation; no spaces)"
     );
     if bytes.is_empty() {
-        return Err(format!("the Idempotency-Key is empty: {rule}"));
+        return Err(InvalidRequest(format!(
+            "the Idempotency-Key is empty: {rule}"
+        )));
     }
     if bytes.len() > MAX_IDEMPOTENCY_KEY {
-        return Err(format!(
+        return Err(InvalidRequest(format!(
             "the Idempotency-Key is {} bytes long: {rule}",
             bytes.len()
-        ));
+        )));
     }
     if let Some(b) = bytes.iter().find(|b| !(0x21..0x7f).contains(*b)) {
-        return Err(format!(
+        return Err(InvalidRequest(format!(
             "the Idempotency-Key holds the byte 0x{b:02x}: {rule}; encode other text first (for example as hex or base64url)"
-        ));
+        )));
     }
     Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
 }
@@ -147,7 +152,7 @@ async fn enqueue(shared: SharedRef, service: String, method: String, req: Reques
     };
     let idempotency_key = match idempotency_key(&headers) {
         Ok(k) => k,
-        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
     let body_len = body.len();
     let job = NewJob {
@@ -158,8 +163,8 @@ async fn enqueue(shared: SharedRef, service: String, method: String, req: Reques
         idempotency_key,
         max_attempts: svc.config.max_attempts,
     };
-    if let Err(message) = crate::daemon::messages::check_request(&job.method, &job.content_type) {
-        return error(StatusCode::BAD_REQUEST, message);
+    if let Err(e) = crate::daemon::messages::check_request(&job.method, &job.content_type) {
+        return error(StatusCode::BAD_REQUEST, e.to_string());
     }
     // A method no worker has (once one told us its handlers) would only die later.
     if let Some(d) = &svc.dispatcher
@@ -347,7 +352,7 @@ pub(super) async fn cancel(State(shared): State<SharedRef>, Path(id): Path<Strin
 mod tests {
     use axum::http::{HeaderMap, HeaderValue};
 
-    fn key(values: &[&[u8]]) -> Result<Option<String>, String> {
+    fn key(values: &[&[u8]]) -> Result<Option<String>, crate::daemon::messages::InvalidRequest> {
         let mut h = HeaderMap::new();
         for v in values {
             h.append("idempotency-key", HeaderValue::from_bytes(v).unwrap());
@@ -368,7 +373,7 @@ mod tests {
             b"two words",
             "k".repeat(super::MAX_IDEMPOTENCY_KEY + 1).as_bytes(),
         ] {
-            let e = key(&[bad]).unwrap_err();
+            let e = key(&[bad]).unwrap_err().to_string();
             assert!(e.contains("1 to 255 visible ASCII"), "{e}");
         }
         assert!(key(&[b"a", b"b"]).is_err());

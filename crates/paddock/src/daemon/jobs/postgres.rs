@@ -321,9 +321,7 @@ impl Tx for PgTx<'_> {
             )
             .await
             .map_err(db)?;
-        row.map(|r| view(&r))
-            .transpose()
-            .map_err(|e| JobError::Store(e.into()))
+        row.map(|r| view(&r)).transpose().map_err(JobError::Store)
     }
 
     async fn by_key(&self, service: &str, key: &str) -> Result<Option<Keyed>, JobError> {
@@ -566,7 +564,7 @@ impl Tx for PgTx<'_> {
             .await
             .map_err(db)?;
         rows.iter()
-            .map(|r| view(r).map_err(|e| JobError::Store(e.into())))
+            .map(|r| view(r).map_err(JobError::Store))
             .collect()
     }
 }

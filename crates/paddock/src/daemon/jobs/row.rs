@@ -4,7 +4,7 @@
 
 use serde_json::json;
 
-use super::{JobState, JobView, ms_to_rfc3339};
+use super::{JobState, JobView, StoreError, ms_to_rfc3339};
 
 /// The columns `view` reads, in its order. The casts make both dialects hand out
 /// the same types: 64-bit integers and the history as JSON text.
@@ -14,15 +14,15 @@ pub(super) const COLUMNS: &str = "id, seq, service, method, state, CAST(attempts
 
 /// A row's cells, by position, as the few types a job row holds.
 pub(super) trait Cells {
-    fn text(&self, i: usize) -> Result<String, String>;
-    fn opt_text(&self, i: usize) -> Result<Option<String>, String>;
-    fn int(&self, i: usize) -> Result<i64, String>;
-    fn opt_int(&self, i: usize) -> Result<Option<i64>, String>;
-    fn state(&self, i: usize) -> Result<JobState, String>;
+    fn text(&self, i: usize) -> Result<String, StoreError>;
+    fn opt_text(&self, i: usize) -> Result<Option<String>, StoreError>;
+    fn int(&self, i: usize) -> Result<i64, StoreError>;
+    fn opt_int(&self, i: usize) -> Result<Option<i64>, StoreError>;
+    fn state(&self, i: usize) -> Result<JobState, StoreError>;
 }
 
 /// A row selected with `COLUMNS`, as the API shows it.
-pub(super) fn view(r: &impl Cells) -> Result<JobView, String> {
+pub(super) fn view(r: &impl Cells) -> Result<JobView, StoreError> {
     let count = |i| r.int(i).map(|n| u32::try_from(n).unwrap_or(0));
     Ok(JobView {
         id: r.text(0)?,
@@ -48,20 +48,20 @@ pub(super) fn view(r: &impl Cells) -> Result<JobView, String> {
 macro_rules! cells {
     ($row:ty, $get:ident) => {
         impl Cells for $row {
-            fn text(&self, i: usize) -> Result<String, String> {
-                self.$get(i).map_err(|e| e.to_string())
+            fn text(&self, i: usize) -> Result<String, StoreError> {
+                self.$get(i).map_err(|e| StoreError::Failed(e.to_string()))
             }
-            fn opt_text(&self, i: usize) -> Result<Option<String>, String> {
-                self.$get(i).map_err(|e| e.to_string())
+            fn opt_text(&self, i: usize) -> Result<Option<String>, StoreError> {
+                self.$get(i).map_err(|e| StoreError::Failed(e.to_string()))
             }
-            fn int(&self, i: usize) -> Result<i64, String> {
-                self.$get(i).map_err(|e| e.to_string())
+            fn int(&self, i: usize) -> Result<i64, StoreError> {
+                self.$get(i).map_err(|e| StoreError::Failed(e.to_string()))
             }
-            fn opt_int(&self, i: usize) -> Result<Option<i64>, String> {
-                self.$get(i).map_err(|e| e.to_string())
+            fn opt_int(&self, i: usize) -> Result<Option<i64>, StoreError> {
+                self.$get(i).map_err(|e| StoreError::Failed(e.to_string()))
             }
-            fn state(&self, i: usize) -> Result<JobState, String> {
-                self.$get(i).map_err(|e| e.to_string())
+            fn state(&self, i: usize) -> Result<JobState, StoreError> {
+                self.$get(i).map_err(|e| StoreError::Failed(e.to_string()))
             }
         }
     };

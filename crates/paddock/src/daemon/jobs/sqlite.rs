@@ -353,7 +353,7 @@ impl Tx for SqliteTx<'_> {
             .optional()
             .map_err(store_err)?
             .transpose()
-            .map_err(|e| JobError::Store(e.into()))
+            .map_err(JobError::Store)
     }
 
     async fn by_key(&self, service: &str, key: &str) -> Result<Option<Keyed>, JobError> {
@@ -550,10 +550,7 @@ impl Tx for SqliteTx<'_> {
             .map_err(store_err)?;
         let mut jobs = vec![];
         for r in rows {
-            jobs.push(
-                r.map_err(store_err)?
-                    .map_err(|e| JobError::Store(e.into()))?,
-            );
+            jobs.push(r.map_err(store_err)?.map_err(JobError::Store)?);
         }
         Ok(jobs)
     }

@@ -26,6 +26,7 @@ use paddock_protocol::{BatchResult, ItemOutcome};
 use tokio::time::sleep_until;
 
 use super::Actor;
+use super::conn::Violation;
 use super::handle::TAIL_LINES;
 use super::inflight::InFlight;
 use crate::daemon::dispatch::Dispatcher;
@@ -206,25 +207,25 @@ impl Actor {
 
     /// Whether `results` answer exactly the batch in flight: one result per item,
     /// no id missing, repeated or foreign.
-    pub(super) fn answers_batch(&self, results: &[BatchResult]) -> Result<(), String> {
+    pub(super) fn answers_batch(&self, results: &[BatchResult]) -> Result<(), Violation> {
         let Some(b) = &self.batch else {
-            return Err("BATCH_REPLY with no batch outstanding".into());
+            return Err(Violation("BATCH_REPLY with no batch outstanding".into()));
         };
         if results.len() != b.items.len() {
-            return Err(format!(
+            return Err(Violation(format!(
                 "BATCH_REPLY with {} results for a batch of {}",
                 results.len(),
                 b.items.len()
-            ));
+            )));
         }
         let mut sent: Vec<u64> = b.items.iter().map(|i| i.id).collect();
         let mut got: Vec<u64> = results.iter().map(|r| r.id).collect();
         sent.sort_unstable();
         got.sort_unstable();
         if sent != got {
-            return Err(
+            return Err(Violation(
                 "BATCH_REPLY ids are not the batch's ids (one missing, repeated or foreign)".into(),
-            );
+            ));
         }
         Ok(())
     }

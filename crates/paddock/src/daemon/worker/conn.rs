@@ -26,6 +26,10 @@ pub(super) struct Conn {
     pub(super) batch: BTreeMap<String, (usize, Duration)>,
 }
 
+/// How a worker broke the protocol, in words (what its lifecycle records).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Violation(pub(super) String);
+
 /// Wraps our end of the socketpair. The actor reads frames itself, in its
 /// `select!` ([`FrameReader::next`] is cancel-safe): no task and no channel between
 /// a worker's reply and the actor that hands the worker its next request.
@@ -198,7 +202,7 @@ impl Actor {
             },
             Frame::BatchReply { results } if version >= 3 => {
                 if let Err(why) = self.answers_batch(&results) {
-                    return Some(Event::ProtocolViolation(why));
+                    return Some(Event::ProtocolViolation(why.0));
                 }
                 let n = self.take_batch_answers(results) as u64;
                 self.served += n.saturating_sub(1);
@@ -265,7 +269,7 @@ impl Actor {
         conn.idempotent = list("idempotent");
         conn.batch = match batch_limits(&v["batch"], &conn.methods) {
             Ok(b) => b,
-            Err(why) => return Some(Event::ProtocolViolation(why)),
+            Err(why) => return Some(Event::ProtocolViolation(why.0)),
         };
         if let Some(d) = &self.deps.dispatcher {
             d.set_methods(&conn.methods, &conn.idempotent);
@@ -372,20 +376,20 @@ impl Actor {
 fn batch_limits(
     v: &serde_json::Value,
     methods: &[String],
-) -> Result<BTreeMap<String, (usize, Duration)>, String> {
+) -> Result<BTreeMap<String, (usize, Duration)>, Violation> {
     let mut out = BTreeMap::new();
     let Some(map) = v.as_object() else {
         return if v.is_null() {
             Ok(out)
         } else {
-            Err("READY's batch is not an object".into())
+            Err(Violation("READY's batch is not an object".into()))
         };
     };
     for (method, limits) in map {
         if !methods.contains(method) {
-            return Err(format!(
+            return Err(Violation(format!(
                 "READY batches {method:?}, which is not in its methods"
-            ));
+            )));
         }
         let size = limits["max_size"]
             .as_u64()
@@ -396,9 +400,9 @@ fn batch_limits(
                 out.insert(method.clone(), (size as usize, Duration::from_millis(wait)));
             }
             _ => {
-                return Err(format!(
+                return Err(Violation(format!(
                     "READY's batch limits of {method:?} are not max_size 1..=4096 and max_wait_ms 0..=10000"
-                ));
+                )));
             }
         }
     }

@@ -81,7 +81,7 @@ impl Actor {
             }
             Some(Event::Probe {
                 ok: r.is_ok(),
-                detail: r.err().unwrap_or_default(),
+                detail: r.err().map(|e| e.0).unwrap_or_default(),
             })
         }
     }
