@@ -173,25 +173,25 @@ class WorkerCase(unittest.TestCase):
         w.request(rid, method, body, **kw)
         return w.recv()
 
-    def reply(self, w, rid, method, body=b"", **kw):
-        ftype, p = self.call(w, rid, method, body, **kw)
-        self.assertEqual(ftype, REPLY, p)
-        got_id, ctype, out = parse_reply(p)
+    def answer(self, w, rid, method, body, ftype, parse, **kw):
+        """Sends a request and checks that the answer is a frame of type `ftype`
+        for it; returns the rest of what `parse` reads from the payload."""
+        got, p = self.call(w, rid, method, body, **kw)
+        self.assertEqual(got, ftype, p)
+        got_id, *rest = parse(p)
         self.assertEqual(got_id, rid)
+        return rest
+
+    def reply(self, w, rid, method, body=b"", **kw):
+        ctype, out = self.answer(w, rid, method, body, REPLY, parse_reply, **kw)
         return ctype, out
 
     def error(self, w, rid, method, body=b""):
-        ftype, p = self.call(w, rid, method, body)
-        self.assertEqual(ftype, ERROR, p)
-        got_id, message, tb = parse_error(p)
-        self.assertEqual(got_id, rid)
+        message, tb = self.answer(w, rid, method, body, ERROR, parse_error)
         return message, tb
 
     def bad_request(self, w, rid, method, body=b""):
-        ftype, p = self.call(w, rid, method, body)
-        self.assertEqual(ftype, BAD_REQUEST, p)
-        got_id, message = parse_bad_request(p)
-        self.assertEqual(got_id, rid)
+        (message,) = self.answer(w, rid, method, body, BAD_REQUEST, parse_bad_request)
         return message
 
     def stop(self, w):

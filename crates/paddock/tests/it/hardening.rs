@@ -17,6 +17,17 @@ fn half_sent(port: u16) -> TcpStream {
     s
 }
 
+/// Connects, sends `bytes`, and reads what the gateway answers first (within 10 s).
+pub(crate) fn sent(port: u16, bytes: &[u8]) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(bytes).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 512];
+    let n = s.read(&mut buf).unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    (s, text)
+}
+
 /// Whether the server closed `s` (EOF or reset) within `limit`.
 pub(crate) fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
     s.set_read_timeout(Some(limit)).unwrap();
@@ -114,13 +125,10 @@ fn a_body_that_never_arrives_gets_408() {
     env.instance_extra = "body_timeout = \"300ms\"\n".into();
     env.config(&env.worker("fake", "workers = 1"));
     env.start_ok();
-    let mut s = TcpStream::connect(("127.0.0.1", env.port)).unwrap();
-    s.write_all(b"POST /v1/fake HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"op\"")
-        .unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut buf = [0u8; 512];
-    let n = s.read(&mut buf).unwrap();
-    let text = String::from_utf8_lossy(&buf[..n]);
+    let (_s, text) = sent(
+        env.port,
+        b"POST /v1/fake HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"op\"",
+    );
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(text.contains("body_timeout"), "{text}");
     env.stop_ok();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::hardening::closed_within;
+use crate::hardening::{closed_within, sent};
 use crate::harness::{Env, call, wait_until};
 
 /// Reads one response off `s` (head and a Content-Length body) within `limit`.
@@ -205,19 +205,13 @@ fn stop_does_not_wait_for_a_client_still_sending_its_body() {
     let env = Env::new();
     env.config(&env.worker("fake", "workers = 1"));
     env.start_ok();
-    let mut s = TcpStream::connect(("127.0.0.1", env.port)).unwrap();
     // `Expect: 100-continue` makes the gateway say when its handler starts reading
     // the body: from then on the request is in a handler, waiting for 95 bytes more.
-    s.write_all(b"POST /v1/fake HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\nExpect: 100-continue\r\n\r\n")
-        .unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut buf = [0u8; 64];
-    let n = s.read(&mut buf).unwrap();
-    assert!(
-        buf[..n].starts_with(b"HTTP/1.1 100"),
-        "{:?}",
-        String::from_utf8_lossy(&buf[..n])
+    let (mut s, text) = sent(
+        env.port,
+        b"POST /v1/fake HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\nExpect: 100-continue\r\n\r\n",
     );
+    assert!(text.starts_with("HTTP/1.1 100"), "{text:?}");
     s.write_all(b"{\"op\"").unwrap();
     let out = env.run(&["stop"]);
     assert_eq!(out.code, 0, "{out:?}");
