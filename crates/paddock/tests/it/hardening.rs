@@ -17,6 +17,17 @@ fn half_sent(port: u16) -> TcpStream {
     s
 }
 
+/// `paddock stop`, which must succeed within 5 s: nothing holds it up.
+pub(crate) fn stop_at_once(env: &Env) {
+    let out = env.run(&["stop"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.took < Duration::from_secs(5),
+        "stop took {:?}",
+        out.took
+    );
+}
+
 /// Connects, sends `bytes`, and reads what the gateway answers first (within 10 s).
 pub(crate) fn sent(port: u16, bytes: &[u8]) -> (TcpStream, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -58,13 +69,7 @@ fn a_half_sent_request_does_not_hold_up_stop() {
     // Make sure both are accepted and being read before the stop.
     let r = call(env.port, "fake", &json!({"op": "echo", "n": 1}));
     assert_eq!(r.code, 200);
-    let out = env.run(&["stop"]);
-    assert_eq!(out.code, 0, "{out:?}");
-    assert!(
-        out.took < Duration::from_secs(5),
-        "stop took {:?}",
-        out.took
-    );
+    stop_at_once(&env);
     assert!(closed_within(&mut slow, Duration::from_secs(1)));
     assert!(closed_within(&mut idle, Duration::from_secs(1)));
     env.assert_nothing_left();

@@ -525,3 +525,12 @@ impl Env {
 }
 
 pub use crate::pg_server::PgServer;
+
+/// Fails the test, with the program's stderr, unless it exited 0.
+pub fn assert_ran(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -90,11 +90,7 @@ fn four_instances_on_four_ports_at_once() {
         .collect();
     for h in handles {
         let out = h.join().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        crate::harness::assert_ran(&out);
     }
     let mut pids = vec![];
     for &p in &ports {
@@ -117,11 +113,7 @@ fn four_instances_on_four_ports_at_once() {
             .command(&["--port", &p.to_string(), "stop"])
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        crate::harness::assert_ran(&out);
         assert!(http_get(p, "/healthz").is_none());
     }
     env.assert_nothing_left();

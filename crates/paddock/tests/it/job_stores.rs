@@ -178,11 +178,7 @@ fn the_postgres_store_reconnects() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::harness::assert_ran(&out);
     // Enqueues may fail while the store reconnects; then they succeed and run.
     let id = wait_until(
         Duration::from_secs(20),

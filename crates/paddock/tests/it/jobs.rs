@@ -33,11 +33,7 @@ impl Backend {
             .args(["-c", &format!("CREATE DATABASE {db}")])
             .output()
             .expect("psql");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        crate::harness::assert_ran(&out);
         Backend::Postgres(format!("{}/{db}", server.base), server)
     }
 

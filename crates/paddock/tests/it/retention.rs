@@ -177,11 +177,7 @@ fn python(script: &str, args: &[&str]) -> String {
         .args(args)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::harness::assert_ran(&out);
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
