@@ -71,15 +71,7 @@ pub fn load(path: &Path, port: Option<u16>) -> Result<Config, ConfigError> {
 /// the file's start where the key is not written: a default is at fault).
 pub fn error_at(path: &Path, table: &str, key: &str, message: String) -> ConfigError {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let offset = locate::find_key(&text, table, key);
-    let (line, column) = locate::line_col(&text, offset);
-    ConfigError::Invalid {
-        file: path.to_path_buf(),
-        line,
-        column,
-        key: format!("{table}.{key}"),
-        message,
-    }
+    Checker { path, text: &text }.at(table, key, message)
 }
 
 /// Validates `text` as the contents of the config file `path`.

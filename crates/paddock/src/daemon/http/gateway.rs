@@ -24,10 +24,7 @@ pub fn router(shared: SharedRef) -> Router {
         .route("/v1/{service}", post(super::calls::call_default))
         .route("/v1/{service}/{method}", post(super::calls::call_method))
         .merge(super::jobs::routes())
-        .merge(
-            super::admin::routes()
-                .route_layer(middleware::from_fn_with_state(shared.clone(), operator)),
-        )
+        .merge(admin_routes(&shared))
         .fallback(not_found)
         // The model and job routes read their bodies themselves, within their
         // service's limits (request_body); every other route takes small ones.
@@ -94,10 +91,19 @@ async fn auth(
     next.run(req).await
 }
 
-/// The operator routes (`/admin/*`) show log lines and change things: they need the
-/// operator token even on a loopback instance without `auth_token`, since every
-/// account on the machine can reach 127.0.0.1. (With `auth_token`, `auth` has
-/// already checked the same token.)
+/// The operator routes (`/admin/*`) show log lines and change things: they need a
+/// token on every instance. With `auth_token`, `auth` checks it for every route;
+/// without one, `operator` asks for the instance's own token, since every account
+/// on the machine can reach 127.0.0.1.
+fn admin_routes(shared: &SharedRef) -> Router<SharedRef> {
+    let routes = super::admin::routes();
+    if shared.config.instance.auth_token.is_some() {
+        return routes;
+    }
+    routes.route_layer(middleware::from_fn_with_state(shared.clone(), operator))
+}
+
+/// The operator token's check for `/admin/*` on an instance without `auth_token`.
 async fn operator(
     State(shared): State<SharedRef>,
     headers: HeaderMap,
@@ -109,15 +115,10 @@ async fn operator(
         .and_then(|v| v.to_str().ok())
         .and_then(bearer_token);
     if !given.is_some_and(|t| same_secret(t.as_bytes(), shared.operator_token.as_bytes())) {
-        let how = if shared.config.instance.auth_token.is_some() {
-            "instance.auth_token"
-        } else {
-            "the instance's operator token: `paddock token` prints it"
-        };
         return (
             StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, "Bearer")],
-            Json(json!({"error": format!("operator routes (/admin/...) need Authorization: Bearer with {how}")})),
+            Json(json!({"error": "operator routes (/admin/...) need Authorization: Bearer with the instance's operator token: `paddock token` prints it"})),
         )
             .into_response();
     }

@@ -91,8 +91,7 @@ async fn run(
     mut shutdown: watch::Receiver<bool>,
     expose_errors: bool,
 ) {
-    let wake = signals.wake.clone();
-    drop(signals);
+    let Signals { wake, .. } = signals;
     let cap = capacity(&service);
     let mut buffer: VecDeque<Claimed> = VecDeque::new();
     // Workers occupied, in shares of a worker (see the module's invariants).
