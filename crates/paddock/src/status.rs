@@ -195,6 +195,33 @@ pub struct WorkerStatus {
     /// driver (`instance.gpus.unavailable` says why) or while it does not run.
     #[serde(default)]
     pub gpu_memory_bytes: Option<u64>,
+    /// The SDK its process said it runs in HELLO (worker services; None before
+    /// HELLO and for process services).
+    #[serde(default)]
+    pub sdk: Option<WorkerSdk>,
+}
+
+/// A worker's SDK, from its HELLO (docs/protocol.md, "HELLO's metadata"): every
+/// field but the protocol version is optional.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct WorkerSdk {
+    /// The worker protocol version it speaks.
+    pub protocol: u16,
+    /// Its language (`python`).
+    #[serde(default)]
+    pub language: Option<String>,
+    /// Its version: the paddock release it comes from.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Where it was imported from.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// The interpreter's version.
+    #[serde(default)]
+    pub python: Option<String>,
+    /// The interpreter.
+    #[serde(default)]
+    pub executable: Option<String>,
 }
 
 /// How a worker process ended. An exit code and a signal are kept distinct.

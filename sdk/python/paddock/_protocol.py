@@ -6,7 +6,7 @@ import time
 
 from ._api import Request, _cut
 
-__version__ = "0.1.0"  # this SDK's
+from ._version import __version__  # noqa: F401  (this SDK's, said in HELLO)
 
 PROTOCOL_VERSION = 6  # said in HELLO; 2 BAD_REQUEST, 3 batches, 4 streams, 5 FORK_WARNING, 6 REFUSED
 

@@ -28,6 +28,7 @@ from ._protocol import (
 from ._process import _env_int, _exit, _handler_failed, _next_frame
 from ._batch import _parse_batch, _run_batch, _send_batch_reply
 from ._stream import _is_stream, _stream
+from ._version import SDK_PATH
 from ._fork_guard import _install_fork_guard
 
 
@@ -116,7 +117,8 @@ def _setup_failed(conn, text):
 
 
 def _run(conn, obj):
-    meta = {"sdk": "python", "sdk_version": __version__, "python": platform.python_version()}
+    meta = {"sdk": "python", "sdk_version": __version__, "sdk_path": SDK_PATH,
+            "python": platform.python_version(), "executable": sys.executable}
     conn.send(HELLO, struct.pack(">HI", PROTOCOL_VERSION, os.getpid()),
               json.dumps(meta).encode("utf-8"))
     # Handlers are marked on the class: a worker without one is told before it

@@ -12,10 +12,12 @@ import socket
 import struct
 import subprocess
 import sys
+import tomllib
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SDK = os.path.dirname(HERE)
+ROOT = os.path.dirname(os.path.dirname(SDK))  # the repository
 WORKERS = os.path.join(HERE, "workers")
 sys.path.insert(0, SDK)
 

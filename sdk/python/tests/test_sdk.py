@@ -30,7 +30,13 @@ class WorkerTests(WorkerCase):
         self.assertEqual(pid, w.proc.pid)
         meta = json.loads(p[6:])
         self.assertEqual(meta["sdk"], "python")
-        self.assertEqual(meta["sdk_version"], "0.1.0")
+        # The version has one source, the Cargo workspace.
+        with open(os.path.join(ROOT, "Cargo.toml"), "rb") as f:
+            workspace = tomllib.load(f)["workspace"]["package"]["version"]
+        self.assertEqual(meta["sdk_version"], workspace)
+        self.assertEqual(meta["sdk_version"], paddock.__version__)
+        self.assertEqual(meta["sdk_path"], os.path.dirname(os.path.abspath(paddock.__file__)))
+        self.assertTrue(os.path.samefile(meta["executable"], sys.executable), meta)
         self.assertEqual(meta["python"].split(".")[0], "3")
         ftype, p = w.recv()
         self.assertEqual(ftype, READY)

@@ -7,7 +7,8 @@
 //! instance: OpenMP threads against cores, environment that hides hazards instead of
 //! fixing them, forks the SDK's fork guard saw, who holds each configured port (said,
 //! never killed), the lock holder, the state folder's
-//! permissions, folders of daemons that no longer run, and the GPUs (`doctor_gpu.rs`). Without a running instance it checks what it can: the config
+//! permissions, folders of daemons that no longer run, the GPUs (`doctor_gpu.rs`)
+//! and the SDK each worker's interpreter imports (`doctor_sdk.rs`). Without a running instance it checks what it can: the config
 //! and the state folder. It only reads: nothing is killed, changed or removed.
 //!
 //! Exit status: 0 when nothing is a hazard (info findings only), 1 otherwise.
@@ -147,6 +148,7 @@ fn examine(config: &Config) -> Report {
     examine_ports(config, &mut findings);
     examine_state_folder(&paths, &mut findings);
     super::doctor_gpu::examine(config, status.as_deref(), &mut workers, &mut findings);
+    super::doctor_sdk::examine(config, status.as_deref(), &mut findings);
     findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
     let clean = findings.iter().all(|f| f.severity == Severity::Info);
     Report {

@@ -6,11 +6,14 @@ mod client;
 mod daemonize;
 mod doctor;
 mod doctor_gpu;
+mod doctor_sdk;
 mod findings;
+mod init;
 mod jobs;
 mod logs;
 mod openapi;
 mod output;
+mod python_sdk;
 mod reload;
 mod run;
 mod start;
@@ -44,6 +47,21 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// Write a paddock.toml and a worker.py that run as they are (never overwrites).
+    Init {
+        /// The folder (made if missing); the service is named after it.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// What the worker shows.
+        #[arg(long, value_enum, default_value_t = init::Template::Basic)]
+        template: init::Template,
+        /// The model's Python interpreter (default: python3 on PATH).
+        #[arg(long)]
+        python: Option<String>,
+        /// Print what was written, and the SDK found, as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate the config; errors name the file, line and key.
     Check {
         /// Print the result as JSON (`ok`, the config's path, its services).
@@ -129,6 +147,16 @@ pub fn main() -> i32 {
             return code;
         }
     };
+    // `init` writes the config: there is none to load yet.
+    if let Cmd::Init {
+        dir,
+        template,
+        python,
+        json,
+    } = &cli.command
+    {
+        return init::run(dir, *template, python.as_deref(), cli.port, *json);
+    }
     let config = match config::load(&cli.config, cli.port) {
         Ok(c) => c,
         Err(e) => {
@@ -150,6 +178,7 @@ fn dispatch(cmd: Cmd, config: Config) -> i32 {
         paddock_sys::signal::die_on_broken_pipe();
     }
     match cmd {
+        Cmd::Init { .. } => unreachable!("init runs before the config is loaded"),
         Cmd::Check { json } => check::run(&config, json),
         Cmd::Start { json } => start::run(config, json),
         Cmd::Run => run::run(config),

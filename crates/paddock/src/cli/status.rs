@@ -124,9 +124,51 @@ pub fn render(s: &Status, tty: bool) -> String {
         }
     }
     for svc in &s.services {
+        out.push_str(&sdk_lines(&svc.name, &svc.workers));
+    }
+    for svc in &s.services {
         if let Some(r) = &svc.reason {
             out.push_str(&format!("{}: {}: {r}\n", svc.name, svc.state));
         }
+    }
+    out
+}
+
+/// One line per distinct SDK a service's workers said they run (HELLO): its version,
+/// protocol, interpreter and where it was imported from, and how it fits this paddock.
+fn sdk_lines(service: &str, workers: &[crate::status::WorkerStatus]) -> String {
+    let mut seen: Vec<&crate::status::WorkerSdk> = Vec::new();
+    for sdk in workers.iter().filter_map(|w| w.sdk.as_ref()) {
+        if !seen.contains(&sdk) {
+            seen.push(sdk);
+        }
+    }
+    let mut out = String::new();
+    for sdk in seen {
+        let version = sdk.version.as_deref().unwrap_or("of an unknown version");
+        let python = sdk
+            .python
+            .as_deref()
+            .map(|p| format!(", Python {p}"))
+            .unwrap_or_default();
+        let from = sdk
+            .path
+            .as_deref()
+            .map(|p| format!(" from {p}"))
+            .unwrap_or_default();
+        let fit = match crate::sdk::fit(sdk.protocol, sdk.version.as_deref()) {
+            crate::sdk::Fit::Same => String::new(),
+            crate::sdk::Fit::Older => format!(
+                " (older than this paddock, {}: see paddock doctor)",
+                crate::VERSION
+            ),
+            crate::sdk::Fit::Newer => format!(" (newer than this paddock, {})", crate::VERSION),
+            crate::sdk::Fit::Incompatible => " (a protocol this paddock does not speak)".into(),
+        };
+        out.push_str(&format!(
+            "{service}: SDK {version} (protocol {}{python}){from}{fit}\n",
+            sdk.protocol
+        ));
     }
     out
 }

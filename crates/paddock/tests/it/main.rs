@@ -27,6 +27,7 @@ mod pg_server;
 mod reloads;
 mod restarts;
 mod retention;
+mod sdk_versions;
 mod stopping;
 mod streaming;
 mod workers;

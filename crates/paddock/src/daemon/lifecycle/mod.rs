@@ -18,7 +18,9 @@
 //!   count is forgotten once the worker has been ready for `stable_after`;
 //! - `crash_loop_failures` counted failures within `crash_loop_window` make the slot
 //!   `CrashLoop`: it keeps retrying every `backoff_max` (as Kubernetes does) and
-//!   says why; it is never down for good at runtime;
+//!   says why; it is never down for good at runtime, save for one cause no retry can
+//!   change: a worker whose SDK speaks a protocol version the daemon does not
+//!   (`Incompatible`) fails its slot until a `reload`;
 //! - a retiring slot (recycled, scaled down, reloaded away) finishes the request it
 //!   holds, then stops; whatever ends its process, it is never respawned;
 //! - every SIGTERM is followed by a SIGKILL `stop_timeout` later unless the process
@@ -175,6 +177,9 @@ pub enum Event {
     ProtocolViolation(String),
     /// The worker's setup raised (SETUP_FAILED with this traceback).
     SetupFailed(String),
+    /// The worker speaks a protocol version this daemon does not (its SDK is too
+    /// old or too new): no restart can fix it, so the slot fails for good.
+    Incompatible(String),
 }
 
 /// What the actor must do.
@@ -296,7 +301,7 @@ impl Lifecycle {
                 self.kill_at = None;
                 self.eof_at = None;
             }
-            Event::ProtocolViolation(_) => self.eof_at = None,
+            Event::ProtocolViolation(_) | Event::Incompatible(_) => self.eof_at = None,
             Event::GraceOver => self.kill_at = None,
             _ => {}
         }
@@ -379,6 +384,23 @@ impl Lifecycle {
                     crate::exit::FAILURE,
                     RestartCause::Protocol,
                 ),
+            // An SDK the daemon cannot speak to: during the initial start that fails
+            // the start; later the slot is failed, not restarted in a loop (the
+            // message says how to install a matching SDK; `reload` tries again).
+            (Starting { .. }, Event::Incompatible(why)) => {
+                let actions = if self.initial {
+                    vec![
+                        Kill,
+                        FailStart {
+                            code: crate::exit::FAILURE,
+                            message: why.clone(),
+                        },
+                    ]
+                } else {
+                    vec![Kill]
+                };
+                (Failed { reason: why }, actions)
+            }
             (Starting { .. }, Event::SetupFailed(text)) => {
                 let (reason, message) = setup_failure(&text);
                 self.kill_for(

@@ -395,3 +395,30 @@ fn a_setup_failure_says_what_its_first_line_says() {
         "{message}"
     );
 }
+
+#[test]
+fn an_incompatible_sdk_fails_the_start_and_later_fails_the_slot_without_a_restart_loop() {
+    let t = Instant::now();
+    let (mut l, _) = Lifecycle::new(policy(), t);
+    let a = l.on(Event::Incompatible("protocol 7; fix: pip".into()), t);
+    assert_eq!(a[0], Action::Kill);
+    assert!(
+        matches!(&a[1], Action::FailStart { code: 1, message } if message == "protocol 7; fix: pip"),
+        "{a:?}"
+    );
+    assert_eq!(l.state.name(), "failed");
+
+    // After the initial start (the SDK changed under a running service): the slot
+    // fails and stays failed whatever follows, instead of crash-looping.
+    let mut l = ready_slot(t);
+    assert_eq!(l.on(exit(1), t), vec![Action::Spawn]);
+    assert_eq!(
+        l.on(Event::Incompatible("protocol 7".into()), t),
+        vec![Action::Kill]
+    );
+    assert_eq!(l.state.name(), "failed");
+    assert!(l.on(exit(-9), t).is_empty());
+    assert!(l.on(Event::BackoffElapsed, t).is_empty());
+    assert_eq!(l.state.name(), "failed");
+    assert_eq!(l.restarts, 1);
+}

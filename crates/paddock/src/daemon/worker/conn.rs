@@ -149,15 +149,15 @@ impl Actor {
         if !conn.hello {
             return match frame {
                 Frame::Hello { version, pid, meta } => {
-                    if !(paddock_protocol::MIN_VERSION..=paddock_protocol::VERSION)
-                        .contains(&version)
-                    {
-                        return Some(Event::ProtocolViolation(format!(
-                            "the worker speaks protocol version {version}; this daemon speaks {} to {}",
-                            paddock_protocol::MIN_VERSION,
-                            paddock_protocol::VERSION
-                        )));
+                    let sdk = crate::sdk::from_hello(version, &meta);
+                    if !crate::sdk::supported(version) {
+                        // No restart can change the SDK the worker imports.
+                        self.conn = None;
+                        let why = crate::sdk::incompatible(&sdk);
+                        self.sdk = Some(sdk);
+                        return Some(Event::Incompatible(why));
                     }
+                    self.sdk = Some(sdk);
                     conn.hello = true;
                     conn.version = version;
                     tracing::debug!(worker = %self.name(), pid, "HELLO {meta}");

@@ -119,6 +119,7 @@ pub fn start(spec: Spec, deps: Deps) -> Handle {
         rss_bytes: None,
         device: crate::gpu::assigned_device(&spec.env_set),
         gpu_memory_bytes: None,
+        sdk: None,
     });
     let (commands, mut rx) = mpsc::unbounded_channel();
     let wid = spec.wid;

@@ -105,6 +105,8 @@ struct Actor {
     /// Forks with several OS threads the slot's processes reported.
     forks_with_threads: u64,
     last_fork: Option<String>,
+    /// The SDK the process now running said it runs (HELLO).
+    sdk: Option<crate::status::WorkerSdk>,
     next_probe: Instant,
     /// When to compare the worker's memory with max_rss next (a fixed instant, so
     /// that a stream of requests cannot keep postponing it).
@@ -121,6 +123,10 @@ struct Actor {
     /// This service's in-flight gauge.
     in_flight: prometheus_client::metrics::gauge::Gauge,
 }
+
+/// The `Retry-After` a failed slot's 503s carry: nothing changes until an operator
+/// acts, so clients are told to come back in a while, not at once.
+const FAILED_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 impl Actor {
     pub(super) fn new(
@@ -161,6 +167,7 @@ impl Actor {
             last_exit: None,
             forks_with_threads: 0,
             last_fork: None,
+            sdk: None,
             next_probe: Instant::now(),
             next_rss_check: Instant::now(),
             last_progress: String::new(),
@@ -432,7 +439,10 @@ impl Actor {
     pub(super) async fn execute(&mut self, actions: Vec<Action>) {
         for action in actions {
             match action {
-                Action::Spawn => self.spawn().await,
+                Action::Spawn => {
+                    self.sdk = None; // the new process says its own in HELLO
+                    self.spawn().await
+                }
                 Action::Terminate => match &self.running {
                     Some(r) => r.proc.signal_group(paddock_sys::signal::SIGTERM),
                     None => self.pending.push_back(not_running()),
@@ -490,7 +500,16 @@ impl Actor {
                 d.set_down(self.spec.wid, Some((reason.clone(), *until)));
                 self.down = true;
             }
-            State::Starting { .. } => {}
+            // Failed at runtime (an SDK the daemon cannot speak to): down until a
+            // reload replaces the slot; clients are told why.
+            State::Failed { reason } if !self.down => {
+                d.set_down(
+                    self.spec.wid,
+                    Some((reason.clone(), Instant::now() + FAILED_RETRY_AFTER)),
+                );
+                self.down = true;
+            }
+            State::Failed { .. } | State::Starting { .. } => {}
             _ if self.down => {
                 d.set_down(self.spec.wid, None);
                 self.down = false;
@@ -557,6 +576,10 @@ impl Actor {
             }
             if cur.reason != reason {
                 cur.reason = reason;
+                changed = true;
+            }
+            if cur.sdk != self.sdk {
+                cur.sdk = self.sdk.clone();
                 changed = true;
             }
             if cur.forks_with_threads != self.forks_with_threads {
