@@ -125,6 +125,35 @@ pub(crate) fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
 mod tests {
     use super::*;
 
+    /// One name and one version everywhere: the wheel's metadata takes its version
+    /// from the workspace (dynamic), its name is [`crate::DISTRIBUTION`], and the SDK
+    /// looks for its dist-info under the same name.
+    #[test]
+    fn the_wheel_and_the_sdk_name_the_distribution_this_binary_names() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+        let read = |p: &str| std::fs::read_to_string(format!("{root}/{p}")).unwrap();
+        let pyproject: toml::Table = read("pyproject.toml").parse().unwrap();
+        let project = &pyproject["project"];
+        assert_eq!(project["name"].as_str(), Some(crate::DISTRIBUTION));
+        assert!(
+            project.get("version").is_none(),
+            "the version is the workspace's"
+        );
+        assert_eq!(
+            project["dynamic"].as_array().unwrap()[0].as_str(),
+            Some("version")
+        );
+        let maturin = &pyproject["tool"]["maturin"];
+        assert_eq!(maturin["bindings"].as_str(), Some("bin"));
+        assert_eq!(maturin["python-source"].as_str(), Some("sdk/python"));
+        let sdk = read("sdk/python/paddock/_version.py");
+        assert!(
+            sdk.contains(&format!("\nDISTRIBUTION = \"{}\"", crate::DISTRIBUTION)),
+            "sdk/python/paddock/_version.py should name {}",
+            crate::DISTRIBUTION
+        );
+    }
+
     #[test]
     fn versions_compare_part_by_part_and_fit_the_daemon() {
         use std::cmp::Ordering::*;

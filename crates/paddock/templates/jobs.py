@@ -4,7 +4,8 @@ worker and daemon crashes and retries a failed attempt. The handler is an ordina
 one: the same code answers `POST /v1/{name}` online.
 
     {call}
-    curl -s localhost:{port}/v1/jobs/<id>          # its state, then its result
+    curl -s localhost:{port}/v1/jobs/<id>          # its state, attempts, history
+    curl -s localhost:{port}/v1/jobs/<id>/result   # its result, once done
 
 Next: `paddock jobs list`, `paddock jobs show <id>`; an `Idempotency-Key` header on
 the enqueue makes a retried enqueue return the same job.

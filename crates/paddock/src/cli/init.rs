@@ -241,10 +241,9 @@ fn print_human(m: &Made) {
     );
     println!("  {}", m.call);
     if m.template == Template::Jobs {
-        println!(
-            "  curl -s localhost:{}/v1/jobs/<id>      # the job's state; its result once done",
-            m.url.rsplit(':').next().unwrap_or("8700")
-        );
+        let port = m.url.rsplit(':').next().unwrap_or("8700");
+        println!("  curl -s localhost:{port}/v1/jobs/<id>          # the job's state");
+        println!("  curl -s localhost:{port}/v1/jobs/<id>/result   # its result, once done");
     }
 }
 

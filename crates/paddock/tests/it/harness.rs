@@ -212,8 +212,17 @@ impl Env {
         self.path().join(format!("state/t-{}", self.port))
     }
 
+    /// The instance lock's contents: in `state_dir()`, or (for a config that names
+    /// no state_dir, run with `XDG_STATE_HOME` in this folder) under `state/paddock/`.
     pub fn lock_info(&self) -> Option<Value> {
-        let s = std::fs::read_to_string(self.state_dir().join("lock")).ok()?;
+        let xdg = std::fs::read_dir(self.path().join("state/paddock"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().join("lock"));
+        let s = std::iter::once(self.state_dir().join("lock"))
+            .chain(xdg)
+            .find_map(|p| std::fs::read_to_string(p).ok())?;
         serde_json::from_str(&s).ok()
     }
 

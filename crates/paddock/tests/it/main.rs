@@ -14,6 +14,7 @@ mod foreground;
 mod gpus;
 mod hardening;
 mod hostile_client;
+mod init;
 mod instances;
 mod job_stores;
 mod jobs;
