@@ -5,8 +5,8 @@
 
 Builds the wheel from the repository's pyproject.toml (`maturin build --release`,
 the `release` profile, stripped; or takes `--wheel FILE`), makes a fresh virtual
-environment whose PATH holds no Rust toolchain and whose environment has no
-PYTHONPATH, installs the wheel into it from the file (no index), then runs what the
+environment, and runs everything with that environment's `bin/` alone on PATH (no
+Rust toolchain, whatever the system holds) and no PYTHONPATH; installs the wheel into it from the file (no index), then runs what the
 README tells a user to run:
 
     paddock init demo && cd demo && paddock start
@@ -105,8 +105,10 @@ def main():
         run("python3 -m venv", [base_python, "-m", "venv", venv], env={"PATH": "/usr/bin:/bin"})
         home = os.path.join(tmp, "home")
         os.makedirs(home)
+        # PATH holds the new environment alone: the system's folders may hold a Rust
+        # toolchain (Debian's cargo lives in /usr/bin), and nothing here needs them.
         env = {
-            "PATH": f"{venv}/bin:/usr/local/bin:/usr/bin:/bin",
+            "PATH": f"{venv}/bin",
             "HOME": home,
             "LANG": os.environ.get("LANG", "C.UTF-8"),
             "XDG_STATE_HOME": os.path.join(tmp, "state"),
