@@ -5,9 +5,9 @@
 
 Builds the wheel from the repository's pyproject.toml (`maturin build --release`,
 the `release` profile, stripped; or takes `--wheel FILE`), makes a fresh virtual
-environment, and runs everything with that environment's `bin/` alone on PATH (no
-Rust toolchain, whatever the system holds) and no PYTHONPATH; installs the wheel into it from the file (no index), then runs what the
-README tells a user to run:
+environment, installs the wheel into it from the file (no index), and runs what the
+README tells a user to run, with that environment's `bin/` alone on PATH (no Rust
+toolchain, whatever the system holds) and no PYTHONPATH:
 
     paddock init demo && cd demo && paddock start
     (a request)
