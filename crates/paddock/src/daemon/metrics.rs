@@ -114,6 +114,8 @@ pub struct Metrics {
     pub jobs_store_max_bytes: Gauge,
     /// The space the jobs take, as the limit sees it.
     pub jobs_store_used_bytes: Gauge,
+    /// Clients waiting for a job to finish (`GET /v1/jobs/{id}?wait=`).
+    pub jobs_waiting: Gauge,
     /// When each service's oldest finished job finished (Unix seconds).
     pub jobs_oldest_finished: Family<ServiceLabels, Gauge>,
     /// Finished jobs deleted by retention.
@@ -150,6 +152,7 @@ impl Metrics {
             jobs_store_bytes: Gauge::default(),
             jobs_store_max_bytes: Gauge::default(),
             jobs_store_used_bytes: Gauge::default(),
+            jobs_waiting: Gauge::default(),
             jobs_oldest_finished: Family::default(),
             jobs_pruned: Family::default(),
             jobs_last_prune: Family::default(),
@@ -271,6 +274,11 @@ impl Metrics {
             "jobs_store_max_bytes",
             "instance.job_store_max_size: past it, enqueues are refused with 507",
             self.jobs_store_max_bytes.clone(),
+        );
+        registry.register(
+            "jobs_waiting",
+            "Clients waiting for a job to finish (GET /v1/jobs/{id}?wait=), read when /metrics is",
+            self.jobs_waiting.clone(),
         );
         registry.register(
         "jobs_store_used_bytes",

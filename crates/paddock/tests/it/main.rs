@@ -20,6 +20,7 @@ mod job_stores;
 mod jobs;
 mod listen_fd;
 mod logs;
+mod long_poll;
 #[cfg(target_os = "linux")]
 mod nvml;
 mod openapi;

@@ -200,6 +200,9 @@ async fn status(State(shared): State<SharedRef>) -> impl IntoResponse {
 
 async fn metrics(State(shared): State<SharedRef>) -> Response {
     let m = &shared.supervisor.metrics;
+    if let Some(jobs) = &shared.jobs {
+        m.jobs_waiting.set(jobs.store.waiting() as i64);
+    }
     let gpus = crate::gpu::GpuStatus::read(shared.supervisor.gpu.as_ref());
     m.gpu_driver.set(i64::from(gpus.unavailable.is_none()));
     for d in &gpus.devices {

@@ -4,9 +4,12 @@
 //! - `POST /v1/jobs/{service}[/{method}]` → 202 `{"id", "state": "queued"}`; with an
 //!   `Idempotency-Key` header a repeat returns the same job (200);
 //! - `GET /v1/jobs?state=&service=&limit=&after=` → a page of jobs and `next`;
-//! - `GET /v1/jobs/{id}` → state, attempts, timestamps, each attempt's cause;
+//! - `GET /v1/jobs/{id}` → state, attempts, timestamps, each attempt's cause; with
+//!   `?wait=30s`, as soon as the job is finished or after the wait (a long-poll);
 //! - `GET /v1/jobs/{id}/result` → the raw result with its content type;
 //! - `DELETE /v1/jobs/{id}` → cancels a queued or claimed job.
+
+use std::time::Duration;
 
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -18,7 +21,7 @@ use serde_json::json;
 use super::errors::{error, job_error, no_jobs, store};
 use super::request_body;
 use crate::daemon::handles::SharedRef;
-use crate::daemon::jobs::{JobError, ListQuery, NewJob};
+use crate::daemon::jobs::{JobError, JobState, ListQuery, NewJob};
 use crate::daemon::messages::InvalidRequest;
 
 pub fn routes() -> Router<SharedRef> {
@@ -295,11 +298,68 @@ fn expired(shared: &SharedRef, id: &str) -> bool {
     shortest.is_some_and(|keep| created < crate::daemon::jobs::now_ms() - keep.as_millis() as i64)
 }
 
-async fn show(State(shared): State<SharedRef>, Path(id): Path<String>) -> Response {
+/// The longest `?wait=` a client may ask: past it the answer comes with the job's
+/// state of the moment (a client waits again).
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// `GET /v1/jobs/{id}`'s query: `wait`, and nothing else.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShowQuery {
+    wait: Option<String>,
+}
+
+/// A `?wait=`: seconds ("30", "0.5") or a duration ("30s", "250ms"), capped at
+/// [`MAX_WAIT`].
+fn wait_param(text: &str) -> Result<Duration, InvalidRequest> {
+    let parsed = match text.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => Some(Duration::from_secs_f64(secs.min(1e6))),
+        Ok(_) => None,
+        Err(_) => crate::config::values::Dur::parse(text).ok().map(|d| d.0),
+    };
+    parsed.map(|d| d.min(MAX_WAIT)).ok_or_else(|| {
+        InvalidRequest(format!(
+            "wait={text:?} is not a duration: write seconds (30) or a duration (30s, 250ms); at most 60s"
+        ))
+    })
+}
+
+/// A job's record; with `?wait=`, answered as soon as it is finished (done, dead or
+/// cancelled) or when the wait is over, whichever comes first — and at once when the
+/// daemon begins to stop. The store wakes the wait (`jobs::finishes`): nothing polls.
+async fn show(
+    State(shared): State<SharedRef>,
+    Path(id): Path<String>,
+    q: Result<Query<ShowQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let wait = match q.wait.as_deref().map(wait_param).transpose() {
+        Ok(w) => w.unwrap_or_default(),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.0),
+    };
     let Some(store) = store(&shared) else {
         return no_jobs();
     };
-    match store.get(id.clone()).await {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut stopping = shared.shutdown.subscribe();
+    let read = loop {
+        // Registered before the read: a finish committed in between still wakes it.
+        let mut waiter = store.wait_for(&id);
+        let read = store.get(id.clone()).await;
+        let open = matches!(&read, Ok(v) if !JobState::FINISHED.contains(&v.state));
+        if !open || *stopping.borrow() || tokio::time::Instant::now() >= deadline {
+            break read;
+        }
+        tokio::select! {
+            _ = waiter.finished() => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = stopping.wait_for(|s| *s) => {}
+        }
+    };
+    match read {
         Ok(v) => Json(v).into_response(),
         Err(JobError::NotFound(_)) if expired(&shared, &id) => error(
             StatusCode::NOT_FOUND,

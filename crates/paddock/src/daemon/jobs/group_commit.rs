@@ -37,7 +37,11 @@ pub(super) trait Dialect {
 }
 
 /// Runs the store until every handle to it is dropped.
-pub(super) async fn run(mut rx: mpsc::UnboundedReceiver<Cmd>, mut dialect: impl Dialect) {
+pub(super) async fn run(
+    mut rx: mpsc::UnboundedReceiver<Cmd>,
+    mut dialect: impl Dialect,
+    finishes: std::sync::Arc<super::finishes::Finishes>,
+) {
     let mut retry: Vec<(String, Finish)> = vec![];
     loop {
         let mut group: Vec<Cmd> = if retry.is_empty() {
@@ -59,6 +63,7 @@ pub(super) async fn run(mut rx: mpsc::UnboundedReceiver<Cmd>, mut dialect: impl 
             }
         }
         let outcomes = outcomes(&group);
+        let ended: Vec<String> = group.iter().filter_map(Cmd::ended).collect();
         let Applied {
             replies,
             commit,
@@ -75,6 +80,9 @@ pub(super) async fn run(mut rx: mpsc::UnboundedReceiver<Cmd>, mut dialect: impl 
         for r in replies {
             r(err.as_ref());
         }
+        if err.is_none() {
+            finishes.committed(ended.iter().map(String::as_str));
+        }
     }
 }
 
@@ -84,6 +92,19 @@ pub(super) fn outcomes(group: &[Cmd]) -> Vec<(String, Finish)> {
 }
 
 impl Cmd {
+    /// The job whose attempt this command ends (done, failed) or that it cancels:
+    /// whoever waits for it is woken once the group is committed.
+    pub(super) fn ended(&self) -> Option<String> {
+        match self {
+            Cmd::Finish {
+                id,
+                finish: Finish::Done { .. } | Finish::Failed { .. },
+            } => Some(id.clone()),
+            Cmd::Cancel(id, _) => Some(id.clone()),
+            _ => None,
+        }
+    }
+
     /// The job outcome this command records, if it is one.
     pub(super) fn outcome(&self) -> Option<(String, Finish)> {
         match self {
@@ -164,6 +185,7 @@ mod tests {
                 fail: 1,
                 groups: groups.clone(),
             },
+            Default::default(),
         ));
         // The caller of the failed group hears the commit's error, not its answer.
         match get_rx.await.unwrap() {

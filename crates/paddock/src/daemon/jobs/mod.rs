@@ -15,6 +15,7 @@
 
 mod apply;
 mod error;
+pub mod finishes;
 mod group_commit;
 mod row;
 mod state;
@@ -192,13 +193,35 @@ pub enum Cmd {
 }
 
 /// A handle to the job store's group loop (on the SQLite thread or the PostgreSQL
-/// task).
+/// task), and to the table of clients waiting for jobs to finish.
 #[derive(Clone)]
-pub struct Store(tokio::sync::mpsc::UnboundedSender<Cmd>);
+pub struct Store {
+    tx: tokio::sync::mpsc::UnboundedSender<Cmd>,
+    finishes: std::sync::Arc<finishes::Finishes>,
+}
 
 impl Store {
+    /// A store fed through `tx`, whose commit loop wakes `finishes`.
+    fn new(
+        tx: tokio::sync::mpsc::UnboundedSender<Cmd>,
+        finishes: std::sync::Arc<finishes::Finishes>,
+    ) -> Store {
+        Store { tx, finishes }
+    }
+
+    /// Registers a wait for job `id` to finish (before reading it: see
+    /// `finishes.rs`).
+    pub fn wait_for(&self, id: &str) -> finishes::Waiter {
+        self.finishes.wait_for(id)
+    }
+
+    /// Clients waiting for a job right now.
+    pub fn waiting(&self) -> usize {
+        self.finishes.waiting()
+    }
+
     pub(super) fn send(&self, c: Cmd) -> Result<(), JobError> {
-        self.0
+        self.tx
             .send(c)
             .map_err(|_| JobError::Store(StoreError::Unreachable("the job store is closed".into())))
     }

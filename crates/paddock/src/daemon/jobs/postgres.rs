@@ -97,7 +97,9 @@ pub async fn open(
         })?;
         tx.commit().await.map_err(StoreError::from)?;
     }
-    listen(url.to_string(), pumps).await?;
+    // Finishes committed here or by another daemon (NOTIFY paddock_finish).
+    let finishes = std::sync::Arc::new(super::finishes::Finishes::default());
+    listen(url.to_string(), pumps, finishes.clone()).await?;
     let mut heartbeat = connect(url).await?;
     let lease_ms = lease.as_millis() as i64;
     let hb_owner = owner.clone();
@@ -131,9 +133,15 @@ pub async fn open(
             lease_ms,
             url: url.to_string(),
         },
+        finishes.clone(),
     ));
-    Ok(Store(tx))
+    Ok(Store::new(tx, finishes))
 }
+
+/// Tells every daemon (`LISTEN paddock_finish`) which jobs' attempts ended or were
+/// cancelled in this transaction: delivered at its commit.
+const NOTIFY_FINISHED: &str =
+    "SELECT pg_notify('paddock_finish', id) FROM unnest($1::text[]) AS id";
 
 /// Renews this daemon's leases on its claimed and running jobs.
 static HEARTBEAT: LazyLock<String> = LazyLock::new(|| {
@@ -253,6 +261,7 @@ impl Dialect for Postgres {
                 };
             }
         };
+        let ended: Vec<String> = cmds.iter().filter_map(Cmd::ended).collect();
         let mut replies = Vec::with_capacity(cmds.len());
         let mut again = vec![];
         let mut broken = None;
@@ -292,6 +301,13 @@ impl Dialect for Postgres {
             }
         }
         replies.extend(cmds.map(refused));
+        // Daemons waiting for these jobs (long-polls) hear of their end at the commit.
+        if broken.is_none()
+            && !ended.is_empty()
+            && let Err(e) = tx.tx.execute(NOTIFY_FINISHED, &[&ended]).await
+        {
+            broken = Some(StoreError::from(e));
+        }
         let commit = match broken {
             Some(e) => Err(e),
             None => tx.tx.commit().await.map_err(StoreError::from),

@@ -172,14 +172,16 @@ pub fn open(path: &Path, owner: String) -> Result<(Store, usize), StoreError> {
         .build()
         .map_err(|e| StoreError::Failed(format!("job store runtime: {e}")))?;
     let (tx, rx) = mpsc::unbounded_channel();
+    let finishes = std::sync::Arc::new(super::finishes::Finishes::default());
+    let woken = finishes.clone();
     std::thread::Builder::new()
         .name("paddock-jobs".into())
         .spawn(move || {
             let _lock = lock; // held for as long as the store is open
-            runtime.block_on(group_commit::run(rx, Sqlite { conn, owner, path }))
+            runtime.block_on(group_commit::run(rx, Sqlite { conn, owner, path }, woken))
         })
         .map_err(|e| StoreError::Failed(format!("job store thread: {e}")))?;
-    Ok((Store(tx), recovered))
+    Ok((Store::new(tx, finishes), recovered))
 }
 
 /// The store's lock (`PATH.db.lock`), held by whoever has the file open; an error

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::super::error::StoreError;
+use super::super::finishes::Finishes;
 use super::super::pump::Signals;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
@@ -53,12 +54,16 @@ pub(in crate::daemon) fn redact(url: &str) -> String {
     }
 }
 
-/// A connection that LISTENs for new jobs and wakes the matching pump, and for
+/// A connection that LISTENs for new jobs and wakes the matching pump, for
 /// cancelled jobs (`paddock_cancel`, "SERVICE ID") that this daemon's pump may hold
-/// claimed; it reconnects if the connection is lost (the pumps' periodic claim
+/// claimed, and for finished jobs (`paddock_finish`, "ID") clients may wait for; it reconnects if the connection is lost (the pumps' periodic claim
 /// covers the gap; a cancel missed meanwhile is found when the job's start or
 /// outcome does not apply).
-pub(super) async fn listen(url: String, pumps: HashMap<String, Signals>) -> Result<(), StoreError> {
+pub(super) async fn listen(
+    url: String,
+    pumps: HashMap<String, Signals>,
+    finishes: std::sync::Arc<Finishes>,
+) -> Result<(), StoreError> {
     let first = tokio_postgres::connect(&url, NoTls)
         .await
         .map_err(|e| StoreError::Unreachable(format!("job store {}: {e}", redact(&url))))?;
@@ -82,7 +87,8 @@ pub(super) async fn listen(url: String, pumps: HashMap<String, Signals>) -> Resu
                     }
                 },
             };
-            let listening = client.batch_execute("LISTEN paddock_jobs; LISTEN paddock_cancel");
+            let listening = client
+                .batch_execute("LISTEN paddock_jobs; LISTEN paddock_cancel; LISTEN paddock_finish");
             let mut listening = std::pin::pin!(listening);
             let mut subscribed = false;
             loop {
@@ -95,6 +101,7 @@ pub(super) async fn listen(url: String, pumps: HashMap<String, Signals>) -> Resu
                     }
                     msg = std::future::poll_fn(|cx| conn.poll_message(cx)) => match msg {
                         Some(Ok(AsyncMessage::Notification(n))) => match n.channel() {
+                            "paddock_finish" => finishes.committed([n.payload()]),
                             "paddock_cancel" => {
                                 if let Some((service, id)) = n.payload().split_once(' ')
                                     && let Some(p) = pumps.get(service)
@@ -117,10 +124,12 @@ pub(super) async fn listen(url: String, pumps: HashMap<String, Signals>) -> Resu
                     }
                 }
             }
-            // Wake every pump: notifications may have been missed meanwhile.
+            // Wake every pump and every long-poll: notifications may have been
+            // missed meanwhile (a waiter reads its job again and waits on).
             for p in pumps.values() {
                 p.wake();
             }
+            finishes.wake_all();
         }
     });
     Ok(())
