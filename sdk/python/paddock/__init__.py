@@ -82,4 +82,31 @@ from ._batch import _U32, _send_batch_reply  # noqa: F401
 from ._fork_guard import _cuda_initialised, _darwin_threads  # noqa: F401
 
 __all__ = ["handler", "batch", "serve", "Request", "Response", "BadRequest", "Error",
-           "PROTOCOL_VERSION"]
+           "PROTOCOL_VERSION", "__version__",
+           "Client", "AsyncClient", "ClientResponse", "Job", "AsyncJob", "Stream", "AsyncStream",
+           "wait", "as_completed", "FIRST_COMPLETED", "FIRST_EXCEPTION", "ALL_COMPLETED",
+           "ClientError", "ConnectionFailed", "RequestRejected", "NotFound", "Unauthorized",
+           "Overloaded", "TimedOut", "WorkerCrashed", "ServerError", "JobFailed", "JobCancelled",
+           "JobTimeout"]
+
+# The client side (`paddock.Client` and the rest) loads on first use: a worker, which
+# imports this package at every start, never pays for http.client, threads or asyncio.
+_CLIENT = {
+    "_client": ("Client", "ClientResponse", "Job", "Stream"),
+    "_aclient": ("AsyncClient", "AsyncJob", "AsyncStream"),
+    "_client_wait": ("wait", "as_completed", "FIRST_COMPLETED", "FIRST_EXCEPTION",
+                     "ALL_COMPLETED"),
+    "_client_errors": ("ClientError", "ConnectionFailed", "RequestRejected", "NotFound",
+                       "Unauthorized", "Overloaded", "TimedOut", "WorkerCrashed", "ServerError",
+                       "JobFailed", "JobCancelled", "JobTimeout"),
+}
+
+
+def __getattr__(name):
+    for module, names in _CLIENT.items():
+        if name in names:
+            import importlib
+            value = getattr(importlib.import_module(f".{module}", __name__), name)
+            globals()[name] = value
+            return value
+    raise AttributeError(f"module 'paddock' has no attribute {name!r}")

@@ -5,6 +5,7 @@ mod harness;
 mod admin;
 mod batching;
 mod chaos;
+mod client;
 mod config_errors;
 mod crashloop;
 mod examples;

@@ -236,6 +236,12 @@ fn a_crash_or_a_silent_worker_mid_stream_is_a_failed_stream() {
     let env = Env::new();
     env.config(&streams(&env, "stream_idle_timeout = \"400ms\""));
     env.start_ok();
+    // A handler that raises right after its chunks: the head and the chunks reach
+    // the client before the cut (not a connection closed with no answer).
+    let mut s = Stream::open(env.port, "/v1/s/fail_after", "", &json!({}));
+    let (body, complete) = s.rest();
+    assert_eq!(body, b"a\nb\n");
+    assert!(!complete, "a failed stream ended like a complete one");
     // Chunked: the body is cut off, never terminated.
     let mut s = Stream::open(env.port, "/v1/s/crash_after", "", &json!({"n": 5}));
     let (body, complete) = s.rest();

@@ -26,6 +26,9 @@ pub struct StreamBody {
     /// The end, taken while gathering chunks: sent on the next poll.
     end: Option<StreamItem>,
     finished: bool,
+    /// Data went out since the body last answered `Pending`: still in the
+    /// connection's write buffer, maybe with the answer's head.
+    unflushed: bool,
 }
 
 impl StreamBody {
@@ -35,6 +38,7 @@ impl StreamBody {
             sse,
             end: None,
             finished: false,
+            unflushed: false,
         }
     }
 
@@ -95,15 +99,41 @@ impl http_body::Body for StreamBody {
         if self.finished {
             return Poll::Ready(None);
         }
-        if let Some(end) = self.end.take() {
-            return Poll::Ready(self.finish(Some(end)));
-        }
-        let first = match self.items.poll_recv(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(None) => return Poll::Ready(self.finish(None)),
-            Poll::Ready(Some(StreamItem::Chunk(c))) => c,
-            Poll::Ready(Some(end)) => return Poll::Ready(self.finish(Some(end))),
+        let end = match self.end.take() {
+            Some(end) => Some(end),
+            None => match self.items.poll_recv(cx) {
+                Poll::Pending => {
+                    self.unflushed = false; // the connection flushes when the body waits
+                    return Poll::Pending;
+                }
+                Poll::Ready(None) => Some(StreamItem::Failed {
+                    message: "the stream was cut off before its end".to_string(),
+                    cause: serde_json::json!({"kind": "cut_off"}),
+                }),
+                Poll::Ready(Some(StreamItem::Chunk(c))) => {
+                    self.unflushed = true;
+                    return Poll::Ready(Some(Ok(self.gather(c))));
+                }
+                Poll::Ready(Some(end)) => Some(end),
+            },
         };
+        // A chunked stream that failed is cut off by an error, which drops the
+        // connection at once: what is still in its write buffer (the head, the last
+        // chunks) would be lost, and the client would see no answer at all. Wait one
+        // turn first, so that it goes out.
+        if !self.sse && self.unflushed && !matches!(end, Some(StreamItem::Done)) {
+            self.unflushed = false;
+            self.end = end;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        Poll::Ready(self.finish(end))
+    }
+}
+
+impl StreamBody {
+    /// `first`, and what else is already waiting, as one frame.
+    fn gather(&mut self, first: Bytes) -> Frame<Bytes> {
         // What else is already waiting goes out with it.
         let mut out: Vec<u8> = Vec::new();
         match self.items.try_recv() {
@@ -114,17 +144,17 @@ impl http_body::Body for StreamBody {
             Ok(end) => {
                 self.end = Some(end);
                 if !self.sse {
-                    return Poll::Ready(Some(Ok(Frame::data(first))));
+                    return Frame::data(first);
                 }
                 self.add(&mut out, &first);
-                return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+                return Frame::data(Bytes::from(out));
             }
             Err(_) => {
                 if !self.sse {
-                    return Poll::Ready(Some(Ok(Frame::data(first))));
+                    return Frame::data(first);
                 }
                 self.add(&mut out, &first);
-                return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+                return Frame::data(Bytes::from(out));
             }
         }
         while out.len() < COALESCE {
@@ -137,6 +167,6 @@ impl http_body::Body for StreamBody {
                 Err(_) => break,
             }
         }
-        Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))))
+        Frame::data(Bytes::from(out))
     }
 }
