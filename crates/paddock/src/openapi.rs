@@ -64,7 +64,12 @@ fn enqueue(id: String, service: &str, method: &str) -> Value {
         "summary": format!("Queue a durable job for {service}'s {method:?} handler"),
         "operationId": id,
         "tags": ["jobs"],
-        "parameters": [{"name": "Idempotency-Key", "in": "header", "required": false, "schema": {"type": "string"}}],
+        "parameters": [
+            {"name": "Idempotency-Key", "in": "header", "required": false, "schema": {"type": "string"}},
+            {"name": "delay", "in": "query", "required": false, "description": "run no sooner than this from now: seconds (90) or a duration (90s, 15m); the job is `scheduled` until then", "schema": {"type": "string"}},
+            {"name": "run_at", "in": "query", "required": false, "description": "run no sooner than this RFC 3339 time", "schema": {"type": "string", "format": "date-time"}},
+            {"name": "priority", "in": "query", "required": false, "description": "higher first (default 0)", "schema": {"type": "integer"}}
+        ],
         "requestBody": {"required": false, "content": {"*/*": {"schema": {}}}},
         "responses": responses,
     })
@@ -136,18 +141,19 @@ pub fn document(config: &Config, handlers: &BTreeMap<String, Handlers>) -> Value
                 }},
                 "Enqueued": {"type": "object", "required": ["id", "state", "created"], "properties": {
                     "id": {"type": "string"},
-                    "state": {"type": "string", "enum": ["queued", "claimed", "running", "done", "dead", "cancelled"]},
+                    "state": {"type": "string", "enum": ["queued", "scheduled", "claimed", "running", "done", "dead", "cancelled"]},
                     "created": {"type": "boolean"}
                 }},
                 "Job": {"type": "object", "required": ["id", "state", "service", "method"], "properties": {
                     "id": {"type": "string"}, "seq": {"type": "integer"}, "service": {"type": "string"},
                     "method": {"type": "string"},
-                    "state": {"type": "string", "enum": ["queued", "claimed", "running", "done", "dead", "cancelled"]},
+                    "state": {"type": "string", "enum": ["queued", "scheduled", "claimed", "running", "done", "dead", "cancelled"]},
                     "attempts": {"type": "integer"}, "failures": {"type": "integer"}, "max_attempts": {"type": "integer"},
                     "idempotency_key": {"type": ["string", "null"]}, "created_at": {"type": "string"},
                     "started_at": {"type": ["string", "null"]}, "finished_at": {"type": ["string", "null"]},
                     "run_after": {"type": "string"}, "history": {"type": "array"},
-                    "result_content_type": {"type": ["string", "null"]}, "owner": {"type": ["string", "null"]}
+                    "result_content_type": {"type": ["string", "null"]}, "owner": {"type": ["string", "null"]},
+                    "priority": {"type": "integer"}
                 }}
             },
             "responses": Value::Object(responses),
@@ -225,7 +231,7 @@ fn job_paths(paths: &mut serde_json::Map<String, Value>) {
     paths.insert("/v1/jobs".into(), json!({"get": {
         "summary": "A page of jobs", "operationId": "list_jobs", "tags": ["jobs"],
         "parameters": [
-            {"name": "state", "in": "query", "required": false, "schema": {"type": "string", "enum": ["queued", "claimed", "running", "done", "dead", "cancelled"]}},
+            {"name": "state", "in": "query", "required": false, "schema": {"type": "string", "enum": ["queued", "scheduled", "claimed", "running", "done", "dead", "cancelled"]}},
             {"name": "service", "in": "query", "required": false, "schema": {"type": "string"}},
             {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
             {"name": "after", "in": "query", "required": false, "schema": {"type": "integer"}}
@@ -234,8 +240,11 @@ fn job_paths(paths: &mut serde_json::Map<String, Value>) {
     }}));
     let id = json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}]);
     paths.insert("/v1/jobs/{id}".into(), json!({
-        "get": {"summary": "A job", "operationId": "show_job", "tags": ["jobs"], "parameters": id, "responses": {"200": {"description": "the job", "content": job["content"].clone()}, "404": {"$ref": "#/components/responses/E404"}, "503": {"$ref": "#/components/responses/E503"}}},
-        "delete": {"summary": "Cancel a queued or claimed job", "operationId": "cancel_job", "tags": ["jobs"], "parameters": id, "responses": {"200": {"description": "cancelled", "content": job["content"].clone()}, "404": {"$ref": "#/components/responses/E404"}, "409": {"$ref": "#/components/responses/E409"}, "503": {"$ref": "#/components/responses/E503"}}}
+        "get": {"summary": "A job; with `wait`, as soon as it is finished (a long-poll)", "operationId": "show_job", "tags": ["jobs"], "parameters": [
+            id[0].clone(),
+            {"name": "wait", "in": "query", "required": false, "description": "answer as soon as the job is done, dead or cancelled, or after this long (seconds or a duration, at most 60s)", "schema": {"type": "string"}}
+        ], "responses": {"200": {"description": "the job", "content": job["content"].clone()}, "400": {"$ref": "#/components/responses/E400"}, "404": {"$ref": "#/components/responses/E404"}, "503": {"$ref": "#/components/responses/E503"}}},
+        "delete": {"summary": "Cancel a queued, scheduled or claimed job", "operationId": "cancel_job", "tags": ["jobs"], "parameters": id, "responses": {"200": {"description": "cancelled", "content": job["content"].clone()}, "404": {"$ref": "#/components/responses/E404"}, "409": {"$ref": "#/components/responses/E409"}, "503": {"$ref": "#/components/responses/E503"}}}
     }));
     paths.insert("/v1/jobs/{id}/result".into(), json!({"get": {
         "summary": "A done job's result, with its content type", "operationId": "job_result", "tags": ["jobs"], "parameters": id,
@@ -294,7 +303,7 @@ fn admin_paths(paths: &mut serde_json::Map<String, Value>) {
     paths.insert(
         "/admin/jobs/{id}/cancel".into(),
         admin(
-            "Cancel a queued or claimed job",
+            "Cancel a queued, scheduled or claimed job",
             "cancel_job_admin",
             "id",
             json!({"description": "the job", "content": job["content"].clone()}),

@@ -199,7 +199,15 @@ fn print_list(v: &Value) {
             s(&j["id"]),
             s(&j["service"]),
             s(&j["method"]),
-            s(&j["state"]),
+            // A scheduled job shows its time; a queued one waiting out a retry's
+            // backoff shows when it may run again.
+            match j["state"].as_str() {
+                Some("scheduled") => format!("scheduled for {}", s(&j["run_after"])),
+                _ if j["priority"].as_i64().is_some_and(|p| p != 0) => {
+                    format!("{} (priority {})", s(&j["state"]), j["priority"])
+                }
+                _ => s(&j["state"]),
+            },
             format!("{} ({} failed)", j["attempts"], j["failures"]),
             s(&j["created_at"]),
             s(&j["finished_at"]),
@@ -229,6 +237,7 @@ fn print_stats(v: &Value) {
     t.set_header(vec![
         "SERVICE",
         "QUEUED",
+        "SCHEDULED",
         "CLAIMED",
         "RUNNING",
         "DONE",
@@ -254,6 +263,7 @@ fn print_stats(v: &Value) {
         t.add_row(vec![
             s(&svc["service"]),
             s(&c["queued"]),
+            s(&c["scheduled"]),
             s(&c["claimed"]),
             s(&c["running"]),
             s(&c["done"]),
@@ -275,6 +285,12 @@ fn print_one(j: &Value) {
         s(&j["service"]),
         s(&j["method"])
     );
+    if j["state"] == "scheduled" {
+        println!("  scheduled for {}", s(&j["run_after"]));
+    }
+    if j["priority"].as_i64().is_some_and(|p| p != 0) {
+        println!("  priority {}", j["priority"]);
+    }
     println!(
         "  attempts {} ({} failed, max {}), created {}, started {}, finished {}",
         j["attempts"],

@@ -14,7 +14,7 @@ fn the_python_client_calls_streams_and_waits_for_jobs() {
     env.config(&format!(
         "{}{}{streams}",
         env.worker("fake", "workers = 2\nrequest_timeout = \"3s\""),
-        env.worker("tiny", "workers = 1\nmax_queue = 1"),
+        env.worker("tiny", "workers = 1\nmax_queue = 0"),
     ));
     env.start_ok();
     let marks = env.path().join("marks");

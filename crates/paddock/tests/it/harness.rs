@@ -543,3 +543,52 @@ pub fn assert_ran(out: &std::process::Output) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Howard Hinnant's civil-from-days and days-from-civil, for the RFC 3339 times the
+/// daemon writes (`2026-12-06T10:00:00.123Z`).
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468
+}
+
+/// Milliseconds since the epoch of a time the daemon wrote (`…T10:00:00.123Z`).
+pub fn epoch_ms(v: &Value) -> i64 {
+    let s = v.as_str().unwrap_or_else(|| panic!("not a time: {v}"));
+    let n = |a: usize, b: usize| s[a..b].parse::<i64>().unwrap();
+    let days = days_from_civil(n(0, 4), n(5, 7), n(8, 10));
+    let ms = (s[17..23].parse::<f64>().unwrap() * 1000.0).round() as i64;
+    (days * 86400 + n(11, 13) * 3600 + n(14, 16) * 60) * 1000 + ms
+}
+
+/// Now plus `d`, as RFC 3339 (UTC, whole seconds rounded up).
+pub fn rfc3339_in(d: Duration) -> String {
+    let t = std::time::SystemTime::now() + d;
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        .ceil() as i64;
+    let (y, m, day) = civil_from_days(secs.div_euclid(86400));
+    let rem = secs.rem_euclid(86400);
+    format!(
+        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}

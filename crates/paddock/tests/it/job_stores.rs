@@ -233,7 +233,11 @@ pub(crate) fn claimed_ahead(backend: Backend) {
     let busy = running[0]["id"].as_str().unwrap();
     let c = delete(&env, &format!("/v1/jobs/{busy}"));
     assert_eq!(c.code, 409, "{}", c.text());
-    assert!(c.text().contains("queued or claimed"), "{}", c.text());
+    assert!(
+        c.text().contains("queued, scheduled or claimed"),
+        "{}",
+        c.text()
+    );
     drop(gate);
     let jobs = wait_until(Duration::from_secs(60), "every other job done", || {
         let all = all_jobs(&env, "");

@@ -2,12 +2,13 @@
 //! that the job store depends on nothing of the gateway):
 //!
 //! - `POST /v1/jobs/{service}[/{method}]` → 202 `{"id", "state": "queued"}`; with an
-//!   `Idempotency-Key` header a repeat returns the same job (200);
+//!   `Idempotency-Key` header a repeat returns the same job (200); `?delay=` or
+//!   `?run_at=` make it `scheduled` until then, `?priority=` orders claims;
 //! - `GET /v1/jobs?state=&service=&limit=&after=` → a page of jobs and `next`;
 //! - `GET /v1/jobs/{id}` → state, attempts, timestamps, each attempt's cause; with
 //!   `?wait=30s`, as soon as the job is finished or after the wait (a long-poll);
 //! - `GET /v1/jobs/{id}/result` → the raw result with its content type;
-//! - `DELETE /v1/jobs/{id}` → cancels a queued or claimed job.
+//! - `DELETE /v1/jobs/{id}` → cancels a queued, scheduled or claimed job.
 
 use std::time::Duration;
 
@@ -157,6 +158,14 @@ async fn enqueue(shared: SharedRef, service: String, method: String, req: Reques
         Ok(k) => k,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
+    let timing = match Query::<EnqueueQuery>::try_from_uri(&parts.uri) {
+        Ok(Query(q)) => q.timing(crate::daemon::jobs::now_ms()),
+        Err(e) => Err(InvalidRequest(e.body_text())),
+    };
+    let (run_after_ms, priority) = match timing {
+        Ok(t) => t,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.0),
+    };
     let body_len = body.len();
     let job = NewJob {
         service: service.clone(),
@@ -165,6 +174,8 @@ async fn enqueue(shared: SharedRef, service: String, method: String, req: Reques
         body: body.to_vec(),
         idempotency_key,
         max_attempts: svc.config.max_attempts,
+        run_after_ms,
+        priority,
     };
     if let Err(e) = crate::daemon::messages::check_request(&job.method, &job.content_type) {
         return error(StatusCode::BAD_REQUEST, e.to_string());
@@ -221,7 +232,9 @@ async fn list(
     {
         return error(
             StatusCode::BAD_REQUEST,
-            format!("no job state {state:?}: queued, claimed, running, done, dead or cancelled"),
+            format!(
+                "no job state {state:?}: queued, scheduled, claimed, running, done, dead or cancelled"
+            ),
         );
     }
     if let Some(limit) = q.limit
@@ -309,15 +322,79 @@ struct ShowQuery {
     wait: Option<String>,
 }
 
+/// Seconds ("30", "0.5") or a duration ("30s", "250ms", "2h"); None for anything
+/// else (negative, not finite, no unit on a non-number).
+fn seconds_or_duration(text: &str) -> Option<Duration> {
+    match text.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => Some(Duration::from_secs_f64(secs.min(1e9))),
+        Ok(_) => None,
+        Err(_) => crate::config::values::Dur::parse(text).ok().map(|d| d.0),
+    }
+}
+
+/// The furthest ahead a job may be scheduled (`delay`, `run_at`).
+const MAX_AHEAD: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// `POST /v1/jobs/...`'s query: when the job may run, and its priority (query
+/// parameters, so that any HTTP client can send them; docs/jobs.md).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnqueueQuery {
+    /// Seconds or a duration from now.
+    delay: Option<String>,
+    /// An RFC 3339 timestamp.
+    run_at: Option<String>,
+    /// An integer, higher first.
+    priority: Option<String>,
+}
+
+impl EnqueueQuery {
+    /// (not before, ms since the epoch; priority), or what is wrong with them.
+    fn timing(&self, now_ms: i64) -> Result<(Option<i64>, i32), InvalidRequest> {
+        let at = match (&self.delay, &self.run_at) {
+            (Some(_), Some(_)) => {
+                return Err(InvalidRequest(
+                    "send delay or run_at, not both".into(),
+                ));
+            }
+            (Some(d), None) => {
+                let d = seconds_or_duration(d).ok_or_else(|| {
+                    InvalidRequest(format!(
+                        "delay={d:?} is not a duration: write seconds (90) or a duration (90s, 15m, 2h, 3d)"
+                    ))
+                })?;
+                Some(now_ms.saturating_add(d.as_millis().min(i64::MAX as u128) as i64))
+            }
+            (None, Some(t)) => Some(crate::timefmt::parse_rfc3339(t).ok_or_else(|| {
+                InvalidRequest(format!(
+                    "run_at={t:?} is not an RFC 3339 time: write it as 2026-12-06T18:30:00Z (or with an offset, +01:00)"
+                ))
+            })?),
+            (None, None) => None,
+        };
+        if let Some(at) = at
+            && at - now_ms > MAX_AHEAD.as_millis() as i64
+        {
+            return Err(InvalidRequest(
+                "a job can be scheduled at most 366 days ahead".into(),
+            ));
+        }
+        let priority = match &self.priority {
+            None => 0,
+            Some(p) => p.trim().parse::<i32>().map_err(|_| {
+                InvalidRequest(format!(
+                    "priority={p:?} is not an integer (-2147483648 to 2147483647; higher runs first)"
+                ))
+            })?,
+        };
+        Ok((at, priority))
+    }
+}
+
 /// A `?wait=`: seconds ("30", "0.5") or a duration ("30s", "250ms"), capped at
 /// [`MAX_WAIT`].
 fn wait_param(text: &str) -> Result<Duration, InvalidRequest> {
-    let parsed = match text.parse::<f64>() {
-        Ok(secs) if secs.is_finite() && secs >= 0.0 => Some(Duration::from_secs_f64(secs.min(1e6))),
-        Ok(_) => None,
-        Err(_) => crate::config::values::Dur::parse(text).ok().map(|d| d.0),
-    };
-    parsed.map(|d| d.min(MAX_WAIT)).ok_or_else(|| {
+    seconds_or_duration(text).map(|d| d.min(MAX_WAIT)).ok_or_else(|| {
         InvalidRequest(format!(
             "wait={text:?} is not a duration: write seconds (30) or a duration (30s, 250ms); at most 60s"
         ))
@@ -396,7 +473,7 @@ async fn result(
     }
 }
 
-/// Cancels a queued or claimed job: `DELETE /v1/jobs/{id}`, and the operator's
+/// Cancels a queued, scheduled or claimed job: `DELETE /v1/jobs/{id}`, and the operator's
 /// `POST /admin/jobs/{id}/cancel`.
 pub(super) async fn cancel(State(shared): State<SharedRef>, Path(id): Path<String>) -> Response {
     let Some(jobs) = &shared.jobs else {

@@ -74,7 +74,9 @@ pub(super) async fn apply(tx: &impl Tx, cmd: Cmd) -> Reply {
         } => {
             let claimed = match tx.claim(&service, limit).await {
                 Ok(mut rows) => {
-                    rows.sort_by_key(|(seq, _)| *seq);
+                    // Highest priority first, then the oldest: the order the pump
+                    // hands them to workers.
+                    rows.sort_by_key(|(seq, c)| (std::cmp::Reverse(c.priority), *seq));
                     rows.into_iter().map(|(_, c)| c).collect()
                 }
                 Err(e) => {

@@ -18,6 +18,7 @@ mod error;
 pub mod finishes;
 mod group_commit;
 mod row;
+mod schema;
 mod state;
 pub use error::StoreError;
 pub use sqlite::compact_offline;
@@ -49,8 +50,10 @@ pub struct JobView {
     pub created_at: String,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
-    /// When a queued job may run next (after a backoff).
+    /// When a queued or scheduled job may run next (its time, or after a backoff).
     pub run_after: String,
+    /// Claims take higher priorities first, then the oldest.
+    pub priority: i32,
     /// Every attempt's end: {"attempt", "at", "outcome", "cause"}.
     pub history: serde_json::Value,
     pub result_content_type: Option<String>,
@@ -69,6 +72,8 @@ pub struct Claimed {
     pub body: Vec<u8>,
     /// Failed attempts so far (for the backoff).
     pub failures: u32,
+    /// Higher runs first (claims are handed over in this order, then by `seq`).
+    pub priority: i32,
 }
 
 /// What the pump records of a job it claimed: that a worker has it now (`Start`),
@@ -112,6 +117,11 @@ pub struct NewJob {
     pub body: Vec<u8>,
     pub idempotency_key: Option<String>,
     pub max_attempts: u32,
+    /// Not claimed before this instant (ms since the epoch): `delay` or `run_at`.
+    /// A job with a time in the future is `scheduled`, else `queued`.
+    pub run_after_ms: Option<i64>,
+    /// Higher first; 0 by default.
+    pub priority: i32,
 }
 
 /// A page of jobs and the `after` of the next page.

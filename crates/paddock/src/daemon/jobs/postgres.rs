@@ -33,42 +33,13 @@ use conn::{connect, listen, reconnect};
 use super::apply::{ApiChange, Keyed, Stored, Tx, apply, change_sql};
 use super::group_commit::{self, Applied, Dialect};
 use super::row::{COLUMNS, view};
+use super::schema;
 use super::state::Transition;
 use super::stats::StoreStats;
 use super::{
     Claimed, Cmd, Finish, JobError, JobState, JobView, ListQuery, NewJob, Store, StoreError,
     ms_to_rfc3339, now_ms, refused,
 };
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS paddock_jobs (
-  seq BIGSERIAL PRIMARY KEY,
-  id TEXT NOT NULL UNIQUE,
-  service TEXT NOT NULL,
-  method TEXT NOT NULL,
-  content_type TEXT NOT NULL,
-  body BYTEA NOT NULL,
-  state TEXT NOT NULL,
-  attempts INT NOT NULL DEFAULT 0,
-  failures INT NOT NULL DEFAULT 0,
-  max_attempts INT NOT NULL,
-  idempotency_key TEXT,
-  created_ms BIGINT NOT NULL,
-  started_ms BIGINT,
-  finished_ms BIGINT,
-  run_after_ms BIGINT NOT NULL,
-  owner TEXT,
-  lease_until_ms BIGINT,
-  history JSONB NOT NULL DEFAULT '[]',
-  result BYTEA,
-  result_content_type TEXT
-);
-CREATE UNIQUE INDEX IF NOT EXISTS paddock_jobs_idempotency ON paddock_jobs(service, idempotency_key) WHERE idempotency_key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS paddock_jobs_queue ON paddock_jobs(service, state, run_after_ms, seq);
-CREATE INDEX IF NOT EXISTS paddock_jobs_owner ON paddock_jobs(owner) WHERE state = 'running';
-CREATE INDEX IF NOT EXISTS paddock_jobs_owned ON paddock_jobs(owner) WHERE state IN ('claimed', 'running');
-CREATE INDEX IF NOT EXISTS paddock_jobs_finished ON paddock_jobs(service, finished_ms) WHERE finished_ms IS NOT NULL;
-";
 
 fn db(e: tokio_postgres::Error) -> JobError {
     JobError::Store(StoreError::from(e))
@@ -84,17 +55,52 @@ pub async fn open(
 ) -> Result<Store, StoreError> {
     let mut client = connect(url).await?;
     {
-        // Two daemons starting at once must not race on CREATE TABLE.
+        // Two daemons starting at once must not race on the schema's upgrade.
         let tx = client.transaction().await.map_err(StoreError::from)?;
         tx.execute("SELECT pg_advisory_xact_lock(7217717)", &[])
             .await
             .map_err(StoreError::from)?;
-        tx.batch_execute(SCHEMA).await.map_err(|e| {
+        let failed = |e: tokio_postgres::Error| {
             StoreError::Failed(format!(
-                "creating the job table: {}",
+                "upgrading the job tables: {}",
                 super::error::describe_pg(&e)
             ))
-        })?;
+        };
+        tx.batch_execute("CREATE TABLE IF NOT EXISTS paddock_schema (version INT NOT NULL)")
+            .await
+            .map_err(failed)?;
+        let version: i64 = tx
+            .query_one(
+                "SELECT COALESCE(max(version), 0)::BIGINT FROM paddock_schema",
+                &[],
+            )
+            .await
+            .map_err(failed)?
+            .get(0);
+        let name = redact(url);
+        let pending = schema::pending(version, &name)?;
+        if !pending.is_empty() {
+            let existed: bool = tx
+                .query_one("SELECT to_regclass('paddock_jobs') IS NOT NULL", &[])
+                .await
+                .map_err(failed)?
+                .get(0);
+            for m in pending {
+                tx.batch_execute(m.postgres).await.map_err(failed)?;
+            }
+            tx.execute("DELETE FROM paddock_schema", &[])
+                .await
+                .map_err(failed)?;
+            tx.execute(
+                "INSERT INTO paddock_schema (version) VALUES ($1)",
+                &[&(schema::VERSION as i32)],
+            )
+            .await
+            .map_err(failed)?;
+            if existed {
+                tracing::info!("{}", schema::upgraded(&name, version.max(1), pending));
+            }
+        }
         tx.commit().await.map_err(StoreError::from)?;
     }
     // Finishes committed here or by another daemon (NOTIFY paddock_finish).
@@ -167,8 +173,8 @@ static CLAIM: LazyLock<String> = LazyLock::new(|| {
          WHERE seq IN (
            SELECT seq FROM paddock_jobs
            WHERE service = $3 AND ((state IN ({queued}) AND run_after_ms <= $1) OR (state IN ({over}) AND lease_until_ms < $1))
-           ORDER BY run_after_ms, seq LIMIT $4 FOR UPDATE SKIP LOCKED)
-         RETURNING id, method, content_type, body, failures, seq",
+           ORDER BY priority DESC, run_after_ms, seq LIMIT $4 FOR UPDATE SKIP LOCKED)
+         RETURNING id, method, content_type, body, failures, seq, priority",
         over = take_over.sources_sql(),
         queued = claim.sources_sql(),
         to = claim.to_sql(),
@@ -227,9 +233,10 @@ static RELEASE: LazyLock<String> = LazyLock::new(|| {
 
 static INSERT: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "INSERT INTO paddock_jobs (id, service, method, content_type, body, state, max_attempts, idempotency_key, created_ms, run_after_ms)
-         VALUES ($1, $2, $3, $4, $5, '{}', $6, $7, $8, $8)
+        "INSERT INTO paddock_jobs (id, service, method, content_type, body, state, max_attempts, idempotency_key, created_ms, run_after_ms, priority)
+         VALUES ($1, $2, $3, $4, $5, CASE WHEN $9::BIGINT > $8::BIGINT THEN '{}' ELSE '{}' END, $6, $7, $8, GREATEST($9, $8), $10)
          ON CONFLICT (service, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
+        JobState::Scheduled.as_str(),
         JobState::Queued.as_str()
     )
 });
@@ -366,6 +373,8 @@ impl Tx for PgTx<'_> {
                     &(job.max_attempts as i32),
                     &job.idempotency_key,
                     &now,
+                    &job.run_after_ms.unwrap_or(now),
+                    &job.priority,
                 ],
             )
             .await
@@ -409,6 +418,7 @@ impl Tx for PgTx<'_> {
                         content_type: r.get(2),
                         body: r.get(3),
                         failures: r.get::<_, i32>(4) as u32,
+                        priority: r.get(6),
                     },
                 )
             })

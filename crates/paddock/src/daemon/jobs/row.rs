@@ -10,7 +10,8 @@ use super::{JobState, JobView, StoreError, ms_to_rfc3339};
 /// the same types: 64-bit integers and the history as JSON text.
 pub(super) const COLUMNS: &str = "id, seq, service, method, state, CAST(attempts AS BIGINT), \
      CAST(failures AS BIGINT), CAST(max_attempts AS BIGINT), idempotency_key, created_ms, started_ms, \
-     finished_ms, run_after_ms, CAST(history AS TEXT), result_content_type, owner";
+     finished_ms, run_after_ms, CAST(history AS TEXT), result_content_type, owner, \
+     CAST(priority AS BIGINT)";
 
 /// A row's cells, by position, as the few types a job row holds.
 pub(super) trait Cells {
@@ -41,6 +42,7 @@ pub(super) fn view(r: &impl Cells) -> Result<JobView, StoreError> {
         history: serde_json::from_str(&r.text(13)?).unwrap_or(json!([])),
         result_content_type: r.opt_text(14)?,
         owner: r.opt_text(15)?,
+        priority: i32::try_from(r.int(16)?).unwrap_or(0),
     })
 }
 

@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use super::apply::{ApiChange, Keyed, Stored, Tx, apply, change_sql};
 use super::group_commit::{self, Applied, Dialect};
 use super::row::{COLUMNS, view};
+use super::schema;
 use super::state::Transition;
 use super::stats::StoreStats;
 use super::{
@@ -30,34 +31,6 @@ use super::{
 /// Pages one compaction step gives back (4 KiB each): a step is a few
 /// milliseconds, so enqueues never wait long behind one.
 const COMPACT_STEP: u32 = 256;
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS jobs (
-  seq INTEGER PRIMARY KEY AUTOINCREMENT,
-  id TEXT NOT NULL UNIQUE,
-  service TEXT NOT NULL,
-  method TEXT NOT NULL,
-  content_type TEXT NOT NULL,
-  body BLOB NOT NULL,
-  state TEXT NOT NULL,
-  attempts INTEGER NOT NULL DEFAULT 0,
-  failures INTEGER NOT NULL DEFAULT 0,
-  max_attempts INTEGER NOT NULL,
-  idempotency_key TEXT,
-  created_ms INTEGER NOT NULL,
-  started_ms INTEGER,
-  finished_ms INTEGER,
-  run_after_ms INTEGER NOT NULL,
-  owner TEXT,
-  history TEXT NOT NULL DEFAULT '[]',
-  result BLOB,
-  result_content_type TEXT
-);
-CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs(service, idempotency_key) WHERE idempotency_key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS jobs_queue ON jobs(service, state, run_after_ms, seq);
-CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);
-CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(service, finished_ms) WHERE finished_ms IS NOT NULL;
-";
 
 /// Jobs whose daemon died (queued again at open), recorded as interrupted: running
 /// ones, and claimed ones too, since one may have been handed to a worker an
@@ -77,8 +50,8 @@ static CLAIM: LazyLock<String> = LazyLock::new(|| {
     Transition::Claim.sql(
         "UPDATE jobs SET state = {to}, owner = ?2
          WHERE seq IN (SELECT seq FROM jobs WHERE service = ?3 AND state IN ({from}) AND run_after_ms <= ?1
-                       ORDER BY run_after_ms, seq LIMIT ?4)
-         RETURNING id, method, content_type, body, failures, seq",
+                       ORDER BY priority DESC, run_after_ms, seq LIMIT ?4)
+         RETURNING id, method, content_type, body, failures, seq, priority",
     )
 });
 
@@ -132,8 +105,9 @@ static RELEASE: LazyLock<String> = LazyLock::new(|| {
 
 static INSERT: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "INSERT INTO jobs (id, service, method, content_type, body, state, max_attempts, idempotency_key, created_ms, run_after_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, '{}', ?6, ?7, ?8, ?8)",
+        "INSERT INTO jobs (id, service, method, content_type, body, state, max_attempts, idempotency_key, created_ms, run_after_ms, priority)
+         VALUES (?1, ?2, ?3, ?4, ?5, CASE WHEN ?9 > ?8 THEN '{}' ELSE '{}' END, ?6, ?7, ?8, max(?9, ?8), ?10)",
+        JobState::Scheduled.as_str(),
         JobState::Queued.as_str()
     )
 });
@@ -162,7 +136,10 @@ pub fn open(path: &Path, owner: String) -> Result<(Store, usize), StoreError> {
         .map_err(what)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(what)?;
-    conn.execute_batch(SCHEMA).map_err(what)?;
+    migrate(&conn, path).map_err(|e| match e {
+        MigrateError::Sql(e) => what(e),
+        MigrateError::Store(e) => e,
+    })?;
     let recovered = conn
         .execute(&RECOVER, params![now_ms(), ms_to_rfc3339(now_ms())])
         .map_err(what)?;
@@ -182,6 +159,50 @@ pub fn open(path: &Path, owner: String) -> Result<(Store, usize), StoreError> {
         })
         .map_err(|e| StoreError::Failed(format!("job store thread: {e}")))?;
     Ok((Store::new(tx, finishes), recovered))
+}
+
+enum MigrateError {
+    Sql(rusqlite::Error),
+    Store(StoreError),
+}
+
+/// Brings the file's schema to [`schema::VERSION`] (`PRAGMA user_version`), in one
+/// transaction; refuses a newer one.
+fn migrate(conn: &Connection, path: &Path) -> Result<(), MigrateError> {
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(MigrateError::Sql)?;
+    let name = path.display().to_string();
+    let pending = schema::pending(version, &name).map_err(MigrateError::Store)?;
+    if pending.is_empty() {
+        return Ok(());
+    }
+    // A new file says nothing: only an upgrade of an existing store is news.
+    let existed = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'jobs'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map_err(MigrateError::Sql)?
+        > 0;
+    conn.execute_batch("BEGIN IMMEDIATE")
+        .map_err(MigrateError::Sql)?;
+    let applied = (|| {
+        for m in pending {
+            conn.execute_batch(m.sqlite)?;
+        }
+        conn.pragma_update(None, "user_version", schema::VERSION)?;
+        conn.execute_batch("COMMIT")
+    })();
+    if let Err(e) = applied {
+        let _ = conn.execute_batch("ROLLBACK");
+        return Err(MigrateError::Sql(e));
+    }
+    if existed {
+        tracing::info!("{}", schema::upgraded(&name, version.max(1), pending));
+    }
+    Ok(())
 }
 
 /// The store's lock (`PATH.db.lock`), held by whoever has the file open; an error
@@ -381,7 +402,9 @@ impl Tx for SqliteTx<'_> {
                     job.body,
                     job.max_attempts,
                     job.idempotency_key,
-                    now
+                    now,
+                    job.run_after_ms.unwrap_or(now),
+                    job.priority
                 ])
             })
             .map_err(store_err)?;
@@ -401,6 +424,7 @@ impl Tx for SqliteTx<'_> {
                         content_type: r.get(2)?,
                         body: r.get(3)?,
                         failures: r.get(4)?,
+                        priority: r.get(6)?,
                     },
                 ))
             })

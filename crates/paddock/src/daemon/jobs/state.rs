@@ -4,6 +4,7 @@
 //! table below is the one place the job lifecycle is written).
 //!
 //! ```text
+//! scheduled ──claim (at its time)──▶ claimed      (enqueued with a delay or run_at)
 //! queued ──claim──▶ claimed ──start──▶ running ──done──▶ done
 //!   │  ▲              │ │                │ failed, attempts left ──▶ queued (after job_backoff)
 //!   │  │              │ │                │ failed, none left (or permanent) ──▶ dead
@@ -11,7 +12,7 @@
 //!   │  │              │ └─released ─────────────────────────────────▶ queued
 //!   │  │              │ (lease expired: claimed or running ──take over──▶ claimed)
 //!   │  └──retry── dead, cancelled
-//!   └──cancel──▶ cancelled ◀──cancel── claimed
+//!   └──cancel──▶ cancelled ◀──cancel── claimed, scheduled
 //! ```
 //!
 //! `claimed`: a daemon's pump took the job ahead (it claims in batches) and no
@@ -24,6 +25,8 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
     Queued,
+    /// Enqueued to run at a later time (`delay`, `run_at`): not claimed before it.
+    Scheduled,
     Claimed,
     Running,
     Done,
@@ -32,8 +35,9 @@ pub enum JobState {
 }
 
 impl JobState {
-    pub const ALL: [JobState; 6] = [
+    pub const ALL: [JobState; 7] = [
         JobState::Queued,
+        JobState::Scheduled,
         JobState::Claimed,
         JobState::Running,
         JobState::Done,
@@ -54,6 +58,7 @@ impl JobState {
     pub fn as_str(self) -> &'static str {
         match self {
             JobState::Queued => "queued",
+            JobState::Scheduled => "scheduled",
             JobState::Claimed => "claimed",
             JobState::Running => "running",
             JobState::Done => "done",
@@ -115,9 +120,9 @@ impl Transition {
     pub fn from(self) -> &'static [JobState] {
         use JobState::*;
         match self {
-            Transition::Claim => &[Queued],
+            Transition::Claim => &[Queued, Scheduled],
             Transition::Start => &[Claimed],
-            Transition::Cancel => &[Queued, Claimed],
+            Transition::Cancel => &[Queued, Scheduled, Claimed],
             Transition::TakeOver | Transition::Release => &[Claimed, Running],
             Transition::Complete
             | Transition::FailAgain
@@ -156,7 +161,11 @@ impl Transition {
             Transition::Retry => "retried",
             _ => "changed this way",
         };
-        format!("only a {} job can be {verb}", names.join(" or "))
+        let names = match names.split_last() {
+            Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+            _ => names.join(""),
+        };
+        format!("only a {names} job can be {verb}")
     }
 
     /// `template` with `{to}` replaced by the target state and `{from}` by the
@@ -233,11 +242,17 @@ mod tests {
             let leaves = Transition::ALL.iter().any(|t| t.applies_to(s));
             assert_eq!(leaves, s != Done, "{s}");
         }
-        // Every state but queued (the start) is reached by some change.
+        // Every state but the two a job is enqueued in is reached by some change.
         for s in JobState::ALL {
             let reached = Transition::ALL.iter().any(|t| t.to() == s);
-            assert!(reached || s == Queued, "{s} is unreachable");
+            assert!(
+                reached || s == Queued || s == Scheduled,
+                "{s} is unreachable"
+            );
         }
+        // A scheduled job is claimed at its time, or cancelled before it.
+        assert!(Transition::Claim.applies_to(Scheduled));
+        assert!(Transition::Cancel.applies_to(Scheduled));
         // Only the API's two changes start outside `running` or `queued`.
         assert!(Transition::Retry.applies_to(Dead));
         assert!(Transition::Retry.applies_to(Cancelled));
@@ -249,7 +264,7 @@ mod tests {
         assert_eq!(Transition::Start.to(), Running);
         assert_eq!(
             Transition::Cancel.refusal(),
-            "only a queued or claimed job can be cancelled"
+            "only a queued, scheduled or claimed job can be cancelled"
         );
         assert_eq!(
             Transition::Retry.refusal(),

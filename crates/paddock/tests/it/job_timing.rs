@@ -1,0 +1,195 @@
+//! When a job may run: delayed and scheduled jobs (`?delay=`, `?run_at=`) are not
+//! claimed before their time and survive a restart; priorities (`?priority=`) order
+//! claims. On both stores.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::harness::{Env, post};
+use crate::jobs::{
+    Backend, Gate, all_jobs, delete, enqueue_records, job, read_runs, recording_service,
+};
+
+fn enqueue(env: &Env, query: &str, body: &Value) -> crate::harness::Resp {
+    post(
+        env.port,
+        &format!("/v1/jobs/fake{query}"),
+        "application/json",
+        body.to_string().as_bytes(),
+    )
+    .unwrap()
+}
+
+fn ms(v: &Value) -> i64 {
+    crate::harness::epoch_ms(v)
+}
+
+fn waited(env: &Env, id: &str) -> Value {
+    let (code, body) =
+        crate::harness::http_get(env.port, &format!("/v1/jobs/{id}?wait=30s")).unwrap();
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn delayed_and_scheduled_jobs_wait_for_their_time(backend: Backend) {
+    let env = backend.env();
+    env.config(&env.worker("fake", "workers = 2"));
+    env.start_ok();
+    let echo = json!({"op": "echo", "n": 1});
+
+    let r = enqueue(&env, "?delay=1.5s", &echo);
+    assert_eq!(r.code, 202, "{}", r.text());
+    assert_eq!(r.json()["state"], "scheduled");
+    let delayed = r.json()["id"].as_str().unwrap().to_string();
+    let listed: Vec<String> = all_jobs(&env, "&state=scheduled")
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(listed, vec![delayed.clone()]);
+    let v = job(&env, &delayed);
+    assert!(ms(&v["run_after"]) - ms(&v["created_at"]) >= 1400, "{v}");
+    let done = waited(&env, &delayed);
+    assert_eq!(done["state"], "done", "{done}");
+    let early = ms(&done["started_at"]) - ms(&done["run_after"]);
+    assert!(early >= 0, "started {early} ms before its time: {done}");
+    assert!(early < 1500, "started {early} ms late: {done}");
+
+    // run_at: an RFC 3339 time; one in the past runs now.
+    let at = crate::harness::rfc3339_in(Duration::from_secs(1));
+    let r = enqueue(&env, &format!("?run_at={at}"), &echo);
+    assert_eq!(r.json()["state"], "scheduled", "{}", r.text());
+    let done = waited(&env, r.json()["id"].as_str().unwrap());
+    assert_eq!(done["state"], "done");
+    assert!(ms(&done["started_at"]) >= ms(&done["run_after"]), "{done}");
+    let r = enqueue(&env, "?run_at=2001-01-01T00:00:00Z", &echo);
+    assert_eq!(r.json()["state"], "queued", "{}", r.text());
+
+    // A scheduled job can be cancelled before its time.
+    let r = enqueue(&env, "?delay=60", &echo);
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let c = delete(&env, &format!("/v1/jobs/{id}"));
+    assert_eq!(c.code, 200, "{}", c.text());
+    assert_eq!(c.json()["state"], "cancelled");
+
+    // Mistakes are 400s that say what is wrong, never a job at the wrong time.
+    for (query, says) in [
+        ("?delay=soon", "delay=\"soon\" is not a duration"),
+        (
+            "?run_at=tomorrow",
+            "run_at=\"tomorrow\" is not an RFC 3339 time",
+        ),
+        ("?delay=5&run_at=2030-01-01T00:00:00Z", "not both"),
+        ("?priority=high", "priority=\"high\" is not an integer"),
+        ("?delay=40000000", "at most 366 days ahead"),
+        ("?dealy=5", "unknown field `dealy`"),
+    ] {
+        let r = enqueue(&env, query, &echo);
+        assert_eq!(r.code, 400, "{query}: {}", r.text());
+        let error = r.json()["error"].as_str().unwrap().to_string();
+        assert!(error.contains(says), "{query}: {error}");
+    }
+
+    // A scheduled job survives a restart and still waits for its time.
+    let r = enqueue(&env, "?delay=4s", &echo);
+    let kept = r.json()["id"].as_str().unwrap().to_string();
+    env.stop_ok();
+    env.start_ok();
+    let v = job(&env, &kept);
+    assert_eq!(v["state"], "scheduled", "{v}");
+    let done = waited(&env, &kept);
+    assert_eq!(done["state"], "done", "{done}");
+    assert!(ms(&done["started_at"]) >= ms(&done["run_after"]), "{done}");
+    env.stop_ok();
+}
+
+/// A priority-10 job enqueued behind 1,000 priority-0 jobs starts before every
+/// priority-0 job that was not yet claimed when it arrived.
+fn a_high_priority_job_overtakes_what_was_not_yet_claimed(backend: Backend) {
+    let env = backend.env();
+    let record = recording_service(&env);
+    env.start_ok();
+    let gate = Gate::shut(&env);
+    let ids = enqueue_records(&env, 1000, 0.0);
+    let claimed_ids = |env: &Env| -> BTreeSet<String> {
+        let mut s = BTreeSet::new();
+        for state in ["claimed", "running"] {
+            for j in all_jobs(env, &format!("&state={state}")) {
+                s.insert(j["id"].as_str().unwrap().to_string());
+            }
+        }
+        s
+    };
+    crate::harness::wait_until(Duration::from_secs(30), "two jobs running", || {
+        (all_jobs(&env, "&state=running").len() == 2).then_some(())
+    });
+    let mut ahead = claimed_ids(&env);
+    let r = enqueue(
+        &env,
+        "?priority=10",
+        &json!({"op": "record", "n": 5000, "s": 0.0}),
+    );
+    assert_eq!(r.code, 202, "{}", r.text());
+    ahead.extend(claimed_ids(&env));
+    let urgent = r.json()["id"].as_str().unwrap().to_string();
+    ahead.remove(&urgent);
+    assert!(
+        ahead.len() < 1000,
+        "everything was claimed ahead: nothing to overtake"
+    );
+    drop(gate);
+    let t = Instant::now();
+    crate::harness::wait_until(Duration::from_secs(120), "every job done", || {
+        (all_jobs(&env, "&state=done").len() == 1001).then_some(())
+    });
+    eprintln!(
+        "1001 jobs in {:?}; {} claimed ahead",
+        t.elapsed(),
+        ahead.len()
+    );
+    assert_eq!(job(&env, &urgent)["priority"], 10);
+    // The run order, from the record file.
+    let order: Vec<usize> = std::fs::read_to_string(&record)
+        .unwrap()
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap().parse().unwrap())
+        .collect();
+    let at = order.iter().position(|&n| n == 5000).unwrap();
+    let ahead_n: BTreeSet<usize> = ids
+        .iter()
+        .filter(|(id, _)| ahead.contains(*id))
+        .map(|(_, n)| *n)
+        .collect();
+    let overtook: Vec<usize> = order[..at]
+        .iter()
+        .copied()
+        .filter(|n| !ahead_n.contains(n))
+        .collect();
+    assert!(
+        overtook.is_empty(),
+        "priority-0 jobs claimed after the priority-10 one arrived ran before it: {overtook:?}"
+    );
+    assert_eq!(read_runs(&record).0.len(), 1001);
+    env.stop_ok();
+}
+
+macro_rules! on_both_stores {
+    ($($name:ident),*) => {
+        mod sqlite {
+            $(#[test] fn $name() { super::$name(super::Backend::Sqlite) })*
+        }
+        mod postgres {
+            $(
+                #[test]
+                #[cfg_attr(paddock_skip_postgres, ignore = "PADDOCK_SKIP_POSTGRES=1")]
+                fn $name() { super::$name(super::Backend::postgres()) }
+            )*
+        }
+    };
+}
+
+on_both_stores!(
+    delayed_and_scheduled_jobs_wait_for_their_time,
+    a_high_priority_job_overtakes_what_was_not_yet_claimed
+);
