@@ -244,7 +244,7 @@ fn job_paths(paths: &mut serde_json::Map<String, Value>) {
             id[0].clone(),
             {"name": "wait", "in": "query", "required": false, "description": "answer as soon as the job is done, dead or cancelled, or after this long (seconds or a duration, at most 60s)", "schema": {"type": "string"}}
         ], "responses": {"200": {"description": "the job", "content": job["content"].clone()}, "400": {"$ref": "#/components/responses/E400"}, "404": {"$ref": "#/components/responses/E404"}, "503": {"$ref": "#/components/responses/E503"}}},
-        "delete": {"summary": "Cancel a queued, scheduled or claimed job", "operationId": "cancel_job", "tags": ["jobs"], "parameters": id, "responses": {"200": {"description": "cancelled", "content": job["content"].clone()}, "404": {"$ref": "#/components/responses/E404"}, "409": {"$ref": "#/components/responses/E409"}, "503": {"$ref": "#/components/responses/E503"}}}
+        "delete": {"summary": "Cancel a queued, scheduled, claimed or running job", "operationId": "cancel_job", "tags": ["jobs"], "parameters": id, "responses": {"200": {"description": "cancelled", "content": job["content"].clone()}, "404": {"$ref": "#/components/responses/E404"}, "409": {"$ref": "#/components/responses/E409"}, "503": {"$ref": "#/components/responses/E503"}}}
     }));
     paths.insert("/v1/jobs/{id}/result".into(), json!({"get": {
         "summary": "A done job's result, with its content type", "operationId": "job_result", "tags": ["jobs"], "parameters": id,
@@ -303,7 +303,7 @@ fn admin_paths(paths: &mut serde_json::Map<String, Value>) {
     paths.insert(
         "/admin/jobs/{id}/cancel".into(),
         admin(
-            "Cancel a queued, scheduled or claimed job",
+            "Cancel a queued, scheduled, claimed or running job",
             "cancel_job_admin",
             "id",
             json!({"description": "the job", "content": job["content"].clone()}),

@@ -33,7 +33,8 @@ pub enum JobsCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Cancel a queued job.
+    /// Cancel a queued, scheduled, claimed or running job (a running one: its worker
+    /// stops the stream, or is killed and replaced).
     Cancel {
         id: String,
         #[arg(long)]

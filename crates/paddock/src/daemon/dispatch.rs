@@ -187,6 +187,17 @@ impl Dispatcher {
         content_type: String,
         body: Bytes,
     ) -> oneshot::Receiver<Outcome> {
+        self.submit_job(method, content_type, body, None)
+    }
+
+    /// `submit`, for a durable job that `abort` may cancel while a worker runs it.
+    pub fn submit_job(
+        &self,
+        method: String,
+        content_type: String,
+        body: Bytes,
+        abort: Option<Arc<crate::daemon::messages::Abort>>,
+    ) -> oneshot::Receiver<Outcome> {
         let (reply, rx) = oneshot::channel();
         let now = Instant::now();
         let job = Job {
@@ -198,6 +209,7 @@ impl Dispatcher {
             queue_deadline: now + self.queue_timeout,
             received: now,
             part: None,
+            abort,
         };
         let mut q = self.lock();
         if q.closed {

@@ -225,6 +225,15 @@ pub fn of(outcome: Outcome, ctx: &Context) -> Verdict {
             Value::Null,
             Then::Interrupted("the daemon stopped".into()),
         ),
+        // Only a job is cancelled while it runs; the store already holds it
+        // `cancelled`, so what the pump records of this attempt is dropped.
+        Outcome::Cancelled => Failure::new(
+            409,
+            "the job was cancelled while it ran".into(),
+            json!({"kind": "cancelled"}),
+            json!({"kind": "cancelled"}),
+            Then::GiveUp,
+        ),
     }))
 }
 

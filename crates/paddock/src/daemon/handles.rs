@@ -43,7 +43,7 @@ pub struct Jobs {
 }
 
 impl Jobs {
-    /// Cancels a queued, scheduled or claimed job; the pump holding it claimed drops it.
+    /// Cancels a queued, scheduled, claimed or running job; the pump holding it claimed drops it.
     pub async fn cancel(&self, id: String) -> Result<JobView, JobError> {
         let v = self.store.cancel(id).await?;
         if let Some(p) = self.pumps.get(&v.service) {

@@ -62,6 +62,9 @@ pub enum Outcome {
     QueueFull,
     QueueTimeout,
     ShuttingDown,
+    /// The job was cancelled while a worker ran it: the stream was stopped, or the
+    /// worker killed (and replaced, not counted as a failure).
+    Cancelled,
     /// Every worker is crash-looping: `reason` is one's last failure, and the next
     /// try is in `retry_after`.
     Unavailable {
@@ -85,6 +88,7 @@ impl Outcome {
             Outcome::QueueFull => "queue_full",
             Outcome::QueueTimeout => "queue_timeout",
             Outcome::ShuttingDown => "shutting_down",
+            Outcome::Cancelled => "cancelled",
             Outcome::Unavailable { .. } => "unavailable",
         }
     }
@@ -211,6 +215,43 @@ pub struct Job {
     /// A part of a batch that was split after its worker died: it runs only with
     /// the other requests of the same part (see docs/protocol.md, "Batches").
     pub part: Option<Arc<BatchPart>>,
+    /// How a job's cancel reaches the worker running it (jobs only: an online
+    /// request's client leaving cancels nothing but a stream).
+    pub abort: Option<Arc<Abort>>,
+}
+
+/// A cancel of the job a worker is running: requested once by the pump, awaited by
+/// the worker's actor (which stops the stream, or kills the worker).
+#[derive(Debug, Default)]
+pub struct Abort {
+    requested: std::sync::atomic::AtomicBool,
+    wake: tokio::sync::Notify,
+}
+
+impl Abort {
+    pub fn request(&self) {
+        self.requested
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.wake.notify_waiters();
+    }
+
+    pub fn is_requested(&self) -> bool {
+        self.requested.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Resolves once the cancel is requested (at once if it already was).
+    pub async fn requested(&self) {
+        loop {
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            // Registered before the check: a request in between still wakes it.
+            notified.as_mut().enable();
+            if self.is_requested() {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 /// One part of a bisected batch. Parts of the same original batch share `deaths`.

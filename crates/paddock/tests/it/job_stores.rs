@@ -224,20 +224,13 @@ pub(crate) fn claimed_ahead(backend: Backend) {
     for j in &running {
         assert_eq!(j["attempts"], 1, "{j}");
     }
-    // A claimed job is cancelled; a running one is not.
+    // A claimed job is cancelled before it runs (a running one is cancelled too:
+    // tests/it/job_cancel.rs).
     let victim = claimed.last().unwrap()["id"].as_str().unwrap().to_string();
     assert_eq!(job(&env, &victim)["attempts"], 0);
     let c = delete(&env, &format!("/v1/jobs/{victim}"));
     assert_eq!(c.code, 200, "{}", c.text());
     assert_eq!(c.json()["state"], "cancelled");
-    let busy = running[0]["id"].as_str().unwrap();
-    let c = delete(&env, &format!("/v1/jobs/{busy}"));
-    assert_eq!(c.code, 409, "{}", c.text());
-    assert!(
-        c.text().contains("queued, scheduled or claimed"),
-        "{}",
-        c.text()
-    );
     drop(gate);
     let jobs = wait_until(Duration::from_secs(60), "every other job done", || {
         let all = all_jobs(&env, "");

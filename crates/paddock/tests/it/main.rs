@@ -17,6 +17,7 @@ mod hardening;
 mod hostile_client;
 mod init;
 mod instances;
+mod job_cancel;
 mod job_stores;
 mod job_timing;
 mod jobs;

@@ -8,7 +8,7 @@
 //! - `GET /v1/jobs/{id}` → state, attempts, timestamps, each attempt's cause; with
 //!   `?wait=30s`, as soon as the job is finished or after the wait (a long-poll);
 //! - `GET /v1/jobs/{id}/result` → the raw result with its content type;
-//! - `DELETE /v1/jobs/{id}` → cancels a queued, scheduled or claimed job.
+//! - `DELETE /v1/jobs/{id}` → cancels a queued, scheduled, claimed or running job.
 
 use std::time::Duration;
 
@@ -473,7 +473,7 @@ async fn result(
     }
 }
 
-/// Cancels a queued, scheduled or claimed job: `DELETE /v1/jobs/{id}`, and the operator's
+/// Cancels a queued, scheduled, claimed or running job: `DELETE /v1/jobs/{id}`, and the operator's
 /// `POST /admin/jobs/{id}/cancel`.
 pub(super) async fn cancel(State(shared): State<SharedRef>, Path(id): Path<String>) -> Response {
     let Some(jobs) = &shared.jobs else {

@@ -13,9 +13,12 @@
 //!   released back to the queue if it never reached a worker, or dropped unrun when
 //!   it was cancelled while claimed;
 //! - a claimed job becomes `running` (an attempt counted) only as it is handed to a
-//!   worker (`Finish::Start`): until then `cancel` applies to it.
+//!   worker (`Finish::Start`); a cancel while it runs reaches its worker through the
+//!   job's `Abort` (the stream is stopped, or the worker killed and replaced), and
+//!   whatever the attempt then reports is dropped by the store (the job is
+//!   `cancelled` there already).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +29,7 @@ use super::{Claimed, Finish, Store};
 use crate::config::Service;
 use crate::daemon::dispatch::Dispatcher;
 use crate::daemon::failure::{self, Then, Verdict};
-use crate::daemon::messages::Outcome;
+use crate::daemon::messages::{Abort, Outcome};
 
 /// How the rest of the daemon reaches a service's pump: there is work to claim
 /// (an enqueue, a retry, a notification from another daemon), or a job it may hold
@@ -99,7 +102,9 @@ async fn run(
     let mut occupied = 0f64;
     let mut maybe_more = true;
     let mut next_tick = std::time::Instant::now() + Duration::from_millis(250);
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<f64>();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(f64, String)>();
+    // The jobs workers have now, by id: how a cancel reaches the one running it.
+    let mut running: HashMap<String, Arc<Abort>> = HashMap::new();
     loop {
         if *shutdown.borrow() {
             for job in buffer.drain(..) {
@@ -132,10 +137,13 @@ async fn run(
             occupied += share;
             // From here a worker has it: `running`, an attempt counted.
             store.finish(job.id.clone(), Finish::Start { seq: job.seq });
-            let rx = dispatcher.submit(
+            let abort = Arc::new(Abort::default());
+            running.insert(job.id.clone(), abort.clone());
+            let rx = dispatcher.submit_job(
                 job.method.clone(),
                 job.content_type.clone(),
                 job.body.clone().into(),
+                Some(abort),
             );
             let store = store.clone();
             let done = done_tx.clone();
@@ -154,16 +162,18 @@ async fn run(
                     o => finish_of(o, &job, backoff, expose_errors, &service_name),
                 };
                 store.finish(job.id.clone(), finish);
-                let _ = done.send(share);
+                let _ = done.send((share, job.id));
             });
         }
         tokio::select! {
-            Some(share) = done_rx.recv() => {
+            Some((share, id)) = done_rx.recv() => {
                 in_flight -= 1;
                 occupied -= share;
-                while let Ok(share) = done_rx.try_recv() {
+                running.remove(&id);
+                while let Ok((share, id)) = done_rx.try_recv() {
                     in_flight -= 1;
                     occupied -= share;
+                    running.remove(&id);
                 }
                 if in_flight == 0 {
                     occupied = 0.0; // no float error accumulates across bursts
@@ -172,8 +182,12 @@ async fn run(
             _ = wake.notified() => maybe_more = true,
             Some(id) = cancelled.recv() => {
                 // Claimed ahead, no worker yet: it is cancelled in the store, so it
-                // is not run (nor released: it is no longer this pump's).
+                // is not run (nor released: it is no longer this pump's). Running:
+                // its worker is told.
                 buffer.retain(|j| j.id != id);
+                if let Some(abort) = running.get(&id) {
+                    abort.request();
+                }
             }
             // Jobs waiting out a backoff (or a dead node's lease) become due without
             // anyone enqueuing. A fixed instant: a stream of completions must not

@@ -12,7 +12,7 @@
 //!   │  │              │ └─released ─────────────────────────────────▶ queued
 //!   │  │              │ (lease expired: claimed or running ──take over──▶ claimed)
 //!   │  └──retry── dead, cancelled
-//!   └──cancel──▶ cancelled ◀──cancel── claimed, scheduled
+//!   └──cancel──▶ cancelled ◀──cancel── scheduled, claimed, running
 //! ```
 //!
 //! `claimed`: a daemon's pump took the job ahead (it claims in batches) and no
@@ -122,7 +122,7 @@ impl Transition {
         match self {
             Transition::Claim => &[Queued, Scheduled],
             Transition::Start => &[Claimed],
-            Transition::Cancel => &[Queued, Scheduled, Claimed],
+            Transition::Cancel => &[Queued, Scheduled, Claimed, Running],
             Transition::TakeOver | Transition::Release => &[Claimed, Running],
             Transition::Complete
             | Transition::FailAgain
@@ -257,14 +257,16 @@ mod tests {
         assert!(Transition::Retry.applies_to(Dead));
         assert!(Transition::Retry.applies_to(Cancelled));
         assert!(!Transition::Retry.applies_to(Done));
-        assert!(!Transition::Cancel.applies_to(Running));
+        // A running job is cancelled too: its worker is told (or killed).
+        assert!(Transition::Cancel.applies_to(Running));
+        assert!(!Transition::Cancel.applies_to(Done));
         // A job claimed ahead, with no worker yet, can be cancelled.
         assert!(Transition::Cancel.applies_to(Claimed));
         assert_eq!(Transition::Claim.to(), Claimed);
         assert_eq!(Transition::Start.to(), Running);
         assert_eq!(
             Transition::Cancel.refusal(),
-            "only a queued, scheduled or claimed job can be cancelled"
+            "only a queued, scheduled, claimed or running job can be cancelled"
         );
         assert_eq!(
             Transition::Retry.refusal(),

@@ -173,6 +173,8 @@ pub enum Event {
     Finished,
     /// The request's deadline passed: the worker is killed and replaced.
     DeadlinePassed,
+    /// The job the worker runs was cancelled: killed and replaced, not counted.
+    Cancelled,
     /// The worker broke the protocol (bad frame, wrong id): kill, counts as a failure.
     ProtocolViolation(String),
     /// The worker's setup raised (SETUP_FAILED with this traceback).
@@ -374,6 +376,12 @@ impl Lifecycle {
             (Busy { .. }, Event::DeadlinePassed) => (
                 Replacing {
                     reason: "request deadline passed".into(),
+                },
+                vec![Kill],
+            ),
+            (Busy { .. }, Event::Cancelled) => (
+                Replacing {
+                    reason: "its job was cancelled while it ran".into(),
                 },
                 vec![Kill],
             ),

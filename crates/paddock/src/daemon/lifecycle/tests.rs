@@ -422,3 +422,19 @@ fn an_incompatible_sdk_fails_the_start_and_later_fails_the_slot_without_a_restar
     assert_eq!(l.state.name(), "failed");
     assert_eq!(l.restarts, 1);
 }
+
+#[test]
+fn a_cancelled_job_replaces_its_worker_without_counting_a_failure() {
+    let t = Instant::now();
+    let mut l = ready_slot(t);
+    for i in 0..20 {
+        let now = t + Duration::from_millis(i);
+        assert!(l.on(Event::Dispatched, now).is_empty());
+        assert_eq!(l.on(Event::Cancelled, now), vec![Action::Kill]);
+        assert_eq!(l.state.name(), "replacing");
+        assert_eq!(l.on(exit(-9), now), vec![Action::Spawn]);
+        assert!(l.on(Event::ProvenReady, now).is_empty());
+    }
+    assert_eq!(l.state.name(), "ready", "twenty cancels make no crash loop");
+    assert_eq!(l.restarts, 20);
+}

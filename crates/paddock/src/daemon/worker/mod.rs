@@ -4,7 +4,8 @@
 //!
 //! One concern per file: `handle.rs` (what others hold and send), `conn.rs` (the
 //! protocol connection and frame checks), `request.rs` (the request being served,
-//! its answer, retries and recycling), `process.rs` (spawn, probes, exit). This file
+//! its answer, retries and recycling), `process.rs` (spawn, probes, exit),
+//! `cancel.rs` (a running job's cancel). This file
 //! is the actor itself: its state, its select loop, its timers and the carrying out
 //! of the lifecycle's actions.
 //!
@@ -26,6 +27,7 @@
 //!   busy again before the HTTP side runs, and no answer waits on a slow worker.
 
 mod batch;
+mod cancel;
 mod conn;
 #[cfg(test)]
 mod fake;
@@ -246,6 +248,7 @@ impl Actor {
                 return;
             }
             let timer = self.next_timer();
+            let aborts = self.aborts();
             let event = tokio::select! {
                 biased;
                 cmd = commands.recv() => match cmd {
@@ -268,6 +271,7 @@ impl Actor {
                 permit = stream::room(&self.inflight), if self.stream_stalled() => {
                     self.stream_room(permit).await
                 }
+                _ = cancel::requested(aborts) => self.on_abort().await,
                 _ = stream::client_gone(&self.inflight), if self.stream().is_some_and(|s| s.stalled.is_none() && s.cancelled_at.is_none()) => {
                     self.cancel_stream("its client disconnected").await;
                     self.stream_finished()
