@@ -2,7 +2,12 @@
 """Jobs benchmark: N no-op jobs end to end — enqueue over HTTP, run on 2 workers,
 result committed — on paddock's SQLite store, and on Celery 5 + Redis, in one run.
 
-    python3 bench/jobs.py [--jobs 5000] [--clients 16] [--skip-celery]
+    python3 bench/jobs.py [--jobs 5000] [--clients 16] [--skip-celery] [--client]
+
+With `--client`, each side is driven through its own Python client, as its users
+would: `paddock.Client().submit()` from the client threads, then `job.result()` for
+every job in turn (the daemon's long-poll), against Celery's `.delay()` from the
+same number of threads, then `.get()` for every result in turn.
 
 Needs a release build; for the Celery side `pip install celery redis` and a
 `redis-server` binary (Debian: apt-get install redis-server).
@@ -90,6 +95,45 @@ def noop(i):
 '''
 
 
+def run_paddock_client(n, clients):
+    """submit from `clients` threads, then result() of each, through paddock.Client."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "sdk", "python"))
+    import paddock
+
+    port = free_port()
+    _, stop = start_paddock("jobs.toml", port)
+    try:
+        client = paddock.Client(f"http://127.0.0.1:{port}")
+        jobs = []
+        lock = threading.Lock()
+        counter = iter(range(n))
+        t0 = time.monotonic()
+
+        def enq():
+            while True:
+                with lock:
+                    i = next(counter, None)
+                if i is None:
+                    return
+                job = client.submit("noop", json={"i": i})
+                with lock:
+                    jobs.append(job)
+
+        ts = [threading.Thread(target=enq) for _ in range(clients)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        t_enq = time.monotonic() - t0
+        for job in jobs:
+            assert job.result(timeout=120) == b"ok"
+        total = time.monotonic() - t0
+        return {"n": n, "enqueue_s": t_enq, "total_s": total, "jobs_per_s": n / total,
+                "requests": client.requests}
+    finally:
+        stop()
+
+
 def run_celery(n, clients):
     port = free_port()
     tmp = tempfile.mkdtemp(prefix="cel")
@@ -154,13 +198,21 @@ def main():
     ap.add_argument("--jobs", type=int, default=5000)
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--skip-celery", action="store_true")
+    ap.add_argument("--client", action="store_true",
+                    help="drive paddock through paddock.Client (submit + result)")
     a = ap.parse_args()
-    pd = run_paddock(a.jobs, a.clients)
-    print(f"paddock (SQLite, synchronous=FULL): {pd['n']} no-op jobs in {pd['total_s']:.2f}s "
-          f"(enqueued in {pd['enqueue_s']:.2f}s): {pd['jobs_per_s']:.0f} jobs/s end to end")
+    if a.client:
+        pd = run_paddock_client(a.jobs, a.clients)
+        print(f"paddock (SQLite) through paddock.Client, submit + result: {pd['n']} no-op jobs in "
+              f"{pd['total_s']:.2f}s (submitted in {pd['enqueue_s']:.2f}s, {pd['requests']} requests): "
+              f"{pd['jobs_per_s']:.0f} jobs/s end to end")
+    else:
+        pd = run_paddock(a.jobs, a.clients)
+        print(f"paddock (SQLite, synchronous=FULL): {pd['n']} no-op jobs in {pd['total_s']:.2f}s "
+              f"(enqueued in {pd['enqueue_s']:.2f}s): {pd['jobs_per_s']:.0f} jobs/s end to end")
     if not a.skip_celery:
         ce = run_celery(a.jobs, a.clients)
-        print(f"celery 5 + redis (prefork -c 2, acks_late): {ce['n']} no-op jobs in {ce['total_s']:.2f}s "
+        print(f"celery 5 + redis (prefork -c 2, acks_late), delay + get: {ce['n']} no-op jobs in {ce['total_s']:.2f}s "
               f"(enqueued in {ce['enqueue_s']:.2f}s): {ce['jobs_per_s']:.0f} jobs/s end to end")
         print(f"paddock / celery: {pd['jobs_per_s'] / ce['jobs_per_s']:.2f}x")
 
