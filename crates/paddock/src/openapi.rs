@@ -247,8 +247,11 @@ fn job_paths(paths: &mut serde_json::Map<String, Value>) {
         "delete": {"summary": "Cancel a queued, scheduled, claimed or running job", "operationId": "cancel_job", "tags": ["jobs"], "parameters": id, "responses": {"200": {"description": "cancelled", "content": job["content"].clone()}, "404": {"$ref": "#/components/responses/E404"}, "409": {"$ref": "#/components/responses/E409"}, "503": {"$ref": "#/components/responses/E503"}}}
     }));
     paths.insert("/v1/jobs/{id}/result".into(), json!({"get": {
-        "summary": "A done job's result, with its content type", "operationId": "job_result", "tags": ["jobs"], "parameters": id,
-        "responses": {"200": {"description": "the result", "content": {"*/*": {"schema": {}}}}, "404": {"$ref": "#/components/responses/E404"}, "409": {"$ref": "#/components/responses/E409"}, "503": {"$ref": "#/components/responses/E503"}}
+        "summary": "A done job's result, with its content type; with `wait`, as soon as the job is finished", "operationId": "job_result", "tags": ["jobs"], "parameters": [
+            id[0].clone(),
+            {"name": "wait", "in": "query", "required": false, "description": "answer as soon as the job is finished, or after this long (seconds or a duration, at most 60s); a job that is not done is a 409 naming its state", "schema": {"type": "string"}}
+        ],
+        "responses": {"200": {"description": "the result", "content": {"*/*": {"schema": {}}}}, "400": {"$ref": "#/components/responses/E400"}, "404": {"$ref": "#/components/responses/E404"}, "409": {"$ref": "#/components/responses/E409"}, "503": {"$ref": "#/components/responses/E503"}}
     }}));
     // Operator routes need the operator token, on every instance.
 }

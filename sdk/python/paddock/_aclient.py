@@ -24,6 +24,7 @@ import urllib.parse
 
 from ._client import (
     LONG_POLL_MAX,
+    Client,
     ClientResponse,
     body_and_type,
     decoded,
@@ -33,7 +34,14 @@ from ._client import (
     parse_event,
     service_path,
 )
-from ._client_errors import ConnectionFailed, JobTimeout, Overloaded, ServerError, from_answer
+from ._client_errors import (
+    ConnectionFailed,
+    JobTimeout,
+    Overloaded,
+    RequestRejected,
+    ServerError,
+    from_answer,
+)
 
 _FINISHED = ("done", "dead", "cancelled")
 
@@ -174,16 +182,31 @@ class AsyncJob:
         return self.view
 
     async def result(self, timeout=None):
+        """`Job.result`, awaited."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.done():
+        while True:
+            error = finished_error(self.view)
+            if error is not None:
+                raise error
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise JobTimeout(f"job {self.id} is still {self.state} after {timeout}s")
-            await self.status(wait=LONG_POLL_MAX if left is None else min(LONG_POLL_MAX, left))
-        error = finished_error(self.view)
-        if error is not None:
-            raise error
-        return decoded(await self._client._request("GET", f"/v1/jobs/{self.id}/result"))
+            wait = LONG_POLL_MAX if left is None else min(LONG_POLL_MAX, left)
+            try:
+                resp = await self._client._request(
+                    "GET", f"{Client._job_path(self.id)}/result?wait={duration_param(wait)}",
+                    timeout=wait + max(10.0, self._client.timeout or 0))
+            except RequestRejected as e:
+                state = (e.body or {}).get("state") if isinstance(e.body, dict) else None
+                if state is None:
+                    raise
+                if state in _FINISHED:
+                    await self.status()
+                else:
+                    self.view = {**self.view, "state": state}
+                continue
+            self.view = {**self.view, "state": "done"}
+            return decoded(resp)
 
     async def cancel(self):
         self.view = (await self._client._request("DELETE", f"/v1/jobs/{self.id}")).json()

@@ -24,13 +24,13 @@ Invariants:
   a 503 after its Retry-After, N times at most, and nothing else.
 """
 
-import http.client
 import json as _json
 import os
 import threading
 import time
 import urllib.parse
 
+from . import _http
 from ._client_errors import (
     ClientError,
     ConnectionFailed,
@@ -38,6 +38,7 @@ from ._client_errors import (
     JobFailed,
     JobTimeout,
     Overloaded,
+    RequestRejected,
     ServerError,
     from_answer,
 )
@@ -45,8 +46,7 @@ from ._client_errors import (
 DEFAULT_URL = "http://127.0.0.1:8700"
 LONG_POLL_MAX = 60.0  # seconds: the daemon's cap on ?wait=
 _FINISHED = ("done", "dead", "cancelled")
-_STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError,
-          http.client.BadStatusLine)
+_STALE = (_http.Stale, ConnectionResetError, BrokenPipeError)
 
 
 def default_url():
@@ -154,10 +154,6 @@ class ClientResponse:
         return f"<paddock.ClientResponse {self.status}, {len(self.content)} bytes>"
 
 
-def _headers(resp):
-    return {k.lower(): v for k, v in resp.getheaders()}
-
-
 class _Pool:
     """Idle keep-alive connections to one daemon, shared between threads."""
 
@@ -171,10 +167,8 @@ class _Pool:
         with self._lock:
             conn = self._idle.pop() if self._idle else None
         if conn is None:
-            return http.client.HTTPConnection(self.host, self.port, timeout=timeout), False
-        conn.timeout = timeout
-        if conn.sock is not None:
-            conn.sock.settimeout(timeout)
+            return _http.Conn(self.host, self.port, timeout), False
+        conn.settimeout(timeout)
         return conn, True
 
     def give_back(self, conn):
@@ -197,10 +191,12 @@ class Stream:
     `with` block — closes the connection, and the daemon cancels the worker's
     generator."""
 
-    def __init__(self, conn, resp, sse):
-        self.status = resp.status
-        self.headers = _headers(resp)
-        self._conn, self._resp, self._sse = conn, resp, sse
+    def __init__(self, conn, status, headers, sse):
+        self.status = status
+        self.headers = headers
+        self._conn, self._sse = conn, sse
+        self._chunked = headers.get("transfer-encoding", "").lower() == "chunked"
+        self._whole_read = False  # a body that is not chunked comes whole, once
         self._buf = b""
         self.closed = False
 
@@ -212,7 +208,7 @@ class Stream:
             raise StopIteration
         try:
             return self._next_event() if self._sse else self._next_chunk()
-        except http.client.IncompleteRead:
+        except _http.CutOff:
             self.close()
             raise ServerError("the stream ended in error: the worker failed after what was sent "
                               "(see paddock logs)", status=self.status) from None
@@ -220,8 +216,17 @@ class Stream:
             self.close()
             raise ConnectionFailed(f"the stream's connection broke: {e}") from e
 
+    def _read(self):
+        """The next piece of the body; b"" at its end."""
+        if self._chunked:
+            return self._conn.chunk()
+        if self._whole_read:
+            return b""
+        self._whole_read = True
+        return self._conn.body(self.headers)
+
     def _next_chunk(self):
-        data = self._resp.read1(65536)
+        data = self._read()
         if not data:
             self.close()
             raise StopIteration
@@ -240,7 +245,7 @@ class Stream:
                     self.close()
                     raise ServerError(f"the stream ended in error: {event['data']}", status=self.status)
                 return event
-            more = self._resp.read1(65536)
+            more = self._read()
             if not more:
                 self.close()
                 raise ConnectionFailed("the event stream ended without `event: done`")
@@ -249,9 +254,6 @@ class Stream:
     def close(self):
         if not self.closed:
             self.closed = True
-            # The response holds the socket (a `Connection: close` answer is handed
-            # over to it): closing it is what closes the connection.
-            self._resp.close()
             self._conn.close()
 
     def __enter__(self):
@@ -289,20 +291,32 @@ class Job:
 
     def result(self, timeout=None):
         """Blocks until the job finishes: its result (parsed JSON, else bytes); raises
-        `JobFailed` (dead), `JobCancelled`, or `JobTimeout` after `timeout` seconds."""
+        `JobFailed` (dead), `JobCancelled`, or `JobTimeout` after `timeout` seconds.
+        One request for a job that is done, or that finishes within a minute."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.done():
+        while True:
+            error = finished_error(self.view)
+            if error is not None:
+                raise error
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise JobTimeout(f"job {self.id} is still {self.state} after {timeout}s")
-            self.status(wait=LONG_POLL_MAX if left is None else min(LONG_POLL_MAX, left))
-        return self._outcome()
-
-    def _outcome(self):
-        error = finished_error(self.view)
-        if error is not None:
-            raise error
-        return decoded(self._client._request("GET", f"/v1/jobs/{self.id}/result"))
+            wait = LONG_POLL_MAX if left is None else min(LONG_POLL_MAX, left)
+            try:
+                resp = self._client._request(
+                    "GET", f"{self._client._job_path(self.id)}/result?wait={duration_param(wait)}",
+                    timeout=wait + max(10.0, self._client.timeout or 0))
+            except RequestRejected as e:
+                state = (e.body or {}).get("state") if isinstance(e.body, dict) else None
+                if state is None:
+                    raise
+                if state in _FINISHED:
+                    self.status()  # the record, for JobFailed's cause
+                else:
+                    self.view = {**self.view, "state": state}
+                continue
+            self.view = {**self.view, "state": "done"}
+            return decoded(resp)
 
     def cancel(self):
         """Cancels the job (queued, claimed or running); its record afterwards.
@@ -332,6 +346,7 @@ class Client:
         self.timeout = timeout
         self.requests = 0  # requests sent: for tests and curiosity
         self._pool = _Pool(parsed.hostname, parsed.port or 80)
+        self._host = f"{parsed.hostname}:{parsed.port or 80}"
         self._count = threading.Lock()
 
     # -- online calls -----------------------------------------------------------
@@ -355,13 +370,16 @@ class Client:
         data, hdrs = body_and_type(body, json, headers)
         if sse:
             hdrs["accept"] = "text/event-stream"
-        conn, resp = self._send("POST", service_path("/v1/", service, handler), data, hdrs,
-                                timeout, stream=True)
-        if resp.status >= 300:
-            content = resp.read()
+        conn, status, head = self._send("POST", service_path("/v1/", service, handler), data,
+                                        hdrs, timeout, stream=True)
+        if status >= 300:
+            try:
+                content = conn.body(head)
+            except (OSError, _http.CutOff):
+                content = b""
             conn.close()
-            raise from_answer(resp.status, _headers(resp), content)
-        return Stream(conn, resp, sse)
+            raise from_answer(status, head, content)
+        return Stream(conn, status, head, sse)
 
     # -- jobs ------------------------------------------------------------------------
 
@@ -389,8 +407,12 @@ class Client:
         """A `Job` for an id (from another process, a database, a log)."""
         return Job(self, self._job(job_id, None))
 
+    @staticmethod
+    def _job_path(job_id):
+        return f"/v1/jobs/{urllib.parse.quote(job_id, safe='')}"
+
     def _job(self, job_id, wait):
-        path = f"/v1/jobs/{urllib.parse.quote(job_id, safe='')}"
+        path = self._job_path(job_id)
         if wait is None:
             return self._request("GET", path).json()
         wait = max(0.0, min(LONG_POLL_MAX, float(wait)))
@@ -401,23 +423,22 @@ class Client:
     # -- the connection ------------------------------------------------------------
 
     def _request(self, method, path, data=b"", headers=None, timeout=None):
-        conn, resp = self._send(method, path, data, headers or {}, timeout)
+        conn, status, hdrs = self._send(method, path, data, headers or {}, timeout)
         try:
-            content = resp.read()
-        except (OSError, http.client.HTTPException) as e:
+            content = conn.body(hdrs)
+        except OSError as e:
             conn.close()
             raise ConnectionFailed(f"{method} {path}: the answer broke off: {e}") from e
-        hdrs = _headers(resp)
-        if resp.will_close:
+        if hdrs.get("connection", "").lower() == "close":
             conn.close()
         else:
             self._pool.give_back(conn)
-        if resp.status >= 300:
-            raise from_answer(resp.status, hdrs, content)
-        return ClientResponse(resp.status, hdrs, content)
+        if status >= 300:
+            raise from_answer(status, hdrs, content)
+        return ClientResponse(status, hdrs, content)
 
     def _send(self, method, path, data, headers, timeout, stream=False):
-        """Sends a request and reads the answer's head: (connection, response)."""
+        """Sends a request and reads the answer's head: (connection, status, headers)."""
         timeout = self.timeout if timeout is None else timeout
         hdrs = dict(headers)
         if self.token:
@@ -425,20 +446,26 @@ class Client:
         if stream:
             hdrs["connection"] = "close"
         for fresh in (False, True):
-            conn, reused = self._pool.take(timeout) if not fresh else (
-                http.client.HTTPConnection(self._pool.host, self._pool.port, timeout=timeout), False)
+            conn, reused = None, False
             try:
+                if fresh:
+                    conn, reused = _http.Conn(self._pool.host, self._pool.port, timeout), False
+                else:
+                    conn, reused = self._pool.take(timeout)
                 with self._count:
                     self.requests += 1
-                conn.request(method, path, body=data, headers=hdrs)
-                return conn, conn.getresponse()
+                conn.send(method, path, self._host, data, hdrs)
+                status, head = conn.head()
+                return conn, status, head
             except _STALE as e:
-                conn.close()
+                if conn is not None:
+                    conn.close()
                 if reused and not fresh:
                     continue  # closed while idle: the daemon never read this request
                 raise ConnectionFailed(f"{method} {self.url}{path}: {e!r}") from e
-            except (OSError, http.client.HTTPException) as e:
-                conn.close()
+            except OSError as e:
+                if conn is not None:
+                    conn.close()
                 raise ConnectionFailed(f"{method} {self.url}{path}: {e}") from e
         raise AssertionError("unreachable")
 

@@ -40,9 +40,13 @@ pub fn service_error(
 pub fn job_error(e: JobError) -> Response {
     match e {
         JobError::NotFound(_) => error(StatusCode::NOT_FOUND, e.to_string()),
-        JobError::Conflict { .. } | JobError::KeyReused { .. } => {
-            error(StatusCode::CONFLICT, e.to_string())
-        }
+        // The job's state too, for clients that act on it (`paddock.Client`).
+        JobError::Conflict { state, .. } => (
+            StatusCode::CONFLICT,
+            axum::Json(serde_json::json!({"error": e.to_string(), "state": state})),
+        )
+            .into_response(),
+        JobError::KeyReused { .. } => error(StatusCode::CONFLICT, e.to_string()),
         JobError::Store(_) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }

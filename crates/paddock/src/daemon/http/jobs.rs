@@ -7,7 +7,8 @@
 //! - `GET /v1/jobs?state=&service=&limit=&after=` → a page of jobs and `next`;
 //! - `GET /v1/jobs/{id}` → state, attempts, timestamps, each attempt's cause; with
 //!   `?wait=30s`, as soon as the job is finished or after the wait (a long-poll);
-//! - `GET /v1/jobs/{id}/result` → the raw result with its content type;
+//! - `GET /v1/jobs/{id}/result` → the raw result with its content type (409 naming
+//!   the state before it is done); with `?wait=`, as soon as the job is finished;
 //! - `DELETE /v1/jobs/{id}` → cancels a queued, scheduled, claimed or running job.
 
 use std::time::Duration;
@@ -420,22 +421,14 @@ async fn show(
     let Some(store) = store(&shared) else {
         return no_jobs();
     };
-    let deadline = tokio::time::Instant::now() + wait;
-    let mut stopping = shared.shutdown.subscribe();
-    let read = loop {
-        // Registered before the read: a finish committed in between still wakes it.
-        let mut waiter = store.wait_for(&id);
-        let read = store.get(id.clone()).await;
-        let open = matches!(&read, Ok(v) if !JobState::FINISHED.contains(&v.state));
-        if !open || *stopping.borrow() || tokio::time::Instant::now() >= deadline {
-            break read;
-        }
-        tokio::select! {
-            _ = waiter.finished() => {}
-            _ = tokio::time::sleep_until(deadline) => {}
-            _ = stopping.wait_for(|s| *s) => {}
-        }
-    };
+    let read = long_poll(
+        &shared,
+        &id,
+        wait,
+        || store.get(id.clone()),
+        |read| matches!(read, Ok(v) if !JobState::FINISHED.contains(&v.state)),
+    )
+    .await;
     match read {
         Ok(v) => Json(v).into_response(),
         Err(JobError::NotFound(_)) if expired(&shared, &id) => error(
@@ -448,9 +441,42 @@ async fn show(
     }
 }
 
+/// Reads with `read` until `open` says the job is finished, the wait is over, or the
+/// daemon begins to stop; the last read. The store wakes the wait
+/// (`jobs::finishes`): nothing polls.
+async fn long_poll<T, F: Future<Output = T>>(
+    shared: &SharedRef,
+    id: &str,
+    wait: Duration,
+    read: impl Fn() -> F,
+    open: impl Fn(&T) -> bool,
+) -> T {
+    let Some(store) = store(shared) else {
+        return read().await;
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut stopping = shared.shutdown.subscribe();
+    loop {
+        // Registered before the read: a finish committed in between still wakes it.
+        let mut waiter = store.wait_for(id);
+        let last = read().await;
+        if !open(&last) || *stopping.borrow() || tokio::time::Instant::now() >= deadline {
+            return last;
+        }
+        tokio::select! {
+            _ = waiter.finished() => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = stopping.wait_for(|s| *s) => {}
+        }
+    }
+}
+
+/// A done job's result; with `?wait=`, as soon as the job is finished (the answer
+/// of a job that is not `done` is a 409 naming its state).
 async fn result(
     State(shared): State<SharedRef>,
     Path((id, what)): Path<(String, String)>,
+    q: Result<Query<ShowQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     if what != "result" {
         return error(
@@ -458,10 +484,22 @@ async fn result(
             format!("no route GET /v1/jobs/{id}/{what}"),
         );
     }
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let wait = match q.wait.as_deref().map(wait_param).transpose() {
+        Ok(w) => w.unwrap_or_default(),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.0),
+    };
     let Some(store) = store(&shared) else {
         return no_jobs();
     };
-    match store.result(id).await {
+    let read = long_poll(&shared, &id, wait, || store.result(id.clone()), |read| {
+        matches!(read, Err(JobError::Conflict { state, .. }) if !JobState::FINISHED.contains(state))
+    })
+    .await;
+    match read {
         Ok((content_type, body)) => {
             let mut r = (StatusCode::OK, body).into_response();
             if let Ok(v) = header::HeaderValue::from_str(&content_type) {
