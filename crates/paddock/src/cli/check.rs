@@ -31,6 +31,7 @@ pub fn run(config: &Config, json: bool) -> i32 {
                     "command": s.command,
                     "port": s.port.map(|p| match p { PortSpec::Auto => "auto".to_string(), PortSpec::Fixed(n) => n.to_string() }),
                     "gpu": gpu_json(s),
+                    "schedules": crate::status::ScheduleStatus::of(&s.schedules),
                 })
             })
             .collect();
@@ -69,6 +70,15 @@ pub fn run(config: &Config, json: bool) -> i32 {
         );
         if let Some(line) = gpu_line(s) {
             println!("    {line}");
+        }
+        for sc in crate::status::ScheduleStatus::of(&s.schedules) {
+            println!(
+                "    schedule {} ({}, handler {}): next run {}",
+                sc.name,
+                sc.cron,
+                sc.handler,
+                sc.next_run.as_deref().unwrap_or("never")
+            );
         }
     }
     println!("  state: {}", paths.dir.display());

@@ -125,6 +125,16 @@ pub fn render(s: &Status, tty: bool) -> String {
     }
     for svc in &s.services {
         out.push_str(&sdk_lines(&svc.name, &svc.workers));
+        for sc in &svc.schedules {
+            out.push_str(&format!(
+                "{}: schedule {} ({}, handler {}): next run {}\n",
+                svc.name,
+                sc.name,
+                sc.cron,
+                sc.handler,
+                sc.next_run.as_deref().unwrap_or("never")
+            ));
+        }
     }
     for svc in &s.services {
         if let Some(r) = &svc.reason {

@@ -208,6 +208,8 @@ pub struct Service {
     pub cancel_grace: Duration,
     /// `[services.NAME.batch.METHOD]`: overrides of a batched method's limits.
     pub batch: BTreeMap<String, BatchOverride>,
+    /// Periodic jobs (worker services).
+    pub schedules: Vec<super::schedule::Schedule>,
     /// GPUs: devices, workers per device, max_gpu_memory.
     pub gpu: super::gpu::Gpu,
 }

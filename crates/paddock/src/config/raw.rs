@@ -73,6 +73,9 @@ pub(super) struct RawService {
     /// Per batched method: overrides of the limits its workers announce.
     #[serde(default)]
     pub(super) batch: BTreeMap<String, RawBatch>,
+    /// `[[services.NAME.schedule]]`: periodic jobs.
+    #[serde(default)]
+    pub(super) schedule: Vec<super::schedule::RawSchedule>,
     pub(super) devices: Option<super::gpu::RawDevices>,
     pub(super) workers_per_device: Option<u32>,
     pub(super) max_gpu_memory: Option<Bytes>,

@@ -150,6 +150,18 @@ pub(super) fn build(
         gpu,
         batch: super::batch::overrides(rs.batch)
             .map_err(|(m, key, e)| c.at(&format!("{table}.batch.{m}"), key, e))?,
+        schedules: match (rs.kind, rs.schedule.is_empty()) {
+            (_, true) => vec![],
+            (Kind::Process, false) => {
+                return Err(c.at(
+                    &table,
+                    "schedule",
+                    "periodic jobs need a worker service (kind = \"worker\"): a process service runs no jobs".into(),
+                ));
+            }
+            (Kind::Worker, false) => super::schedule::check(std::mem::take(&mut rs.schedule))
+                .map_err(|(i, key, e)| c.at(&format!("{table}.schedule[{i}]"), key, e))?,
+        },
     })
 }
 

@@ -507,6 +507,12 @@ async fn open_jobs(
                 shutdown.clone(),
             ),
         );
+        jobs::schedule::start(
+            s.config.clone(),
+            store.clone(),
+            pumps[name].clone(),
+            shutdown.clone(),
+        );
         jobs::pump::start(
             s.config.clone(),
             store.clone(),

@@ -28,6 +28,7 @@ mod long_poll;
 mod nvml;
 mod openapi;
 mod orphans;
+mod periodic;
 mod pg_server;
 mod reloads;
 mod restarts;

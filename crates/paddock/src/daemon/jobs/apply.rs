@@ -61,6 +61,17 @@ pub(super) trait Tx {
     async fn size(&self) -> Result<u64, StoreError>;
     /// Jobs selected by `q`, at most `limit` of them, by `seq`.
     async fn list(&self, q: &ListQuery, limit: i64) -> Result<Vec<JobView>, JobError>;
+    /// Records a schedule's tick with the job it enqueues; false when it was
+    /// recorded already.
+    async fn tick(
+        &self,
+        service: &str,
+        schedule: &str,
+        tick_ms: i64,
+        job_id: &str,
+    ) -> Result<bool, JobError>;
+    /// The latest recorded tick of a schedule.
+    async fn last_tick(&self, service: &str, schedule: &str) -> Result<Option<i64>, JobError>;
 }
 
 /// Applies one command; its reply waits for the group's commit.
@@ -114,6 +125,12 @@ pub(super) async fn apply(tx: &impl Tx, cmd: Cmd) -> Reply {
             let _ = r.send(0);
         }),
         Cmd::Stats(r) => reply(r, tx.stats().await),
+        Cmd::Tick(t, r) => reply(r, tick(tx, t).await),
+        Cmd::LastTick {
+            service,
+            schedule,
+            reply: r,
+        } => reply(r, tx.last_tick(&service, &schedule).await),
         Cmd::Size(r) => {
             let size = tx
                 .size()
@@ -142,6 +159,19 @@ pub(super) async fn apply(tx: &impl Tx, cmd: Cmd) -> Reply {
             })
         }
     }
+}
+
+/// A tick enqueues its job only if no daemon recorded that tick before: the tick's
+/// record and the job are written in one transaction.
+async fn tick(tx: &impl Tx, t: super::Tick) -> Result<Option<String>, JobError> {
+    let id = new_id();
+    if !tx.tick(&t.job.service, &t.schedule, t.tick_ms, &id).await? {
+        return Ok(None);
+    }
+    if !tx.insert(&id, &t.job, now_ms()).await? {
+        return Err(JobError::Store("a tick's job could not be inserted".into()));
+    }
+    Ok(Some(id))
 }
 
 async fn get(tx: &impl Tx, id: &str) -> Result<JobView, JobError> {

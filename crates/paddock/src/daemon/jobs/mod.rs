@@ -26,6 +26,7 @@ pub use state::JobState;
 pub mod postgres;
 pub mod prune;
 pub mod pump;
+pub mod schedule;
 pub mod size;
 pub mod sqlite;
 pub mod stats;
@@ -200,6 +201,23 @@ pub enum Cmd {
     /// The space the jobs take (what `job_store_max_size` bounds); None when it
     /// could not be read.
     Size(oneshot::Sender<Option<u64>>),
+    /// A schedule's tick: enqueues `job` unless this tick was enqueued already (by
+    /// this daemon or another); answers the new job's id, or None.
+    Tick(Tick, oneshot::Sender<Result<Option<String>, JobError>>),
+    /// The latest tick of a schedule that was enqueued (ms since the epoch).
+    LastTick {
+        service: String,
+        schedule: String,
+        reply: oneshot::Sender<Result<Option<i64>, JobError>>,
+    },
+}
+
+/// One tick of a periodic job.
+#[derive(Debug, Clone)]
+pub struct Tick {
+    pub schedule: String,
+    pub tick_ms: i64,
+    pub job: NewJob,
 }
 
 /// A handle to the job store's group loop (on the SQLite thread or the PostgreSQL
@@ -337,6 +355,29 @@ impl Store {
         rx.await.ok().flatten()
     }
 
+    /// Enqueues a schedule's tick once across every daemon of the store; the new
+    /// job's id, or None when the tick was enqueued already.
+    pub async fn tick(&self, tick: Tick) -> Result<Option<String>, JobError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Cmd::Tick(tick, tx))?;
+        rx.await.map_err(|_| {
+            JobError::Store(StoreError::Unreachable("the job store is closed".into()))
+        })?
+    }
+
+    /// The latest enqueued tick of a schedule.
+    pub async fn last_tick(&self, service: &str, schedule: &str) -> Result<Option<i64>, JobError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Cmd::LastTick {
+            service: service.into(),
+            schedule: schedule.into(),
+            reply,
+        })?;
+        rx.await.map_err(|_| {
+            JobError::Store(StoreError::Unreachable("the job store is closed".into()))
+        })?
+    }
+
     pub async fn list(&self, q: ListQuery) -> Result<Page, JobError> {
         let (tx, rx) = oneshot::channel();
         self.send(Cmd::List(q, tx))?;
@@ -397,6 +438,8 @@ fn refused(cmd: Cmd) -> Reply {
         Cmd::Prune { reply, .. } => Box::new(move |_| {
             let _ = reply.send(0);
         }),
+        Cmd::Tick(_, r) => reply(r, Err(not_applied())),
+        Cmd::LastTick { reply: r, .. } => reply(r, Err(not_applied())),
     }
 }
 

@@ -593,4 +593,37 @@ impl Tx for PgTx<'_> {
             .map(|r| view(r).map_err(JobError::Store))
             .collect()
     }
+
+    async fn tick(
+        &self,
+        service: &str,
+        schedule: &str,
+        tick_ms: i64,
+        job_id: &str,
+    ) -> Result<bool, JobError> {
+        // Another daemon inserting the same tick at once waits for this one's commit,
+        // then inserts nothing: each tick is enqueued once.
+        let n = self
+            .tx
+            .execute(
+                "INSERT INTO paddock_schedule_ticks (service, schedule, tick_ms, job_id) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT DO NOTHING",
+                &[&service, &schedule, &tick_ms, &job_id],
+            )
+            .await
+            .map_err(db)?;
+        Ok(n == 1)
+    }
+
+    async fn last_tick(&self, service: &str, schedule: &str) -> Result<Option<i64>, JobError> {
+        let row = self
+            .tx
+            .query_one(
+                "SELECT max(tick_ms) FROM paddock_schedule_ticks WHERE service = $1 AND schedule = $2",
+                &[&service, &schedule],
+            )
+            .await
+            .map_err(db)?;
+        Ok(row.get(0))
+    }
 }

@@ -12,7 +12,7 @@
 //! applied; a store at a version newer than [`VERSION`] is refused, naming both.
 
 /// The schema this build writes and reads.
-pub const VERSION: i64 = 2;
+pub const VERSION: i64 = 3;
 
 /// One step of the schema, in each dialect.
 #[derive(Debug)]
@@ -24,7 +24,7 @@ pub struct Migration {
     pub postgres: &'static str,
 }
 
-pub const MIGRATIONS: [Migration; 2] = [
+pub const MIGRATIONS: [Migration; 3] = [
     Migration {
         version: 1,
         what: "the jobs table",
@@ -99,6 +99,28 @@ DROP INDEX IF EXISTS paddock_jobs_queue;
 CREATE INDEX IF NOT EXISTS paddock_jobs_claim ON paddock_jobs(service, state, priority DESC, run_after_ms, seq);
 ",
     },
+    Migration {
+        version: 3,
+        what: "periodic jobs: one record per schedule and tick, apart from the jobs",
+        sqlite: "
+CREATE TABLE IF NOT EXISTS schedule_ticks (
+  service TEXT NOT NULL,
+  schedule TEXT NOT NULL,
+  tick_ms INTEGER NOT NULL,
+  job_id TEXT NOT NULL,
+  PRIMARY KEY (service, schedule, tick_ms)
+);
+",
+        postgres: "
+CREATE TABLE IF NOT EXISTS paddock_schedule_ticks (
+  service TEXT NOT NULL,
+  schedule TEXT NOT NULL,
+  tick_ms BIGINT NOT NULL,
+  job_id TEXT NOT NULL,
+  PRIMARY KEY (service, schedule, tick_ms)
+);
+",
+    },
 ];
 
 /// The migrations a store at `version` lacks, in order; an error when it is newer
@@ -141,6 +163,7 @@ mod tests {
         assert_eq!(MIGRATIONS.last().unwrap().version, VERSION);
         assert_eq!(pending(0, "s").unwrap().len(), MIGRATIONS.len());
         assert_eq!(pending(1, "s").unwrap()[0].version, 2);
+        assert_eq!(pending(2, "s").unwrap().len(), 1);
         assert!(pending(VERSION, "s").unwrap().is_empty());
         let e = pending(VERSION + 1, "jobs.db").unwrap_err().to_string();
         assert!(

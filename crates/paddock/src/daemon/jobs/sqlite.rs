@@ -580,4 +580,31 @@ impl Tx for SqliteTx<'_> {
         }
         Ok(jobs)
     }
+
+    async fn tick(
+        &self,
+        service: &str,
+        schedule: &str,
+        tick_ms: i64,
+        job_id: &str,
+    ) -> Result<bool, JobError> {
+        let n = self
+            .tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO schedule_ticks (service, schedule, tick_ms, job_id) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .and_then(|mut s| s.execute(params![service, schedule, tick_ms, job_id]))
+            .map_err(store_err)?;
+        Ok(n == 1)
+    }
+
+    async fn last_tick(&self, service: &str, schedule: &str) -> Result<Option<i64>, JobError> {
+        self.tx
+            .query_row(
+                "SELECT max(tick_ms) FROM schedule_ticks WHERE service = ?1 AND schedule = ?2",
+                params![service, schedule],
+                |r| r.get(0),
+            )
+            .map_err(store_err)
+    }
 }
