@@ -28,7 +28,7 @@ from rust_modules import read, resolve
 CRATE_LAYERS = {
     # plain data and helpers: they know nothing of the daemon or the CLI
     "exit": 0, "timefmt": 0, "jitter": 0, "gpu": 0, "exec_listen": 1, "config": 1,
-    "status": 1, "openapi": 2, "instance": 2, "control": 2, "sdk": 2,
+    "status": 1, "openapi": 2, "instance": 2, "control": 2, "sdk": 2, "schedules": 2,
     "daemon": 3,
     "cli": 4,
 }

@@ -26,6 +26,7 @@ pub mod gpu;
 pub(crate) mod instance;
 pub(crate) mod jitter;
 pub(crate) mod openapi;
+pub(crate) mod schedules;
 pub(crate) mod sdk;
 pub(crate) mod status;
 pub(crate) mod timefmt;

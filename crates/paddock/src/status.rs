@@ -158,29 +158,6 @@ pub struct ScheduleStatus {
     pub next_run: Option<String>,
 }
 
-impl ScheduleStatus {
-    /// The schedules of a service, with their next tick after now.
-    pub fn of(schedules: &[crate::config::schedule::Schedule]) -> Vec<ScheduleStatus> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
-        schedules
-            .iter()
-            .map(|s| ScheduleStatus {
-                name: s.name.clone(),
-                cron: s.cron.clone(),
-                handler: s.handler.clone(),
-                next_run: s.next_after(now).map(|ms| {
-                    crate::timefmt::rfc3339(
-                        std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64),
-                    )
-                }),
-            })
-            .collect()
-    }
-}
-
 /// One batched method, as `status` shows it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct BatchStatus {

@@ -31,7 +31,7 @@ pub fn run(config: &Config, json: bool) -> i32 {
                     "command": s.command,
                     "port": s.port.map(|p| match p { PortSpec::Auto => "auto".to_string(), PortSpec::Fixed(n) => n.to_string() }),
                     "gpu": gpu_json(s),
-                    "schedules": crate::status::ScheduleStatus::of(&s.schedules),
+                    "schedules": crate::schedules::shown(&s.schedules),
                 })
             })
             .collect();
@@ -71,7 +71,7 @@ pub fn run(config: &Config, json: bool) -> i32 {
         if let Some(line) = gpu_line(s) {
             println!("    {line}");
         }
-        for sc in crate::status::ScheduleStatus::of(&s.schedules) {
+        for sc in crate::schedules::shown(&s.schedules) {
             println!(
                 "    schedule {} ({}, handler {}): next run {}",
                 sc.name,

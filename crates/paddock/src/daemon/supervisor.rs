@@ -256,7 +256,7 @@ impl Supervisor {
                         .as_ref()
                         .map(|d| d.batch_stats())
                         .unwrap_or_default(),
-                    schedules: crate::status::ScheduleStatus::of(&s.config.schedules),
+                    schedules: crate::schedules::shown(&s.config.schedules),
                 }
             })
             .collect()
