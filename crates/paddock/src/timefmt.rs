@@ -85,12 +85,20 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
     let offset_min = match b.get(i)? {
         b'Z' | b'z' if i + 1 == b.len() => 0,
         sign @ (b'+' | b'-') if i + 6 == b.len() && b[i + 3] == b':' => {
-            let m = num(i + 1..i + 3)? * 60 + num(i + 4..i + 6)?;
+            let (oh, om) = (num(i + 1..i + 3)?, num(i + 4..i + 6)?);
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            let m = oh * 60 + om;
             if *sign == b'+' { m } else { -m }
         }
         _ => return None,
     };
     let days = days_from_civil(y, mo, d);
+    // A day the month does not have (02-31) is no date.
+    if civil_from_days(days) != (y, mo, d) {
+        return None;
+    }
     Some(((days * 86400 + h * 3600 + mi * 60 + sec) - offset_min * 60) * 1000 + ms)
 }
 

@@ -96,6 +96,7 @@ class AsyncStream:
         self._conn = None
         self._sse = sse
         self._buf = b""
+        self._whole_read = False
         self.status = None
         self.headers = {}
         self.closed = False
@@ -115,19 +116,31 @@ class AsyncStream:
     def __aiter__(self):
         return self
 
+    async def _read(self, conn):
+        """The next piece of the body; b"" at its end (a body that is not chunked
+        comes whole, once)."""
+        if self.headers.get("transfer-encoding", "").lower() == "chunked":
+            return await _chunk(conn.reader)
+        if self._whole_read:
+            return b""
+        self._whole_read = True
+        if "content-length" in self.headers:
+            return await conn.reader.readexactly(int(self.headers["content-length"]))
+        return await conn.reader.read()
+
     async def __anext__(self):
-        conn = await self._open()
         if self.closed:
             raise StopAsyncIteration
+        conn = await self._open()
         try:
             if not self._sse:
-                data = await _chunk(conn.reader)
+                data = await self._read(conn)
                 if not data:
                     await self.aclose()
                     raise StopAsyncIteration
                 return data
             return await self._next_event(conn)
-        except asyncio.IncompleteReadError:
+        except (asyncio.IncompleteReadError, ValueError):
             await self.aclose()
             raise ServerError("the stream ended in error: the worker failed after what was sent "
                               "(see paddock logs)", status=self.status) from None
@@ -148,7 +161,7 @@ class AsyncStream:
                     await self.aclose()
                     raise ServerError(f"the stream ended in error: {event['data']}", status=self.status)
                 return event
-            more = await _chunk(conn.reader)
+            more = await self._read(conn)
             if not more:
                 await self.aclose()
                 raise ConnectionFailed("the event stream ended without `event: done`")
@@ -184,14 +197,16 @@ class AsyncJob:
     async def result(self, timeout=None):
         """`Job.result`, awaited."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        asked = False  # the daemon is asked at least once, whatever the timeout
         while True:
             error = finished_error(self.view)
             if error is not None:
                 raise error
             left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
+            if left is not None and left <= 0 and asked:
                 raise JobTimeout(f"job {self.id} is still {self.state} after {timeout}s")
-            wait = LONG_POLL_MAX if left is None else min(LONG_POLL_MAX, left)
+            wait = LONG_POLL_MAX if left is None else max(0.0, min(LONG_POLL_MAX, left))
+            asked = True
             try:
                 resp = await self._client._request(
                     "GET", f"{Client._job_path(self.id)}/result?wait={duration_param(wait)}",
@@ -209,7 +224,7 @@ class AsyncJob:
             return decoded(resp)
 
     async def cancel(self):
-        self.view = (await self._client._request("DELETE", f"/v1/jobs/{self.id}")).json()
+        self.view = (await self._client._request("DELETE", Client._job_path(self.id))).json()
         return self.view
 
     def __repr__(self):

@@ -164,12 +164,16 @@ class _Pool:
 
     def take(self, timeout):
         """An idle connection (reused: True) or a new one."""
-        with self._lock:
-            conn = self._idle.pop() if self._idle else None
-        if conn is None:
-            return _http.Conn(self.host, self.port, timeout), False
-        conn.settimeout(timeout)
-        return conn, True
+        while True:
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                return _http.Conn(self.host, self.port, timeout), False
+            if conn.dead():  # the daemon closed it while it was idle
+                conn.close()
+                continue
+            conn.settimeout(timeout)
+            return conn, True
 
     def give_back(self, conn):
         with self._lock:
@@ -294,14 +298,16 @@ class Job:
         `JobFailed` (dead), `JobCancelled`, or `JobTimeout` after `timeout` seconds.
         One request for a job that is done, or that finishes within a minute."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        asked = False  # the daemon is asked at least once, whatever the timeout
         while True:
             error = finished_error(self.view)
             if error is not None:
                 raise error
             left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
+            if left is not None and left <= 0 and asked:
                 raise JobTimeout(f"job {self.id} is still {self.state} after {timeout}s")
-            wait = LONG_POLL_MAX if left is None else min(LONG_POLL_MAX, left)
+            wait = LONG_POLL_MAX if left is None else max(0.0, min(LONG_POLL_MAX, left))
+            asked = True
             try:
                 resp = self._client._request(
                     "GET", f"{self._client._job_path(self.id)}/result?wait={duration_param(wait)}",
@@ -321,7 +327,7 @@ class Job:
     def cancel(self):
         """Cancels the job (queued, claimed or running); its record afterwards.
         Raises `RequestRejected` (409) when it had already finished."""
-        self.view = self._client._request("DELETE", f"/v1/jobs/{self.id}").json()
+        self.view = self._client._request("DELETE", self._client._job_path(self.id)).json()
         return self.view
 
     def __repr__(self):
@@ -460,8 +466,11 @@ class Client:
             except _STALE as e:
                 if conn is not None:
                     conn.close()
-                if reused and not fresh:
-                    continue  # closed while idle: the daemon never read this request
+                # Closed as it was reused (the idle check above missed it by an
+                # instant): sent again only when sending twice is harmless.
+                harmless = method in ("GET", "DELETE") or "idempotency-key" in hdrs
+                if reused and not fresh and harmless:
+                    continue
                 raise ConnectionFailed(f"{method} {self.url}{path}: {e!r}") from e
             except OSError as e:
                 if conn is not None:

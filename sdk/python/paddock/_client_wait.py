@@ -1,92 +1,133 @@
 """`paddock.wait` and `paddock.as_completed`: many jobs at once, in the manner of
 `concurrent.futures`.
 
-Each job is waited for by the daemon's long-poll, on a thread of a small pool (at most
-`MAX_THREADS` connections at a time); a job already finished answers at once. No
-loop sleeps: a thread is always inside a long-poll or done.
+Jobs are watched by the daemon's long-poll on at most `MAX_THREADS` threads, each
+with its share of the jobs: a thread with one job waits on it for up to a minute at
+a time; a thread with several goes round them with short waits, so that every job
+is looked at within a second or so however many there are. A finished job is
+reported at once. The threads are daemon threads that end at their next wait's end
+once the caller has what it asked for: a script is never held at exit.
 """
 
-import concurrent.futures as _cf
+import queue
+import threading
 import time
 
 from ._client import LONG_POLL_MAX
-from ._client_errors import JobTimeout
+from ._client_errors import ClientError, JobTimeout
 
-FIRST_COMPLETED = _cf.FIRST_COMPLETED
-FIRST_EXCEPTION = _cf.FIRST_EXCEPTION
-ALL_COMPLETED = _cf.ALL_COMPLETED
+FIRST_COMPLETED = "FIRST_COMPLETED"
+FIRST_EXCEPTION = "FIRST_EXCEPTION"
+ALL_COMPLETED = "ALL_COMPLETED"
 MAX_THREADS = 32
-
-
-def _until_finished(job, stop):
-    """Waits (long-polls) until `job` finishes or `stop` is set; the job."""
-    while not job.done() and not stop[0]:
-        job.status(wait=LONG_POLL_MAX if stop[1] is None
-                   else max(0.0, min(LONG_POLL_MAX, stop[1] - time.monotonic())))
-        if stop[1] is not None and time.monotonic() >= stop[1]:
-            break
-    return job
+ROUND_WAIT = 0.5  # seconds a thread with several jobs waits on each in turn
 
 
 def _failed(job):
     return job.state in ("dead", "cancelled")
 
 
+def _watch(jobs, deadline, stop, out):
+    """Starts the threads; each finished job (or an error) goes to `out`."""
+    shares = [jobs[i::MAX_THREADS] for i in range(min(MAX_THREADS, len(jobs)))]
+
+    def run(share):
+        left = list(share)
+        while left and not stop.is_set():
+            for job in list(left):
+                if stop.is_set():
+                    return
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return
+                wait = LONG_POLL_MAX if len(left) == 1 else ROUND_WAIT
+                if remaining is not None:
+                    wait = min(wait, remaining)
+                try:
+                    job.status(wait=wait)
+                except ClientError as e:
+                    out.put(e)
+                    return
+                if job.done():
+                    left.remove(job)
+                    out.put(job)
+
+    for share in shares:
+        threading.Thread(target=run, args=(share,), daemon=True,
+                         name="paddock-wait").start()
+
+
+def _unique(jobs):
+    seen, out = set(), []
+    for j in jobs:
+        if id(j) not in seen:
+            seen.add(id(j))
+            out.append(j)
+    return out
+
+
 def wait(jobs, timeout=None, return_when=ALL_COMPLETED):
     """Waits for `jobs` (`paddock.Job`s): (done, not_done), two sets. `return_when` is
     FIRST_COMPLETED, FIRST_EXCEPTION (a dead or cancelled job) or ALL_COMPLETED; after
-    `timeout` seconds it returns what it has (it never raises for the timeout)."""
-    jobs = list(jobs)
+    `timeout` seconds it returns what it has (it never raises for the timeout). A
+    failure to reach the daemon is raised."""
+    jobs = _unique(jobs)
+
+    def enough(done):
+        if return_when == FIRST_COMPLETED and done:
+            return True
+        if return_when == FIRST_EXCEPTION and any(_failed(j) for j in done):
+            return True
+        return len(done) == len(jobs)
+
     done = {j for j in jobs if j.done()}
-    if (return_when == FIRST_COMPLETED and done) or len(done) == len(jobs) or (
-            return_when == FIRST_EXCEPTION and any(_failed(j) for j in done)):
+    if enough(done):
         return done, set(jobs) - done
     deadline = None if timeout is None else time.monotonic() + timeout
-    stop = [False, deadline]
-    pending = [j for j in jobs if j not in done]
-    pool = _cf.ThreadPoolExecutor(max_workers=min(MAX_THREADS, len(pending)),
-                                  thread_name_prefix="paddock-wait")
+    stop, out = threading.Event(), queue.Queue()
+    _watch([j for j in jobs if j not in done], deadline, stop, out)
     try:
-        futures = {pool.submit(_until_finished, j, stop): j for j in pending}
-        for f in _cf.as_completed(futures, timeout=None):
-            job = f.result()
-            if job.done():
-                done.add(job)
-            if return_when == FIRST_COMPLETED and done:
+        while not enough(done):
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
                 break
-            if return_when == FIRST_EXCEPTION and _failed(job):
+            try:
+                item = out.get(timeout=left)
+            except queue.Empty:
                 break
-            if deadline is not None and time.monotonic() >= deadline:
-                break
+            if isinstance(item, ClientError):
+                raise item
+            done.add(item)
     finally:
-        stop[0] = True  # threads end at their long-poll's end (at most LONG_POLL_MAX)
-        pool.shutdown(wait=False)
-    done |= {j for j in jobs if j.done()}
+        stop.set()
     return done, set(jobs) - done
 
 
 def as_completed(jobs, timeout=None):
     """Yields `jobs` as they finish (done, dead or cancelled). Raises `JobTimeout` when
-    `timeout` seconds pass first."""
-    jobs = list(jobs)
+    `timeout` seconds pass first, and a failure to reach the daemon as it comes."""
+    jobs = _unique(jobs)
     deadline = None if timeout is None else time.monotonic() + timeout
-    for j in [j for j in jobs if j.done()]:
-        yield j
-    pending = [j for j in jobs if not j.done()]
+    pending = []
+    for j in jobs:
+        if j.done():
+            yield j
+        else:
+            pending.append(j)
     if not pending:
         return
-    stop = [False, deadline]
-    pool = _cf.ThreadPoolExecutor(max_workers=min(MAX_THREADS, len(pending)),
-                                  thread_name_prefix="paddock-wait")
+    stop, out = threading.Event(), queue.Queue()
+    _watch(pending, deadline, stop, out)
     try:
-        futures = [pool.submit(_until_finished, j, stop) for j in pending]
-        left = len(futures)
-        for f in _cf.as_completed(futures):
-            job = f.result()
-            if not job.done():
-                raise JobTimeout(f"{left} of {len(jobs)} jobs unfinished after {timeout}s")
-            left -= 1
-            yield job
+        for n in range(len(pending)):
+            left = None if deadline is None else deadline - time.monotonic()
+            try:
+                item = out.get(timeout=None if left is None else max(0.0, left))
+            except queue.Empty:
+                raise JobTimeout(f"{len(pending) - n} of {len(jobs)} jobs unfinished after "
+                                 f"{timeout}s") from None
+            if isinstance(item, ClientError):
+                raise item
+            yield item
     finally:
-        stop[0] = True
-        pool.shutdown(wait=False)
+        stop.set()

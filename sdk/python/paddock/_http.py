@@ -12,6 +12,7 @@ closed an idle connection: the request may be sent again on a new one); a chunke
 body that ends without its terminator raises `CutOff`.
 """
 
+import select
 import socket
 
 
@@ -93,9 +94,23 @@ class Conn:
             raise CutOff("the answer was cut off inside a chunk")
         return data
 
+    def dead(self):
+        """Whether an idle connection was closed by the daemon (or has bytes nobody
+        asked for): it must not carry a request."""
+        try:
+            readable, _, _ = select.select([self.sock], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(readable)
+
     def close(self):
         if not self.closed:
             self.closed = True
+            try:
+                # Wakes a thread blocked reading it (a stream closed from elsewhere).
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             try:
                 self.rfile.close()
             finally:

@@ -316,6 +316,20 @@ fn expired(shared: &SharedRef, id: &str) -> bool {
 /// state of the moment (a client waits again).
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
 
+/// How long past its wait a long-poll waits for the store's answer.
+const READ_GRACE: Duration = Duration::from_secs(5);
+
+/// The answer of a long-poll whose store did not answer in time.
+fn store_silent() -> Response {
+    let mut r = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the job store did not answer within the wait (is it reachable? see the daemon log)".into(),
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    r
+}
+
 /// `GET /v1/jobs/{id}`'s query: `wait`, and nothing else.
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -421,14 +435,17 @@ async fn show(
     let Some(store) = store(&shared) else {
         return no_jobs();
     };
-    let read = long_poll(
+    let Some(read) = long_poll(
         &shared,
         &id,
         wait,
         || store.get(id.clone()),
         |read| matches!(read, Ok(v) if !JobState::FINISHED.contains(&v.state)),
     )
-    .await;
+    .await
+    else {
+        return store_silent();
+    };
     match read {
         Ok(v) => Json(v).into_response(),
         Err(JobError::NotFound(_)) if expired(&shared, &id) => error(
@@ -450,18 +467,25 @@ async fn long_poll<T, F: Future<Output = T>>(
     wait: Duration,
     read: impl Fn() -> F,
     open: impl Fn(&T) -> bool,
-) -> T {
+) -> Option<T> {
     let Some(store) = store(shared) else {
-        return read().await;
+        return Some(read().await);
     };
     let deadline = tokio::time::Instant::now() + wait;
     let mut stopping = shared.shutdown.subscribe();
     loop {
         // Registered before the read: a finish committed in between still wakes it.
         let mut waiter = store.wait_for(id);
-        let last = read().await;
+        // A store that does not answer (PostgreSQL down, reconnecting) holds the
+        // request no longer than its wait and a grace, nor past a stop.
+        let stopped = *stopping.borrow();
+        let last = tokio::select! {
+            last = read() => last,
+            _ = tokio::time::sleep_until(deadline + READ_GRACE) => return None,
+            _ = stopping.wait_for(|s| *s), if !stopped => return None,
+        };
         if !open(&last) || *stopping.borrow() || tokio::time::Instant::now() >= deadline {
-            return last;
+            return Some(last);
         }
         tokio::select! {
             _ = waiter.finished() => {}
@@ -495,10 +519,13 @@ async fn result(
     let Some(store) = store(&shared) else {
         return no_jobs();
     };
-    let read = long_poll(&shared, &id, wait, || store.result(id.clone()), |read| {
+    let Some(read) = long_poll(&shared, &id, wait, || store.result(id.clone()), |read| {
         matches!(read, Err(JobError::Conflict { state, .. }) if !JobState::FINISHED.contains(state))
     })
-    .await;
+    .await
+    else {
+        return store_silent();
+    };
     match read {
         Ok((content_type, body)) => {
             let mut r = (StatusCode::OK, body).into_response();

@@ -181,6 +181,13 @@ static CLAIM: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// Scheduled jobs of a service whose time came join the queue (before a claim).
+static DUE: LazyLock<String> = LazyLock::new(|| {
+    Transition::Due.sql(
+        "UPDATE paddock_jobs SET state = {to} WHERE service = $1 AND state IN ({from}) AND run_after_ms <= $2",
+    )
+});
+
 static START: LazyLock<String> = LazyLock::new(|| {
     Transition::Start.sql(
         "UPDATE paddock_jobs SET state = {to}, attempts = attempts + 1, started_ms = $2
@@ -391,6 +398,10 @@ impl Tx for PgTx<'_> {
     async fn claim(&self, service: &str, limit: usize) -> Result<Vec<(i64, Claimed)>, StoreError> {
         let now = now_ms();
         let at = ms_to_rfc3339(now);
+        self.tx
+            .execute(DUE.as_str(), &[&service, &now])
+            .await
+            .map_err(StoreError::from)?;
         let rows = self
             .tx
             .query(

@@ -102,7 +102,7 @@ async fn run(
     let mut occupied = 0f64;
     let mut maybe_more = true;
     let mut next_tick = std::time::Instant::now() + Duration::from_millis(250);
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(f64, String)>();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(f64, String, Arc<Abort>)>();
     // The jobs workers have now, by id: how a cancel reaches the one running it.
     let mut running: HashMap<String, Arc<Abort>> = HashMap::new();
     loop {
@@ -143,7 +143,7 @@ async fn run(
                 job.method.clone(),
                 job.content_type.clone(),
                 job.body.clone().into(),
-                Some(abort),
+                Some(abort.clone()),
             );
             let store = store.clone();
             let done = done_tx.clone();
@@ -162,18 +162,18 @@ async fn run(
                     o => finish_of(o, &job, backoff, expose_errors, &service_name),
                 };
                 store.finish(job.id.clone(), finish);
-                let _ = done.send((share, job.id));
+                let _ = done.send((share, job.id, abort));
             });
         }
         tokio::select! {
-            Some((share, id)) = done_rx.recv() => {
+            Some((share, id, abort)) = done_rx.recv() => {
                 in_flight -= 1;
                 occupied -= share;
-                running.remove(&id);
-                while let Ok((share, id)) = done_rx.try_recv() {
+                forget(&mut running, &id, &abort);
+                while let Ok((share, id, abort)) = done_rx.try_recv() {
                     in_flight -= 1;
                     occupied -= share;
-                    running.remove(&id);
+                    forget(&mut running, &id, &abort);
                 }
                 if in_flight == 0 {
                     occupied = 0.0; // no float error accumulates across bursts
@@ -295,5 +295,13 @@ pub fn finish_of(
             Then::Requeue(why) => Finish::Release { why },
             Then::Interrupted(why) => Finish::Interrupted { why },
         },
+    }
+}
+
+/// Forgets a finished attempt's cancel, unless the job runs again meanwhile (a
+/// retry claimed before this attempt's end was heard): that one's stays.
+fn forget(running: &mut HashMap<String, Arc<Abort>>, id: &str, abort: &Arc<Abort>) {
+    if running.get(id).is_some_and(|a| Arc::ptr_eq(a, abort)) {
+        running.remove(id);
     }
 }

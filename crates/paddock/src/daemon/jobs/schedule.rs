@@ -9,6 +9,9 @@
 //! - after downtime, `missed = "skip"` goes on from the next tick, `missed = "once"`
 //!   first enqueues the latest missed tick (one, however many were missed); a
 //!   schedule that never ran has missed nothing;
+//! - ticks that pass while the task cannot run (a suspended machine, a clock set
+//!   forward, a store that was down) are missed ticks, met by `missed` too: never a
+//!   burst of every one of them;
 //! - the task sleeps until the next tick (no polling) and ends when the daemon stops.
 
 use std::sync::Arc;
@@ -20,6 +23,9 @@ use super::pump::Signals;
 use super::{NewJob, Store, Tick, ms_to_rfc3339, now_ms};
 use crate::config::Service;
 use crate::config::schedule::{Missed, Schedule};
+
+/// How late a tick may fire and still count as on time.
+const LATE: Duration = Duration::from_secs(5);
 
 /// Starts one task per schedule of `service`.
 pub fn start(service: Arc<Service>, store: Store, pump: Signals, shutdown: watch::Receiver<bool>) {
@@ -66,6 +72,28 @@ async fn run(
             tracing::info!("schedule {name}: {:?} fires no more", schedule.cron);
             return;
         };
+        // Ticks that passed while this task could not run (a suspended machine, a
+        // clock set forward, a store that was down) are missed ticks: `missed`
+        // decides, as at start, instead of a burst of every one of them.
+        let now = now_ms();
+        if next < now - LATE.as_millis() as i64 {
+            let latest = schedule.latest_at_or_before(now).unwrap_or(next);
+            tracing::warn!(
+                "schedule {name}: the ticks from {} to {} were missed ({})",
+                ms_to_rfc3339(next),
+                ms_to_rfc3339(latest),
+                if schedule.missed == Missed::Once {
+                    "the latest is enqueued now"
+                } else {
+                    "skipped"
+                }
+            );
+            if schedule.missed == Missed::Once {
+                fire(&service, &schedule, &name, latest, &store, &pump).await;
+            }
+            after = latest.max(now);
+            continue;
+        }
         let wait = Duration::from_millis(next.saturating_sub(now_ms()).max(0) as u64);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}

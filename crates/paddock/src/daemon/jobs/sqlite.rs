@@ -55,6 +55,13 @@ static CLAIM: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// Scheduled jobs of a service whose time came join the queue (before a claim).
+static DUE: LazyLock<String> = LazyLock::new(|| {
+    Transition::Due.sql(
+        "UPDATE jobs SET state = {to} WHERE service = ?1 AND state IN ({from}) AND run_after_ms <= ?2",
+    )
+});
+
 static START: LazyLock<String> = LazyLock::new(|| {
     Transition::Start.sql(
         "UPDATE jobs SET state = {to}, attempts = attempts + 1, started_ms = ?2
@@ -412,6 +419,10 @@ impl Tx for SqliteTx<'_> {
     }
 
     async fn claim(&self, service: &str, limit: usize) -> Result<Vec<(i64, Claimed)>, StoreError> {
+        self.tx
+            .prepare_cached(&DUE)
+            .and_then(|mut s| s.execute(params![service, now_ms()]))
+            .map_err(StoreError::from)?;
         let mut stmt = self.tx.prepare_cached(&CLAIM).map_err(StoreError::from)?;
         let rows = stmt
             .query_map(params![now_ms(), self.owner, service, limit as i64], |r| {

@@ -4,7 +4,7 @@
 //! table below is the one place the job lifecycle is written).
 //!
 //! ```text
-//! scheduled ──claim (at its time)──▶ claimed      (enqueued with a delay or run_at)
+//! scheduled ──due (at its time)──▶ queued      (enqueued with a delay or run_at)
 //! queued ──claim──▶ claimed ──start──▶ running ──done──▶ done
 //!   │  ▲              │ │                │ failed, attempts left ──▶ queued (after job_backoff)
 //!   │  │              │ │                │ failed, none left (or permanent) ──▶ dead
@@ -78,6 +78,8 @@ impl JobState {
 /// `SET state = to`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transition {
+    /// A scheduled job's time came: it joins the queue (just before a claim).
+    Due,
     /// The pump takes a queued job whose backoff is over (ahead of a worker).
     Claim,
     /// The pump hands a claimed job to a worker: an attempt starts.
@@ -103,7 +105,8 @@ pub enum Transition {
 
 impl Transition {
     #[cfg(test)]
-    pub const ALL: [Transition; 10] = [
+    pub const ALL: [Transition; 11] = [
+        Transition::Due,
         Transition::Claim,
         Transition::Start,
         Transition::TakeOver,
@@ -120,7 +123,8 @@ impl Transition {
     pub fn from(self) -> &'static [JobState] {
         use JobState::*;
         match self {
-            Transition::Claim => &[Queued, Scheduled],
+            Transition::Due => &[Scheduled],
+            Transition::Claim => &[Queued],
             Transition::Start => &[Claimed],
             Transition::Cancel => &[Queued, Scheduled, Claimed, Running],
             Transition::TakeOver | Transition::Release => &[Claimed, Running],
@@ -143,7 +147,8 @@ impl Transition {
             Transition::FailAgain
             | Transition::Release
             | Transition::Interrupt
-            | Transition::Retry => JobState::Queued,
+            | Transition::Retry
+            | Transition::Due => JobState::Queued,
         }
     }
 
@@ -250,8 +255,10 @@ mod tests {
                 "{s} is unreachable"
             );
         }
-        // A scheduled job is claimed at its time, or cancelled before it.
-        assert!(Transition::Claim.applies_to(Scheduled));
+        // A scheduled job joins the queue at its time, or is cancelled before it;
+        // a claim takes queued jobs only (its index gives the order, no sort).
+        assert!(Transition::Due.applies_to(Scheduled));
+        assert!(!Transition::Claim.applies_to(Scheduled));
         assert!(Transition::Cancel.applies_to(Scheduled));
         // Only the API's two changes start outside `running` or `queued`.
         assert!(Transition::Retry.applies_to(Dead));

@@ -126,9 +126,10 @@ struct Actor {
     in_flight: prometheus_client::metrics::gauge::Gauge,
 }
 
-/// The `Retry-After` a failed slot's 503s carry: nothing changes until an operator
-/// acts, so clients are told to come back in a while, not at once.
-const FAILED_RETRY_AFTER: Duration = Duration::from_secs(60);
+/// The `Retry-After` a failed slot's 503s carry (and how long the jobs it cannot run
+/// stay back in the queue): nothing changes until an operator acts, so clients are
+/// told to come back much later, not at once.
+const FAILED_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 impl Actor {
     pub(super) fn new(

@@ -96,8 +96,15 @@ pub(super) async fn listen(
                     r = &mut listening, if !subscribed => {
                         subscribed = true;
                         if let Err(e) = r {
-                            tracing::error!("LISTEN paddock_jobs: {e}");
+                            tracing::error!("LISTEN paddock_jobs, paddock_cancel, paddock_finish: {e}; reconnecting");
+                            break;
                         }
+                        // Listening again: whatever was notified while it was not is
+                        // found by a fresh look (pumps claim, waiters read again).
+                        for p in pumps.values() {
+                            p.wake();
+                        }
+                        finishes.wake_all();
                     }
                     msg = std::future::poll_fn(|cx| conn.poll_message(cx)) => match msg {
                         Some(Ok(AsyncMessage::Notification(n))) => match n.channel() {
@@ -125,11 +132,14 @@ pub(super) async fn listen(
                 }
             }
             // Wake every pump and every long-poll: notifications may have been
-            // missed meanwhile (a waiter reads its job again and waits on).
+            // missed meanwhile (a waiter reads its job again and waits on). They
+            // are woken again once LISTEN is back.
             for p in pumps.values() {
                 p.wake();
             }
             finishes.wake_all();
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
         }
     });
     Ok(())
