@@ -104,6 +104,18 @@ fn an_sdk_changed_under_a_running_service_fails_its_worker_until_a_reload() {
     assert_eq!(r.code, 503, "{}", r.text());
     assert!(r.text().contains("protocol version 99"), "{}", r.text());
     assert!(r.header("retry-after").is_some());
+    // A job for it goes back to the queue for a minute, not round a claim loop.
+    let r = crate::harness::post(env.port, "/v1/jobs/m", "application/json", b"{}").unwrap();
+    assert_eq!(r.code, 202, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let parked = wait_until(Duration::from_secs(10), "the job released", || {
+        let (_, body) = crate::harness::http_get(env.port, &format!("/v1/jobs/{id}"))?;
+        let v: Value = serde_json::from_str(&body).ok()?;
+        let ahead =
+            crate::harness::epoch_ms(&v["run_after"]) - crate::harness::epoch_ms(&v["created_at"]);
+        (v["state"] == "queued" && ahead >= 50_000).then_some(v)
+    });
+    assert_eq!(parked["attempts"], 0, "{parked}");
     // The first life and the one that failed: no loop.
     assert_eq!(spawns(&env), 2);
     assert_eq!(env.status()["services"][0]["workers"][0]["state"], "failed");

@@ -171,7 +171,10 @@ mod tests {
     async fn outcomes_of_a_failed_commit_are_written_again_and_callers_hear_the_error() {
         let groups = std::sync::Arc::new(std::sync::Mutex::new(vec![]));
         let (tx, rx) = mpsc::unbounded_channel();
-        let finish = || Finish::Release { why: "test".into() };
+        let finish = || Finish::Release {
+            why: "test".into(),
+            after_ms: 0,
+        };
         tx.send(Cmd::Finish {
             id: "a".into(),
             finish: finish(),

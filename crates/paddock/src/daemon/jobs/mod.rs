@@ -97,10 +97,11 @@ pub enum Finish {
         permanent: bool,
         backoff_ms: u64,
     },
-    /// The attempt never reached a worker (queue full): back to the queue without
-    /// counting.
+    /// The attempt never reached a worker (queue full, no worker can serve): back to
+    /// the queue without counting, claimable again after `after_ms`.
     Release {
         why: String,
+        after_ms: u64,
     },
     /// The daemon stopped while the job was with it: back to the queue, recorded in
     /// its history as interrupted, not counted as a failed attempt.

@@ -477,10 +477,10 @@ impl Tx for PgTx<'_> {
                     .execute(INTERRUPT.as_str(), &[&id, &now, &at, &why, &owner])
                     .await
             }
-            Finish::Release { why } => {
+            Finish::Release { why, after_ms } => {
                 tracing::debug!("job {id} released: {why}");
                 self.tx
-                    .execute(RELEASE.as_str(), &[&id, &now, &owner])
+                    .execute(RELEASE.as_str(), &[&id, &(now + after_ms as i64), &owner])
                     .await
             }
         };

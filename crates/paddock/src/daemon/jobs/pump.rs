@@ -112,6 +112,7 @@ async fn run(
                     job.id,
                     Finish::Release {
                         why: "the daemon is stopping".into(),
+                        after_ms: 0,
                     },
                 );
             }
@@ -200,6 +201,9 @@ async fn run(
         }
     }
 }
+
+/// The longest a job that found no worker able to serve waits before its next claim.
+const RELEASE_AFTER_MAX: Duration = Duration::from_secs(60);
 
 /// A streamed answer as one: its chunks concatenated (a job stores the whole
 /// result), or the failure that ended it.
@@ -292,7 +296,15 @@ pub fn finish_of(
                 permanent: true,
                 backoff_ms: 0,
             },
-            Then::Requeue(why) => Finish::Release { why },
+            // Back when the service may serve again (a crash loop's next try, a
+            // failed service's hour), but looked at again within a minute at most:
+            // never claimed and released in a loop.
+            Then::Requeue(why) => Finish::Release {
+                why,
+                after_ms: f
+                    .retry_after
+                    .map_or(0, |d| d.min(RELEASE_AFTER_MAX).as_millis() as u64),
+            },
             Then::Interrupted(why) => Finish::Interrupted { why },
         },
     }

@@ -472,10 +472,10 @@ impl Tx for SqliteTx<'_> {
             Finish::Interrupted { why } => tx
                 .prepare_cached(&INTERRUPT)
                 .and_then(|mut s| s.execute(params![id, now, at, why])),
-            Finish::Release { why } => {
+            Finish::Release { why, after_ms } => {
                 tracing::debug!("job {id} released: {why}");
                 tx.prepare_cached(&RELEASE)
-                    .and_then(|mut s| s.execute(params![id, now]))
+                    .and_then(|mut s| s.execute(params![id, now + after_ms as i64]))
             }
         };
         n.map(|n| n as u64).map_err(StoreError::from)
