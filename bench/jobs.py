@@ -16,7 +16,6 @@ import argparse
 import http.client
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -53,6 +52,31 @@ def post_many(port, ids, n, clients):
         t.start()
     for t in ts:
         t.join()
+
+
+def in_threads(n, clients, one):
+    """one(i) for i in range(n), from `clients` threads; what they returned (in the
+    order they finished)."""
+    lock = threading.Lock()
+    counter = iter(range(n))
+    out = []
+
+    def worker():
+        while True:
+            with lock:
+                i = next(counter, None)
+            if i is None:
+                return
+            r = one(i)
+            with lock:
+                out.append(r)
+
+    ts = [threading.Thread(target=worker) for _ in range(clients)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return out
 
 
 def count_done(port):
@@ -104,26 +128,8 @@ def run_paddock_client(n, clients):
     _, stop = start_paddock("jobs.toml", port)
     try:
         client = paddock.Client(f"http://127.0.0.1:{port}")
-        jobs = []
-        lock = threading.Lock()
-        counter = iter(range(n))
         t0 = time.monotonic()
-
-        def enq():
-            while True:
-                with lock:
-                    i = next(counter, None)
-                if i is None:
-                    return
-                job = client.submit("noop", json={"i": i})
-                with lock:
-                    jobs.append(job)
-
-        ts = [threading.Thread(target=enq) for _ in range(clients)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
+        jobs = in_threads(n, clients, lambda i: client.submit("noop", json={"i": i}))
         t_enq = time.monotonic() - t0
         for job in jobs:
             assert job.result(timeout=120) == b"ok"
@@ -160,25 +166,7 @@ def run_celery(n, clients):
         import celery_bench  # noqa: E402
         celery_bench.app.control.ping(timeout=10)
         t0 = time.monotonic()
-        results = []
-        lock = threading.Lock()
-        counter = iter(range(n))
-
-        def enq():
-            while True:
-                with lock:
-                    i = next(counter, None)
-                if i is None:
-                    return
-                r = celery_bench.noop.delay(i)
-                with lock:
-                    results.append(r)
-
-        ts = [threading.Thread(target=enq) for _ in range(clients)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
+        results = in_threads(n, clients, celery_bench.noop.delay)
         t_enq = time.monotonic() - t0
         for r in results:
             assert r.get(timeout=120) == "ok"

@@ -19,31 +19,27 @@ daemon's long-poll.
 
 import asyncio
 import os
-import time
 import urllib.parse
 
 from ._client import (
-    LONG_POLL_MAX,
-    Client,
+    _FINISHED,
     ClientResponse,
     body_and_type,
-    decoded,
     default_url,
-    duration_param,
-    finished_error,
+    job_path,
     parse_event,
+    result_steps,
     service_path,
+    submit_request,
 )
 from ._client_errors import (
     ConnectionFailed,
-    JobTimeout,
     Overloaded,
     RequestRejected,
     ServerError,
     from_answer,
 )
 
-_FINISHED = ("done", "dead", "cancelled")
 
 
 class _Conn:
@@ -196,35 +192,21 @@ class AsyncJob:
 
     async def result(self, timeout=None):
         """`Job.result`, awaited."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        asked = False  # the daemon is asked at least once, whatever the timeout
-        while True:
-            error = finished_error(self.view)
-            if error is not None:
-                raise error
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0 and asked:
-                raise JobTimeout(f"job {self.id} is still {self.state} after {timeout}s")
-            wait = LONG_POLL_MAX if left is None else max(0.0, min(LONG_POLL_MAX, left))
-            asked = True
-            try:
-                resp = await self._client._request(
-                    "GET", f"{Client._job_path(self.id)}/result?wait={duration_param(wait)}",
-                    timeout=wait + max(10.0, self._client.timeout or 0))
-            except RequestRejected as e:
-                state = (e.body or {}).get("state") if isinstance(e.body, dict) else None
-                if state is None:
-                    raise
-                if state in _FINISHED:
-                    await self.status()
-                else:
-                    self.view = {**self.view, "state": state}
-                continue
-            self.view = {**self.view, "state": "done"}
-            return decoded(resp)
+        steps = result_steps(self, timeout, self._client.timeout)
+        try:
+            request = next(steps)
+            while True:
+                path, socket_timeout = request
+                try:
+                    answer = await self._client._request("GET", path, timeout=socket_timeout)
+                except RequestRejected as e:
+                    answer = e
+                request = steps.send(answer)
+        except StopIteration as done:
+            return done.value
 
     async def cancel(self):
-        self.view = (await self._client._request("DELETE", Client._job_path(self.id))).json()
+        self.view = (await self._client._request("DELETE", job_path(self.id)[0])).json()
         return self.view
 
     def __repr__(self):
@@ -278,31 +260,16 @@ class AsyncClient:
 
     async def submit(self, service, body=None, *, handler=None, json=None, headers=None,
                      idempotency_key=None, delay=None, run_at=None, priority=None):
-        data, hdrs = body_and_type(body, json, headers)
-        if idempotency_key is not None:
-            hdrs["idempotency-key"] = idempotency_key
-        query = {}
-        if delay is not None:
-            query["delay"] = duration_param(delay)
-        if run_at is not None:
-            query["run_at"] = run_at if isinstance(run_at, str) else run_at.isoformat()
-        if priority is not None:
-            query["priority"] = str(int(priority))
-        path = service_path("/v1/jobs/", service, handler)
-        if query:
-            path += "?" + urllib.parse.urlencode(query)
+        path, data, hdrs = submit_request(service, body, handler, json, headers,
+                                          idempotency_key, delay, run_at, priority)
         return AsyncJob(self, (await self._request("POST", path, data, hdrs)).json())
 
     async def job(self, job_id):
         return AsyncJob(self, await self._job(job_id, None))
 
     async def _job(self, job_id, wait):
-        path = f"/v1/jobs/{urllib.parse.quote(job_id, safe='')}"
-        if wait is None:
-            return (await self._request("GET", path)).json()
-        wait = max(0.0, min(LONG_POLL_MAX, float(wait)))
-        return (await self._request("GET", f"{path}?wait={duration_param(wait)}",
-                                    timeout=wait + max(10.0, self.timeout or 0))).json()
+        path, socket_timeout = job_path(job_id, wait, self.timeout)
+        return (await self._request("GET", path, timeout=socket_timeout)).json()
 
     async def _body(self, conn, head):
         if "content-length" in head:

@@ -134,6 +134,69 @@ def decoded(resp):
     return resp.content
 
 
+def job_path(job_id, wait=None, client_timeout=None, what=""):
+    """(path, socket timeout) of a GET on a job (`what`: "" or "/result"); with a
+    `wait` (seconds, at most a minute), a long-poll whose socket waits longer than
+    the daemon, which answers at the wait's end."""
+    path = f"/v1/jobs/{urllib.parse.quote(job_id, safe='')}{what}"
+    if wait is None:
+        return path, None
+    wait = max(0.0, min(LONG_POLL_MAX, float(wait)))
+    return f"{path}?wait={duration_param(wait)}", wait + max(10.0, client_timeout or 0)
+
+
+def submit_request(service, body, handler, json, headers, idempotency_key, delay, run_at,
+                   priority):
+    """(path, body, headers) of an enqueue."""
+    data, hdrs = body_and_type(body, json, headers)
+    if idempotency_key is not None:
+        hdrs["idempotency-key"] = idempotency_key
+    query = {}
+    if delay is not None:
+        query["delay"] = duration_param(delay)
+    if run_at is not None:
+        query["run_at"] = run_at if isinstance(run_at, str) else run_at.isoformat()
+    if priority is not None:
+        query["priority"] = str(int(priority))
+    path = service_path("/v1/jobs/", service, handler)
+    if query:
+        path += "?" + urllib.parse.urlencode(query)
+    return path, data, hdrs
+
+
+def result_steps(job, timeout, client_timeout):
+    """`result()` without I/O, for both clients: a generator that yields the GETs to
+    make, (path, socket timeout), is sent each answer (a `ClientResponse`, or the
+    `RequestRejected` it raised) and returns the result. One request for a job that
+    is done or finishes within a minute; one more for a dead or cancelled job's
+    record. The daemon is asked at least once, whatever the timeout."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    asked = False
+    while True:
+        error = finished_error(job.view)
+        if error is not None:
+            raise error
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0 and asked:
+            raise JobTimeout(f"job {job.id} is still {job.state} after {timeout}s")
+        asked = True
+        answer = yield job_path(job.id, LONG_POLL_MAX if left is None else max(0.0, left),
+                                client_timeout, "/result")
+        if not isinstance(answer, RequestRejected):
+            job.view = {**job.view, "state": "done"}
+            return decoded(answer)
+        state = answer.body.get("state") if isinstance(answer.body, dict) else None
+        if state is None:
+            raise answer
+        if state in _FINISHED:
+            record = yield job_path(job.id)  # its record, for JobFailed's cause
+            if isinstance(record, ClientError):
+                raise record
+            job.view = record.json()
+        else:
+            job.view = {**job.view, "state": state}
+
+
 class ClientResponse:
     """A successful answer: `status`, `headers` (lower-case names), `content` (bytes);
     `text` and `json()` decode it."""
@@ -297,37 +360,23 @@ class Job:
         """Blocks until the job finishes: its result (parsed JSON, else bytes); raises
         `JobFailed` (dead), `JobCancelled`, or `JobTimeout` after `timeout` seconds.
         One request for a job that is done, or that finishes within a minute."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        asked = False  # the daemon is asked at least once, whatever the timeout
-        while True:
-            error = finished_error(self.view)
-            if error is not None:
-                raise error
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0 and asked:
-                raise JobTimeout(f"job {self.id} is still {self.state} after {timeout}s")
-            wait = LONG_POLL_MAX if left is None else max(0.0, min(LONG_POLL_MAX, left))
-            asked = True
-            try:
-                resp = self._client._request(
-                    "GET", f"{self._client._job_path(self.id)}/result?wait={duration_param(wait)}",
-                    timeout=wait + max(10.0, self._client.timeout or 0))
-            except RequestRejected as e:
-                state = (e.body or {}).get("state") if isinstance(e.body, dict) else None
-                if state is None:
-                    raise
-                if state in _FINISHED:
-                    self.status()  # the record, for JobFailed's cause
-                else:
-                    self.view = {**self.view, "state": state}
-                continue
-            self.view = {**self.view, "state": "done"}
-            return decoded(resp)
+        steps = result_steps(self, timeout, self._client.timeout)
+        try:
+            request = next(steps)
+            while True:
+                path, socket_timeout = request
+                try:
+                    answer = self._client._request("GET", path, timeout=socket_timeout)
+                except RequestRejected as e:
+                    answer = e
+                request = steps.send(answer)
+        except StopIteration as done:
+            return done.value
 
     def cancel(self):
         """Cancels the job (queued, claimed or running); its record afterwards.
         Raises `RequestRejected` (409) when it had already finished."""
-        self.view = self._client._request("DELETE", self._client._job_path(self.id)).json()
+        self.view = self._client._request("DELETE", job_path(self.id)[0]).json()
         return self.view
 
     def __repr__(self):
@@ -394,37 +443,17 @@ class Client:
         """Enqueues a durable job; its `Job`. `idempotency_key` makes a repeat return
         the same job; `delay` (seconds or "90s") or `run_at` (a datetime or RFC 3339
         text) hold it until then; `priority` (an integer, higher first)."""
-        data, hdrs = body_and_type(body, json, headers)
-        if idempotency_key is not None:
-            hdrs["idempotency-key"] = idempotency_key
-        query = {}
-        if delay is not None:
-            query["delay"] = duration_param(delay)
-        if run_at is not None:
-            query["run_at"] = run_at if isinstance(run_at, str) else run_at.isoformat()
-        if priority is not None:
-            query["priority"] = str(int(priority))
-        path = service_path("/v1/jobs/", service, handler)
-        if query:
-            path += "?" + urllib.parse.urlencode(query)
+        path, data, hdrs = submit_request(service, body, handler, json, headers,
+                                          idempotency_key, delay, run_at, priority)
         return Job(self, self._request("POST", path, data, hdrs).json())
 
     def job(self, job_id):
         """A `Job` for an id (from another process, a database, a log)."""
         return Job(self, self._job(job_id, None))
 
-    @staticmethod
-    def _job_path(job_id):
-        return f"/v1/jobs/{urllib.parse.quote(job_id, safe='')}"
-
     def _job(self, job_id, wait):
-        path = self._job_path(job_id)
-        if wait is None:
-            return self._request("GET", path).json()
-        wait = max(0.0, min(LONG_POLL_MAX, float(wait)))
-        # The socket waits longer than the daemon, which answers at the wait's end.
-        return self._request("GET", f"{path}?wait={duration_param(wait)}",
-                             timeout=wait + max(10.0, self.timeout or 0)).json()
+        path, socket_timeout = job_path(job_id, wait, self.timeout)
+        return self._request("GET", path, timeout=socket_timeout).json()
 
     # -- the connection ------------------------------------------------------------
 

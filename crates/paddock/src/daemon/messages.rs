@@ -262,6 +262,16 @@ pub struct BatchPart {
 }
 
 impl Job {
+    /// The job, unless it was cancelled while it waited for a worker: then it is
+    /// answered `Cancelled` here and never sent.
+    pub fn unless_cancelled(self) -> Option<Job> {
+        if self.abort.as_ref().is_some_and(|a| a.is_requested()) {
+            let _ = self.reply.send(Outcome::Cancelled);
+            return None;
+        }
+        Some(self)
+    }
+
     /// Whether `other` may go in the same batch as this job: the same method, and
     /// the same part of a bisected batch (or neither in one).
     pub fn batches_with(&self, other: &Job) -> bool {

@@ -132,19 +132,4 @@ fn cancelling_a_job_in_a_batch(backend: Backend) {
     env.stop_ok();
 }
 
-macro_rules! on_both_stores {
-    ($($name:ident),*) => {
-        mod sqlite {
-            $(#[test] fn $name() { super::$name(super::Backend::Sqlite) })*
-        }
-        mod postgres {
-            $(
-                #[test]
-                #[cfg_attr(paddock_skip_postgres, ignore = "PADDOCK_SKIP_POSTGRES=1")]
-                fn $name() { super::$name(super::Backend::postgres()) }
-            )*
-        }
-    };
-}
-
 on_both_stores!(cancelling_a_running_job, cancelling_a_job_in_a_batch);

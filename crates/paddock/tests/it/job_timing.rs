@@ -174,21 +174,6 @@ fn a_high_priority_job_overtakes_what_was_not_yet_claimed(backend: Backend) {
     env.stop_ok();
 }
 
-macro_rules! on_both_stores {
-    ($($name:ident),*) => {
-        mod sqlite {
-            $(#[test] fn $name() { super::$name(super::Backend::Sqlite) })*
-        }
-        mod postgres {
-            $(
-                #[test]
-                #[cfg_attr(paddock_skip_postgres, ignore = "PADDOCK_SKIP_POSTGRES=1")]
-                fn $name() { super::$name(super::Backend::postgres()) }
-            )*
-        }
-    };
-}
-
 on_both_stores!(
     delayed_and_scheduled_jobs_wait_for_their_time,
     a_high_priority_job_overtakes_what_was_not_yet_claimed

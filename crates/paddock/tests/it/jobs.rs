@@ -46,21 +46,6 @@ impl Backend {
     }
 }
 
-macro_rules! on_both_stores {
-    ($($name:ident),*) => {
-        mod sqlite {
-            $(#[test] fn $name() { super::$name(super::Backend::Sqlite) })*
-        }
-        mod postgres {
-            $(
-                #[test]
-                #[cfg_attr(paddock_skip_postgres, ignore = "PADDOCK_SKIP_POSTGRES=1")]
-                fn $name() { super::$name(super::Backend::postgres()) }
-            )*
-        }
-    };
-}
-
 on_both_stores!(api, poison, sigkill, claimed_ahead, store_cap);
 use crate::job_stores::{claimed_ahead, store_cap};
 

@@ -1,5 +1,23 @@
 //! paddock's integration tests: the real binary, fake services, bounded waits.
 
+/// Tests written once for a `Backend`, run on SQLite and on PostgreSQL: a module
+/// `sqlite` and a module `postgres`, a test in each per function named (the module
+/// that uses it imports `Backend`).
+macro_rules! on_both_stores {
+    ($($name:ident),*) => {
+        mod sqlite {
+            $(#[test] fn $name() { super::$name(super::Backend::Sqlite) })*
+        }
+        mod postgres {
+            $(
+                #[test]
+                #[cfg_attr(paddock_skip_postgres, ignore = "PADDOCK_SKIP_POSTGRES=1")]
+                fn $name() { super::$name(super::Backend::postgres()) }
+            )*
+        }
+    };
+}
+
 mod harness;
 
 mod admin;

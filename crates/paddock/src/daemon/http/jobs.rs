@@ -406,6 +406,19 @@ impl EnqueueQuery {
     }
 }
 
+/// The wait a `GET /v1/jobs/{id}[/result]` asks for (none: zero), or why it is a
+/// 400.
+fn wait_of(
+    q: Result<Query<ShowQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Duration, InvalidRequest> {
+    let Query(q) = q.map_err(|e| InvalidRequest(e.body_text()))?;
+    q.wait
+        .as_deref()
+        .map(wait_param)
+        .transpose()
+        .map(Option::unwrap_or_default)
+}
+
 /// A `?wait=`: seconds ("30", "0.5") or a duration ("30s", "250ms"), capped at
 /// [`MAX_WAIT`].
 fn wait_param(text: &str) -> Result<Duration, InvalidRequest> {
@@ -424,12 +437,8 @@ async fn show(
     Path(id): Path<String>,
     q: Result<Query<ShowQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let q = match q {
-        Ok(Query(q)) => q,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
-    };
-    let wait = match q.wait.as_deref().map(wait_param).transpose() {
-        Ok(w) => w.unwrap_or_default(),
+    let wait = match wait_of(q) {
+        Ok(w) => w,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.0),
     };
     let Some(store) = store(&shared) else {
@@ -508,12 +517,8 @@ async fn result(
             format!("no route GET /v1/jobs/{id}/{what}"),
         );
     }
-    let q = match q {
-        Ok(Query(q)) => q,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
-    };
-    let wait = match q.wait.as_deref().map(wait_param).transpose() {
-        Ok(w) => w.unwrap_or_default(),
+    let wait = match wait_of(q) {
+        Ok(w) => w,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.0),
     };
     let Some(store) = store(&shared) else {

@@ -95,6 +95,11 @@ impl Finishes {
         }
     }
 
+    /// Whether any wait is registered.
+    pub fn any(&self) -> bool {
+        !self.lock().is_empty()
+    }
+
     /// How many waits are registered (for `/metrics` and tests).
     pub fn waiting(&self) -> usize {
         self.lock().values().map(Vec::len).sum()

@@ -63,7 +63,13 @@ pub(super) async fn run(
             }
         }
         let outcomes = outcomes(&group);
-        let ended: Vec<String> = group.iter().filter_map(Cmd::ended).collect();
+        // Only when someone waits: a wait registered later reads the job after this
+        // group's commit (reads go through this loop), so it misses nothing.
+        let ended: Vec<String> = if finishes.any() {
+            group.iter().filter_map(Cmd::ended).collect()
+        } else {
+            vec![]
+        };
         let Applied {
             replies,
             commit,

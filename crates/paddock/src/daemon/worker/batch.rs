@@ -118,15 +118,9 @@ impl Actor {
             }
         }
         jobs.retain(|j| !j.reply.is_closed());
-        // Jobs cancelled while they waited are answered here, never sent (a cancel
-        // inside a running batch costs the worker).
-        let (cancelled, kept): (Vec<Job>, Vec<Job>) = jobs
-            .into_iter()
-            .partition(|j| j.abort.as_ref().is_some_and(|a| a.is_requested()));
-        for j in cancelled {
-            let _ = j.reply.send(Outcome::Cancelled);
-        }
-        let jobs = kept;
+        // Jobs cancelled while they waited are never sent (a cancel inside a
+        // running batch costs the worker).
+        let jobs: Vec<Job> = jobs.into_iter().filter_map(Job::unless_cancelled).collect();
         if jobs.is_empty() {
             return None;
         }

@@ -28,11 +28,7 @@ impl Actor {
             dispatcher.requeue(job);
             return None;
         };
-        // A job cancelled while it waited for a worker is not sent at all.
-        if job.abort.as_ref().is_some_and(|a| a.is_requested()) {
-            let _ = job.reply.send(Outcome::Cancelled);
-            return None;
-        }
+        let job = job.unless_cancelled()?;
         if !conn.methods.contains(&job.method) {
             let message = format!(
                 "service {} has no handler {:?} (it has: {})",
