@@ -74,6 +74,8 @@ pub enum ServiceState {
     /// Some workers serve.
     Degraded,
     Starting,
+    /// No worker is loaded (min_workers = 0, idle): the next request loads one.
+    Unloaded,
     /// No worker serves and one is crash-looping.
     CrashLooping,
     /// The initial start failed.
@@ -88,6 +90,7 @@ impl ServiceState {
             ServiceState::Ready => "ready",
             ServiceState::Degraded => "degraded",
             ServiceState::Starting => "starting",
+            ServiceState::Unloaded => "unloaded",
             ServiceState::CrashLooping => "crash-looping",
             ServiceState::Failed => "failed",
             ServiceState::Stopping => "stopping",
@@ -95,9 +98,13 @@ impl ServiceState {
         }
     }
 
-    /// At least one worker serves (what `/readyz` asks of every service).
+    /// At least one worker serves, or none is loaded and the next request loads
+    /// one (what `/readyz` asks of every service).
     pub fn serving(self) -> bool {
-        matches!(self, ServiceState::Ready | ServiceState::Degraded)
+        matches!(
+            self,
+            ServiceState::Ready | ServiceState::Degraded | ServiceState::Unloaded
+        )
     }
 }
 
@@ -129,6 +136,51 @@ pub struct InstanceStatus {
     /// The machine's GPUs, or why none can be seen.
     #[serde(default)]
     pub gpus: crate::gpu::GpuStatus,
+    /// `memory_budget` and what the workers hold, when the config sets a budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryStatus>,
+}
+
+/// The instance's memory budget and its use.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MemoryStatus {
+    pub budget_bytes: u64,
+    /// Resident memory of every worker's processes.
+    pub used_bytes: u64,
+    /// Reserved for workers starting, beyond what they hold yet.
+    pub reserved_bytes: u64,
+}
+
+/// A worker service's scaling: its range, whether it is loaded, and what loading,
+/// unloading and evicting it has done.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ScalingStatus {
+    pub loaded: bool,
+    /// Workers now (starting or serving).
+    pub workers: u32,
+    pub min_workers: u32,
+    pub max_workers: u32,
+    /// Seconds (None: workers are never let go for idleness).
+    pub idle_timeout_secs: Option<f64>,
+    pub target_queue: f64,
+    pub scale_up_after_secs: f64,
+    /// When a request was last queued or handed to a worker (RFC 3339).
+    pub last_used: Option<String>,
+    /// Since when no worker is loaded (RFC 3339), and why.
+    pub unloaded_since: Option<String>,
+    pub unloaded_reason: Option<String>,
+    pub cold_starts: u64,
+    /// The last cold start's spawn to READY.
+    pub last_cold_start_ms: Option<u64>,
+    pub scale_ups: u64,
+    pub scale_downs: u64,
+    pub evictions: u64,
+    /// The last eviction: when and why.
+    pub last_eviction: Option<String>,
+    /// The most one worker was seen to hold (what the budget expects of a start).
+    pub memory_peak_bytes: Option<u64>,
+    /// `memory_estimate`, when set.
+    pub memory_estimate_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -146,6 +198,9 @@ pub struct ServiceStatus {
     /// Periodic jobs and their next run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub schedules: Vec<ScheduleStatus>,
+    /// Worker services: the worker range, loads, unloads and evictions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scaling: Option<ScalingStatus>,
 }
 
 /// A periodic job, as `status` and `check` show it.

@@ -101,6 +101,20 @@ pub fn tree_of_group(pgid: i32) -> Vec<i32> {
     tree_in(&all_processes(), pgid)
 }
 
+/// The resident memory of each group's tree (as [`tree_of_group`]), from one
+/// reading of the process table: what a memory budget adds up. None for a group
+/// none of whose processes could be read.
+pub fn trees_rss(pgids: &[i32]) -> Vec<Option<u64>> {
+    let all = all_processes();
+    pgids
+        .iter()
+        .map(|&g| {
+            let sizes: Vec<u64> = tree_in(&all, g).into_iter().filter_map(rss_bytes).collect();
+            (!sizes.is_empty()).then(|| sizes.iter().sum())
+        })
+        .collect()
+}
+
 fn tree_in(all: &[ProcInfo], pgid: i32) -> Vec<i32> {
     let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
     for p in all {

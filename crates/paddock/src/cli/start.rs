@@ -117,12 +117,7 @@ fn wait_for_verdict(
     child: i32,
     json: bool,
 ) -> i32 {
-    let longest = config
-        .services
-        .iter()
-        .map(|s| s.startup_timeout)
-        .max()
-        .unwrap_or_default();
+    let longest = config.longest_start();
     // The daemon enforces every startup timeout itself; this bound only protects
     // against a daemon wedged before it could report.
     let deadline = Instant::now() + longest + Duration::from_secs(30);

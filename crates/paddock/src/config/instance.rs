@@ -90,7 +90,22 @@ pub(super) fn build(
         ));
     }
     let log_format = log_format(c, &ri)?;
+    let memory_budget = match ri.memory_budget {
+        None => 0,
+        Some(b) if b.0 < 1 << 20 => {
+            return Err(c.at(
+                "instance",
+                "memory_budget",
+                format!(
+                    "{} bytes is too small for any model: write at least 1MiB (\"12GiB\")",
+                    b.0
+                ),
+            ));
+        }
+        Some(b) => b.0,
+    };
     Ok(Instance {
+        memory_budget,
         log_format,
         expose_errors,
         max_connections,

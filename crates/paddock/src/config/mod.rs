@@ -13,6 +13,7 @@ mod instance;
 mod locate;
 mod model;
 mod raw;
+pub mod scaling;
 pub mod schedule;
 mod service;
 #[cfg(test)]

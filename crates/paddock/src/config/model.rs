@@ -124,6 +124,9 @@ pub struct Instance {
     /// Handler exceptions' messages and tracebacks go to HTTP clients too (a
     /// debugging aid; loopback only).
     pub expose_errors: bool,
+    /// Resident memory all workers together may hold, as far as starting and
+    /// evicting workers goes (0: no budget).
+    pub memory_budget: u64,
 }
 
 /// How the daemon writes its own log.
@@ -151,7 +154,11 @@ pub struct Service {
     pub name: Name,
     pub kind: Kind,
     pub command: Vec<String>,
+    /// The most workers the service runs (its slots); exactly this many unless
+    /// `scaling.min_workers` is lower.
     pub workers: u32,
+    /// min_workers, idle_timeout, target_queue, scale_up_after, memory_estimate.
+    pub scaling: super::scaling::Scaling,
     pub cwd: PathBuf,
     pub env: BTreeMap<String, String>,
     pub startup_timeout: Duration,
@@ -214,6 +221,14 @@ pub struct Service {
     pub gpu: super::gpu::Gpu,
 }
 
+impl Service {
+    /// The number of workers can change (min_workers < max_workers): idle ones
+    /// unload, and more start under load.
+    pub fn elastic(&self) -> bool {
+        self.scaling.min_workers < self.workers
+    }
+}
+
 /// What the config says of one batched method; unset fields keep what the worker
 /// announced (`max_size`, `max_wait`) or the default (`batch_timeout`: the
 /// service's `request_timeout`).
@@ -238,7 +253,26 @@ impl Config {
         self.services.iter().find(|s| s.name.as_str() == name)
     }
 
-    /// The total number of worker processes across services.
+    /// The longest a start may take: the longest startup_timeout, plus one
+    /// startup_timeout per service proven at start (min_workers = 0), as those
+    /// proofs run one after another.
+    pub fn longest_start(&self) -> Duration {
+        let longest = self
+            .services
+            .iter()
+            .map(|s| s.startup_timeout)
+            .max()
+            .unwrap_or_default();
+        let proofs: Duration = self
+            .services
+            .iter()
+            .filter(|s| s.scaling.min_workers == 0)
+            .map(|s| s.startup_timeout)
+            .sum();
+        longest + proofs
+    }
+
+    /// The most worker processes across services.
     pub fn total_workers(&self) -> u32 {
         self.services.iter().map(|s| s.workers).sum()
     }

@@ -25,6 +25,7 @@ pub(super) struct RawInstance {
     pub(super) expose_errors: Option<bool>,
     pub(super) header_timeout: Option<Dur>,
     pub(super) body_timeout: Option<Dur>,
+    pub(super) memory_budget: Option<Bytes>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -34,6 +35,12 @@ pub(super) struct RawService {
     pub(super) kind: Kind,
     pub(super) command: Argv,
     pub(super) workers: Option<u32>,
+    pub(super) min_workers: Option<u32>,
+    pub(super) max_workers: Option<u32>,
+    pub(super) idle_timeout: Option<Dur>,
+    pub(super) target_queue: Option<f64>,
+    pub(super) scale_up_after: Option<Dur>,
+    pub(super) memory_estimate: Option<Bytes>,
     pub(super) cwd: Option<PathBuf>,
     #[serde(default)]
     pub(super) env: BTreeMap<String, String>,

@@ -4,7 +4,6 @@
 use super::Health;
 use super::Kind;
 use super::ReloadStrategy;
-use super::values::MAX_WORKERS;
 use super::values::PortSpec;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -29,16 +28,7 @@ pub(super) fn build(
     check_name(c, &table, &name)?;
     let jobs = jobs(c, &table, &rs)?;
     let (gpu, gpu_workers) = rs.gpu().map_err(|(k, e)| c.at(&table, k, e))?;
-    let workers = rs.workers.map(u64::from);
-    let workers = c.num(
-        &table,
-        "workers",
-        workers,
-        gpu_workers.unwrap_or(1),
-        1,
-        MAX_WORKERS,
-    )?;
-    let workers = workers as u32;
+    let (workers, scaling) = super::scaling::build(c, &table, &rs, gpu_workers.unwrap_or(1))?;
     check_env(c, &table, &rs)?;
     claim_port(c, &table, &rs, instance.listen.port(), &name, fixed_ports)?;
     check_kind(c, &table, &rs, workers)?;
@@ -70,6 +60,7 @@ pub(super) fn build(
         kind: rs.kind,
         command: rs.command.0,
         workers,
+        scaling,
         cwd,
         env: rs.env,
         startup_timeout: c.dur(

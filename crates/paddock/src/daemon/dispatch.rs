@@ -20,7 +20,12 @@
 //!   of the next try, and what was queued is answered the same way;
 //! - a request that waited `queue_timeout` is answered 503 (by a timer task that
 //!   sleeps until the earliest deadline); one whose client went away is dropped
-//!   without using a worker.
+//!   without using a worker;
+//! - elastic services (min_workers < max_workers): a request that finds no ready
+//!   worker may wait `queue_timeout + startup_timeout` (a cold start's load time);
+//!   idle workers are handed requests most recently idle first, so that the others
+//!   stay idle long enough to unload; an idle worker taken off the idle list to be
+//!   unloaded or evicted ([`Dispatcher::take_idle`]) is never handed a request again.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -41,15 +46,35 @@ pub struct Dispatcher {
     expiry: Arc<Notify>,
     /// Wakes workers holding a batch open for more requests (`max_wait`).
     arrivals: Arc<Notify>,
+    /// Elastic services: what a request waits more while no worker is ready (the
+    /// service's startup_timeout); zero for fixed ones.
+    startup_grace: Duration,
+    /// Wakes the service's coordinator when a request had to queue.
+    demand: Arc<Notify>,
+    /// Wakes whoever waits for a worker of any service to be gone (the instance's
+    /// memory budget, its coordinators).
+    departures: Arc<Notify>,
 }
 
 struct Queue {
     jobs: VecDeque<Job>,
-    idle: VecDeque<(u64, mpsc::UnboundedSender<Command>)>,
+    /// Idle workers: id, command channel, idle since.
+    idle: VecDeque<(u64, mpsc::UnboundedSender<Command>, Instant)>,
+    /// Hand requests to the most recently idle worker first (elastic services).
+    lifo: bool,
     max_queue: usize,
     closed: bool,
     /// The workers of the service (their actors are running).
     members: std::collections::BTreeSet<u64>,
+    /// Workers that have asked for a request at least once: they were ready.
+    ready: std::collections::BTreeSet<u64>,
+    /// When a request was last queued or handed to a worker.
+    last_used: Option<Instant>,
+    /// Why no worker can be started for now (the memory budget): what requests
+    /// that waited too long are told, instead of a bare queue timeout.
+    holdup: Option<String>,
+    /// A start on demand failed: why, and until when requests are told so at once.
+    cold_failure: Option<(String, Instant)>,
     /// Workers that are crash-looping: why, and when they try again.
     down: std::collections::BTreeMap<u64, (String, Instant)>,
     /// The handlers the service's workers said they have (READY), once one has.
@@ -75,6 +100,15 @@ impl Drop for Queue {
 impl Queue {
     /// The answer for a request while no worker can serve one soon.
     fn unavailable(&self, now: Instant) -> Option<Outcome> {
+        if let Some((reason, until)) = &self.cold_failure
+            && self.members.is_empty()
+            && now < *until
+        {
+            return Some(Outcome::Unavailable {
+                reason: reason.clone(),
+                retry_after: until.saturating_duration_since(now),
+            });
+        }
         if self.members.is_empty() || self.members.iter().any(|w| !self.down.contains_key(w)) {
             return None;
         }
@@ -87,9 +121,18 @@ impl Queue {
 
     /// Gives `job` to the first idle worker still there; hands it back when none is.
     fn hand_out(&mut self, mut job: Job) -> Option<Job> {
-        while let Some((_, tx)) = self.idle.pop_front() {
+        loop {
+            let next = if self.lifo {
+                self.idle.pop_back()
+            } else {
+                self.idle.pop_front()
+            };
+            let Some((_, tx, _)) = next else { break };
             match tx.send(Command::Serve(job)) {
-                Ok(()) => return None,
+                Ok(()) => {
+                    self.last_used = Some(Instant::now());
+                    return None;
+                }
                 // That worker is gone: try the next one.
                 Err(mpsc::error::SendError(Command::Serve(j))) => job = j,
                 Err(_) => unreachable!("the command sent was Serve"),
@@ -132,18 +175,48 @@ impl Queue {
             self.jobs = kept;
             self.depth.set(self.jobs.len() as i64);
             for job in due {
-                let _ = job.reply.send(Outcome::QueueTimeout);
+                let _ = job.reply.send(match &self.holdup {
+                    Some(reason) => Outcome::Unavailable {
+                        reason: reason.clone(),
+                        retry_after: HOLDUP_RETRY_AFTER,
+                    },
+                    None => Outcome::QueueTimeout,
+                });
             }
         }
         self.jobs.iter().map(|j| j.queue_deadline).min()
     }
 }
 
+/// The `Retry-After` of a request that waited for room in the memory budget.
+const HOLDUP_RETRY_AFTER: Duration = Duration::from_secs(5);
+
 impl Dispatcher {
+    #[cfg(test)]
     pub fn start(
         service: &str,
         max_queue: usize,
         queue_timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Dispatcher {
+        Dispatcher::start_with(
+            service,
+            max_queue,
+            queue_timeout,
+            None,
+            Arc::new(Notify::new()),
+            metrics,
+        )
+    }
+
+    /// `start`, for a service that is elastic when `startup_grace` is set (its
+    /// startup_timeout), with the instance's `departures`.
+    pub fn start_with(
+        service: &str,
+        max_queue: usize,
+        queue_timeout: Duration,
+        startup_grace: Option<Duration>,
+        departures: Arc<Notify>,
         metrics: Arc<Metrics>,
     ) -> Dispatcher {
         let depth = metrics
@@ -154,9 +227,14 @@ impl Dispatcher {
         let queue = Arc::new(Mutex::new(Queue {
             jobs: VecDeque::new(),
             idle: VecDeque::new(),
+            lifo: startup_grace.is_some(),
             max_queue,
             closed: false,
             members: Default::default(),
+            ready: Default::default(),
+            last_used: None,
+            holdup: None,
+            cold_failure: None,
             down: Default::default(),
             methods: None,
             idempotent: vec![],
@@ -171,6 +249,9 @@ impl Dispatcher {
             queue_timeout,
             expiry,
             arrivals: Arc::new(Notify::new()),
+            startup_grace: startup_grace.unwrap_or_default(),
+            demand: Arc::new(Notify::new()),
+            departures,
         }
     }
 
@@ -216,14 +297,21 @@ impl Dispatcher {
             let _ = job.reply.send(Outcome::ShuttingDown);
         } else if let Some(down) = q.unavailable(now) {
             let _ = job.reply.send(down);
-        } else if let Some(job) = q.hand_out(job) {
+        } else if let Some(mut job) = q.hand_out(job) {
             if q.jobs.len() >= q.max_queue {
                 let _ = job.reply.send(Outcome::QueueFull);
             } else {
+                // No worker is ready: the wait includes a worker's load.
+                if q.ready.is_empty() {
+                    job.queue_deadline += self.startup_grace;
+                }
+                q.last_used = Some(now);
                 if q.push(job, false) {
                     self.expiry.notify_one();
                 }
+                drop(q);
                 self.arrivals.notify_waiters();
+                self.demand.notify_one();
             }
         }
         rx
@@ -262,6 +350,7 @@ impl Dispatcher {
 
     /// Puts a request back at the front of the queue (its worker could not run it).
     pub fn requeue(&self, mut job: Job) {
+        let grace = self.startup_grace;
         // A client that went away is not worth another worker (a crash retry could
         // crash that one too).
         if job.reply.is_closed() {
@@ -269,14 +358,19 @@ impl Dispatcher {
         }
         job.queue_deadline = Instant::now() + self.queue_timeout;
         let mut q = self.lock();
+        if q.ready.is_empty() {
+            job.queue_deadline += grace;
+        }
         if q.closed {
             let _ = job.reply.send(Outcome::ShuttingDown);
         } else if let Some(down) = q.unavailable(Instant::now()) {
             let _ = job.reply.send(down);
-        } else if let Some(job) = q.hand_out(job)
-            && q.push(job, true)
-        {
-            self.expiry.notify_one();
+        } else if let Some(job) = q.hand_out(job) {
+            if q.push(job, true) {
+                self.expiry.notify_one();
+            }
+            drop(q);
+            self.demand.notify_one();
         }
     }
 
@@ -284,10 +378,12 @@ impl Dispatcher {
     /// the idle list and the next request comes as `Command::Serve` on `tx`.
     pub fn next_for(&self, wid: u64, tx: &mpsc::UnboundedSender<Command>) -> Option<Job> {
         let mut q = self.lock();
-        q.idle.retain(|(w, _)| *w != wid);
+        q.idle.retain(|(w, _, _)| *w != wid);
+        q.ready.insert(wid);
         let job = q.pop_live();
-        if job.is_none() {
-            q.idle.push_back((wid, tx.clone()));
+        match job {
+            Some(_) => q.last_used = Some(Instant::now()),
+            None => q.idle.push_back((wid, tx.clone(), Instant::now())),
         }
         job
     }
@@ -369,7 +465,88 @@ impl Dispatcher {
     pub fn leave(&self, wid: u64) {
         let mut q = self.lock();
         q.members.remove(&wid);
+        q.ready.remove(&wid);
+        q.idle.retain(|(w, _, _)| *w != wid);
         q.down.remove(&wid);
+        drop(q);
+        self.departures.notify_waiters();
+    }
+
+    /// Whether worker `wid`'s actor still runs.
+    pub fn is_member(&self, wid: u64) -> bool {
+        self.lock().members.contains(&wid)
+    }
+
+    /// Requests waiting for a worker.
+    pub fn queued(&self) -> usize {
+        self.lock().jobs.len()
+    }
+
+    /// When a request was last queued or handed to a worker.
+    pub fn last_used(&self) -> Option<Instant> {
+        self.lock().last_used
+    }
+
+    /// The worker idle the longest: its id and since when.
+    pub fn longest_idle(&self) -> Option<(u64, Instant)> {
+        let q = self.lock();
+        q.idle
+            .iter()
+            .map(|(w, _, since)| (*w, *since))
+            .min_by_key(|(_, since)| *since)
+    }
+
+    /// Takes worker `wid` (or, with `None`, the one idle the longest) off the idle
+    /// list, so that no request is handed to it again: its command channel, to stop
+    /// it. None when it is not idle (it serves, or is gone).
+    pub fn take_idle(&self, wid: Option<u64>) -> Option<(u64, mpsc::UnboundedSender<Command>)> {
+        let mut q = self.lock();
+        let i = match wid {
+            Some(w) => q.idle.iter().position(|(x, _, _)| *x == w)?,
+            None => {
+                q.idle
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, (_, _, since))| *since)?
+                    .0
+            }
+        };
+        let (w, tx, _) = q.idle.remove(i)?;
+        Some((w, tx))
+    }
+
+    /// Why no worker can start for now (None: it can); requests that wait past
+    /// their deadline are told this.
+    pub fn set_holdup(&self, why: Option<String>) {
+        self.lock().holdup = why;
+    }
+
+    /// A start on demand failed with `reason`: what is queued is answered 503 with
+    /// it, and so is every request until `until` while no worker runs.
+    pub fn fail_start(&self, reason: String, until: Instant) {
+        let mut q = self.lock();
+        q.cold_failure = Some((reason.clone(), until));
+        let jobs = std::mem::take(&mut q.jobs);
+        q.depth.set(0);
+        drop(q);
+        let retry_after = until.saturating_duration_since(Instant::now());
+        for job in jobs {
+            let _ = job.reply.send(Outcome::Unavailable {
+                reason: reason.clone(),
+                retry_after,
+            });
+        }
+    }
+
+    /// A worker started on demand is ready: earlier failures no longer answer.
+    pub fn clear_failure(&self) {
+        self.lock().cold_failure = None;
+    }
+
+    /// A future that completes at the next request that has to queue (the
+    /// coordinator's cue to start a worker).
+    pub fn demand(&self) -> tokio::sync::futures::Notified<'_> {
+        self.demand.notified()
     }
 
     /// Worker `wid` is crash-looping (`Some`: why, and its next try) or back up.

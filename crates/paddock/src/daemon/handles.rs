@@ -128,6 +128,7 @@ impl Shared {
                 config: self.config.path.display().to_string(),
                 ready,
                 gpus: crate::gpu::GpuStatus::read(self.supervisor.gpu.as_ref()),
+                memory: self.supervisor.memory(),
             },
             services,
         }

@@ -55,6 +55,15 @@ pub struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScaleLabels {
+    pub service: String,
+    /// up or down.
+    pub direction: String,
+    /// demand, min_workers, load, idle_timeout.
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CauseLabels {
     pub service: String,
     pub cause: String,
@@ -122,6 +131,20 @@ pub struct Metrics {
     pub jobs_pruned: Family<ServiceLabels, Counter>,
     /// When each service's last prune round ended (Unix seconds).
     pub jobs_last_prune: Family<ServiceLabels, Gauge>,
+    /// 1 while a service has a worker loaded (set at scrape time).
+    pub service_loaded: Family<ServiceLabels, Gauge>,
+    /// Workers started because a request found none loaded.
+    pub cold_starts: Family<ServiceLabels, Counter>,
+    /// A cold start's spawn to READY.
+    pub cold_start_seconds: Family<ServiceLabels, Histogram, fn() -> Histogram>,
+    /// Workers started or let go by scaling.
+    pub scale_events: Family<ScaleLabels, Counter>,
+    /// Idle workers stopped to make room in the memory budget.
+    pub evictions: Family<ServiceLabels, Counter>,
+    /// `instance.memory_budget` (0: none).
+    pub memory_budget_bytes: Gauge,
+    /// What the workers hold, as the budget counts it (set at scrape time).
+    pub memory_used_bytes: Gauge,
 }
 
 impl Metrics {
@@ -156,6 +179,13 @@ impl Metrics {
             jobs_oldest_finished: Family::default(),
             jobs_pruned: Family::default(),
             jobs_last_prune: Family::default(),
+            service_loaded: Family::default(),
+            cold_starts: Family::default(),
+            cold_start_seconds: Family::new_with_constructor(seconds_histogram),
+            scale_events: Family::default(),
+            evictions: Family::default(),
+            memory_budget_bytes: Gauge::default(),
+            memory_used_bytes: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -255,7 +285,47 @@ impl Metrics {
             m.gpu_utilization.clone(),
         );
         m.register_jobs(&mut registry);
+        m.register_scaling(&mut registry);
         Metrics { registry, ..m }
+    }
+
+    /// Models on demand: loads, cold starts, scaling, evictions, the budget.
+    fn register_scaling(&self, registry: &mut Registry) {
+        registry.register(
+            "service_loaded",
+            "1 while the service has a worker loaded, 0 while it is unloaded",
+            self.service_loaded.clone(),
+        );
+        registry.register(
+            "cold_starts",
+            "Workers started because a request or job found the service unloaded",
+            self.cold_starts.clone(),
+        );
+        registry.register(
+            "cold_start_seconds",
+            "A cold start's time from spawn to READY",
+            self.cold_start_seconds.clone(),
+        );
+        registry.register(
+            "scale_events",
+            "Workers started (up) or let go (down) by scaling, by reason",
+            self.scale_events.clone(),
+        );
+        registry.register(
+            "evictions",
+            "Idle workers stopped to make room under instance.memory_budget",
+            self.evictions.clone(),
+        );
+        registry.register(
+            "memory_budget_bytes",
+            "instance.memory_budget (0: none)",
+            self.memory_budget_bytes.clone(),
+        );
+        registry.register(
+            "memory_used_bytes",
+            "Resident memory of every worker's processes, as the memory budget counts it",
+            self.memory_used_bytes.clone(),
+        );
     }
 
     /// The job store's figures: jobs by state, its size and limit, retention.

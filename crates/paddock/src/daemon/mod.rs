@@ -28,6 +28,7 @@ mod notify;
 mod ports;
 mod probe;
 mod process_groups;
+mod scaling;
 mod spawner;
 pub mod start_report;
 mod supervisor;
@@ -393,7 +394,19 @@ fn report_ready(shared: &SharedRef, reporter: &mut Reporter) {
         .iter()
         .map(|s| {
             let n = s.workers.len();
-            let workers = format!("{n} worker{}", if n == 1 { "" } else { "s" });
+            let workers = match &s.scaling {
+                Some(x) if x.min_workers < x.max_workers && n == 0 => {
+                    format!(
+                        "unloaded until a request comes, up to {} worker{}",
+                        x.max_workers,
+                        if x.max_workers == 1 { "" } else { "s" }
+                    )
+                }
+                Some(x) if x.min_workers < x.max_workers => {
+                    format!("{n} of up to {} workers", x.max_workers)
+                }
+                _ => format!("{n} worker{}", if n == 1 { "" } else { "s" }),
+            };
             match s.port {
                 Some(p) => format!("{} ({workers}, port {p})", s.name),
                 None => format!("{} ({workers})", s.name),

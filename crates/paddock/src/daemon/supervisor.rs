@@ -13,17 +13,20 @@ use tokio::sync::{mpsc, oneshot};
 use super::coordinator::{self, Order, Plan, ReloadError, ServiceHandle};
 use super::dispatch::Dispatcher;
 use super::metrics::Metrics;
+use super::scaling::budget::{Budget, Member};
 use super::worker::{Deps, Launcher, OsLauncher, StartupEvent};
 use super::{env, logsink::LogSink, ports, process_groups::Groups, spawner::Spawner};
 use crate::config::{Config, Kind, PortSpec};
 use crate::gpu::GpuProbe;
-use crate::status::{Phase, ServiceState, ServiceStatus};
+use crate::status::{MemoryStatus, Phase, ScalingStatus, ServiceState, ServiceStatus};
 
 pub struct Supervisor {
     pub services: Vec<ServiceHandle>,
     pub metrics: Arc<Metrics>,
     /// The machine's GPUs (NVML, or what says there is none).
     pub gpu: Arc<dyn GpuProbe>,
+    /// `instance.memory_budget`, when set.
+    pub budget: Option<Arc<Budget>>,
 }
 
 /// A service could not even be launched (its fixed port is taken, say).
@@ -98,6 +101,16 @@ impl Supervisor {
             }
             port_plans.push(ports_of);
         }
+        let budget = (config.instance.memory_budget > 0)
+            .then(|| Budget::new(config.instance.memory_budget, metrics.clone()));
+        metrics
+            .memory_budget_bytes
+            .set(config.instance.memory_budget as i64);
+        let shared = coordinator::Shared {
+            budget: budget.clone(),
+            proofs: Arc::new(tokio::sync::Semaphore::new(1)),
+            departures: Arc::new(tokio::sync::Notify::new()),
+        };
         let mut services = vec![];
         for (s, ports_of) in config.services.iter().zip(port_plans) {
             // listen_fd: paddock binds each worker's socket now and keeps it for the
@@ -127,10 +140,12 @@ impl Supervisor {
                 config.instance.log_max_files,
             );
             let dispatcher = (s.kind == Kind::Worker).then(|| {
-                Dispatcher::start(
+                Dispatcher::start_with(
                     s.name.as_str(),
                     s.max_queue,
                     s.queue_timeout,
+                    s.elastic().then_some(s.startup_timeout),
+                    shared.departures.clone(),
                     metrics.clone(),
                 )
             });
@@ -161,13 +176,26 @@ impl Supervisor {
                     ),
                 })
                 .collect();
-            services.push(coordinator::start(service, plans, deps));
+            let handle = coordinator::start(service, plans, deps, shared.clone());
+            if let Some(b) = &budget {
+                b.register(Member {
+                    service: handle.config.clone(),
+                    dispatcher: handle.dispatcher.clone(),
+                    workers: handle.workers.clone(),
+                    load: handle.load.clone(),
+                });
+            }
+            services.push(handle);
+        }
+        if let Some(b) = &budget {
+            tokio::spawn(b.clone().sample());
         }
         Ok((
             Supervisor {
                 services,
                 metrics,
                 gpu,
+                budget,
             },
             rx,
         ))
@@ -215,7 +243,21 @@ impl Supervisor {
                     .iter()
                     .filter(|w| w.state == Phase::Failed)
                     .collect();
-                let (state, reason) = if ready == workers.len() {
+                let scaling = s
+                    .dispatcher
+                    .as_ref()
+                    .map(|d| scaling_status(s, d, &workers));
+                let unloaded = scaling.as_ref().is_some_and(|x| !x.loaded);
+                let (state, reason) = if unloaded {
+                    let r = s.load.lock().unloaded.clone();
+                    (
+                        ServiceState::Unloaded,
+                        Some(match r {
+                            Some((since, why)) => format!("unloaded since {since}: {why}"),
+                            None => "no worker loaded yet".into(),
+                        }),
+                    )
+                } else if ready == workers.len() {
                     (ServiceState::Ready, None)
                 } else if ready > 0 {
                     (
@@ -257,9 +299,21 @@ impl Supervisor {
                         .map(|d| d.batch_stats())
                         .unwrap_or_default(),
                     schedules: crate::schedules::shown(&s.config.schedules),
+                    scaling,
                 }
             })
             .collect()
+    }
+
+    /// The memory budget and its use (one reading of the process table).
+    pub fn memory(&self) -> Option<MemoryStatus> {
+        let u = self.budget.as_ref()?.usage();
+        self.metrics.memory_used_bytes.set(u.used as i64);
+        Some(MemoryStatus {
+            budget_bytes: u.limit,
+            used_bytes: u.used,
+            reserved_bytes: u.reserved,
+        })
     }
 
     /// Replaces every worker of every service, one at a time.
@@ -304,5 +358,40 @@ impl Supervisor {
         for w in waits {
             let _ = w.await;
         }
+    }
+}
+
+/// A worker service's scaling, from its config, its record and its workers.
+fn scaling_status(
+    s: &ServiceHandle,
+    d: &Dispatcher,
+    workers: &[crate::status::WorkerStatus],
+) -> ScalingStatus {
+    let c = &s.config.scaling;
+    let r = s.load.snapshot();
+    let live = workers.iter().filter(|w| w.state != Phase::Stopped).count() as u32;
+    let now = std::time::Instant::now();
+    let wall = std::time::SystemTime::now();
+    ScalingStatus {
+        loaded: live > 0,
+        workers: live,
+        min_workers: c.min_workers,
+        max_workers: s.config.workers,
+        idle_timeout_secs: c.idle_timeout.map(|t| t.as_secs_f64()),
+        target_queue: c.target_queue,
+        scale_up_after_secs: c.scale_up_after.as_secs_f64(),
+        last_used: d
+            .last_used()
+            .map(|t| crate::timefmt::rfc3339(wall - now.saturating_duration_since(t))),
+        unloaded_since: r.unloaded.as_ref().map(|(t, _)| t.clone()),
+        unloaded_reason: r.unloaded.map(|(_, w)| w),
+        cold_starts: r.cold_starts,
+        last_cold_start_ms: r.last_cold_start_ms,
+        scale_ups: r.scale_ups,
+        scale_downs: r.scale_downs,
+        evictions: r.evictions,
+        last_eviction: r.last_eviction,
+        memory_peak_bytes: (r.memory_peak > 0).then_some(r.memory_peak),
+        memory_estimate_bytes: (c.memory_estimate > 0).then_some(c.memory_estimate),
     }
 }

@@ -221,7 +221,15 @@ async fn metrics(State(shared): State<SharedRef>) -> Response {
                 .set(f64::from(p) / 100.0);
         }
     }
+    shared.supervisor.memory();
     for s in shared.supervisor.status() {
+        if let Some(x) = &s.scaling {
+            m.service_loaded
+                .get_or_create(&crate::daemon::metrics::ServiceLabels {
+                    service: s.name.clone(),
+                })
+                .set(i64::from(x.loaded));
+        }
         for w in &s.workers {
             if let Some(bytes) = w.gpu_memory_bytes {
                 m.worker_gpu_memory

@@ -88,6 +88,9 @@ pub struct Spec {
     pub start_delay: Duration,
     /// Part of the initial start: a failure fails `paddock start`.
     pub initial: bool,
+    /// Started by scaling (on demand or under load): a failure before READY is
+    /// the coordinator's to report to waiting requests, with its own Retry-After.
+    pub on_demand: bool,
     /// The slot's generation counter (the last generation issued), shared by the
     /// slot's successive actors: every spawn takes the next number, so no two
     /// processes of a slot ever share one (docs/protocol.md), even when a failed

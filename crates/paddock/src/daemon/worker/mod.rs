@@ -507,7 +507,7 @@ impl Actor {
             }
             // Failed at runtime (an SDK the daemon cannot speak to): down until a
             // reload replaces the slot; clients are told why.
-            State::Failed { reason } if !self.down => {
+            State::Failed { reason } if !self.down && !self.spec.on_demand => {
                 d.set_down(
                     self.spec.wid,
                     Some((reason.clone(), Instant::now() + FAILED_RETRY_AFTER)),

@@ -68,6 +68,7 @@ impl Rig {
             env_set: crate::daemon::env::on_device(BTreeMap::new(), device, false),
             start_delay: Duration::ZERO,
             initial: false,
+            on_demand: false,
             generations: Arc::new(AtomicU64::new(0)),
         };
         Rig {

@@ -8,7 +8,12 @@
 //!   worker is retired, and a retired worker finishes its current request first, so
 //!   a replacement never takes the service's capacity down and never fails a request;
 //! - process services (whose port may be fixed) are replaced in place: stopped, then
-//!   started again on the same port.
+//!   started again on the same port;
+//! - elastic services (`elastic.rs`): a slot holds a worker or is vacant; workers
+//!   start and go as `scaling::decide` says, within the memory budget, and a
+//!   worker is let go only from its dispatcher's idle list (never mid-request).
+
+mod elastic;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,6 +23,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::dispatch::Dispatcher;
 use super::messages::Command;
+use super::scaling::Load;
+use super::scaling::budget::Budget;
+use super::scaling::decide::{Scaler, Start};
 use super::worker::{self, Ask, Deps, Handle};
 use crate::config::{Kind, ReloadStrategy, Service};
 use crate::status::{Phase, WorkerStatus};
@@ -32,7 +40,9 @@ struct Slot {
     env_set: BTreeMap<String, String>,
     /// The slot's generation counter (see `worker::Spec::generations`).
     generations: Arc<std::sync::atomic::AtomicU64>,
-    handle: Handle,
+    /// Its worker; None while the slot is vacant (an elastic service's worker that
+    /// was unloaded, evicted, or never started).
+    handle: Option<Handle>,
 }
 
 /// Why a reload did not replace every worker.
@@ -62,6 +72,20 @@ pub struct ServiceHandle {
     pub orders: mpsc::UnboundedSender<Order>,
     pub dispatcher: Option<Dispatcher>,
     pub initial_workers: usize,
+    /// Loads, unloads, cold starts and evictions (for status and metrics).
+    pub load: Load,
+}
+
+/// What a coordinator shares with the others of the instance.
+#[derive(Clone)]
+pub struct Shared {
+    /// The instance's memory budget, if it has one.
+    pub budget: Option<Arc<Budget>>,
+    /// One proof at a time: services with min_workers = 0 load one worker at start,
+    /// one service after another, so the proofs fit the budget.
+    pub proofs: Arc<tokio::sync::Semaphore>,
+    /// Wakes when any worker of the instance is gone.
+    pub departures: Arc<tokio::sync::Notify>,
 }
 
 pub struct Plan {
@@ -73,31 +97,43 @@ pub struct Plan {
     pub env_set: BTreeMap<String, String>,
 }
 
-pub fn start(service: Arc<Service>, plans: Vec<Plan>, mut deps: Deps) -> ServiceHandle {
+pub fn start(
+    service: Arc<Service>,
+    plans: Vec<Plan>,
+    mut deps: Deps,
+    shared: Shared,
+) -> ServiceHandle {
     let (ask_tx, asks) = mpsc::unbounded_channel();
     deps.coordinator = ask_tx;
     let mut next_wid = 0u64;
+    // Started now: min_workers (all of a fixed service). A service that may unload
+    // entirely is proven by one worker, started by its coordinator in its turn.
+    let now = service.scaling.min_workers as usize;
     let slots: Vec<Slot> = plans
         .into_iter()
-        .map(|p| {
-            next_wid += 1;
+        .enumerate()
+        .map(|(i, p)| {
             let generations = Arc::new(std::sync::atomic::AtomicU64::new(0));
-            let handle = worker::start(
-                worker::Spec {
-                    service: service.clone(),
-                    index: p.index,
-                    wid: next_wid,
-                    port: p.port,
-                    argv: p.argv.clone(),
-                    listener: p.listener.clone(),
-                    cwd: p.cwd.clone(),
-                    env_set: p.env_set.clone(),
-                    initial: true,
-                    start_delay: service.start_stagger * p.index,
-                    generations: generations.clone(),
-                },
-                deps.clone(),
-            );
+            let handle = (i < now).then(|| {
+                next_wid += 1;
+                worker::start(
+                    worker::Spec {
+                        service: service.clone(),
+                        index: p.index,
+                        wid: next_wid,
+                        port: p.port,
+                        argv: p.argv.clone(),
+                        listener: p.listener.clone(),
+                        cwd: p.cwd.clone(),
+                        env_set: p.env_set.clone(),
+                        initial: true,
+                        on_demand: false,
+                        start_delay: service.start_stagger * p.index,
+                        generations: generations.clone(),
+                    },
+                    deps.clone(),
+                )
+            });
             Slot {
                 index: p.index,
                 port: p.port,
@@ -110,24 +146,42 @@ pub fn start(service: Arc<Service>, plans: Vec<Plan>, mut deps: Deps) -> Service
             }
         })
         .collect();
-    let (workers_tx, workers) =
-        watch::channel(slots.iter().map(|s| s.handle.status.clone()).collect());
+    let (workers_tx, workers) = watch::channel(
+        slots
+            .iter()
+            .filter_map(|s| s.handle.as_ref().map(|h| h.status.clone()))
+            .collect(),
+    );
     let (orders, orders_rx) = mpsc::unbounded_channel();
+    let load = Load::default();
     let handle = ServiceHandle {
         config: service.clone(),
         port: slots.first().and_then(|s| s.port),
         workers,
         orders,
         dispatcher: deps.dispatcher.clone(),
-        initial_workers: slots.len(),
+        initial_workers: now.max(1),
+        load: load.clone(),
     };
+    let (started_tx, started) = mpsc::unbounded_channel();
     let c = Coordinator {
+        prove: now == 0,
         service,
         deps,
         slots,
         extra: vec![],
         next_wid,
         workers_tx,
+        load,
+        shared,
+        scaler: Scaler::default(),
+        starts: vec![],
+        started_tx,
+        started,
+        letting_go: vec![],
+        retry_at: None,
+        failed_starts: 0,
+        holdup: None,
     };
     tokio::spawn(c.run(orders_rx, asks));
     handle
@@ -141,6 +195,23 @@ struct Coordinator {
     extra: Vec<watch::Receiver<WorkerStatus>>,
     next_wid: u64,
     workers_tx: watch::Sender<Vec<watch::Receiver<WorkerStatus>>>,
+    load: Load,
+    shared: Shared,
+    /// min_workers = 0: one worker is loaded at start, proven ready, and let go.
+    prove: bool,
+    scaler: Scaler,
+    /// Workers started by scaling that are not ready yet: wid, why, when.
+    starts: Vec<(u64, Start, Instant)>,
+    /// Each start's outcome: its wid, and its time to READY or why it failed.
+    started_tx: mpsc::UnboundedSender<(u64, Result<Duration, String>)>,
+    started: mpsc::UnboundedReceiver<(u64, Result<Duration, String>)>,
+    /// Workers asked to go (idle_timeout) that have not exited yet, and why.
+    letting_go: Vec<(u64, String)>,
+    /// After a start failed: no new start before this (its requests were told).
+    retry_at: Option<Instant>,
+    failed_starts: u32,
+    /// Why the budget holds a start back, as last logged.
+    holdup: Option<String>,
 }
 
 impl Coordinator {
@@ -149,7 +220,14 @@ impl Coordinator {
         mut orders: mpsc::UnboundedReceiver<Order>,
         mut asks: mpsc::UnboundedReceiver<Ask>,
     ) {
+        if self.prove && !self.prove_at_start(&mut orders).await {
+            return;
+        }
+        let elastic = self.service.elastic();
+        let dispatcher = self.deps.dispatcher.clone();
+        let departures = self.shared.departures.clone();
         loop {
+            let next = if elastic { self.next_check() } else { None };
             tokio::select! {
                 biased;
                 o = orders.recv() => match o {
@@ -161,7 +239,11 @@ impl Coordinator {
                     Some(Order::Reload(reply)) => {
                         let mut done = vec![];
                         let mut result = Ok(());
+                        self.reap();
                         for i in 0..self.slots.len() {
+                            if self.slots[i].handle.is_none() {
+                                continue;
+                            }
                             match self.replace(i, "reload", self.service.reload).await {
                                 Ok(line) => done.push(line),
                                 Err(e) => { result = Err(e); break; }
@@ -176,7 +258,7 @@ impl Coordinator {
                 },
                 a = asks.recv() => {
                     if let Some(Ask::Recycle { wid, reason, room_for_two }) = a
-                        && let Some(i) = self.slots.iter().position(|s| s.handle.wid == wid)
+                        && let Some(i) = self.slots.iter().position(|s| s.handle.as_ref().is_some_and(|h| h.wid == wid))
                     {
                         let how = self.recycle_strategy(i, room_for_two);
                         let because = match (room_for_two, how) {
@@ -190,20 +272,45 @@ impl Coordinator {
                         }
                     }
                 }
+                Some((wid, result)) = self.started.recv() => self.on_started(wid, result),
+                _ = async { dispatcher.as_ref().expect("elastic services have a dispatcher").demand().await }, if elastic => {}
+                _ = departures.notified(), if elastic => {}
+                _ = tokio::time::sleep_until(next.unwrap_or_else(Instant::now).into()), if next.is_some() => {}
+            }
+            if elastic {
+                self.scale();
             }
         }
     }
 
     fn publish(&self) {
-        let mut v: Vec<_> = self.slots.iter().map(|s| s.handle.status.clone()).collect();
+        let mut v: Vec<_> = self.live().map(|h| h.status.clone()).collect();
         v.extend(self.extra.iter().cloned());
         let _ = self.workers_tx.send(v);
+    }
+
+    /// The slots' workers (vacant slots have none).
+    fn live(&self) -> impl Iterator<Item = &Handle> {
+        self.slots.iter().filter_map(|s| s.handle.as_ref())
+    }
+
+    /// Slot `i`'s worker (the caller knows there is one).
+    fn handle(&self, i: usize) -> &Handle {
+        self.slots[i]
+            .handle
+            .as_ref()
+            .expect("the slot holds a worker")
     }
 
     /// Starts another actor for slot `i`. `on_probation`: a replacement that must
     /// prove itself once (any failure before READY ends it, no retry: the old
     /// worker keeps serving); otherwise it restarts as any worker does.
     fn spawn_for(&mut self, i: usize, on_probation: bool) -> Handle {
+        self.spawn_as(i, on_probation, false)
+    }
+
+    /// `spawn_for`; `on_demand`: started by scaling (see `worker::Spec`).
+    fn spawn_as(&mut self, i: usize, on_probation: bool, on_demand: bool) -> Handle {
         self.next_wid += 1;
         let slot = &self.slots[i];
         let mut deps = self.deps.clone();
@@ -222,6 +329,7 @@ impl Coordinator {
                 cwd: slot.cwd.clone(),
                 env_set: slot.env_set.clone(),
                 initial: on_probation,
+                on_demand,
                 start_delay: Duration::ZERO,
                 generations: slot.generations.clone(),
             },
@@ -231,11 +339,12 @@ impl Coordinator {
 
     /// How to recycle slot `i` (see [`recycle_strategy`]).
     fn recycle_strategy(&self, i: usize, room_for_two: bool) -> ReloadStrategy {
-        let others_ready = self
-            .slots
-            .iter()
-            .enumerate()
-            .any(|(j, s)| j != i && s.handle.status.borrow().state.serving());
+        let others_ready = self.slots.iter().enumerate().any(|(j, s)| {
+            j != i
+                && s.handle
+                    .as_ref()
+                    .is_some_and(|h| h.status.borrow().state.serving())
+        });
         recycle_strategy(self.service.reload, room_for_two, others_ready)
     }
 
@@ -248,18 +357,18 @@ impl Coordinator {
         how: ReloadStrategy,
     ) -> Result<String, ReloadError> {
         let name = format!("{}/{}", self.service.name, self.slots[i].index);
-        let old_pid = self.slots[i].handle.status.borrow().pid;
+        let old_pid = self.handle(i).status.borrow().pid;
         let limit = self.service.startup_timeout + Duration::from_secs(5);
         let patience = self.service.request_timeout + Duration::from_secs(5);
         match how {
             ReloadStrategy::StopFirst => {
                 // In place: the old worker finishes its request and goes first (a
                 // fixed port, a file or a GPU that cannot be held twice).
-                retire(&self.slots[i].handle, patience).await;
+                retire(self.handle(i), patience).await;
                 let new = self.spawn_for(i, false);
-                self.slots[i].handle = new;
+                self.slots[i].handle = Some(new);
                 self.publish();
-                if let Err(e) = wait_ready(&self.slots[i].handle, limit).await {
+                if let Err(e) = wait_ready(self.handle(i), limit).await {
                     let tail = self.tail_of(i).await;
                     return Err(ReloadError::Replacement(format!(
                         "{name}: the replacement failed before it was ready: {e}; the old worker was already retired (reload = \"stop-first\"), so the new one keeps retrying{tail}"
@@ -282,14 +391,17 @@ impl Coordinator {
                         "{name}: the replacement (generation {generation}) failed before it was ready: {e}; it was stopped, and the old worker keeps serving{tail}"
                     )));
                 }
-                let old = std::mem::replace(&mut self.slots[i].handle, new);
+                let old = self.slots[i]
+                    .handle
+                    .replace(new)
+                    .expect("the slot held a worker");
                 self.extra.clear();
                 self.publish_with(&old);
                 retire(&old, patience).await;
                 self.publish();
             }
         }
-        let new_pid = self.slots[i].handle.status.borrow().pid;
+        let new_pid = self.handle(i).status.borrow().pid;
         let line = format!(
             "{name}: pid {} replaced by pid {} ({why})",
             old_pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
@@ -310,7 +422,7 @@ impl Coordinator {
 
     /// Publishes the slots plus a worker that is being retired.
     fn publish_with(&self, old: &Handle) {
-        let mut v: Vec<_> = self.slots.iter().map(|s| s.handle.status.clone()).collect();
+        let mut v: Vec<_> = self.live().map(|h| h.status.clone()).collect();
         v.push(old.status.clone());
         let _ = self.workers_tx.send(v);
     }
@@ -320,13 +432,14 @@ impl Coordinator {
     /// stopped at once (SIGTERM, then SIGKILL after stop_timeout).
     async fn stop_all(&mut self) {
         if self.service.kind == Kind::Worker {
-            for s in &self.slots {
-                let _ = s.handle.commands.send(Command::Retire);
+            for h in self.live() {
+                let _ = h.commands.send(Command::Retire);
             }
             let patience = self.service.request_timeout + Duration::from_secs(1);
             let deadline = Instant::now() + patience;
-            for s in &self.slots {
-                let mut st = s.handle.status.clone();
+            for s in self.slots.iter().filter(|s| s.handle.is_some()) {
+                let h = s.handle.as_ref().expect("filtered");
+                let mut st = h.status.clone();
                 let drained = tokio::time::timeout_at(
                     deadline.into(),
                     st.wait_for(|x| x.state == Phase::Stopped),
@@ -342,11 +455,11 @@ impl Coordinator {
                 }
             }
         }
-        for s in &self.slots {
-            let _ = s.handle.commands.send(Command::Stop);
+        for h in self.live() {
+            let _ = h.commands.send(Command::Stop);
         }
-        for s in &self.slots {
-            let mut st = s.handle.status.clone();
+        for h in self.live() {
+            let mut st = h.status.clone();
             // Err means the actor ended, which it does only once stopped.
             let _ = st.wait_for(|x| x.state == Phase::Stopped).await;
         }
