@@ -113,3 +113,94 @@ fn invalid_instance_name() {
     assert_eq!(line, 2);
     assert_eq!(key, "instance.name");
 }
+
+const WORKER: &str = "[services.m]\ncommand = [\"x\"]\n";
+
+#[test]
+fn workers_is_a_fixed_number_and_a_range_is_min_and_max() {
+    let c = parse(
+        Path::new("/x/p.toml"),
+        &format!("{WORKER}workers = 3\n"),
+        None,
+    )
+    .unwrap();
+    let s = &c.services[0];
+    assert_eq!((s.scaling.min_workers, s.workers), (3, 3));
+    assert!(!s.elastic());
+    assert_eq!(s.scaling.idle_timeout, None);
+    let text = format!("{WORKER}min_workers = 0\nmax_workers = 4\n");
+    let c = parse(Path::new("/x/p.toml"), &text, None).unwrap();
+    let s = &c.services[0];
+    assert_eq!((s.scaling.min_workers, s.workers), (0, 4));
+    assert!(s.elastic());
+    assert_eq!(s.scaling.idle_timeout, Some(Duration::from_secs(300)));
+    assert_eq!(s.scaling.target_queue, 1.0);
+    assert_eq!(s.scaling.scale_up_after, Duration::from_secs(1));
+    // min_workers = 0 alone: up to one worker; max_workers alone: from one.
+    let c = parse(
+        Path::new("/x/p.toml"),
+        &format!("{WORKER}min_workers = 0\n"),
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        (c.services[0].scaling.min_workers, c.services[0].workers),
+        (0, 1)
+    );
+    let c = parse(
+        Path::new("/x/p.toml"),
+        &format!("{WORKER}max_workers = 3\nmemory_estimate = \"2GiB\"\n"),
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        (c.services[0].scaling.min_workers, c.services[0].workers),
+        (1, 3)
+    );
+    assert_eq!(c.services[0].scaling.memory_estimate, 2 << 30);
+    // The start's bound counts each proof.
+    let text = format!(
+        "{WORKER}min_workers = 0\nstartup_timeout = \"20s\"\n[services.n]\ncommand = [\"x\"]\nstartup_timeout = \"30s\"\n"
+    );
+    let c = parse(Path::new("/x/p.toml"), &text, None).unwrap();
+    assert_eq!(c.longest_start(), Duration::from_secs(50));
+}
+
+#[test]
+fn workers_with_min_or_max_workers_is_an_error_naming_both() {
+    let (line, _, key, msg) = err(&format!("{WORKER}workers = 2\nmax_workers = 4\n"));
+    assert_eq!(line, 4);
+    assert_eq!(key, "services.m.max_workers");
+    assert!(
+        msg.contains("`workers` and `max_workers` are both set"),
+        "{msg}"
+    );
+    let (_, _, key, msg) = err(&format!("{WORKER}min_workers = 0\nworkers = 2\n"));
+    assert_eq!(key, "services.m.min_workers");
+    assert!(msg.contains("`workers` and `min_workers`"), "{msg}");
+}
+
+#[test]
+fn scaling_settings_that_cannot_work_are_refused() {
+    let (_, _, key, msg) = err(&format!("{WORKER}min_workers = 3\nmax_workers = 2\n"));
+    assert_eq!(key, "services.m.min_workers");
+    assert!(msg.contains("above max_workers"), "{msg}");
+    let (_, _, key, msg) = err(&format!("{WORKER}workers = 2\nidle_timeout = \"5m\"\n"));
+    assert_eq!(key, "services.m.idle_timeout");
+    assert!(msg.contains("none is ever unloaded"), "{msg}");
+    let (_, _, key, _) = err(&format!("{WORKER}max_workers = 2\ntarget_queue = 0.0\n"));
+    assert_eq!(key, "services.m.target_queue");
+    let (_, _, key, msg) = err(&format!("{OK}min_workers = 0\n"));
+    assert_eq!(key, "services.web.min_workers");
+    assert!(msg.contains("process service keeps `workers`"), "{msg}");
+    let (_, _, key, msg) = err(&format!("[instance]\nmemory_budget = \"1KiB\"\n{WORKER}"));
+    assert_eq!(key, "instance.memory_budget");
+    assert!(msg.contains("at least 1MiB"), "{msg}");
+    let c = parse(
+        Path::new("/x/p.toml"),
+        &format!("[instance]\nmemory_budget = \"12GiB\"\n{WORKER}"),
+        None,
+    )
+    .unwrap();
+    assert_eq!(c.instance.memory_budget, 12 << 30);
+}

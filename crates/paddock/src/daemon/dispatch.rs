@@ -36,6 +36,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::messages::{Command, Job, Outcome};
 use super::metrics::Metrics;
+use crate::status::ServiceState;
 
 /// A handle to a service's dispatcher.
 #[derive(Clone)]
@@ -107,6 +108,7 @@ impl Queue {
             return Some(Outcome::Unavailable {
                 reason: reason.clone(),
                 retry_after: until.saturating_duration_since(now),
+                state: ServiceState::Unloaded,
             });
         }
         if self.members.is_empty() || self.members.iter().any(|w| !self.down.contains_key(w)) {
@@ -116,6 +118,7 @@ impl Queue {
         Some(Outcome::Unavailable {
             reason: reason.clone(),
             retry_after: next.saturating_duration_since(now),
+            state: ServiceState::CrashLooping,
         })
     }
 
@@ -179,6 +182,7 @@ impl Queue {
                     Some(reason) => Outcome::Unavailable {
                         reason: reason.clone(),
                         retry_after: HOLDUP_RETRY_AFTER,
+                        state: ServiceState::Unloaded,
                     },
                     None => Outcome::QueueTimeout,
                 });
@@ -534,6 +538,7 @@ impl Dispatcher {
             let _ = job.reply.send(Outcome::Unavailable {
                 reason: reason.clone(),
                 retry_after,
+                state: ServiceState::Unloaded,
             });
         }
     }
@@ -565,6 +570,7 @@ impl Dispatcher {
         let Some(Outcome::Unavailable {
             reason,
             retry_after,
+            state,
         }) = q.unavailable(Instant::now())
         else {
             return;
@@ -576,6 +582,7 @@ impl Dispatcher {
             let _ = job.reply.send(Outcome::Unavailable {
                 reason: reason.clone(),
                 retry_after,
+                state,
             });
         }
     }

@@ -208,12 +208,13 @@ pub fn of(outcome: Outcome, ctx: &Context) -> Verdict {
         Outcome::Unavailable {
             reason,
             retry_after,
+            state,
         } => Failure {
             retry_after: Some(retry_after),
             ..Failure::new(
                 503,
                 format!("service {service:?} has no worker that can serve now: {reason}"),
-                json!({"state": crate::status::Phase::CrashLooping, "reason": reason, "retry_after_s": retry_after.as_secs_f64()}),
+                json!({"state": state, "reason": reason, "retry_after_s": retry_after.as_secs_f64()}),
                 Value::Null,
                 Then::Requeue(format!("no worker can serve: {reason}")),
             )

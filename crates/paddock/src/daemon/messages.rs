@@ -70,6 +70,9 @@ pub enum Outcome {
     Unavailable {
         reason: String,
         retry_after: Duration,
+        /// Crash-looping (or failed), or unloaded (a start on demand failed, or
+        /// the memory budget held it back).
+        state: crate::status::ServiceState,
     },
 }
 

@@ -44,6 +44,7 @@ mod logs;
 mod long_poll;
 #[cfg(target_os = "linux")]
 mod nvml;
+mod on_demand;
 mod openapi;
 mod orphans;
 mod periodic;

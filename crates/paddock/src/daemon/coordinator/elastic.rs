@@ -262,8 +262,8 @@ impl Coordinator {
                 let until = Instant::now() + backoff;
                 self.retry_at = Some(until);
                 let message = format!(
-                    "service {}: a worker started on demand failed before it was ready: {reason}",
-                    self.service.name
+                    "service {}: a worker started on demand failed before it was ready: {reason} (its output: `paddock logs {}`)",
+                    self.service.name, self.service.name
                 );
                 tracing::warn!(service = %self.service.name, "{message}; the next start waits {:.1}s", backoff.as_secs_f64());
                 let others = self
