@@ -38,7 +38,7 @@ DAEMON_LAYERS = {
     "spawner": 0, "env": 0, "notify": 0, "gpu_sampler": 0, "process_groups": 0,
     "start_report": 0,
     "dispatch": 1, "probe": 1, "failure": 1,
-    "worker": 2,
+    "worker": 2, "scaling": 2,
     "coordinator": 3, "jobs": 3,
     "supervisor": 4,
     "handles": 5,

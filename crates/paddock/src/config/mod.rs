@@ -13,7 +13,7 @@ mod instance;
 mod locate;
 mod model;
 mod raw;
-pub mod scaling;
+mod scaling;
 pub mod schedule;
 mod service;
 #[cfg(test)]
@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 use checker::Checker;
 pub use model::{
-    Config, Health, Instance, Kind, LogFormat, ReloadStrategy, Restart, Service, Store,
+    Config, Health, Instance, Kind, LogFormat, ReloadStrategy, Restart, Scaling, Service, Store,
 };
 use raw::RawConfig;
 pub use values::PortSpec;

@@ -158,7 +158,7 @@ pub struct Service {
     /// `scaling.min_workers` is lower.
     pub workers: u32,
     /// min_workers, idle_timeout, target_queue, scale_up_after, memory_estimate.
-    pub scaling: super::scaling::Scaling,
+    pub scaling: Scaling,
     pub cwd: PathBuf,
     pub env: BTreeMap<String, String>,
     pub startup_timeout: Duration,
@@ -227,6 +227,21 @@ impl Service {
     pub fn elastic(&self) -> bool {
         self.scaling.min_workers < self.workers
     }
+}
+
+/// The elastic settings of a worker service (fixed services have min = max).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scaling {
+    /// Workers kept loaded whatever the load (0: the service may unload).
+    pub min_workers: u32,
+    /// A worker beyond `min_workers` that served nothing this long is stopped.
+    pub idle_timeout: Option<Duration>,
+    /// Queued requests per worker (ready or starting) above which another starts.
+    pub target_queue: f64,
+    /// How long the queue must stay above `target_queue` before a worker starts.
+    pub scale_up_after: Duration,
+    /// What one worker is expected to hold (resident memory), 0 when unknown.
+    pub memory_estimate: u64,
 }
 
 /// What the config says of one batched method; unset fields keep what the worker

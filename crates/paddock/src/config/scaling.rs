@@ -12,24 +12,9 @@ use std::time::Duration;
 
 use super::ConfigError;
 use super::checker::Checker;
-use super::model::Kind;
+use super::model::{Kind, Scaling};
 use super::raw::RawService;
 use super::values::MAX_WORKERS;
-
-/// The elastic settings of a worker service (fixed services have min = max).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Scaling {
-    /// Workers kept loaded whatever the load (0: the service may unload).
-    pub min_workers: u32,
-    /// A worker beyond `min_workers` that served nothing this long is stopped.
-    pub idle_timeout: Option<Duration>,
-    /// Queued requests per worker (ready or starting) above which another starts.
-    pub target_queue: f64,
-    /// How long the queue must stay above `target_queue` before a worker starts.
-    pub scale_up_after: Duration,
-    /// What one worker is expected to hold (resident memory), 0 when unknown.
-    pub memory_estimate: u64,
-}
 
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 pub const DEFAULT_TARGET_QUEUE: f64 = 1.0;

@@ -16,7 +16,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::config::scaling::Scaling;
+use crate::config::Scaling;
 
 /// What the coordinator sees of its service at one moment.
 #[derive(Debug, Clone, Copy)]
