@@ -267,6 +267,9 @@ pub struct WorkerStatus {
     /// HELLO and for process services).
     #[serde(default)]
     pub sdk: Option<WorkerSdk>,
+    /// Worker services: the current process's time from its spawn to READY.
+    #[serde(default)]
+    pub load_ms: Option<u64>,
 }
 
 /// A worker's SDK, from its HELLO (docs/protocol.md, "HELLO's metadata"): every

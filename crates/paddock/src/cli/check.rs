@@ -31,6 +31,7 @@ pub fn run(config: &Config, json: bool) -> i32 {
                     "command": s.command,
                     "port": s.port.map(|p| match p { PortSpec::Auto => "auto".to_string(), PortSpec::Fixed(n) => n.to_string() }),
                     "gpu": gpu_json(s),
+                    "scaling": scaling_json(s),
                     "schedules": crate::schedules::shown(&s.schedules),
                 })
             })
@@ -42,6 +43,7 @@ pub fn run(config: &Config, json: bool) -> i32 {
             "listen": config.instance.listen.to_string(),
             "state_dir": paths.dir.display().to_string(),
             "services": services,
+            "memory_budget_bytes": (config.instance.memory_budget > 0).then_some(config.instance.memory_budget),
         });
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         return exit::OK;
@@ -60,14 +62,24 @@ pub fn run(config: &Config, json: bool) -> i32 {
             Some(PortSpec::Fixed(p)) => format!(", port {p}"),
             None => String::new(),
         };
+        let workers = if s.elastic() {
+            format!("{} to {} workers", s.scaling.min_workers, s.workers)
+        } else {
+            format!(
+                "{} worker{}",
+                s.workers,
+                if s.workers == 1 { "" } else { "s" }
+            )
+        };
         println!(
-            "  {} ({}, {} worker{}{port}): {}",
+            "  {} ({}, {workers}{port}): {}",
             s.name,
             s.kind,
-            s.workers,
-            if s.workers == 1 { "" } else { "s" },
             s.command.join(" ")
         );
+        if let Some(line) = scaling_line(s) {
+            println!("    {line}");
+        }
         if let Some(line) = gpu_line(s) {
             println!("    {line}");
         }
@@ -81,8 +93,50 @@ pub fn run(config: &Config, json: bool) -> i32 {
             );
         }
     }
+    if config.instance.memory_budget > 0 {
+        println!(
+            "  memory_budget: {} MiB for every worker's resident memory together",
+            config.instance.memory_budget >> 20
+        );
+    }
     println!("  state: {}", paths.dir.display());
     exit::OK
+}
+
+/// An elastic service's scaling settings, in the config's own words.
+fn scaling_line(s: &Service) -> Option<String> {
+    use crate::timefmt::config_duration;
+    let c = &s.scaling;
+    let mut parts = vec![];
+    if s.elastic() {
+        if c.min_workers == 0 {
+            parts.push("loaded on the first request (proven once at start)".to_string());
+        }
+        if let Some(t) = c.idle_timeout {
+            parts.push(format!("idle_timeout {}", config_duration(t)));
+        }
+        parts.push(format!(
+            "one more worker while over {} queued per worker for {}",
+            c.target_queue,
+            config_duration(c.scale_up_after)
+        ));
+    }
+    if c.memory_estimate > 0 {
+        parts.push(format!("memory_estimate {} MiB", c.memory_estimate >> 20));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
+fn scaling_json(s: &Service) -> serde_json::Value {
+    let c = &s.scaling;
+    serde_json::json!({
+        "min_workers": c.min_workers,
+        "max_workers": s.workers,
+        "idle_timeout_secs": c.idle_timeout.map(|t| t.as_secs_f64()),
+        "target_queue": c.target_queue,
+        "scale_up_after_secs": c.scale_up_after.as_secs_f64(),
+        "memory_estimate_bytes": (c.memory_estimate > 0).then_some(c.memory_estimate),
+    })
 }
 
 /// Where a service's workers go, by worker index: a list's placement is known

@@ -58,6 +58,14 @@ pub fn render(s: &Status, tty: bool) -> String {
         i.version,
         if i.ready { "" } else { " — NOT READY" }
     );
+    if let Some(m) = &i.memory {
+        out.push_str(&format!(
+            "memory budget {}: {} in use by workers, {} reserved for workers starting\n",
+            mib(m.budget_bytes),
+            mib(m.used_bytes),
+            mib(m.reserved_bytes)
+        ));
+    }
     // GPU columns only where a worker has a device: most instances have none.
     let gpu = s
         .services
@@ -88,6 +96,14 @@ pub fn render(s: &Status, tty: bool) -> String {
             Some(p) => format!("{} ({}, port {p})", svc.name, svc.kind),
             None => format!("{} ({})", svc.name, svc.kind),
         };
+        if svc.workers.is_empty() && svc.state == crate::status::ServiceState::Unloaded {
+            let mut row = vec![name.clone(), svc.state.to_string()];
+            row.extend(std::iter::repeat_n("-".to_string(), 5));
+            if gpu {
+                row.extend(["-".to_string(), "-".to_string()]);
+            }
+            t.add_row(row);
+        }
         for w in &svc.workers {
             let mut row = vec![
                 name.clone(),
@@ -124,6 +140,13 @@ pub fn render(s: &Status, tty: bool) -> String {
         }
     }
     for svc in &s.services {
+        if let Some(line) = svc
+            .scaling
+            .as_ref()
+            .and_then(|x| scaling_line(x, i.memory.is_some()))
+        {
+            out.push_str(&format!("{}: {line}\n", svc.name));
+        }
         out.push_str(&sdk_lines(&svc.name, &svc.workers));
         for sc in &svc.schedules {
             out.push_str(&format!(
@@ -142,6 +165,60 @@ pub fn render(s: &Status, tty: bool) -> String {
         }
     }
     out
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{} MiB", bytes.div_ceil(1 << 20))
+}
+
+/// An elastic service's range and what loading it has done (None for a fixed
+/// service that was never evicted, where there is nothing to say).
+fn scaling_line(x: &crate::status::ScalingStatus, budget: bool) -> Option<String> {
+    if x.min_workers == x.max_workers && !budget {
+        return None;
+    }
+    let mut parts = vec![format!(
+        "{} worker{} (min {}, max {}{})",
+        x.workers,
+        if x.workers == 1 { "" } else { "s" },
+        x.min_workers,
+        x.max_workers,
+        x.idle_timeout_secs
+            .map(|t| format!(
+                ", idle_timeout {}",
+                crate::timefmt::human(std::time::Duration::from_secs_f64(t))
+            ))
+            .unwrap_or_default()
+    )];
+    parts.push(format!(
+        "last used {}",
+        x.last_used.as_deref().unwrap_or("never")
+    ));
+    if x.cold_starts > 0 {
+        parts.push(format!(
+            "{} cold start{}{}",
+            x.cold_starts,
+            if x.cold_starts == 1 { "" } else { "s" },
+            x.last_cold_start_ms
+                .map(|ms| format!(" (last {ms} ms to READY)"))
+                .unwrap_or_default()
+        ));
+    }
+    if x.scale_ups + x.scale_downs > 0 {
+        parts.push(format!("scaled up {}, down {}", x.scale_ups, x.scale_downs));
+    }
+    if let Some(peak) = x.memory_peak_bytes {
+        parts.push(format!("a worker held up to {}", mib(peak)));
+    }
+    if x.evictions > 0 {
+        parts.push(format!(
+            "{} eviction{} (last {})",
+            x.evictions,
+            if x.evictions == 1 { "" } else { "s" },
+            x.last_eviction.as_deref().unwrap_or("-")
+        ));
+    }
+    Some(parts.join("; "))
 }
 
 /// One line per distinct SDK a service's workers said they run (HELLO): its version,

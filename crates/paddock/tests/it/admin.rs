@@ -128,8 +128,9 @@ fn the_dashboard_shows_workers_a_crash_and_live_traffic_in_a_real_browser() {
     );
     for token in [None, Some("d4shboard-token-123")] {
         let mut env = Env::new();
+        env.instance_extra = "memory_budget = \"4GiB\"\n".into();
         if let Some(t) = token {
-            env.instance_extra = format!("auth_token = \"{t}\"\n");
+            env.instance_extra += &format!("auth_token = \"{t}\"\n");
         }
         // Two workers on a (stand-in) GPU, 100 MiB each, for the GPU column.
         let nvml = crate::fake_nvml::FakeNvml::install(
@@ -137,9 +138,10 @@ fn the_dashboard_shows_workers_a_crash_and_live_traffic_in_a_real_browser() {
             &[("Fake H200", 8 * crate::fake_nvml::GIB)],
         );
         let services = format!(
-            "{}{}",
+            "{}{}{}",
             nvml.service(&env, "fake", 100, "devices = [0]\nworkers_per_device = 2"),
-            env.worker("crashy", "workers = 1")
+            env.worker("crashy", "workers = 1"),
+            env.worker("lazy", "min_workers = 0\nidle_timeout = \"1h\"")
         );
         env.config(&services);
         env.start_ok();
@@ -198,6 +200,26 @@ fn the_dashboard_shows_workers_a_crash_and_live_traffic_in_a_real_browser() {
         assert!(report["p50_ms"].as_f64().unwrap() > 0.0, "{report}");
         let rows = report["rows"].as_array().unwrap();
         assert_eq!(rows.len(), 3, "{report}");
+        // The loading table: the unloaded service and why, the budget's use.
+        let scaling = report["scaling"].as_array().unwrap();
+        assert_eq!(scaling.len(), 3, "{report}");
+        let lazy = scaling.iter().find(|r| r[0] == "lazy").unwrap();
+        assert_eq!(lazy[1], "false", "{report}");
+        assert!(
+            lazy[2]
+                .as_str()
+                .unwrap()
+                .contains("unloaded: proven at start"),
+            "{report}"
+        );
+        assert!(lazy[2].as_str().unwrap().contains("0 (0–1)"), "{report}");
+        assert!(
+            report["memory"]
+                .as_str()
+                .unwrap()
+                .starts_with("memory budget 4096 MiB: "),
+            "{report}"
+        );
         for r in rows {
             // The service's state and the worker's memory are in its row.
             let text = r[3].as_str().unwrap();

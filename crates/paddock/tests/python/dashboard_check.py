@@ -55,6 +55,10 @@ with sync_playwright() as p:
         "tr.worker", "rs => rs.map(r => [r.dataset.service, r.dataset.state, r.querySelector('.cause').textContent, r.textContent, r.querySelector('.gpu').textContent])")
     report["rows"] = rows
     report["instance"] = page.text_content("#instance")
+    page.wait_for_function("document.querySelectorAll('tr.scaling').length >= 3", timeout=20000)
+    report["scaling"] = page.eval_on_selector_all(
+        "tr.scaling", "rs => rs.map(r => [r.dataset.service, r.dataset.loaded, r.textContent])")
+    report["memory"] = page.text_content("#memory")
     # The crash the test caused: in the worker's row, and in the timeline.
     page.wait_for_function(
         "[...document.querySelectorAll('#timeline td')].some(td => td.textContent.includes('SIGSEGV'))",

@@ -238,6 +238,9 @@ impl Coordinator {
                 self.dispatcher().clear_failure();
                 self.observe_memory(i);
                 let name = self.service.name.as_str();
+                // The process's own spawn to READY, as its actor measured it.
+                let load_ms = self.handle(i).status.borrow().load_ms;
+                let took = load_ms.map_or(took, Duration::from_millis);
                 if why == Start::Demand {
                     let mut r = self.load.lock();
                     r.cold_starts += 1;

@@ -277,6 +277,7 @@ impl Actor {
         let batched: Vec<String> = conn.batch.keys().cloned().collect();
         if let Some(r) = &self.running {
             let secs = r.spawned.elapsed().as_secs_f64();
+            self.load_ms = Some(r.spawned.elapsed().as_millis() as u64);
             self.deps
                 .metrics
                 .load_seconds

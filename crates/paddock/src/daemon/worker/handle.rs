@@ -123,6 +123,7 @@ pub fn start(spec: Spec, deps: Deps) -> Handle {
         device: crate::gpu::assigned_device(&spec.env_set),
         gpu_memory_bytes: None,
         sdk: None,
+        load_ms: None,
     });
     let (commands, mut rx) = mpsc::unbounded_channel();
     let wid = spec.wid;

@@ -109,6 +109,8 @@ struct Actor {
     last_fork: Option<String>,
     /// The SDK the process now running said it runs (HELLO).
     sdk: Option<crate::status::WorkerSdk>,
+    /// The process now running: its spawn to READY.
+    load_ms: Option<u64>,
     next_probe: Instant,
     /// When to compare the worker's memory with max_rss next (a fixed instant, so
     /// that a stream of requests cannot keep postponing it).
@@ -171,6 +173,7 @@ impl Actor {
             forks_with_threads: 0,
             last_fork: None,
             sdk: None,
+            load_ms: None,
             next_probe: Instant::now(),
             next_rss_check: Instant::now(),
             last_progress: String::new(),
@@ -446,6 +449,7 @@ impl Actor {
             match action {
                 Action::Spawn => {
                     self.sdk = None; // the new process says its own in HELLO
+                    self.load_ms = None;
                     self.spawn().await
                 }
                 Action::Terminate => match &self.running {
@@ -585,6 +589,10 @@ impl Actor {
             }
             if cur.sdk != self.sdk {
                 cur.sdk = self.sdk.clone();
+                changed = true;
+            }
+            if cur.load_ms != self.load_ms {
+                cur.load_ms = self.load_ms;
                 changed = true;
             }
             if cur.forks_with_threads != self.forks_with_threads {
