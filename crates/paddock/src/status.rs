@@ -149,6 +149,10 @@ pub struct MemoryStatus {
     pub used_bytes: u64,
     /// Reserved for workers starting, beyond what they hold yet.
     pub reserved_bytes: u64,
+    /// What loaded workers reached before, beyond what they hold now: the budget
+    /// keeps it for them.
+    #[serde(default)]
+    pub headroom_bytes: u64,
 }
 
 /// A worker service's scaling: its range, whether it is loaded, and what loading,
@@ -172,6 +176,10 @@ pub struct ScalingStatus {
     pub cold_starts: u64,
     /// The last cold start's spawn to READY.
     pub last_cold_start_ms: Option<u64>,
+    /// How long it waited before its spawn for room in the memory budget (evicted
+    /// workers to exit).
+    #[serde(default)]
+    pub last_cold_start_wait_ms: Option<u64>,
     pub scale_ups: u64,
     pub scale_downs: u64,
     pub evictions: u64,

@@ -88,6 +88,15 @@ pub fn rss_bytes(pid: i32) -> Option<u64> {
     Some(pages * 4096)
 }
 
+/// The most resident memory the process has held (`VmHWM`, the kernel's high-water
+/// mark), in bytes.
+pub fn peak_rss_bytes(pid: i32) -> Option<u64> {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// Socket inodes in LISTEN state on TCP `port` (IPv4 and IPv6).
 fn listening_inodes(port: u16) -> Vec<u64> {
     let mut out = vec![];

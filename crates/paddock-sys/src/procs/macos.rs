@@ -336,6 +336,24 @@ pub fn rss_bytes(pid: i32) -> Option<u64> {
     Some(t.pti_resident_size)
 }
 
+/// The most memory the process has held: its lifetime maximum physical footprint
+/// (`proc_pid_rusage`, `RUSAGE_INFO_V4`), which on Apple Silicon also counts what
+/// it holds of the unified memory for the GPU.
+pub fn peak_rss_bytes(pid: i32) -> Option<u64> {
+    // SAFETY: rusage_info_v4 is plain old data, for which all zeroes is valid.
+    let mut info: libc::rusage_info_v4 = unsafe { zeroed() };
+    // SAFETY: the buffer is a rusage_info_v4, the structure the V4 flavour fills
+    // (the C prototype takes it as a `rusage_info_t *`).
+    let rc = unsafe {
+        libc::proc_pid_rusage(
+            pid,
+            libc::RUSAGE_INFO_V4,
+            (&mut info as *mut libc::rusage_info_v4).cast::<libc::rusage_info_t>(),
+        )
+    };
+    (rc == 0).then_some(info.ri_lifetime_max_phys_footprint)
+}
+
 /// Whether `pid` holds a TCP socket listening on `port`.
 fn listens(pid: i32, port: u16) -> bool {
     let Some(b) = pidinfo::<libc::proc_bsdinfo>(pid, PROC_PIDTBSDINFO, 0) else {

@@ -47,6 +47,9 @@ mod os {
     pub fn rss_bytes(_: i32) -> Option<u64> {
         None
     }
+    pub fn peak_rss_bytes(_: i32) -> Option<u64> {
+        None
+    }
     pub fn listener_pids(_: u16) -> Option<Vec<i32>> {
         None
     }
@@ -105,11 +108,21 @@ pub fn tree_of_group(pgid: i32) -> Vec<i32> {
 /// reading of the process table: what a memory budget adds up. None for a group
 /// none of whose processes could be read.
 pub fn trees_rss(pgids: &[i32]) -> Vec<Option<u64>> {
+    trees_sum(pgids, rss_bytes)
+}
+
+/// The most memory each group's tree has held: the sum of its processes' peaks
+/// ([`peak_rss_bytes`]; an upper bound, as they need not have peaked together).
+pub fn trees_peak_rss(pgids: &[i32]) -> Vec<Option<u64>> {
+    trees_sum(pgids, peak_rss_bytes)
+}
+
+fn trees_sum(pgids: &[i32], of: fn(i32) -> Option<u64>) -> Vec<Option<u64>> {
     let all = all_processes();
     pgids
         .iter()
         .map(|&g| {
-            let sizes: Vec<u64> = tree_in(&all, g).into_iter().filter_map(rss_bytes).collect();
+            let sizes: Vec<u64> = tree_in(&all, g).into_iter().filter_map(of).collect();
             (!sizes.is_empty()).then(|| sizes.iter().sum())
         })
         .collect()
@@ -168,6 +181,12 @@ pub fn thread_count(pid: i32) -> Option<usize> {
 /// Resident memory in bytes.
 pub fn rss_bytes(pid: i32) -> Option<u64> {
     os::rss_bytes(pid)
+}
+
+/// The most memory the process has held, in bytes (Linux: `VmHWM`; macOS: the
+/// lifetime maximum physical footprint).
+pub fn peak_rss_bytes(pid: i32) -> Option<u64> {
+    os::peak_rss_bytes(pid)
 }
 
 /// Who listens on TCP `port`: None when nobody does (as far as we can tell); the
@@ -237,6 +256,21 @@ mod tests {
         assert!(thread_count(me.pid).unwrap() >= 1);
         assert!(rss_bytes(me.pid).unwrap() > 0);
         assert!(tree_of_group(me.pgid).contains(&me.pid));
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn the_peak_remembers_memory_given_back() {
+        let me = std::process::id() as i32;
+        {
+            // Touched pages: resident, then given back.
+            let v = vec![1u8; 64 << 20];
+            std::hint::black_box(&v);
+        }
+        let peak = peak_rss_bytes(me).expect("our own peak");
+        assert!(peak >= 64 << 20, "{peak}");
+        assert!(peak >= rss_bytes(me).unwrap());
+        assert_eq!(trees_peak_rss(&[-1]), vec![None]);
     }
 
     #[test]

@@ -313,6 +313,7 @@ impl Supervisor {
             budget_bytes: u.limit,
             used_bytes: u.used,
             reserved_bytes: u.reserved,
+            headroom_bytes: u.headroom,
         })
     }
 
@@ -387,6 +388,7 @@ fn scaling_status(
         unloaded_reason: r.unloaded.map(|(_, w)| w),
         cold_starts: r.cold_starts,
         last_cold_start_ms: r.last_cold_start_ms,
+        last_cold_start_wait_ms: r.last_cold_start_wait_ms,
         scale_ups: r.scale_ups,
         scale_downs: r.scale_downs,
         evictions: r.evictions,

@@ -178,6 +178,7 @@ impl Coordinator {
             match b.admit(self.service.name.as_str(), self.slots[i].index) {
                 Admission::Go => {}
                 Admission::Wait(msg) => {
+                    self.held_since.get_or_insert(now);
                     if self.holdup.as_deref() != Some(msg.as_str()) {
                         tracing::info!(service = %self.service.name, "a worker waits to start: {msg}");
                         self.dispatcher().set_holdup(Some(format!(
@@ -193,6 +194,10 @@ impl Coordinator {
         if self.holdup.take().is_some() {
             self.dispatcher().set_holdup(None);
         }
+        let waited = self
+            .held_since
+            .take()
+            .map(|t| now.saturating_duration_since(t));
         let handle = self.spawn_as(i, true, true);
         let wid = handle.wid;
         tokio::spawn(watch_start(
@@ -213,6 +218,10 @@ impl Coordinator {
         );
         self.count_scale("up", why.label());
         self.load.lock().scale_ups += 1;
+        if why == Start::Demand {
+            self.load.lock().last_cold_start_wait_ms =
+                Some(waited.unwrap_or_default().as_millis() as u64);
+        }
         self.starts.push((wid, why, now));
     }
 
@@ -287,6 +296,13 @@ impl Coordinator {
         let Some((_, tx)) = self.dispatcher().take_idle(Some(wid)) else {
             return;
         };
+        if let Some(i) = self
+            .slots
+            .iter()
+            .position(|s| s.handle.as_ref().is_some_and(|h| h.wid == wid))
+        {
+            self.observe_memory(i);
+        }
         let _ = tx.send(Command::Retire);
         let timeout = self.service.scaling.idle_timeout.unwrap_or_default();
         let why = format!(
@@ -344,10 +360,13 @@ impl Coordinator {
         self.load.lock().unloaded = Some((crate::timefmt::now(), why));
     }
 
-    /// Records what slot `i`'s worker holds now (what the next start may need).
+    /// Records the most slot `i`'s worker has held (what the next start may need).
     fn observe_memory(&self, i: usize) {
         if let Some(pid) = self.handle(i).status.borrow().pid {
-            for rss in paddock_sys::procs::trees_rss(&[pid]).into_iter().flatten() {
+            for rss in paddock_sys::procs::trees_peak_rss(&[pid])
+                .into_iter()
+                .flatten()
+            {
                 self.load.observe(rss);
             }
         }

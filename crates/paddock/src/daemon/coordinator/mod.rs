@@ -182,6 +182,7 @@ pub fn start(
         retry_at: None,
         failed_starts: 0,
         holdup: None,
+        held_since: None,
     };
     tokio::spawn(c.run(orders_rx, asks));
     handle
@@ -212,6 +213,8 @@ struct Coordinator {
     failed_starts: u32,
     /// Why the budget holds a start back, as last logged.
     holdup: Option<String>,
+    /// Since when a start has waited for the budget.
+    held_since: Option<Instant>,
 }
 
 impl Coordinator {

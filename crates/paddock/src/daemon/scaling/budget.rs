@@ -57,6 +57,11 @@ pub struct Usage {
     pub used: u64,
     /// Reserved for admitted starts, beyond what those workers hold yet.
     pub reserved: u64,
+    /// What loaded workers may grow back to: each one's expected size (its
+    /// service's memory_estimate, else the most one of its workers held) beyond
+    /// what it holds now. A worker that held 250 MiB while it served and 170 MiB
+    /// idle still needs its 250.
+    pub headroom: u64,
     /// Per service: its workers, what they hold, how many serve a request now.
     pub holders: Vec<(String, usize, u64, usize)>,
 }
@@ -137,7 +142,7 @@ impl Budget {
             _ => (0, "unknown: it has not run yet"),
         };
         let u = usage_of(&st, self.limit);
-        let taken = u.used + u.reserved;
+        let taken = u.used + u.reserved + u.headroom;
         let fits = if need == 0 {
             taken < self.limit
         } else {
@@ -216,7 +221,7 @@ impl Budget {
             })
             .collect();
         Admission::Wait(format!(
-            "memory_budget {} is held: {} in use ({}), {} reserved for workers starting; {service} needs about {} ({known}) and no idle worker of another service may be unloaded",
+            "memory_budget {} is held: {} in use ({}), {} more that loaded workers reached before, {} reserved for workers starting; {service} needs about {} ({known}) and no idle worker of another service may be unloaded",
             mib(self.limit),
             mib(u.used),
             if held.is_empty() {
@@ -224,6 +229,7 @@ impl Budget {
             } else {
                 held.join(", ")
             },
+            mib(u.headroom),
             mib(u.reserved),
             mib(need)
         ))
@@ -237,8 +243,9 @@ impl Budget {
             .retain(|r| !(r.service == service && r.index == index));
     }
 
-    /// Reads every worker's memory once a second and remembers each service's
-    /// largest (what its next start is expected to need).
+    /// Reads every worker's peak memory once a second (the kernel's high-water
+    /// mark, so a spike while a model loads is not missed) and remembers each
+    /// service's largest: what its next start is expected to need.
     pub async fn sample(self: Arc<Budget>) {
         loop {
             {
@@ -253,7 +260,10 @@ impl Budget {
                             w.state.serving().then_some(w.pid).flatten()
                         })
                         .collect();
-                    for rss in paddock_sys::procs::trees_rss(&pids).into_iter().flatten() {
+                    for rss in paddock_sys::procs::trees_peak_rss(&pids)
+                        .into_iter()
+                        .flatten()
+                    {
                         m.load.observe(rss);
                     }
                 }
@@ -279,15 +289,20 @@ fn usage_of(st: &State, limit: u64) -> Usage {
         let pids: Vec<i32> = live.iter().filter_map(|w| w.pid).collect();
         let sizes = paddock_sys::procs::trees_rss(&pids);
         let mut total = 0;
+        let expected = match m.service.scaling.memory_estimate {
+            0 => m.load.lock().memory_peak,
+            e => e,
+        };
         for (w, rss) in live.iter().zip(&sizes) {
             let rss = rss.unwrap_or(0);
             total += rss;
-            if let Some(r) = st
+            match st
                 .reservations
                 .iter()
                 .find(|r| r.service == m.service.name.as_str() && r.index == w.index)
             {
-                u.reserved += r.bytes.saturating_sub(rss);
+                Some(r) => u.reserved += r.bytes.saturating_sub(rss),
+                None => u.headroom += expected.saturating_sub(rss),
             }
         }
         // Reserved for a start whose process does not exist yet.

@@ -21,6 +21,9 @@ pub struct LoadRecord {
     /// READY.
     pub cold_starts: u64,
     pub last_cold_start_ms: Option<u64>,
+    /// How long the last cold start waited for room in the memory budget (for
+    /// evicted workers to exit) before its spawn.
+    pub last_cold_start_wait_ms: Option<u64>,
     /// Workers stopped to make room in the memory budget, and the last reason.
     pub evictions: u64,
     pub last_eviction: Option<String>,
