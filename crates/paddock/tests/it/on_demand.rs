@@ -450,3 +450,77 @@ fn on_demand_loading_keeps_working_through_reload_and_a_worker_crash() {
     env.stop_ok();
     env.assert_nothing_left();
 }
+
+#[test]
+fn a_start_the_budget_cannot_fit_answers_503_naming_the_budget_and_what_holds_it() {
+    let mut env = Env::new();
+    env.instance_extra = "memory_budget = \"500MiB\"".into();
+    // `a` keeps its worker (min_workers = 1): nothing may be evicted for `b`.
+    let services =
+        format!(
+        "{}{}",
+        env.worker_with("a", "fake_worker.py", &[("FAKE_HOLD_MB", "300")], "workers = 1"),
+        env.worker_with(
+            "b",
+            "fake_worker.py",
+            &[("FAKE_HOLD_MB", "300")],
+            "min_workers = 0\nmax_workers = 1\nqueue_timeout = \"1s\"\nstartup_timeout = \"2s\"",
+        )
+    );
+    env.config(&services);
+    env.start_ok();
+    let t0 = Instant::now();
+    let r = call(env.port, "b/predict", &json!({"op": "echo", "n": 1}));
+    let waited = t0.elapsed();
+    assert_eq!(r.code, 503, "{}", r.text());
+    let v = r.json();
+    let error = v["error"].as_str().unwrap();
+    assert!(error.contains("memory_budget 500 MiB is held"), "{v}");
+    assert!(error.contains("a 3"), "what holds it, and how much: {v}");
+    assert!(
+        error.contains("b needs about 3"),
+        "what the start waited for: {v}"
+    );
+    assert!(r.header("retry-after").is_some(), "{:?}", r.headers);
+    // It waited queue_timeout + startup_timeout (no worker was ready), not longer.
+    assert!(waited >= Duration::from_millis(2900), "{waited:?}");
+    assert!(waited < Duration::from_secs(6), "{waited:?}");
+    // `a` was never touched, and `b` never started.
+    assert_eq!(service(&env, "a")["scaling"]["evictions"], 0);
+    assert_eq!(service(&env, "b")["state"], "unloaded");
+    env.stop_ok();
+    env.assert_nothing_left();
+}
+
+#[test]
+fn workers_started_by_scaling_keep_their_gpu_placement() {
+    let env = Env::new();
+    env.config(&env.worker(
+        "m",
+        "min_workers = 1\nmax_workers = 2\ndevices = [0, 1]\nworkers_per_device = 1\nscale_up_after = \"200ms\"\nidle_timeout = \"60s\"",
+    ));
+    env.start_ok();
+    let load = {
+        let port = env.port;
+        std::thread::spawn(move || steady_load(port, "m", 20.0, 0.2, 3.0))
+    };
+    let workers = wait_until(Duration::from_secs(10), "a second worker", || {
+        let s = service(&env, "m");
+        let w = s["workers"].as_array().unwrap().clone();
+        (w.len() == 2 && w.iter().all(|w| w["state"] != "starting")).then_some(w)
+    });
+    load.join().unwrap();
+    for w in &workers {
+        assert_eq!(
+            w["device"], w["index"],
+            "worker {} on device {}",
+            w["index"], w["device"]
+        );
+        assert_eq!(
+            w["env_set"]["CUDA_VISIBLE_DEVICES"],
+            w["index"].to_string(),
+            "{w}"
+        );
+    }
+    env.stop_ok();
+}
