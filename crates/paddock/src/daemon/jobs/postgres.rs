@@ -13,7 +13,9 @@
 //!   LISTENs and wakes the service's pump, so no one polls for new work.
 //!
 //! Commands are applied in groups by the loop in `group_commit.rs`, one transaction per
-//! group and a savepoint per command; the rules are in `apply.rs`. This file holds
+//! group: the queue's traffic (enqueues, claims, starts, successes) in a few
+//! set-based statements (`postgres/bulk.rs`), everything else under a savepoint per
+//! command; the rules are in `apply.rs`. This file holds
 //! only PostgreSQL's dialect: schema, statements, connections, leases, NOTIFY.
 
 use std::collections::HashMap;
@@ -25,6 +27,7 @@ use tokio::sync::mpsc;
 use super::pump::Signals;
 use tokio_postgres::{Client, Transaction};
 
+mod bulk;
 mod conn;
 
 pub(in crate::daemon) use conn::redact;
@@ -138,6 +141,8 @@ pub async fn open(
             owner,
             lease_ms,
             url: url.to_string(),
+            prepared: None,
+            taken_over: HashMap::new(),
         },
         finishes.clone(),
     ));
@@ -145,9 +150,30 @@ pub async fn open(
 }
 
 /// Tells every daemon (`LISTEN paddock_finish`) which jobs' attempts ended or were
-/// cancelled in this transaction: delivered at its commit.
+/// cancelled in this transaction: delivered at its commit. Each notification
+/// carries many ids, separated by spaces ([`finish_payloads`]).
 const NOTIFY_FINISHED: &str =
-    "SELECT pg_notify('paddock_finish', id) FROM unnest($1::text[]) AS id";
+    "SELECT pg_notify('paddock_finish', ids) FROM unnest($1::text[]) AS ids";
+
+/// A notification's payload must stay under 8000 bytes.
+const PAYLOAD_MAX: usize = 7000;
+
+/// The ids of jobs that ended, as few payloads as fit: one notification per
+/// several hundred jobs instead of one per job (each costs the server a queue
+/// entry, and every listening daemon a wake-up).
+fn finish_payloads(ids: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = vec![];
+    for id in ids {
+        match out.last_mut() {
+            Some(p) if p.len() + 1 + id.len() <= PAYLOAD_MAX => {
+                p.push(' ');
+                p.push_str(id);
+            }
+            _ => out.push(id.clone()),
+        }
+    }
+    out
+}
 
 /// Renews this daemon's leases on its claimed and running jobs.
 static HEARTBEAT: LazyLock<String> = LazyLock::new(|| {
@@ -158,28 +184,61 @@ static HEARTBEAT: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// Claims queued jobs and takes over claimed and running ones whose lease expired,
-/// recorded in their history as interrupted (a claimed one may have been handed to
-/// a worker an instant before its start was recorded).
-static CLAIM: LazyLock<String> = LazyLock::new(|| {
-    let (claim, take_over) = (Transition::Claim, Transition::TakeOver);
+/// Takes over claimed and running jobs whose lease expired, recorded in their
+/// history as interrupted (a claimed one may have been handed to a worker an
+/// instant before its start was recorded). Parameters: now, owner, service, limit,
+/// the time as text, the lease.
+static TAKE_OVER: LazyLock<String> = LazyLock::new(|| {
     format!(
         "UPDATE paddock_jobs SET
-           history = CASE WHEN state IN ({over})
-             THEN history || jsonb_build_array(jsonb_build_object('attempt', attempts, 'at', $5::text,
-                  'outcome', 'interrupted', 'cause', jsonb_build_object('kind', 'lease_expired', 'owner', owner, 'state', state)))
-             ELSE history END,
+           history = history || jsonb_build_array(jsonb_build_object('attempt', attempts, 'at', $5::text,
+             'outcome', 'interrupted', 'cause', jsonb_build_object('kind', 'lease_expired', 'owner', owner, 'state', state))),
            state = {to}, owner = $2, lease_until_ms = $1 + $6
          WHERE seq IN (
            SELECT seq FROM paddock_jobs
-           WHERE service = $3 AND ((state IN ({queued}) AND run_after_ms <= $1) OR (state IN ({over}) AND lease_until_ms < $1))
+           WHERE service = $3 AND state IN ({over}) AND lease_until_ms < $1
+           ORDER BY seq LIMIT $4 FOR UPDATE SKIP LOCKED)
+         RETURNING id, method, content_type, body, failures, seq, priority",
+        over = Transition::TakeOver.sources_sql(),
+        to = Transition::Claim.to_sql(),
+    )
+});
+
+/// Claims queued jobs whose time came, highest priority first, then the oldest:
+/// the order of the `paddock_jobs_claim` index, read in order and stopped at the
+/// limit (a condition ORed with the take-over made the server sort every queued
+/// job of the service at each claim). Parameters: now, owner, service, limit, the
+/// lease.
+static CLAIM: LazyLock<String> = LazyLock::new(|| {
+    let claim = Transition::Claim;
+    format!(
+        "UPDATE paddock_jobs SET state = {to}, owner = $2, lease_until_ms = $1 + $5
+         WHERE seq IN (
+           SELECT seq FROM paddock_jobs
+           WHERE service = $3 AND state IN ({queued}) AND run_after_ms <= $1
            ORDER BY priority DESC, run_after_ms, seq LIMIT $4 FOR UPDATE SKIP LOCKED)
          RETURNING id, method, content_type, body, failures, seq, priority",
-        over = take_over.sources_sql(),
         queued = claim.sources_sql(),
         to = claim.to_sql(),
     )
 });
+
+/// A claimed row (`RETURNING id, method, content_type, body, failures, seq,
+/// priority`), with its `seq`.
+fn claimed_of(r: &tokio_postgres::Row) -> (i64, Claimed) {
+    (
+        r.get(5),
+        Claimed {
+            id: r.get(0),
+            seq: r.get(5),
+            method: r.get(1),
+            content_type: r.get(2),
+            body: r.get(3),
+            failures: r.get::<_, i32>(4) as u32,
+            priority: r.get(6),
+        },
+    )
+}
 
 /// Scheduled jobs of a service whose time came join the queue (before a claim).
 static DUE: LazyLock<String> = LazyLock::new(|| {
@@ -254,83 +313,166 @@ struct Postgres {
     owner: String,
     lease_ms: i64,
     url: String,
+    /// The fast path's statements on this connection (prepared again after a
+    /// reconnect).
+    prepared: Option<bulk::Prepared>,
+    /// When the fast path last looked for expired leases, per service.
+    taken_over: HashMap<String, std::time::Instant>,
 }
 
 impl Dialect for Postgres {
     async fn apply_group(&mut self, cmds: Vec<Cmd>) -> Applied {
         if self.client.is_closed() {
             self.client = reconnect(&self.url, "store").await;
+            self.prepared = None;
         }
-        let tx = match self.client.transaction().await {
-            Ok(tx) => PgTx {
-                tx,
-                owner: &self.owner,
-                lease_ms: self.lease_ms,
-            },
-            Err(e) => {
-                return Applied {
-                    replies: cmds.into_iter().map(refused).collect(),
-                    commit: Err(StoreError::from(e)),
-                    again: vec![],
-                };
+        if self.prepared.is_none() {
+            match bulk::Prepared::new(&self.client).await {
+                Ok(p) => self.prepared = Some(p),
+                Err(e) => tracing::warn!("job store: preparing its statements: {e}"),
             }
+        }
+        let Postgres {
+            client,
+            owner,
+            lease_ms,
+            prepared,
+            taken_over,
+            ..
+        } = self;
+        if let Some(p) = prepared.as_ref()
+            && cmds.iter().any(bulk::fast)
+        {
+            let tx = match client.transaction().await {
+                Ok(tx) => tx,
+                Err(e) => return not_begun(cmds, e),
+            };
+            match bulk::apply(&tx, p, &cmds, owner, *lease_ms, taken_over).await {
+                Ok(d) => {
+                    return careful(
+                        PgTx {
+                            tx,
+                            owner,
+                            lease_ms: *lease_ms,
+                        },
+                        cmds,
+                        Some(d),
+                    )
+                    .await;
+                }
+                // Rolled back (the transaction is dropped): the careful path
+                // applies the whole group again, a savepoint per command.
+                Err(e) => tracing::warn!(
+                    "job store: a group's bulk statements failed ({e}); applying its {} commands one at a time",
+                    cmds.len()
+                ),
+            }
+        }
+        let tx = match client.transaction().await {
+            Ok(tx) => tx,
+            Err(e) => return not_begun(cmds, e),
         };
-        let ended: Vec<String> = cmds.iter().filter_map(Cmd::ended).collect();
-        let mut replies = Vec::with_capacity(cmds.len());
-        let mut again = vec![];
-        let mut broken = None;
-        let mut cmds = cmds.into_iter();
-        for cmd in cmds.by_ref() {
-            // One failing statement aborts a PostgreSQL transaction: each command
-            // runs under a savepoint, so a failure undoes that command alone and its
-            // caller hears of it, instead of the whole group rolling back behind
-            // acknowledged replies.
-            if let Err(e) = tx.tx.batch_execute("SAVEPOINT cmd").await {
-                broken = Some(StoreError::from(e));
-                replies.push(refused(cmd));
-                break;
-            }
-            let outcome = cmd.outcome();
-            let r = apply(&tx, cmd).await;
-            match tx.tx.batch_execute("RELEASE SAVEPOINT cmd").await {
-                Ok(()) => replies.push(r),
-                Err(e) => {
-                    let why = StoreError::from(e);
-                    tracing::error!("job store command rolled back: {why}");
-                    replies.push(Box::new(move |_| {
-                        r(Some(&StoreError::Failed(format!("rolled back: {why}"))))
-                    }));
-                    // A job's outcome must not be lost to a transient failure (a
-                    // deadlock, a serialization failure): it goes in a later group.
-                    again.extend(outcome);
-                    if let Err(e) = tx
-                        .tx
-                        .batch_execute("ROLLBACK TO SAVEPOINT cmd; RELEASE SAVEPOINT cmd")
-                        .await
-                    {
-                        broken = Some(StoreError::from(e));
-                        break;
-                    }
+        careful(
+            PgTx {
+                tx,
+                owner,
+                lease_ms: *lease_ms,
+            },
+            cmds,
+            None,
+        )
+        .await
+    }
+}
+
+/// The group's transaction could not begin: every caller hears why.
+fn not_begun(cmds: Vec<Cmd>, e: tokio_postgres::Error) -> Applied {
+    Applied {
+        replies: cmds.into_iter().map(refused).collect(),
+        commit: Err(StoreError::from(e)),
+        again: vec![],
+    }
+}
+
+/// Applies the commands the fast path did not (all of them when `done` is None),
+/// each under a savepoint; answers those it did from `done`; then commits.
+async fn careful(tx: PgTx<'_>, cmds: Vec<Cmd>, mut done: Option<bulk::Done>) -> Applied {
+    let ended: Vec<String> = cmds.iter().filter_map(Cmd::ended).collect();
+    let mut replies = Vec::with_capacity(cmds.len());
+    let mut again = vec![];
+    let mut broken = None;
+    let mut cmds = cmds.into_iter().enumerate();
+    for (i, cmd) in cmds.by_ref() {
+        if let Some(d) = done.as_mut()
+            && bulk::fast(&cmd)
+        {
+            replies.push(match cmd {
+                Cmd::Enqueue(_, r) => super::reply(
+                    r,
+                    d.enqueued
+                        .remove(&i)
+                        .map(|v| (v, true))
+                        .ok_or_else(|| JobError::Store("the enqueued job was not returned".into())),
+                ),
+                Cmd::Claim { reply, .. } => {
+                    super::claim_reply(reply, d.claimed.remove(&i).unwrap_or_default())
+                }
+                _ => Box::new(|_: Option<&StoreError>| {}),
+            });
+            continue;
+        }
+        // One failing statement aborts a PostgreSQL transaction: each command
+        // runs under a savepoint, so a failure undoes that command alone and its
+        // caller hears of it, instead of the whole group rolling back behind
+        // acknowledged replies.
+        if let Err(e) = tx.tx.batch_execute("SAVEPOINT cmd").await {
+            broken = Some(StoreError::from(e));
+            replies.push(refused(cmd));
+            break;
+        }
+        let outcome = cmd.outcome();
+        let r = apply(&tx, cmd).await;
+        match tx.tx.batch_execute("RELEASE SAVEPOINT cmd").await {
+            Ok(()) => replies.push(r),
+            Err(e) => {
+                let why = StoreError::from(e);
+                tracing::error!("job store command rolled back: {why}");
+                replies.push(Box::new(move |_| {
+                    r(Some(&StoreError::Failed(format!("rolled back: {why}"))))
+                }));
+                // A job's outcome must not be lost to a transient failure (a
+                // deadlock, a serialization failure): it goes in a later group.
+                again.extend(outcome);
+                if let Err(e) = tx
+                    .tx
+                    .batch_execute("ROLLBACK TO SAVEPOINT cmd; RELEASE SAVEPOINT cmd")
+                    .await
+                {
+                    broken = Some(StoreError::from(e));
+                    break;
                 }
             }
         }
-        replies.extend(cmds.map(refused));
-        // Daemons waiting for these jobs (long-polls) hear of their end at the commit.
-        if broken.is_none()
-            && !ended.is_empty()
-            && let Err(e) = tx.tx.execute(NOTIFY_FINISHED, &[&ended]).await
-        {
-            broken = Some(StoreError::from(e));
-        }
-        let commit = match broken {
-            Some(e) => Err(e),
-            None => tx.tx.commit().await.map_err(StoreError::from),
-        };
-        Applied {
-            replies,
-            commit,
-            again,
-        }
+    }
+    replies.extend(cmds.map(|(_, c)| refused(c)));
+    // Daemons waiting for these jobs (long-polls) hear of their end at the commit.
+    if broken.is_none()
+        && !ended.is_empty()
+        && let Err(e) = tx
+            .tx
+            .execute(NOTIFY_FINISHED, &[&finish_payloads(&ended)])
+            .await
+    {
+        broken = Some(StoreError::from(e));
+    }
+    let commit = match broken {
+        Some(e) => Err(e),
+        None => tx.tx.commit().await.map_err(StoreError::from),
+    };
+    Applied {
+        replies,
+        commit,
+        again,
     }
 }
 
@@ -402,10 +544,10 @@ impl Tx for PgTx<'_> {
             .execute(DUE.as_str(), &[&service, &now])
             .await
             .map_err(StoreError::from)?;
-        let rows = self
+        let mut rows = self
             .tx
             .query(
-                CLAIM.as_str(),
+                TAKE_OVER.as_str(),
                 &[
                     &now,
                     &self.owner,
@@ -417,23 +559,19 @@ impl Tx for PgTx<'_> {
             )
             .await
             .map_err(StoreError::from)?;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                (
-                    r.get(5),
-                    Claimed {
-                        id: r.get(0),
-                        seq: r.get(5),
-                        method: r.get(1),
-                        content_type: r.get(2),
-                        body: r.get(3),
-                        failures: r.get::<_, i32>(4) as u32,
-                        priority: r.get(6),
-                    },
-                )
-            })
-            .collect())
+        if rows.len() < limit {
+            let left = (limit - rows.len()) as i64;
+            rows.extend(
+                self.tx
+                    .query(
+                        CLAIM.as_str(),
+                        &[&now, &self.owner, &service, &left, &self.lease_ms],
+                    )
+                    .await
+                    .map_err(StoreError::from)?,
+            );
+        }
+        Ok(rows.iter().map(claimed_of).collect())
     }
 
     async fn finish(&self, id: &str, finish: Finish) -> Result<u64, StoreError> {
@@ -636,5 +774,19 @@ impl Tx for PgTx<'_> {
             .await
             .map_err(db)?;
         Ok(row.get(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ended_jobs_share_notifications_and_each_stays_under_the_payload_limit() {
+        let ids: Vec<String> = (0..1000).map(|i| format!("j{i:027}")).collect();
+        let payloads = super::finish_payloads(&ids);
+        assert_eq!(payloads.len(), 1000 * 29 / super::PAYLOAD_MAX + 1);
+        assert!(payloads.iter().all(|p| p.len() <= super::PAYLOAD_MAX));
+        let back: Vec<&str> = payloads.iter().flat_map(|p| p.split(' ')).collect();
+        assert_eq!(back, ids.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(super::finish_payloads(&[]).is_empty());
     }
 }

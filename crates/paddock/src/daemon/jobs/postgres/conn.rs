@@ -56,7 +56,7 @@ pub(in crate::daemon) fn redact(url: &str) -> String {
 
 /// A connection that LISTENs for new jobs and wakes the matching pump, for
 /// cancelled jobs (`paddock_cancel`, "SERVICE ID") that this daemon's pump may hold
-/// claimed, and for finished jobs (`paddock_finish`, "ID") clients may wait for; it reconnects if the connection is lost (the pumps' periodic claim
+/// claimed, and for finished jobs (`paddock_finish`, "ID ID …") clients may wait for; it reconnects if the connection is lost (the pumps' periodic claim
 /// covers the gap; a cancel missed meanwhile is found when the job's start or
 /// outcome does not apply).
 pub(super) async fn listen(
@@ -108,7 +108,9 @@ pub(super) async fn listen(
                     }
                     msg = std::future::poll_fn(|cx| conn.poll_message(cx)) => match msg {
                         Some(Ok(AsyncMessage::Notification(n))) => match n.channel() {
-                            "paddock_finish" => finishes.committed([n.payload()]),
+                            // Several ids, separated by spaces (one id from
+                            // daemons before the bulk store).
+                            "paddock_finish" => finishes.committed(n.payload().split(' ')),
                             "paddock_cancel" => {
                                 if let Some((service, id)) = n.payload().split_once(' ')
                                     && let Some(p) = pumps.get(service)
