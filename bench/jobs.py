@@ -3,11 +3,17 @@
 result committed — on paddock's SQLite store, and on Celery 5 + Redis, in one run.
 
     python3 bench/jobs.py [--jobs 5000] [--clients 16] [--skip-celery] [--client]
+                          [--postgres [URL]] [--postgres-jobs N] [--celery-jobs N] [--skip-sqlite]
 
 With `--client`, each side is driven through its own Python client, as its users
 would: `paddock.Client().submit()` from the client threads, then `job.result()` for
 every job in turn (the daemon's long-poll), against Celery's `.delay()` from the
 same number of threads, then `.get()` for every result in turn.
+
+With `--postgres`, paddock also runs on the PostgreSQL store (a throwaway server
+from .ci/postgres.sh unless a base URL is given), in the same run. The job counts
+of each side can differ (`--postgres-jobs`, `--celery-jobs`), so that each side
+runs for about as long (the issue's bar: runs of at least 60 s).
 
 Needs a release build; for the Celery side `pip install celery redis` and a
 `redis-server` binary (Debian: apt-get install redis-server).
@@ -25,7 +31,9 @@ import tempfile
 import threading
 import time
 
-from common import free_port, start_paddock
+import re
+
+from common import BENCH, ROOT, free_port, start_paddock
 
 
 def post_many(port, ids, n, clients):
@@ -80,27 +88,44 @@ def in_threads(n, clients, one):
 
 
 def count_done(port):
+    """Jobs done, from /metrics (the store's own count)."""
     c = http.client.HTTPConnection("127.0.0.1", port)
-    done, after = 0, 0
-    while True:
-        c.request("GET", f"/v1/jobs?state=done&limit=1000&after={after}")
-        v = json.loads(c.getresponse().read())
-        done += len(v["jobs"])
-        if v["next"] is None:
-            return done
-        after = v["next"]
+    c.request("GET", "/metrics")
+    text = c.getresponse().read().decode()
+    c.close()
+    m = re.search(r'(?m)^paddock_jobs\{service="noop",state="done"\} (\S+)$', text)
+    return float(m.group(1)) if m else 0
 
 
-def run_paddock(n, clients):
+def postgres_config(base):
+    """bench/jobs.toml on the PostgreSQL store at `base` (a fresh database)."""
+    db = f"benchjobs{os.getpid()}"
+    subprocess.run(["psql", f"{base}/postgres", "-qc", f"CREATE DATABASE {db}"], check=True)
+    tmp = tempfile.mkdtemp(prefix="pdjobs")
+    path = os.path.join(tmp, "jobs.toml")
+    with open(path, "w") as f:
+        f.write(f"""[instance]
+name = "benchjobspg"
+store = "{base}/{db}"
+[services.noop]
+command = ["python3", "{os.path.join(BENCH, 'noop_worker.py')}"]
+workers = 2
+jobs_share = 1.0
+env = {{ PYTHONPATH = "{os.path.join(ROOT, 'sdk', 'python')}" }}
+""")
+    return path
+
+
+def run_paddock(n, clients, config="jobs.toml"):
     port = free_port()
-    _, stop = start_paddock("jobs.toml", port)
+    _, stop = start_paddock(config, port)
     try:
         ids = []
         t0 = time.monotonic()
         post_many(port, ids, n, clients)
         t_enq = time.monotonic() - t0
         while count_done(port) < n:
-            time.sleep(0.05)
+            time.sleep(0.2)
         total = time.monotonic() - t0
         return {"n": n, "enqueue_s": t_enq, "total_s": total, "jobs_per_s": n / total}
     finally:
@@ -188,8 +213,35 @@ def main():
     ap.add_argument("--skip-celery", action="store_true")
     ap.add_argument("--client", action="store_true",
                     help="drive paddock through paddock.Client (submit + result)")
+    ap.add_argument("--postgres", nargs="?", const="", default=None,
+                    help="also run on the PostgreSQL store (a server's base URL, or a throwaway one)")
+    ap.add_argument("--postgres-jobs", type=int, help="jobs for the PostgreSQL side (default: --jobs)")
+    ap.add_argument("--celery-jobs", type=int, help="jobs for the Celery side (default: --jobs)")
+    ap.add_argument("--skip-sqlite", action="store_true")
     a = ap.parse_args()
-    if a.client:
+    pg = None
+    if a.postgres is not None:
+        base, started = a.postgres, None
+        if not base:
+            out = subprocess.run(["bash", os.path.join(ROOT, ".ci", "postgres.sh")], check=True,
+                                 capture_output=True, text=True)
+            base = out.stdout.strip()
+            started = re.search(r"running in (\S+)", out.stderr).group(1)
+        try:
+            pg = run_paddock(a.postgres_jobs or a.jobs, a.clients, postgres_config(base))
+            print(f"paddock (PostgreSQL): {pg['n']} no-op jobs in {pg['total_s']:.2f}s "
+                  f"(enqueued in {pg['enqueue_s']:.2f}s): {pg['jobs_per_s']:.0f} jobs/s end to end", flush=True)
+        finally:
+            if started:
+                pgbin = sorted(os.listdir("/usr/lib/postgresql"))[-1]
+                cmd = [f"/usr/lib/postgresql/{pgbin}/bin/pg_ctl", "-D", f"{started}/data", "-m", "fast", "stop"]
+                if os.getuid() == 0:
+                    cmd = ["runuser", "-u", "postgres", "--"] + cmd
+                subprocess.run(cmd, stdout=subprocess.DEVNULL)
+    pd = None
+    if a.skip_sqlite:
+        pass
+    elif a.client:
         pd = run_paddock_client(a.jobs, a.clients)
         print(f"paddock (SQLite) through paddock.Client, submit + result: {pd['n']} no-op jobs in "
               f"{pd['total_s']:.2f}s (submitted in {pd['enqueue_s']:.2f}s, {pd['requests']} requests): "
@@ -197,12 +249,15 @@ def main():
     else:
         pd = run_paddock(a.jobs, a.clients)
         print(f"paddock (SQLite, synchronous=FULL): {pd['n']} no-op jobs in {pd['total_s']:.2f}s "
-              f"(enqueued in {pd['enqueue_s']:.2f}s): {pd['jobs_per_s']:.0f} jobs/s end to end")
+              f"(enqueued in {pd['enqueue_s']:.2f}s): {pd['jobs_per_s']:.0f} jobs/s end to end", flush=True)
     if not a.skip_celery:
-        ce = run_celery(a.jobs, a.clients)
+        ce = run_celery(a.celery_jobs or a.jobs, a.clients)
         print(f"celery 5 + redis (prefork -c 2, acks_late), delay + get: {ce['n']} no-op jobs in {ce['total_s']:.2f}s "
               f"(enqueued in {ce['enqueue_s']:.2f}s): {ce['jobs_per_s']:.0f} jobs/s end to end")
-        print(f"paddock / celery: {pd['jobs_per_s'] / ce['jobs_per_s']:.2f}x")
+        if pd:
+            print(f"paddock (SQLite) / celery: {pd['jobs_per_s'] / ce['jobs_per_s']:.2f}x")
+        if pg:
+            print(f"paddock (PostgreSQL) / celery: {pg['jobs_per_s'] / ce['jobs_per_s']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,10 @@
 //!   batched method occupies `1 / max_size` of a worker (a batch of them fills one
 //!   worker), any other job a whole worker;
 //! - claims are made in batches (prefetch) and completions are grouped by the store,
-//!   so the store's fsyncs are shared by many jobs;
+//!   so the store's fsyncs are shared by many jobs. A claim runs beside the pump's
+//!   work, not instead of it: the jobs already claimed keep going to workers while
+//!   the next batch is claimed (a PostgreSQL claim takes a few milliseconds, in
+//!   which two workers finish many no-op jobs);
 //! - every claimed job is finished exactly once: done, failed (with its cause),
 //!   released back to the queue if it never reached a worker, or dropped unrun when
 //!   it was cancelled while claimed;
@@ -63,6 +66,10 @@ impl Signals {
     }
 }
 
+/// The fewest jobs claimed ahead: a claim's round trip to PostgreSQL is a few
+/// milliseconds, in which two workers finish dozens of short jobs.
+const PREFETCH_MIN: usize = 64;
+
 /// How many jobs may be with workers at once.
 pub fn capacity(service: &Service) -> usize {
     ((service.workers as f64 * service.jobs_share).round() as usize).max(1)
@@ -102,11 +109,21 @@ async fn run(
     let mut occupied = 0f64;
     let mut maybe_more = true;
     let mut next_tick = std::time::Instant::now() + Duration::from_millis(250);
+    // The claim under way (how many it asked for, and its answer), and the jobs
+    // cancelled meanwhile: its answer may hold them.
+    let mut claiming: Option<
+        std::pin::Pin<Box<dyn Future<Output = (usize, Vec<Claimed>)> + Send>>,
+    > = None;
+    let mut cancelled_meanwhile: Vec<String> = vec![];
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(f64, String, Arc<Abort>)>();
     // The jobs workers have now, by id: how a cancel reaches the one running it.
     let mut running: HashMap<String, Arc<Abort>> = HashMap::new();
     loop {
         if *shutdown.borrow() {
+            // A claim under way was committed or will be: its jobs go back too.
+            if let Some(c) = claiming.take() {
+                buffer.extend(c.await.1);
+            }
             for job in buffer.drain(..) {
                 store.finish(
                     job.id,
@@ -120,13 +137,16 @@ async fn run(
             // released by their tasks.
             return;
         }
-        // Enough claimed ahead to fill a batch on every worker jobs may use.
-        let prefetch = cap * 4 * dispatcher.largest_batch();
-        if maybe_more && buffer.len() < cap * dispatcher.largest_batch() {
+        // Enough claimed ahead to fill a batch on every worker jobs may use, and to
+        // keep them busy while the next claim is made.
+        let batch = dispatcher.largest_batch();
+        let prefetch = (cap * 4 * batch).max(PREFETCH_MIN);
+        if maybe_more && claiming.is_none() && buffer.len() < (prefetch / 2).max(cap * batch) {
             let want = prefetch - buffer.len();
-            let got = store.claim(service.name.as_str(), want).await;
-            maybe_more = got.len() == want;
-            buffer.extend(got);
+            let (store, name) = (store.clone(), service.name.to_string());
+            claiming = Some(Box::pin(
+                async move { (want, store.claim(&name, want).await) },
+            ));
         }
         while let Some(next) = buffer.front() {
             let share = 1.0 / dispatcher.batch_size(&next.method) as f64;
@@ -167,6 +187,13 @@ async fn run(
             });
         }
         tokio::select! {
+            (want, got) = async { claiming.as_mut().expect("the branch needs a claim").await }, if claiming.is_some() => {
+                claiming = None;
+                maybe_more = got.len() == want;
+                // Cancelled while the claim was under way: dropped unrun.
+                buffer.extend(got.into_iter().filter(|j| !cancelled_meanwhile.contains(&j.id)));
+                cancelled_meanwhile.clear();
+            }
             Some((share, id, abort)) = done_rx.recv() => {
                 in_flight -= 1;
                 occupied -= share;
@@ -188,6 +215,9 @@ async fn run(
                 buffer.retain(|j| j.id != id);
                 if let Some(abort) = running.get(&id) {
                     abort.request();
+                }
+                if claiming.is_some() {
+                    cancelled_meanwhile.push(id);
                 }
             }
             // Jobs waiting out a backoff (or a dead node's lease) become due without
