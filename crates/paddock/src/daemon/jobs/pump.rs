@@ -66,6 +66,10 @@ impl Signals {
     }
 }
 
+/// A claim the pump made and has not heard back from: how many it asked for, and
+/// what it got.
+type ClaimUnderWay = std::pin::Pin<Box<dyn Future<Output = (usize, Vec<Claimed>)> + Send>>;
+
 /// The fewest jobs claimed ahead: a claim's round trip to PostgreSQL is a few
 /// milliseconds, in which two workers finish dozens of short jobs.
 const PREFETCH_MIN: usize = 64;
@@ -111,9 +115,7 @@ async fn run(
     let mut next_tick = std::time::Instant::now() + Duration::from_millis(250);
     // The claim under way (how many it asked for, and its answer), and the jobs
     // cancelled meanwhile: its answer may hold them.
-    let mut claiming: Option<
-        std::pin::Pin<Box<dyn Future<Output = (usize, Vec<Claimed>)> + Send>>,
-    > = None;
+    let mut claiming: Option<ClaimUnderWay> = None;
     let mut cancelled_meanwhile: Vec<String> = vec![];
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(f64, String, Arc<Abort>)>();
     // The jobs workers have now, by id: how a cancel reaches the one running it.
