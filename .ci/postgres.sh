@@ -3,6 +3,7 @@
 # and prints its base URL (no database name): the value for PADDOCK_TEST_POSTGRES.
 #   export PADDOCK_TEST_POSTGRES=$(.ci/postgres.sh)
 # Stop it with: pg_ctl -D <folder>/data stop (the folder is printed on stderr).
+# PG_OPTIONS: more server options, e.g. "-c max_connections=20" (a later -c wins).
 set -euo pipefail
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
 # Elsewhere (Homebrew on macOS) pg_config knows where the server's programs are.
@@ -21,6 +22,6 @@ as_pg() {
 if [ "$(id -u)" = 0 ]; then chown postgres "$DIR"; fi
 as_pg "$PGBIN/initdb" -D "$DIR/data" -A trust -U postgres >/dev/null
 as_pg "$PGBIN/pg_ctl" -D "$DIR/data" -l "$DIR/log" -w \
-  -o "-c listen_addresses=127.0.0.1 -p $PORT -k $DIR -c max_connections=300" start >/dev/null
+  -o "-c listen_addresses=127.0.0.1 -p $PORT -k $DIR -c max_connections=300 ${PG_OPTIONS:-}" start >/dev/null
 echo "PostgreSQL running in $DIR on 127.0.0.1:$PORT" >&2
 echo "postgres://postgres@127.0.0.1:$PORT"

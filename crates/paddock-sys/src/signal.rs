@@ -37,6 +37,9 @@ pub fn group_alive(pgid: i32) -> bool {
 
 pub const SIGTERM: i32 = libc::SIGTERM;
 pub const SIGKILL: i32 = libc::SIGKILL;
+/// Pauses a process (it cannot be caught): how tests stand for a frozen machine.
+pub const SIGSTOP: i32 = libc::SIGSTOP;
+pub const SIGCONT: i32 = libc::SIGCONT;
 
 /// Restores the default action of SIGPIPE (end the process), which Rust's runtime
 /// sets to "ignore": a command whose output goes into a closed pipe then ends

@@ -136,6 +136,10 @@ pub struct InstanceStatus {
     /// The machine's GPUs, or why none can be seen.
     #[serde(default)]
     pub gpus: crate::gpu::GpuStatus,
+    /// Why the job store cannot be reached now (a shared PostgreSQL restarting, a
+    /// network split): jobs are refused with 503 until it is back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_store_outage: Option<String>,
     /// `memory_budget` and what the workers hold, when the config sets a budget.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<MemoryStatus>,

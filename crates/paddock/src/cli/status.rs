@@ -58,6 +58,9 @@ pub fn render(s: &Status, tty: bool) -> String {
         i.version,
         if i.ready { "" } else { " — NOT READY" }
     );
+    if let Some(why) = &i.job_store_outage {
+        out.push_str(&format!("job store: {why}\n"));
+    }
     if let Some(m) = &i.memory {
         out.push_str(&format!(
             "memory budget {}: {} in use by workers, {} reserved for workers starting\n",

@@ -129,6 +129,7 @@ impl Shared {
                 ready,
                 gpus: crate::gpu::GpuStatus::read(self.supervisor.gpu.as_ref()),
                 memory: self.supervisor.memory(),
+                job_store_outage: self.jobs.as_ref().and_then(|j| j.store.outage()),
             },
             services,
         }

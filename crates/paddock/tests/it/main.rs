@@ -24,6 +24,7 @@ mod admin;
 mod batching;
 mod chaos;
 mod client;
+mod cluster;
 mod config_errors;
 mod crashloop;
 mod examples;

@@ -47,7 +47,15 @@ pub fn job_error(e: JobError) -> Response {
         )
             .into_response(),
         JobError::KeyReused { .. } => error(StatusCode::CONFLICT, e.to_string()),
-        JobError::Store(_) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        // The store is busy or out of reach: it is worth trying again soon.
+        JobError::Store(_) => {
+            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+            r.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+            r
+        }
     }
 }
 

@@ -227,6 +227,8 @@ pub struct Tick {
 pub struct Store {
     tx: tokio::sync::mpsc::UnboundedSender<Cmd>,
     finishes: std::sync::Arc<finishes::Finishes>,
+    /// Why the store cannot be reached now (PostgreSQL, while it reconnects).
+    outage: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Store {
@@ -235,7 +237,25 @@ impl Store {
         tx: tokio::sync::mpsc::UnboundedSender<Cmd>,
         finishes: std::sync::Arc<finishes::Finishes>,
     ) -> Store {
-        Store { tx, finishes }
+        Store {
+            tx,
+            finishes,
+            outage: Default::default(),
+        }
+    }
+
+    /// This store's outage, as its dialect reports it.
+    fn with_outage(mut self, outage: std::sync::Arc<std::sync::Mutex<Option<String>>>) -> Store {
+        self.outage = outage;
+        self
+    }
+
+    /// Why the store cannot be reached now, if it cannot.
+    pub fn outage(&self) -> Option<String> {
+        self.outage
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Registers a wait for job `id` to finish (before reading it: see

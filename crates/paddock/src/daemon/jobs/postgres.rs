@@ -134,6 +134,7 @@ pub async fn open(
         }
     });
     let (tx, rx) = mpsc::unbounded_channel();
+    let outage = std::sync::Arc::new(std::sync::Mutex::new(None));
     tokio::spawn(group_commit::run(
         rx,
         Postgres {
@@ -143,10 +144,12 @@ pub async fn open(
             url: url.to_string(),
             prepared: None,
             taken_over: HashMap::new(),
+            down: None,
+            outage: outage.clone(),
         },
         finishes.clone(),
     ));
-    Ok(Store::new(tx, finishes))
+    Ok(Store::new(tx, finishes).with_outage(outage))
 }
 
 /// Tells every daemon (`LISTEN paddock_finish`) which jobs' attempts ended or were
@@ -307,6 +310,35 @@ static INSERT: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// The store's connection is lost and not yet back.
+struct Down {
+    since: std::time::Instant,
+    since_at: String,
+    attempts: u32,
+    next_try: std::time::Instant,
+    reason: String,
+}
+
+impl Down {
+    fn message(&self, url: &str) -> String {
+        format!(
+            "the job store {} is unreachable since {} ({} reconnect attempt{}; the next in {:.1}s): {}",
+            redact(url),
+            self.since_at,
+            self.attempts,
+            if self.attempts == 1 { "" } else { "s" },
+            self.next_try
+                .saturating_duration_since(std::time::Instant::now())
+                .as_secs_f64(),
+            self.reason
+        )
+    }
+}
+
+/// How long one reconnect attempt may take: an enqueue during an outage is
+/// answered within a second.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// The store task's connection.
 struct Postgres {
     client: Client,
@@ -318,13 +350,76 @@ struct Postgres {
     prepared: Option<bulk::Prepared>,
     /// When the fast path last looked for expired leases, per service.
     taken_over: HashMap<String, std::time::Instant>,
+    /// Set while the connection is lost: commands are refused at once meanwhile,
+    /// and a reconnect is tried with backoff.
+    down: Option<Down>,
+    /// What `status` shows of an outage.
+    outage: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl Postgres {
+    /// Connects again if the connection was lost, at most one attempt per call and
+    /// none before the backoff's next try: the caller hears at once why not.
+    async fn reconnect_now(&mut self) -> Result<(), StoreError> {
+        let now = std::time::Instant::now();
+        if let Some(d) = &self.down
+            && now < d.next_try
+        {
+            return Err(StoreError::Unreachable(d.message(&self.url)));
+        }
+        let tried = tokio::time::timeout(CONNECT_TIMEOUT, connect(&self.url)).await;
+        match tried {
+            Ok(Ok(client)) => {
+                self.client = client;
+                self.prepared = None;
+                if let Some(d) = self.down.take() {
+                    tracing::info!(
+                        "job store: reconnected to {} after {:.1}s unreachable ({} attempts)",
+                        redact(&self.url),
+                        d.since.elapsed().as_secs_f64(),
+                        d.attempts
+                    );
+                }
+                *self.outage.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                Ok(())
+            }
+            failed => {
+                let reason = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("no connection within {}ms", CONNECT_TIMEOUT.as_millis()),
+                };
+                let d = self.down.get_or_insert_with(|| Down {
+                    since: now,
+                    since_at: crate::timefmt::now(),
+                    attempts: 0,
+                    next_try: now,
+                    reason: String::new(),
+                });
+                d.attempts += 1;
+                let backoff = (Duration::from_millis(100)
+                    * 2u32.saturating_pow(d.attempts.min(10) - 1))
+                .min(Duration::from_secs(5));
+                d.next_try = now + backoff;
+                d.reason = reason;
+                let message = d.message(&self.url);
+                tracing::error!("{message}; jobs are refused with 503 until it is back");
+                *self.outage.lock().unwrap_or_else(|e| e.into_inner()) = Some(message.clone());
+                Err(StoreError::Unreachable(message))
+            }
+        }
+    }
 }
 
 impl Dialect for Postgres {
     async fn apply_group(&mut self, cmds: Vec<Cmd>) -> Applied {
-        if self.client.is_closed() {
-            self.client = reconnect(&self.url, "store").await;
-            self.prepared = None;
+        if (self.client.is_closed() || self.down.is_some())
+            && let Err(e) = self.reconnect_now().await
+        {
+            return Applied {
+                replies: cmds.into_iter().map(refused).collect(),
+                commit: Err(e),
+                again: vec![],
+            };
         }
         if self.prepared.is_none() {
             match bulk::Prepared::new(&self.client).await {

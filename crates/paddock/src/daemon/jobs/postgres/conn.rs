@@ -10,10 +10,26 @@ use super::super::finishes::Finishes;
 use super::super::pump::Signals;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
+/// Connections one daemon holds: the store's, the lease heartbeat's, and the
+/// one that LISTENs.
+pub(in crate::daemon) const CONNECTIONS_PER_DAEMON: u32 = 3;
+
 pub(super) async fn connect(url: &str) -> Result<Client, StoreError> {
-    let (client, conn) = tokio_postgres::connect(url, NoTls)
-        .await
-        .map_err(|e| StoreError::Unreachable(format!("job store {}: {e}", redact(url))))?;
+    let (client, conn) = tokio_postgres::connect(url, NoTls).await.map_err(|e| {
+        let full = e.code() == Some(&tokio_postgres::error::SqlState::TOO_MANY_CONNECTIONS);
+        let hint = if full {
+            format!(
+                " (the server's connection limit, max_connections, is reached: each paddock daemon holds {CONNECTIONS_PER_DAEMON} connections; raise max_connections, or put a pooler such as PgBouncer in session mode in front)"
+            )
+        } else {
+            String::new()
+        };
+        StoreError::Unreachable(format!(
+            "job store {}: {}{hint}",
+            redact(url),
+            super::super::error::describe_pg(&e)
+        ))
+    })?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::error!("job store connection: {e}");

@@ -1,0 +1,394 @@
+//! Several daemons on one PostgreSQL, through the faults a cluster has: a daemon
+//! SIGKILLed, the server restarted, a daemon paused past its lease, the server's
+//! connection limit. The restart and the limit use a server of the test's own
+//! (`PgServer::own`), never the one the other tests share.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::harness::{Env, PgServer, kill, wait_until};
+use crate::jobs::{Backend, all_jobs, read_runs, recording_service};
+
+/// The pid of the daemon listening on `port` (from its lock).
+fn daemon_on(env: &Env, port: u16) -> i32 {
+    let lock = env.path().join(format!("state/t-{port}/lock"));
+    let info: Value = serde_json::from_str(&std::fs::read_to_string(lock).unwrap()).unwrap();
+    info["pid"].as_i64().unwrap() as i32
+}
+
+fn start_on(env: &Env, port: u16) {
+    let out = env.run(&["--port", &port.to_string(), "start"]);
+    assert_eq!(out.code, 0, "{out:?}");
+}
+
+fn stop_on(env: &Env, port: u16) {
+    let out = env.run(&["--port", &port.to_string(), "stop"]);
+    assert_eq!(out.code, 0, "{out:?}");
+}
+
+/// Every job done, each ran at least once, and a job ran twice only if it was
+/// taken over from a killed daemon (its history says interrupted): how many ran
+/// twice.
+fn check_at_least_once(env: &Env, record: &str, ids: &BTreeMap<String, usize>) -> usize {
+    let jobs = wait_until(Duration::from_secs(180), "every job done", || {
+        let all = all_jobs(env, "");
+        all.iter().all(|j| j["state"] == "done").then_some(all)
+    });
+    assert_eq!(jobs.len(), ids.len(), "every acknowledged job is there");
+    let (runs, _) = read_runs(record);
+    let mut twice = 0;
+    for j in &jobs {
+        let n = ids[j["id"].as_str().unwrap()];
+        let ran = runs.get(&n).copied().unwrap_or(0);
+        assert!(ran >= 1, "job {n} never ran: {j}");
+        if ran > 1 {
+            twice += 1;
+            let interrupted = j["history"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|h| h["outcome"] == "interrupted");
+            assert!(interrupted, "job {n} ran {ran} times without a kill: {j}");
+        }
+    }
+    twice
+}
+
+#[test]
+#[cfg_attr(paddock_skip_postgres, ignore = "PADDOCK_SKIP_POSTGRES=1")]
+fn three_daemons_each_sigkilled_in_turn_lose_no_acknowledged_job() {
+    let backend = Backend::postgres();
+    let env = backend.env();
+    let record = recording_service(&env);
+    let ports = [
+        env.port,
+        crate::harness::free_port(),
+        crate::harness::free_port(),
+    ];
+    for &p in &ports {
+        start_on(&env, p);
+    }
+    const N: usize = 20_000;
+    let enqueueing = enqueue_anywhere(ports, N, 0.001);
+    for (k, &port) in ports.iter().enumerate() {
+        // Each daemon killed while jobs run, a quarter of the way further each time.
+        let threshold = (k + 1) * N / 4;
+        wait_until(
+            Duration::from_secs(120),
+            "jobs done before the kill",
+            || (read_runs_count(&record) >= threshold).then_some(()),
+        );
+        let pid = daemon_on(&env, port);
+        kill(pid, 9);
+        wait_until(Duration::from_secs(10), "the daemon gone", || {
+            (!crate::harness::alive(pid)).then_some(())
+        });
+        eprintln!(
+            "daemon on port {port} (pid {pid}) SIGKILLed after {} runs",
+            read_runs_count(&record)
+        );
+        start_on(&env, port);
+    }
+    let ids = enqueueing.join().unwrap();
+    assert_eq!(ids.len(), N);
+    let twice = check_at_least_once(&env, &record, &ids);
+    eprintln!(
+        "{twice} of {N} jobs ran twice: they were running on a killed daemon (at-least-once)"
+    );
+    for &p in &ports {
+        stop_on(&env, p);
+    }
+    env.assert_nothing_left();
+}
+
+/// Enqueues `n` record jobs from 8 threads, job i first to daemon `i % 3`; when a
+/// daemon is down (killed, restarting), the same job (the same Idempotency-Key)
+/// goes to the next, as a client of a cluster does. Returns id -> n of the jobs
+/// acknowledged.
+fn enqueue_anywhere(
+    ports: [u16; 3],
+    n: usize,
+    seconds: f64,
+) -> std::thread::JoinHandle<BTreeMap<String, usize>> {
+    std::thread::spawn(move || {
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    let mut out = vec![];
+                    for i in (t..n).step_by(8) {
+                        let body = json!({"op": "record", "n": i, "s": seconds}).to_string();
+                        let headers = format!("Idempotency-Key: job-{i}\r\n");
+                        let deadline = Instant::now() + Duration::from_secs(60);
+                        let mut k = i;
+                        let id = loop {
+                            let port = ports[k % 3];
+                            match crate::harness::post_with_headers(
+                                port,
+                                "/v1/jobs/fake",
+                                "application/json",
+                                &headers,
+                                body.as_bytes(),
+                            ) {
+                                Ok(r) if r.code == 202 || r.code == 200 => {
+                                    break r.json()["id"].as_str().unwrap().to_string();
+                                }
+                                Ok(r) if r.code == 503 => {}
+                                Ok(r) => panic!("enqueue {i}: {} {}", r.code, r.text()),
+                                Err(_) => {} // that daemon is down: the next one
+                            }
+                            assert!(Instant::now() < deadline, "job {i} was never acknowledged");
+                            k += 1;
+                        };
+                        out.push((id, i));
+                    }
+                    out
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    })
+}
+
+fn read_runs_count(record: &str) -> usize {
+    std::fs::read_to_string(record)
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+}
+
+#[test]
+#[cfg_attr(paddock_skip_postgres, ignore = "PADDOCK_SKIP_POSTGRES=1")]
+fn a_postgres_restart_is_ridden_out_and_enqueues_meanwhile_get_503_at_once() {
+    let pg = PgServer::own("");
+    let mut env = Env::new();
+    env.instance_extra = format!("store = {:?}\nlease_timeout = \"2s\"\n", pg.database());
+    let record = recording_service(&env);
+    env.start_ok();
+    // Jobs stream in while the server restarts: each is acknowledged (and then
+    // must run) or refused with 503 and Retry-After, in under a second.
+    let port = env.port;
+    let streaming = std::thread::spawn(move || {
+        let mut acked = BTreeMap::new();
+        let mut refused = 0;
+        for i in 0..600 {
+            let body = json!({"op": "record", "n": i, "s": 0.002}).to_string();
+            let t0 = Instant::now();
+            let r =
+                crate::harness::post(port, "/v1/jobs/fake", "application/json", body.as_bytes())
+                    .unwrap();
+            let took = t0.elapsed();
+            match r.code {
+                202 => {
+                    acked.insert(r.json()["id"].as_str().unwrap().to_string(), i);
+                }
+                503 => {
+                    assert!(r.header("retry-after").is_some(), "{:?}", r.headers);
+                    assert!(took < Duration::from_secs(1), "a refusal took {took:?}");
+                    refused += 1;
+                }
+                c => panic!("enqueue {i}: {c} {}", r.text()),
+            }
+        }
+        (acked, refused)
+    });
+    wait_until(Duration::from_secs(30), "some jobs done", || {
+        (read_runs_count(&record) >= 50).then_some(())
+    });
+    pg.ctl(&["restart", "-m", "fast"]);
+    let (mut acked, refused) = streaming.join().unwrap();
+    eprintln!(
+        "during the restart: {} acknowledged, {refused} refused with 503",
+        acked.len()
+    );
+
+    // Down for a while: enqueues are refused at once, and status and the log say why.
+    pg.ctl(&["stop", "-m", "fast"]);
+    let t0 = Instant::now();
+    let r = crate::harness::post(
+        env.port,
+        "/v1/jobs/fake",
+        "application/json",
+        json!({"op": "record", "n": 10_000, "s": 0})
+            .to_string()
+            .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.code, 503, "{}", r.text());
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert!(r.text().contains("unreachable"), "{}", r.text());
+    let outage = wait_until(Duration::from_secs(5), "the outage in status", || {
+        env.status()["instance"]["job_store_outage"]
+            .as_str()
+            .map(String::from)
+    });
+    assert!(outage.contains("reconnect attempt"), "{outage}");
+    let log = std::fs::read_to_string(env.state_dir().join("daemon.log")).unwrap();
+    assert!(log.contains("unreachable since"), "{log}");
+
+    // Back: work resumes without a daemon restart, and nothing acknowledged is lost.
+    pg.ctl(&["start"]);
+    let id = wait_until(Duration::from_secs(30), "an enqueue accepted again", || {
+        let r = crate::harness::post(
+            env.port,
+            "/v1/jobs/fake",
+            "application/json",
+            json!({"op": "record", "n": 20_000, "s": 0})
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap();
+        (r.code == 202).then(|| r.json()["id"].as_str().unwrap().to_string())
+    });
+    acked.insert(id, 20_000);
+    let twice = check_at_least_once(&env, &record, &acked);
+    eprintln!("{twice} jobs ran twice");
+    assert!(env.status()["instance"]["job_store_outage"].is_null());
+    let log = std::fs::read_to_string(env.state_dir().join("daemon.log")).unwrap();
+    assert!(log.contains("reconnected to"), "{log}");
+    env.stop_ok();
+    env.assert_nothing_left();
+}
+
+#[test]
+#[cfg_attr(paddock_skip_postgres, ignore = "PADDOCK_SKIP_POSTGRES=1")]
+fn a_daemon_paused_past_its_lease_loses_its_job_and_its_late_result_is_dropped() {
+    let backend = Backend::postgres();
+    let env = backend.env(); // lease_timeout = "1s"
+    let record = recording_service(&env);
+    let port_b = crate::harness::free_port();
+    env.start_ok();
+    start_on(&env, port_b);
+    let id = crate::jobs::enqueue_id(
+        &env,
+        "/v1/jobs/fake",
+        &json!({"op": "record", "n": 1, "s": 3}),
+    );
+    let running = wait_until(Duration::from_secs(10), "the job running", || {
+        let j = crate::jobs::job(&env, &id);
+        (j["state"] == "running").then_some(j)
+    });
+    let owner = running["owner"].as_str().unwrap().to_string();
+    let (paused, other) = if owner.contains(&format!(":{}@", daemon_on(&env, env.port))) {
+        (env.port, port_b)
+    } else {
+        (port_b, env.port)
+    };
+    let pid = daemon_on(&env, paused);
+    kill(pid, paddock_sys::signal::SIGSTOP);
+    // The other daemon takes the job over once the lease expired, and runs it.
+    let done = wait_until(
+        Duration::from_secs(30),
+        "the job done by the other daemon",
+        || {
+            let j = crate::jobs::job(&env, &id);
+            (j["state"] == "done").then_some(j)
+        },
+    );
+    let history = done["history"].as_array().unwrap();
+    assert!(
+        history
+            .iter()
+            .any(|h| h["outcome"] == "interrupted" && h["cause"]["kind"] == "lease_expired"),
+        "{done}"
+    );
+    let (code, result) = crate::jobs::get_json(&env, &format!("/v1/jobs/{id}/result"));
+    assert_eq!(code, 200, "{result}");
+    let winner = result["pid"].as_i64().unwrap();
+    // Continued, the paused daemon reports its worker's result: refused, and said so.
+    kill(pid, paddock_sys::signal::SIGCONT);
+    let log_path = env.path().join(format!("state/t-{paused}/daemon.log"));
+    wait_until(
+        Duration::from_secs(20),
+        "the late result refused in the log",
+        || {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            log.contains(&format!("job {id} is no longer running here"))
+                .then_some(())
+        },
+    );
+    let (_, after) = crate::jobs::get_json(&env, &format!("/v1/jobs/{id}/result"));
+    assert_eq!(
+        after["pid"].as_i64().unwrap(),
+        winner,
+        "the final result is the new attempt's"
+    );
+    let (runs, _) = read_runs(&record);
+    assert_eq!(runs[&1], 2, "both attempts ran (at-least-once)");
+    stop_on(&env, other);
+    stop_on(&env, paused);
+}
+
+#[test]
+#[cfg_attr(paddock_skip_postgres, ignore = "PADDOCK_SKIP_POSTGRES=1")]
+fn three_daemons_fit_twenty_connections_and_a_full_server_is_named_not_waited_on() {
+    let pg = PgServer::own("-c max_connections=20");
+    let url = pg.database();
+    let mut env = Env::new();
+    env.instance_extra = format!("store = {url:?}\n");
+    env.config(&env.worker("fake", "workers = 1\njobs_share = 1.0"));
+    let ports = [
+        env.port,
+        crate::harness::free_port(),
+        crate::harness::free_port(),
+    ];
+    for &p in &ports {
+        start_on(&env, p);
+    }
+    let id = crate::jobs::enqueue_id(&env, "/v1/jobs/fake", &json!({"op": "echo", "n": 1}));
+    let (code, v) = crate::jobs::get_json(&env, &format!("/v1/jobs/{id}?wait=20s"));
+    assert_eq!((code, v["state"].as_str()), (200, Some("done")), "{v}");
+    // Fill the rest of the server's slots, then one more daemon: it fails at once,
+    // naming the limit.
+    // Free slots, as the server counts them (the asking connection included).
+    let free = || -> i64 {
+        let out = std::process::Command::new("psql")
+            .arg(&url)
+            .args([
+                "-tAc",
+                "SELECT current_setting('max_connections')::int - count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    };
+    let mut holders = vec![];
+    let mut left = free();
+    assert!(left > 1, "{left}");
+    while left > 1 {
+        holders.push(
+            std::process::Command::new("psql")
+                .arg(&url)
+                .args(["-qc", "SELECT pg_sleep(120)"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        left = wait_until(Duration::from_secs(10), "the holder connected", || {
+            let now = free();
+            (now < left).then_some(now)
+        });
+    }
+    let t0 = Instant::now();
+    let port = crate::harness::free_port();
+    let out = env.run(&["--port", &port.to_string(), "start"]);
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(out.all().contains("max_connections"), "{out:?}");
+    assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
+    for mut h in holders {
+        let _ = h.kill();
+        let _ = h.wait();
+    }
+    for &p in &ports {
+        stop_on(&env, p);
+    }
+    env.assert_nothing_left();
+}
