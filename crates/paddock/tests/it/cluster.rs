@@ -280,12 +280,18 @@ fn a_daemon_paused_past_its_lease_loses_its_job_and_its_late_result_is_dropped()
     };
     let pid = daemon_on(&env, paused);
     kill(pid, paddock_sys::signal::SIGSTOP);
+    // Asked of the daemon that runs (the paused one answers nothing).
+    let on = |port: u16, path: &str| -> Value {
+        let (code, body) = crate::harness::http_get(port, path).expect("the other daemon answers");
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    };
     // The other daemon takes the job over once the lease expired, and runs it.
     let done = wait_until(
         Duration::from_secs(30),
         "the job done by the other daemon",
         || {
-            let j = crate::jobs::job(&env, &id);
+            let j = on(other, &format!("/v1/jobs/{id}"));
             (j["state"] == "done").then_some(j)
         },
     );
@@ -296,8 +302,7 @@ fn a_daemon_paused_past_its_lease_loses_its_job_and_its_late_result_is_dropped()
             .any(|h| h["outcome"] == "interrupted" && h["cause"]["kind"] == "lease_expired"),
         "{done}"
     );
-    let (code, result) = crate::jobs::get_json(&env, &format!("/v1/jobs/{id}/result"));
-    assert_eq!(code, 200, "{result}");
+    let result = on(other, &format!("/v1/jobs/{id}/result"));
     let winner = result["pid"].as_i64().unwrap();
     // Continued, the paused daemon reports its worker's result: refused, and said so.
     kill(pid, paddock_sys::signal::SIGCONT);
@@ -311,7 +316,7 @@ fn a_daemon_paused_past_its_lease_loses_its_job_and_its_late_result_is_dropped()
                 .then_some(())
         },
     );
-    let (_, after) = crate::jobs::get_json(&env, &format!("/v1/jobs/{id}/result"));
+    let after = on(other, &format!("/v1/jobs/{id}/result"));
     assert_eq!(
         after["pid"].as_i64().unwrap(),
         winner,
