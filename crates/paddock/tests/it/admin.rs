@@ -81,7 +81,7 @@ fn a_service_is_reloaded_and_jobs_retried_and_cancelled_over_http() {
     assert_eq!(code, 200, "{v}");
     assert_eq!(v["failures"], 0, "{v}");
     // Cancel: a queued job goes; a dead or unknown one is refused. (The pump claims
-    // up to 64 jobs ahead, which makes them claimed: the last of 100 is still queued.)
+    // a few jobs ahead, which makes them claimed: the last of 100 is still queued.)
     let hold = json!({"op": "sleep", "s": 1}).to_string();
     let mut queued = String::new();
     for _ in 0..100 {

@@ -11,7 +11,10 @@
 //!   so the store's fsyncs are shared by many jobs. A claim runs beside the pump's
 //!   work, not instead of it: the jobs already claimed keep going to workers while
 //!   the next batch is claimed (a PostgreSQL claim takes a few milliseconds, in
-//!   which two workers finish many no-op jobs);
+//!   which two workers finish many no-op jobs). How far ahead follows the rate of
+//!   finished jobs (50 ms of it, 4 × capacity at least): short jobs are claimed by
+//!   the hundred, long ones a few at a time, so a busy daemon of a cluster does not
+//!   hold jobs an idle one could start;
 //! - every claimed job is finished exactly once: done, failed (with its cause),
 //!   released back to the queue if it never reached a worker, or dropped unrun when
 //!   it was cancelled while claimed;
@@ -70,9 +73,22 @@ impl Signals {
 /// what it got.
 type ClaimUnderWay = std::pin::Pin<Box<dyn Future<Output = (usize, Vec<Claimed>)> + Send>>;
 
-/// The fewest jobs claimed ahead: a claim's round trip to PostgreSQL is a few
-/// milliseconds, in which two workers finish dozens of short jobs.
-const PREFETCH_MIN: usize = 64;
+/// Jobs claimed ahead cover this much of the service's recent rate of finished
+/// jobs: a claim's round trip to PostgreSQL is a few milliseconds, in which two
+/// workers finish dozens of short jobs. Long jobs are not claimed far ahead, so a
+/// busy daemon does not hold jobs an idle one could run.
+const PREFETCH_COVERS: Duration = Duration::from_millis(50);
+
+/// The most jobs claimed ahead.
+const PREFETCH_MAX: usize = 256;
+
+/// How many jobs to claim ahead: enough for `PREFETCH_COVERS` of the recent rate,
+/// at least a batch on every worker four times over (`floor`), at most
+/// `PREFETCH_MAX`.
+fn prefetch(rate_per_s: f64, floor: usize) -> usize {
+    let covers = (rate_per_s * PREFETCH_COVERS.as_secs_f64()).ceil() as usize;
+    covers.clamp(floor, PREFETCH_MAX.max(floor))
+}
 
 /// How many jobs may be with workers at once.
 pub fn capacity(service: &Service) -> usize {
@@ -113,6 +129,8 @@ async fn run(
     let mut occupied = 0f64;
     let mut maybe_more = true;
     let mut next_tick = std::time::Instant::now() + Duration::from_millis(250);
+    // Jobs finished per second, smoothed over the 250 ms ticks.
+    let (mut rate, mut finished, mut window) = (0f64, 0usize, std::time::Instant::now());
     // The claim under way (how many it asked for, and its answer), and the jobs
     // cancelled meanwhile: its answer may hold them.
     let mut claiming: Option<ClaimUnderWay> = None;
@@ -142,7 +160,7 @@ async fn run(
         // Enough claimed ahead to fill a batch on every worker jobs may use, and to
         // keep them busy while the next claim is made.
         let batch = dispatcher.largest_batch();
-        let prefetch = (cap * 4 * batch).max(PREFETCH_MIN);
+        let prefetch = prefetch(rate, cap * 4 * batch);
         if maybe_more && claiming.is_none() && buffer.len() < (prefetch / 2).max(cap * batch) {
             let want = prefetch - buffer.len();
             let (store, name) = (store.clone(), service.name.to_string());
@@ -198,10 +216,12 @@ async fn run(
             }
             Some((share, id, abort)) = done_rx.recv() => {
                 in_flight -= 1;
+                finished += 1;
                 occupied -= share;
                 forget(&mut running, &id, &abort);
                 while let Ok((share, id, abort)) = done_rx.try_recv() {
                     in_flight -= 1;
+                    finished += 1;
                     occupied -= share;
                     forget(&mut running, &id, &abort);
                 }
@@ -226,7 +246,11 @@ async fn run(
             // anyone enqueuing. A fixed instant: a stream of completions must not
             // keep postponing it.
             _ = tokio::time::sleep_until(next_tick.into()) => {
-                next_tick = std::time::Instant::now() + Duration::from_millis(250);
+                let now = std::time::Instant::now();
+                next_tick = now + Duration::from_millis(250);
+                let measured = finished as f64 / now.duration_since(window).as_secs_f64().max(1e-3);
+                rate = if rate == 0.0 { measured } else { 0.5 * rate + 0.5 * measured };
+                (finished, window) = (0, now);
                 maybe_more = true;
             }
             _ = shutdown.changed() => {}
@@ -347,5 +371,20 @@ pub fn finish_of(
 fn forget(running: &mut HashMap<String, Arc<Abort>>, id: &str, abort: &Arc<Abort>) {
     if running.get(id).is_some_and(|a| Arc::ptr_eq(a, abort)) {
         running.remove(id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn short_jobs_are_claimed_far_ahead_and_long_ones_only_a_few() {
+        // 5,000 jobs a second: 50 ms of them.
+        assert_eq!(super::prefetch(5000.0, 8), 250);
+        assert_eq!(super::prefetch(50_000.0, 8), super::PREFETCH_MAX);
+        // Ten-second jobs, or none finished yet: four batches per worker.
+        assert_eq!(super::prefetch(0.2, 8), 8);
+        assert_eq!(super::prefetch(0.0, 8), 8);
+        // A floor above the most is kept (many workers, large batches).
+        assert_eq!(super::prefetch(0.0, 1024), 1024);
     }
 }
