@@ -190,7 +190,7 @@ fn the_postgres_store_reconnects() {
     );
     wait_state(&env, &id, "done");
     let log = std::fs::read_to_string(env.state_dir().join("daemon.log")).unwrap();
-    assert!(log.contains("connection re-established"), "{log}");
+    assert!(log.contains("reconnected to"), "{log}");
     env.stop_ok();
 }
 

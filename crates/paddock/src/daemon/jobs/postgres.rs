@@ -372,13 +372,17 @@ impl Postgres {
             Ok(Ok(client)) => {
                 self.client = client;
                 self.prepared = None;
-                if let Some(d) = self.down.take() {
-                    tracing::info!(
+                match self.down.take() {
+                    Some(d) => tracing::info!(
                         "job store: reconnected to {} after {:.1}s unreachable ({} attempts)",
                         redact(&self.url),
                         d.since.elapsed().as_secs_f64(),
                         d.attempts
-                    );
+                    ),
+                    None => tracing::info!(
+                        "job store: its connection was lost; reconnected to {}",
+                        redact(&self.url)
+                    ),
                 }
                 *self.outage.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 Ok(())
