@@ -11,10 +11,12 @@
 //!   so the store's fsyncs are shared by many jobs. A claim runs beside the pump's
 //!   work, not instead of it: the jobs already claimed keep going to workers while
 //!   the next batch is claimed (a PostgreSQL claim takes a few milliseconds, in
-//!   which two workers finish many no-op jobs). How far ahead follows the rate of
-//!   finished jobs (50 ms of it, 4 × capacity at least): short jobs are claimed by
-//!   the hundred, long ones a few at a time, so a busy daemon of a cluster does not
-//!   hold jobs an idle one could start;
+//!   which two workers finish many no-op jobs). A pump claims only while one of its
+//!   job slots is free: what fills the free slots and a batch per slot more, or
+//!   50 ms of its recent rate of finished jobs if that is more. Short jobs are
+//!   claimed by the hundred, long ones a few at a time, and a daemon whose slots
+//!   are all busy claims nothing, so an idle daemon of the cluster starts what is
+//!   enqueued meanwhile;
 //! - every claimed job is finished exactly once: done, failed (with its cause),
 //!   released back to the queue if it never reached a worker, or dropped unrun when
 //!   it was cancelled while claimed;
@@ -82,9 +84,9 @@ const PREFETCH_COVERS: Duration = Duration::from_millis(50);
 /// The most jobs claimed ahead.
 const PREFETCH_MAX: usize = 256;
 
-/// How many jobs to claim ahead: enough for `PREFETCH_COVERS` of the recent rate,
-/// at least a batch on every worker four times over (`floor`), at most
-/// `PREFETCH_MAX`.
+/// How many jobs to hold claimed: enough for `PREFETCH_COVERS` of the recent
+/// rate, at least `floor` (what fills the free job slots, and a batch per slot
+/// more), at most `PREFETCH_MAX`.
 fn prefetch(rate_per_s: f64, floor: usize) -> usize {
     let covers = (rate_per_s * PREFETCH_COVERS.as_secs_f64()).ceil() as usize;
     covers.clamp(floor, PREFETCH_MAX.max(floor))
@@ -157,12 +159,14 @@ async fn run(
             // released by their tasks.
             return;
         }
-        // Enough claimed ahead to fill a batch on every worker jobs may use, and to
-        // keep them busy while the next claim is made.
+        // Enough claimed to fill the free job slots and a batch per slot more,
+        // plus what keeps them busy while the next claim is made; nothing while
+        // every slot is taken.
         let batch = dispatcher.largest_batch();
-        let prefetch = prefetch(rate, cap * 4 * batch);
-        if maybe_more && claiming.is_none() && buffer.len() < (prefetch / 2).max(cap * batch) {
-            let want = prefetch - buffer.len();
+        let free = ((cap as f64 - occupied).max(0.0) * batch as f64 + 1e-9).floor() as usize;
+        let target = prefetch(rate, free + cap * batch);
+        if maybe_more && claiming.is_none() && free > 0 && buffer.len() < target.div_ceil(2) {
+            let want = target - buffer.len();
             let (store, name) = (store.clone(), service.name.to_string());
             claiming = Some(Box::pin(
                 async move { (want, store.claim(&name, want).await) },
@@ -379,11 +383,11 @@ mod tests {
     #[test]
     fn short_jobs_are_claimed_far_ahead_and_long_ones_only_a_few() {
         // 5,000 jobs a second: 50 ms of them.
-        assert_eq!(super::prefetch(5000.0, 8), 250);
-        assert_eq!(super::prefetch(50_000.0, 8), super::PREFETCH_MAX);
-        // Ten-second jobs, or none finished yet: four batches per worker.
-        assert_eq!(super::prefetch(0.2, 8), 8);
-        assert_eq!(super::prefetch(0.0, 8), 8);
+        assert_eq!(super::prefetch(5000.0, 1), 250);
+        assert_eq!(super::prefetch(50_000.0, 1), super::PREFETCH_MAX);
+        // Ten-second jobs, or none finished yet: one for each free slot.
+        assert_eq!(super::prefetch(0.2, 2), 2);
+        assert_eq!(super::prefetch(0.0, 1), 1);
         // A floor above the most is kept (many workers, large batches).
         assert_eq!(super::prefetch(0.0, 1024), 1024);
     }
