@@ -1,5 +1,6 @@
 """What the benchmarks share: where things are, free ports, and a paddock instance
 started with its own state directory (so a benchmark never touches the user's)."""
+import contextlib
 import glob
 import os
 import re
@@ -32,6 +33,26 @@ def wait_port(port, timeout=30):
         except OSError:
             time.sleep(0.05)
     raise SystemExit(f"port {port} never opened")
+
+
+@contextlib.contextmanager
+def postgres(base=None):
+    """A PostgreSQL server's base URL: `base` when given, else a throwaway server
+    started with .ci/postgres.sh (Debian's postgresql) and stopped on exit."""
+    if base:
+        yield base
+        return
+    out = subprocess.run(["bash", os.path.join(ROOT, ".ci", "postgres.sh")], check=True,
+                         capture_output=True, text=True)
+    folder = re.search(r"running in (\S+)", out.stderr).group(1)
+    try:
+        yield out.stdout.strip()
+    finally:
+        pgbin = sorted(os.listdir("/usr/lib/postgresql"))[-1]
+        cmd = [f"/usr/lib/postgresql/{pgbin}/bin/pg_ctl", "-D", f"{folder}/data", "-m", "fast", "stop"]
+        if os.getuid() == 0:
+            cmd = ["runuser", "-u", "postgres", "--"] + cmd
+        subprocess.run(cmd, stdout=subprocess.DEVNULL)
 
 
 def start_paddock(config, port, pin=()):

@@ -33,7 +33,7 @@ import time
 
 import re
 
-from common import BENCH, ROOT, free_port, start_paddock
+from common import BENCH, ROOT, free_port, postgres, start_paddock
 
 
 def post_many(port, ids, n, clients):
@@ -221,23 +221,10 @@ def main():
     a = ap.parse_args()
     pg = None
     if a.postgres is not None:
-        base, started = a.postgres, None
-        if not base:
-            out = subprocess.run(["bash", os.path.join(ROOT, ".ci", "postgres.sh")], check=True,
-                                 capture_output=True, text=True)
-            base = out.stdout.strip()
-            started = re.search(r"running in (\S+)", out.stderr).group(1)
-        try:
+        with postgres(a.postgres or None) as base:
             pg = run_paddock(a.postgres_jobs or a.jobs, a.clients, postgres_config(base))
             print(f"paddock (PostgreSQL): {pg['n']} no-op jobs in {pg['total_s']:.2f}s "
                   f"(enqueued in {pg['enqueue_s']:.2f}s): {pg['jobs_per_s']:.0f} jobs/s end to end", flush=True)
-        finally:
-            if started:
-                pgbin = sorted(os.listdir("/usr/lib/postgresql"))[-1]
-                cmd = [f"/usr/lib/postgresql/{pgbin}/bin/pg_ctl", "-D", f"{started}/data", "-m", "fast", "stop"]
-                if os.getuid() == 0:
-                    cmd = ["runuser", "-u", "postgres", "--"] + cmd
-                subprocess.run(cmd, stdout=subprocess.DEVNULL)
     pd = None
     if a.skip_sqlite:
         pass

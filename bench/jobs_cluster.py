@@ -28,7 +28,7 @@ import tempfile
 import threading
 import time
 
-from common import BENCH, PADDOCK, ROOT, free_port
+from common import BENCH, PADDOCK, ROOT, free_port, postgres
 
 CONFIG = """[instance]
 name = "cluster"
@@ -77,127 +77,116 @@ def main():
     a = ap.parse_args()
     if not os.path.exists(PADDOCK):
         raise SystemExit("build first: cargo build --release")
-    base, started = a.postgres, None
-    if not base:
-        out = subprocess.run(["bash", os.path.join(ROOT, ".ci", "postgres.sh")], check=True,
-                             capture_output=True, text=True)
-        base = out.stdout.strip()
-        started = re.search(r"running in (\S+)", out.stderr).group(1)
-    db = f"cluster{os.getpid()}"
-    subprocess.run(["psql", f"{base}/postgres", "-qc", f"CREATE DATABASE {db}"], check=True)
-    tmp = tempfile.mkdtemp(prefix="pdcl")
-    cfg = os.path.join(tmp, "paddock.toml")
-    with open(cfg, "w") as f:
-        f.write(CONFIG.format(store=f"{base}/{db}", state=os.path.join(tmp, "state"),
-                              worker=os.path.join(BENCH, "stamp_worker.py"),
-                              sdk=os.path.join(ROOT, "sdk", "python")))
-    ports = [free_port() for _ in range(3)]
-    for p in ports:
-        subprocess.run([PADDOCK, "-c", cfg, "--port", str(p), "start"], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        owner = {}
+    with postgres(a.postgres) as base:
+        db = f"cluster{os.getpid()}"
+        subprocess.run(["psql", f"{base}/postgres", "-qc", f"CREATE DATABASE {db}"], check=True)
+        tmp = tempfile.mkdtemp(prefix="pdcl")
+        cfg = os.path.join(tmp, "paddock.toml")
+        with open(cfg, "w") as f:
+            f.write(CONFIG.format(store=f"{base}/{db}", state=os.path.join(tmp, "state"),
+                                  worker=os.path.join(BENCH, "stamp_worker.py"),
+                                  sdk=os.path.join(ROOT, "sdk", "python")))
+        ports = [free_port() for _ in range(3)]
         for p in ports:
-            for pid in daemon_pids(p):
-                owner[pid] = p
-        # 1. Throughput.
-        ids = []
-        lock = threading.Lock()
-        counter = iter(range(a.jobs))
-
-        def client():
-            conns = {p: http.client.HTTPConnection("127.0.0.1", p, timeout=60) for p in ports}
-            while True:
-                with lock:
-                    i = next(counter, None)
-                if i is None:
-                    return
-                p = ports[i % 3]
-                status, data = post(p, "/v1/jobs/stamp/run", {"s": 0}, conns[p])
-                assert status == 202, (status, data)
-                with lock:
-                    ids.append(json.loads(data)["id"])
-
-        t0 = time.monotonic()
-        threads = [threading.Thread(target=client) for _ in range(a.clients)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        enqueued = time.monotonic() - t0
-        while True:
-            text = get(ports[0], "/metrics")[1].decode()
-            m = re.search(r'(?m)^paddock_jobs\{service="stamp",state="done"\} (\S+)$', text)
-            if m and float(m.group(1)) >= a.jobs:
-                break
-            time.sleep(0.2)  # polling the benchmark's own progress
-        total = time.monotonic() - t0
-        share = {p: 0 for p in ports}
-        for k, job_id in enumerate(ids):
-            status, data = get(ports[k % 3], f"/v1/jobs/{job_id}/result")
-            assert status == 200, (status, data)
-            share[owner[json.loads(data)["pid"]]] += 1
-        print(f"throughput: {a.jobs} jobs over 3 daemons in {total:.1f} s (enqueued in {enqueued:.1f} s): "
-              f"{a.jobs / total:.0f} jobs/s; shares: "
-              + ", ".join(f"{'ABC'[i]} {share[p] / a.jobs * 100:.1f} %" for i, p in enumerate(ports)),
-              flush=True)
-
-        # 2. Latency A -> B. A and C busy with long jobs (two each: all their slots).
-        a_port, b_port, c_port = ports
-        # B is stopped meanwhile, so that A and C take the long jobs.
-        long_ids = []
-        subprocess.run([PADDOCK, "-c", cfg, "--port", str(b_port), "stop"], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for k in range(4):
-            status, data = post(a_port, "/v1/jobs/stamp/run", {"s": 600})
-            assert status == 202
-            long_ids.append(json.loads(data)["id"])
-        deadline = time.monotonic() + 30
-        while True:
-            # Every job slot of A and C busy: four long jobs running, two on each.
-            st = [json.loads(get(p, "/status")[1]) for p in (a_port, c_port)]
-            busy = [sum(w["state"] == "busy" for s in x["services"] for w in s["workers"]) for x in st]
-            if busy == [2, 2]:
-                break
-            assert time.monotonic() < deadline, busy
-            time.sleep(0.05)  # polling the setup's progress
-        subprocess.run([PADDOCK, "-c", cfg, "--port", str(b_port), "start"], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        b_pids = daemon_pids(b_port)
-        lat = []
-        conn = http.client.HTTPConnection("127.0.0.1", a_port, timeout=60)
-        for _ in range(a.samples):
-            sent = time.time()
-            status, data = post(a_port, "/v1/jobs/stamp/run", {"s": 0}, conn)
-            assert status == 202, (status, data)
-            job_id = json.loads(data)["id"]
-            status, data = get(a_port, f"/v1/jobs/{job_id}?wait=30s")
-            v = json.loads(data)
-            assert v["state"] == "done", v
-            r = json.loads(get(a_port, f"/v1/jobs/{job_id}/result")[1])
-            assert r["pid"] in b_pids, "a job enqueued on busy A ran elsewhere than on B"
-            lat.append((r["started"] - sent) * 1000)
-        lat.sort()
-        p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
-        print(f"enqueue on busy A -> start on idle B, {len(lat)} jobs: p50 {statistics.median(lat):.1f} ms, "
-              f"p90 {lat[int(len(lat) * 0.9)]:.1f} ms, p99 {p99:.1f} ms, max {lat[-1]:.1f} ms (target p99 <= 10 ms)")
-    finally:
-        # The long jobs are cancelled (their workers are killed and replaced), so
-        # that the daemons stop at once.
-        for i in locals().get("long_ids", []):
-            c = http.client.HTTPConnection("127.0.0.1", ports[0], timeout=30)
-            c.request("DELETE", f"/v1/jobs/{i}")
-            c.getresponse().read()
-            c.close()
-        for p in ports:
-            subprocess.run([PADDOCK, "-c", cfg, "--port", str(p), "stop"],
+            subprocess.run([PADDOCK, "-c", cfg, "--port", str(p), "start"], check=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        if started:
-            pgbin = sorted(os.listdir("/usr/lib/postgresql"))[-1]
-            cmd = [f"/usr/lib/postgresql/{pgbin}/bin/pg_ctl", "-D", f"{started}/data", "-m", "fast", "stop"]
-            if os.getuid() == 0:
-                cmd = ["runuser", "-u", "postgres", "--"] + cmd
-            subprocess.run(cmd, stdout=subprocess.DEVNULL)
+        try:
+            owner = {}
+            for p in ports:
+                for pid in daemon_pids(p):
+                    owner[pid] = p
+            # 1. Throughput.
+            ids = []
+            lock = threading.Lock()
+            counter = iter(range(a.jobs))
+
+            def client():
+                conns = {p: http.client.HTTPConnection("127.0.0.1", p, timeout=60) for p in ports}
+                while True:
+                    with lock:
+                        i = next(counter, None)
+                    if i is None:
+                        return
+                    p = ports[i % 3]
+                    status, data = post(p, "/v1/jobs/stamp/run", {"s": 0}, conns[p])
+                    assert status == 202, (status, data)
+                    with lock:
+                        ids.append(json.loads(data)["id"])
+
+            t0 = time.monotonic()
+            threads = [threading.Thread(target=client) for _ in range(a.clients)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            enqueued = time.monotonic() - t0
+            while True:
+                text = get(ports[0], "/metrics")[1].decode()
+                m = re.search(r'(?m)^paddock_jobs\{service="stamp",state="done"\} (\S+)$', text)
+                if m and float(m.group(1)) >= a.jobs:
+                    break
+                time.sleep(0.2)  # polling the benchmark's own progress
+            total = time.monotonic() - t0
+            share = {p: 0 for p in ports}
+            for k, job_id in enumerate(ids):
+                status, data = get(ports[k % 3], f"/v1/jobs/{job_id}/result")
+                assert status == 200, (status, data)
+                share[owner[json.loads(data)["pid"]]] += 1
+            print(f"throughput: {a.jobs} jobs over 3 daemons in {total:.1f} s (enqueued in {enqueued:.1f} s): "
+                  f"{a.jobs / total:.0f} jobs/s; shares: "
+                  + ", ".join(f"{'ABC'[i]} {share[p] / a.jobs * 100:.1f} %" for i, p in enumerate(ports)),
+                  flush=True)
+
+            # 2. Latency A -> B. A and C busy with long jobs (two each: all their slots).
+            a_port, b_port, c_port = ports
+            # B is stopped meanwhile, so that A and C take the long jobs.
+            long_ids = []
+            subprocess.run([PADDOCK, "-c", cfg, "--port", str(b_port), "stop"], check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for k in range(4):
+                status, data = post(a_port, "/v1/jobs/stamp/run", {"s": 600})
+                assert status == 202
+                long_ids.append(json.loads(data)["id"])
+            deadline = time.monotonic() + 30
+            while True:
+                # Every job slot of A and C busy: four long jobs running, two on each.
+                st = [json.loads(get(p, "/status")[1]) for p in (a_port, c_port)]
+                busy = [sum(w["state"] == "busy" for s in x["services"] for w in s["workers"]) for x in st]
+                if busy == [2, 2]:
+                    break
+                assert time.monotonic() < deadline, busy
+                time.sleep(0.05)  # polling the setup's progress
+            subprocess.run([PADDOCK, "-c", cfg, "--port", str(b_port), "start"], check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            b_pids = daemon_pids(b_port)
+            lat = []
+            conn = http.client.HTTPConnection("127.0.0.1", a_port, timeout=60)
+            for _ in range(a.samples):
+                sent = time.time()
+                status, data = post(a_port, "/v1/jobs/stamp/run", {"s": 0}, conn)
+                assert status == 202, (status, data)
+                job_id = json.loads(data)["id"]
+                status, data = get(a_port, f"/v1/jobs/{job_id}?wait=30s")
+                v = json.loads(data)
+                assert v["state"] == "done", v
+                r = json.loads(get(a_port, f"/v1/jobs/{job_id}/result")[1])
+                assert r["pid"] in b_pids, "a job enqueued on busy A ran elsewhere than on B"
+                lat.append((r["started"] - sent) * 1000)
+            lat.sort()
+            p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+            print(f"enqueue on busy A -> start on idle B, {len(lat)} jobs: p50 {statistics.median(lat):.1f} ms, "
+                  f"p90 {lat[int(len(lat) * 0.9)]:.1f} ms, p99 {p99:.1f} ms, max {lat[-1]:.1f} ms (target p99 <= 10 ms)")
+        finally:
+            # The long jobs are cancelled (their workers are killed and replaced), so
+            # that the daemons stop at once.
+            for i in locals().get("long_ids", []):
+                c = http.client.HTTPConnection("127.0.0.1", ports[0], timeout=30)
+                c.request("DELETE", f"/v1/jobs/{i}")
+                c.getresponse().read()
+                c.close()
+            for p in ports:
+                subprocess.run([PADDOCK, "-c", cfg, "--port", str(p), "stop"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 if __name__ == "__main__":

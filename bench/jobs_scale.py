@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 
-from common import BENCH, ROOT, free_port, start_paddock
+from common import BENCH, ROOT, free_port, postgres, start_paddock
 
 CONFIG = """[instance]
 name = "benchscale"
@@ -167,25 +167,12 @@ def main():
     a = ap.parse_args()
     results = [] if a.skip_sqlite else [run("sqlite", "", a)]
     if not a.skip_postgres:
-        base, started = a.postgres, None
-        if not base:
-            out = subprocess.run(["bash", os.path.join(ROOT, ".ci", "postgres.sh")], check=True,
-                                 capture_output=True, text=True)
-            base = out.stdout.strip()
-            started = re.search(r"running in (\S+)", out.stderr).group(1)
-        try:
+        with postgres(a.postgres) as base:
             db = f"bench{os.getpid()}"
             subprocess.run(["psql", f"{base}/postgres", "-qc", f"CREATE DATABASE {db}"], check=True)
             pa = argparse.Namespace(**vars(a))
             pa.jobs = a.postgres_jobs or a.jobs
             results.append(run("postgres", f'store = "{base}/{db}"', pa))
-        finally:
-            if started:
-                pg_ctl = sorted(p for p in os.listdir("/usr/lib/postgresql"))[-1]
-                cmd = [f"/usr/lib/postgresql/{pg_ctl}/bin/pg_ctl", "-D", f"{started}/data", "-m", "fast", "stop"]
-                if os.getuid() == 0:
-                    cmd = ["runuser", "-u", "postgres", "--"] + cmd
-                subprocess.run(cmd, stdout=subprocess.DEVNULL)
     print()
     for s in results:
         print(summary(s))

@@ -500,21 +500,12 @@ impl Dispatcher {
             .min_by_key(|(_, since)| *since)
     }
 
-    /// Takes worker `wid` (or, with `None`, the one idle the longest) off the idle
-    /// list, so that no request is handed to it again: its command channel, to stop
-    /// it. None when it is not idle (it serves, or is gone).
-    pub fn take_idle(&self, wid: Option<u64>) -> Option<(u64, mpsc::UnboundedSender<Command>)> {
+    /// Takes worker `wid` off the idle list, so that no request is handed to it
+    /// again: its command channel, to stop it. None when it is not idle (it serves,
+    /// or is gone).
+    pub fn take_idle(&self, wid: u64) -> Option<(u64, mpsc::UnboundedSender<Command>)> {
         let mut q = self.lock();
-        let i = match wid {
-            Some(w) => q.idle.iter().position(|(x, _, _)| *x == w)?,
-            None => {
-                q.idle
-                    .iter()
-                    .enumerate()
-                    .min_by_key(|(_, (_, _, since))| *since)?
-                    .0
-            }
-        };
+        let i = q.idle.iter().position(|(x, _, _)| *x == wid)?;
         let (w, tx, _) = q.idle.remove(i)?;
         Some((w, tx))
     }

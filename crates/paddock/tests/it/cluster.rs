@@ -23,6 +23,19 @@ fn start_on(env: &Env, port: u16) {
     assert_eq!(out.code, 0, "{out:?}");
 }
 
+/// Three daemons of `env`'s config: on its port and two more.
+fn start_three(env: &Env) -> [u16; 3] {
+    let ports = [
+        env.port,
+        crate::harness::free_port(),
+        crate::harness::free_port(),
+    ];
+    for &p in &ports {
+        start_on(env, p);
+    }
+    ports
+}
+
 fn stop_on(env: &Env, port: u16) {
     let out = env.run(&["--port", &port.to_string(), "stop"]);
     assert_eq!(out.code, 0, "{out:?}");
@@ -62,14 +75,7 @@ fn three_daemons_each_sigkilled_in_turn_lose_no_acknowledged_job() {
     let backend = Backend::postgres();
     let env = backend.env();
     let record = recording_service(&env);
-    let ports = [
-        env.port,
-        crate::harness::free_port(),
-        crate::harness::free_port(),
-    ];
-    for &p in &ports {
-        start_on(&env, p);
-    }
+    let ports = start_three(&env);
     const N: usize = 20_000;
     let enqueueing = enqueue_anywhere(ports, N, 0.001);
     for (k, &port) in ports.iter().enumerate() {
@@ -336,14 +342,7 @@ fn three_daemons_fit_twenty_connections_and_a_full_server_is_named_not_waited_on
     let mut env = Env::new();
     env.instance_extra = format!("store = {url:?}\n");
     env.config(&env.worker("fake", "workers = 1\njobs_share = 1.0"));
-    let ports = [
-        env.port,
-        crate::harness::free_port(),
-        crate::harness::free_port(),
-    ];
-    for &p in &ports {
-        start_on(&env, p);
-    }
+    let ports = start_three(&env);
     let id = crate::jobs::enqueue_id(&env, "/v1/jobs/fake", &json!({"op": "echo", "n": 1}));
     let (code, v) = crate::jobs::get_json(&env, &format!("/v1/jobs/{id}?wait=20s"));
     assert_eq!((code, v["state"].as_str()), (200, Some("done")), "{v}");

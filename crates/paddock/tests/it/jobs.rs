@@ -23,18 +23,7 @@ impl Backend {
     /// test (and stopped when the backend is dropped).
     pub(crate) fn postgres() -> Backend {
         let server = crate::harness::PgServer::get();
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let db = format!("t{}_{nanos}", std::process::id());
-        let out = std::process::Command::new("psql")
-            .arg(format!("{}/postgres", server.base))
-            .args(["-c", &format!("CREATE DATABASE {db}")])
-            .output()
-            .expect("psql");
-        crate::harness::assert_ran(&out);
-        Backend::Postgres(format!("{}/{db}", server.base), server)
+        Backend::Postgres(server.database(), server)
     }
 
     pub(crate) fn env(&self) -> Env {

@@ -47,23 +47,8 @@ impl Coordinator {
         };
         self.next_wid += 1;
         let wid = self.next_wid;
-        let handle = crate::daemon::worker::start(
-            crate::daemon::worker::Spec {
-                service: self.service.clone(),
-                index: self.slots[0].index,
-                wid,
-                port: None,
-                argv: self.slots[0].argv.clone(),
-                listener: None,
-                cwd: self.slots[0].cwd.clone(),
-                env_set: self.slots[0].env_set.clone(),
-                initial: true,
-                on_demand: false,
-                start_delay: Duration::ZERO,
-                generations: self.slots[0].generations.clone(),
-            },
-            self.deps.clone(),
-        );
+        let spec = self.slots[0].spec(&self.service, wid, true, false, Duration::ZERO);
+        let handle = crate::daemon::worker::start(spec, self.deps.clone());
         self.slots[0].handle = Some(handle);
         self.publish();
         let limit = self.service.startup_timeout + Duration::from_secs(5);
@@ -85,7 +70,7 @@ impl Coordinator {
                 .dispatcher
                 .clone()
                 .expect("worker services have a dispatcher");
-            if let Some((_, tx)) = d.take_idle(Some(wid)) {
+            if let Some((_, tx)) = d.take_idle(wid) {
                 let _ = tx.send(Command::Retire);
                 let patience = self.service.request_timeout + Duration::from_secs(5);
                 retire(self.handle(0), patience).await;
@@ -293,7 +278,7 @@ impl Coordinator {
 
     /// Lets worker `wid` go (idle for `idle`), if it is still idle.
     fn let_go(&mut self, wid: u64, idle: Duration) {
-        let Some((_, tx)) = self.dispatcher().take_idle(Some(wid)) else {
+        let Some((_, tx)) = self.dispatcher().take_idle(wid) else {
             return;
         };
         if let Some(i) = self

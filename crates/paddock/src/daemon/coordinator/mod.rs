@@ -45,6 +45,35 @@ struct Slot {
     handle: Option<Handle>,
 }
 
+impl Slot {
+    /// What an actor for this slot is started with: `wid`, whether it is part of
+    /// a start that must succeed (`initial`), whether scaling started it
+    /// (`on_demand`), and how long it waits first.
+    fn spec(
+        &self,
+        service: &Arc<Service>,
+        wid: u64,
+        initial: bool,
+        on_demand: bool,
+        start_delay: Duration,
+    ) -> worker::Spec {
+        worker::Spec {
+            service: service.clone(),
+            index: self.index,
+            wid,
+            port: self.port,
+            argv: self.argv.clone(),
+            listener: self.listener.clone(),
+            cwd: self.cwd.clone(),
+            env_set: self.env_set.clone(),
+            initial,
+            on_demand,
+            start_delay,
+            generations: self.generations.clone(),
+        }
+    }
+}
+
 /// Why a reload did not replace every worker.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReloadError {
@@ -109,43 +138,25 @@ pub fn start(
     // Started now: min_workers (all of a fixed service). A service that may unload
     // entirely is proven by one worker, started by its coordinator in its turn.
     let now = service.scaling.min_workers as usize;
-    let slots: Vec<Slot> = plans
+    let mut slots: Vec<Slot> = plans
         .into_iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let generations = Arc::new(std::sync::atomic::AtomicU64::new(0));
-            let handle = (i < now).then(|| {
-                next_wid += 1;
-                worker::start(
-                    worker::Spec {
-                        service: service.clone(),
-                        index: p.index,
-                        wid: next_wid,
-                        port: p.port,
-                        argv: p.argv.clone(),
-                        listener: p.listener.clone(),
-                        cwd: p.cwd.clone(),
-                        env_set: p.env_set.clone(),
-                        initial: true,
-                        on_demand: false,
-                        start_delay: service.start_stagger * p.index,
-                        generations: generations.clone(),
-                    },
-                    deps.clone(),
-                )
-            });
-            Slot {
-                index: p.index,
-                port: p.port,
-                argv: p.argv,
-                listener: p.listener,
-                cwd: p.cwd,
-                env_set: p.env_set,
-                generations,
-                handle,
-            }
+        .map(|p| Slot {
+            index: p.index,
+            port: p.port,
+            argv: p.argv,
+            listener: p.listener,
+            cwd: p.cwd,
+            env_set: p.env_set,
+            generations: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            handle: None,
         })
         .collect();
+    for slot in slots.iter_mut().take(now) {
+        next_wid += 1;
+        let delay = service.start_stagger * slot.index;
+        let spec = slot.spec(&service, next_wid, true, false, delay);
+        slot.handle = Some(worker::start(spec, deps.clone()));
+    }
     let (workers_tx, workers) = watch::channel(
         slots
             .iter()
@@ -321,23 +332,14 @@ impl Coordinator {
             // Its verdict is read from its status, not from the start-up channel.
             deps.startup = mpsc::unbounded_channel().0;
         }
-        worker::start(
-            worker::Spec {
-                service: self.service.clone(),
-                index: slot.index,
-                wid: self.next_wid,
-                port: slot.port,
-                argv: slot.argv.clone(),
-                listener: slot.listener.clone(),
-                cwd: slot.cwd.clone(),
-                env_set: slot.env_set.clone(),
-                initial: on_probation,
-                on_demand,
-                start_delay: Duration::ZERO,
-                generations: slot.generations.clone(),
-            },
-            deps,
-        )
+        let spec = slot.spec(
+            &self.service,
+            self.next_wid,
+            on_probation,
+            on_demand,
+            Duration::ZERO,
+        );
+        worker::start(spec, deps)
     }
 
     /// How to recycle slot `i` (see [`recycle_strategy`]).

@@ -84,12 +84,7 @@ pub(super) async fn apply(tx: &impl Tx, cmd: Cmd) -> Reply {
             reply,
         } => {
             let claimed = match tx.claim(&service, limit).await {
-                Ok(mut rows) => {
-                    // Highest priority first, then the oldest: the order the pump
-                    // hands them to workers.
-                    rows.sort_by_key(|(seq, c)| (std::cmp::Reverse(c.priority), *seq));
-                    rows.into_iter().map(|(_, c)| c).collect()
-                }
+                Ok(rows) => in_claim_order(rows),
                 Err(e) => {
                     tracing::error!("claiming jobs of {service}: {e}");
                     vec![]
@@ -159,6 +154,13 @@ pub(super) async fn apply(tx: &impl Tx, cmd: Cmd) -> Reply {
             })
         }
     }
+}
+
+/// Claimed jobs (with their `seq`) highest priority first, then the oldest: the
+/// order the pump hands them to workers.
+pub(super) fn in_claim_order(mut rows: Vec<(i64, Claimed)>) -> Vec<Claimed> {
+    rows.sort_by_key(|(seq, c)| (std::cmp::Reverse(c.priority), *seq));
+    rows.into_iter().map(|(_, c)| c).collect()
 }
 
 /// A tick enqueues its job only if no daemon recorded that tick before: the tick's

@@ -177,7 +177,7 @@ impl Budget {
             .min_by_key(|(used, since, _, _)| (*used, *since));
         if let Some((_, _, wid, m)) = victim {
             let d = m.dispatcher.clone().expect("a victim has a dispatcher");
-            if let Some((wid, tx)) = d.take_idle(Some(wid)) {
+            if let Some((wid, tx)) = d.take_idle(wid) {
                 let why = format!(
                     "evicted to make room for {service} under memory_budget {} ({} in use, {service} needs about {}: {known})",
                     mib(self.limit),
@@ -249,22 +249,29 @@ impl Budget {
     pub async fn sample(self: Arc<Budget>) {
         loop {
             {
+                // Every serving worker's peak, from one reading of the process table.
                 let st = self.lock();
-                for m in &st.members {
-                    let pids: Vec<i32> = m
-                        .workers
-                        .borrow()
-                        .iter()
-                        .filter_map(|w| {
-                            let w = w.borrow();
-                            w.state.serving().then_some(w.pid).flatten()
-                        })
-                        .collect();
-                    for rss in paddock_sys::procs::trees_peak_rss(&pids)
-                        .into_iter()
-                        .flatten()
-                    {
-                        m.load.observe(rss);
+                let serving: Vec<(usize, i32)> = st
+                    .members
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(k, m)| {
+                        m.workers
+                            .borrow()
+                            .iter()
+                            .filter_map(|w| {
+                                let w = w.borrow();
+                                w.state.serving().then_some(w.pid).flatten()
+                            })
+                            .map(|pid| (k, pid))
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
+                let pids: Vec<i32> = serving.iter().map(|(_, p)| *p).collect();
+                let peaks = paddock_sys::procs::trees_peak_rss(&pids);
+                for ((k, _), peak) in serving.iter().zip(peaks) {
+                    if let Some(bytes) = peak {
+                        st.members[*k].load.observe(bytes);
                     }
                 }
             }
@@ -278,47 +285,50 @@ fn usage_of(st: &State, limit: u64) -> Usage {
         limit,
         ..Usage::default()
     };
-    for m in &st.members {
-        let workers: Vec<WorkerStatus> = m
-            .workers
-            .borrow()
-            .iter()
-            .map(|w| w.borrow().clone())
-            .collect();
-        let live: Vec<&WorkerStatus> = workers.iter().filter(|w| w.pid.is_some()).collect();
-        let pids: Vec<i32> = live.iter().filter_map(|w| w.pid).collect();
-        let sizes = paddock_sys::procs::trees_rss(&pids);
-        let mut total = 0;
+    // Every member's workers, then their memory from one reading of the process
+    // table.
+    let workers: Vec<Vec<WorkerStatus>> = st
+        .members
+        .iter()
+        .map(|m| {
+            m.workers
+                .borrow()
+                .iter()
+                .map(|w| w.borrow().clone())
+                .collect()
+        })
+        .collect();
+    let pids: Vec<i32> = workers.iter().flatten().filter_map(|w| w.pid).collect();
+    let mut sizes = paddock_sys::procs::trees_rss(&pids).into_iter();
+    for (m, workers) in st.members.iter().zip(&workers) {
+        let name = m.service.name.as_str();
         let expected = match m.service.scaling.memory_estimate {
             0 => m.load.lock().memory_peak,
             e => e,
         };
-        for (w, rss) in live.iter().zip(&sizes) {
-            let rss = rss.unwrap_or(0);
+        let live: Vec<&WorkerStatus> = workers.iter().filter(|w| w.pid.is_some()).collect();
+        let mut total = 0;
+        for w in &live {
+            let rss = sizes.next().flatten().unwrap_or(0);
             total += rss;
             match st
                 .reservations
                 .iter()
-                .find(|r| r.service == m.service.name.as_str() && r.index == w.index)
+                .find(|r| r.service == name && r.index == w.index)
             {
                 Some(r) => u.reserved += r.bytes.saturating_sub(rss),
                 None => u.headroom += expected.saturating_sub(rss),
             }
         }
         // Reserved for a start whose process does not exist yet.
-        for r in st
-            .reservations
-            .iter()
-            .filter(|r| r.service == m.service.name.as_str())
-        {
+        for r in st.reservations.iter().filter(|r| r.service == name) {
             if !live.iter().any(|w| w.index == r.index) {
                 u.reserved += r.bytes;
             }
         }
         u.used += total;
         let busy = workers.iter().filter(|w| w.state == Phase::Busy).count();
-        u.holders
-            .push((m.service.name.to_string(), live.len(), total, busy));
+        u.holders.push((name.to_string(), live.len(), total, busy));
     }
     u
 }

@@ -25,6 +25,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use tokio_postgres::{Client, Statement, Transaction};
 
+use super::super::apply::in_claim_order;
 use super::super::row::{COLUMNS, view};
 use super::super::state::Transition;
 use super::super::{
@@ -258,10 +259,8 @@ pub(super) async fn apply(
                         .await?,
                 );
             }
-            let mut claimed: Vec<(i64, Claimed)> = rows.iter().map(super::claimed_of).collect();
-            claimed.sort_by_key(|(seq, c)| (std::cmp::Reverse(c.priority), *seq));
-            done.claimed
-                .insert(i, claimed.into_iter().map(|(_, c)| c).collect());
+            let claimed = in_claim_order(rows.iter().map(super::claimed_of).collect());
+            done.claimed.insert(i, claimed);
         }
     }
     Ok(done)
