@@ -3,7 +3,7 @@
 //! connection limit. The restart and the limit use a server of the test's own
 //! (`PgServer::own`), never the one the other tests share.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -394,5 +394,151 @@ fn three_daemons_fit_twenty_connections_and_a_full_server_is_named_not_waited_on
     for &p in &ports {
         stop_on(&env, p);
     }
+    env.assert_nothing_left();
+}
+
+/// The pids of the workers that started a `hold` attempt in `dir` (see the fake
+/// worker's `hold` op).
+fn holding(dir: &std::path::Path) -> BTreeSet<i64> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().to_string_lossy().to_string();
+            name.strip_suffix(".started").map(|p| p.parse().unwrap())
+        })
+        .collect()
+}
+
+/// Lets the `hold` attempt of worker `pid` answer: opens and closes its FIFO (an
+/// open for writing returns once the worker has it open for reading).
+fn let_go(dir: &std::path::Path, pid: i64) {
+    let fifo = dir.join(format!("{pid}.go"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::write(&fifo, b""));
+    });
+    rx.recv_timeout(Duration::from_secs(20))
+        .unwrap_or_else(|_| panic!("worker {pid} never opened its FIFO"))
+        .unwrap();
+}
+
+#[test]
+#[cfg_attr(paddock_skip_postgres, ignore = "PADDOCK_SKIP_POSTGRES=1")]
+fn a_late_result_is_fenced_by_its_claim_even_once_the_same_daemon_claimed_the_job_again() {
+    // Daemon P runs the job (claim 1) and is paused past its lease; Q takes it over
+    // (claim 2) and its attempt fails; P, continued, claims it again (claim 3) on
+    // its other worker while the first attempt still runs. Owner alone cannot tell
+    // the two attempts apart: the first attempt's result must be refused by its
+    // claim, and the job's result must be the new attempt's.
+    let backend = Backend::postgres();
+    let env = backend.env(); // lease_timeout = "1s"
+    env.config(&env.worker_with(
+        "fake",
+        "fake_worker.py",
+        &[],
+        "workers = 2\njobs_share = 1.0\nrequest_timeout = \"120s\"\njob_backoff = \"3s\"\nmax_attempts = 5",
+    ));
+    let held = env.path().join("held");
+    std::fs::create_dir(&held).unwrap();
+    let body = json!({"op": "hold", "dir": held.display().to_string()});
+    env.start_ok();
+    let p = daemon_on(&env, env.port);
+    let id = crate::jobs::enqueue_id(&env, "/v1/jobs/fake", &body);
+    let first = wait_until(Duration::from_secs(20), "P's first attempt started", || {
+        let pids = holding(&held);
+        (pids.len() == 1).then(|| *pids.first().unwrap())
+    });
+    assert_eq!(crate::jobs::job(&env, &id)["state"], "running");
+    kill(p, paddock_sys::signal::SIGSTOP);
+
+    // Q takes the job over once P's lease expired; its attempt fails.
+    std::fs::write(held.join("fail"), b"").unwrap();
+    let port_q = crate::harness::free_port();
+    start_on(&env, port_q);
+    let on = |port: u16, path: &str| -> Value {
+        let (code, body) = crate::harness::http_get(port, path).expect("the daemon answers");
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    let failed = wait_until(Duration::from_secs(30), "Q's attempt failed", || {
+        let j = on(port_q, &format!("/v1/jobs/{id}"));
+        (j["failures"] == 1).then_some(j)
+    });
+    let history = failed["history"].as_array().unwrap();
+    assert!(
+        history
+            .iter()
+            .any(|h| h["outcome"] == "interrupted" && h["cause"]["kind"] == "lease_expired"),
+        "{failed}"
+    );
+    assert_eq!(failed["state"], "queued", "{failed}");
+    stop_on(&env, port_q);
+    std::fs::remove_file(held.join("fail")).unwrap();
+
+    // P, continued, claims the job again after the backoff: its other worker runs it.
+    kill(p, paddock_sys::signal::SIGCONT);
+    let again = wait_until(Duration::from_secs(30), "P's new attempt started", || {
+        let pids = holding(&held);
+        (pids.len() == 2).then(|| *pids.iter().find(|&&x| x != first).unwrap())
+    });
+    let running = crate::jobs::job(&env, &id);
+    assert_eq!(running["state"], "running", "{running}");
+    assert!(
+        running["owner"]
+            .as_str()
+            .unwrap()
+            .contains(&format!(":{p}@")),
+        "{running}"
+    );
+
+    // The first attempt answers now: its result belongs to claim 1 and is dropped.
+    let_go(&held, first);
+    let log_path = env.state_dir().join("daemon.log");
+    wait_until(
+        Duration::from_secs(20),
+        "the late result refused in P's log",
+        || {
+            let j = crate::jobs::job(&env, &id);
+            assert_eq!(j["state"], "running", "the late result was recorded: {j}");
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            log.contains(&format!("job {id} is no longer running here under claim 1"))
+                .then_some(())
+        },
+    );
+    let still = crate::jobs::job(&env, &id);
+    assert_eq!(
+        still["state"], "running",
+        "the late result was recorded: {still}"
+    );
+
+    // The new attempt's result is the job's.
+    let_go(&held, again);
+    let (code, done) = crate::jobs::get_json(&env, &format!("/v1/jobs/{id}?wait=20s"));
+    assert_eq!(
+        (code, done["state"].as_str()),
+        (200, Some("done")),
+        "{done}"
+    );
+    let result = on(env.port, &format!("/v1/jobs/{id}/result"));
+    assert_eq!(result["pid"].as_i64(), Some(again), "{result}");
+    let outcomes: Vec<&str> = done["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        outcomes.first().copied(),
+        Some("interrupted"),
+        "{outcomes:?}"
+    );
+    assert!(outcomes.contains(&"failed"), "{outcomes:?}");
+    assert_eq!(outcomes.last().copied(), Some("done"), "{outcomes:?}");
+    assert_eq!(
+        outcomes.iter().filter(|o| **o == "done").count(),
+        1,
+        "{outcomes:?}"
+    );
+    env.stop_ok();
     env.assert_nothing_left();
 }

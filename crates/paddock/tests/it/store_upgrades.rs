@@ -34,7 +34,7 @@ fn env_for(store: &str) -> Env {
 fn check_upgraded(env: &Env, before: usize) {
     let log = std::fs::read_to_string(env.state_dir().join("daemon.log")).unwrap();
     assert!(
-        log.contains("schema upgraded from version 1 to 3"),
+        log.contains("schema upgraded from version 1 to 4"),
         "no upgrade line in the log:\n{log}"
     );
     let jobs = wait_until(Duration::from_secs(60), "the old queued jobs run", || {
@@ -75,7 +75,7 @@ fn refused_as_newer(env: &Env) {
     assert_ne!(out.code, 0, "{out:?}");
     let all = out.all();
     assert!(all.contains("schema version 99"), "{all}");
-    assert!(all.contains("(version 3)"), "{all}");
+    assert!(all.contains("(version 4)"), "{all}");
     env.assert_nothing_left_now();
 }
 
@@ -92,7 +92,7 @@ fn a_sqlite_store_of_the_previous_release_is_upgraded_in_place() {
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
     // A store a newer paddock upgraded is refused, naming both versions.
     conn.pragma_update(None, "user_version", 99).unwrap();
     drop(conn);

@@ -44,9 +44,10 @@ pub(super) trait Tx {
     async fn insert(&self, id: &str, job: &NewJob, now: i64) -> Result<bool, JobError>;
     /// Claims up to `limit` jobs of `service` for this daemon, with their `seq`.
     async fn claim(&self, service: &str, limit: usize) -> Result<Vec<(i64, Claimed)>, StoreError>;
-    /// Records an attempt's outcome; how many jobs it changed (0: the job was no
-    /// longer running here).
-    async fn finish(&self, id: &str, finish: Finish) -> Result<u64, StoreError>;
+    /// Records the outcome of the attempt that claim number `claim` of job `id`
+    /// ran; how many jobs it changed (0: the job is no longer under that claim:
+    /// cancelled, or taken over and perhaps claimed again since).
+    async fn finish(&self, id: &str, claim: i64, finish: Finish) -> Result<u64, StoreError>;
     /// A job's state and result.
     async fn result(&self, id: &str) -> Result<Option<Stored>, JobError>;
     /// Applies an API change; how many jobs it changed.
@@ -92,16 +93,12 @@ pub(super) async fn apply(tx: &impl Tx, cmd: Cmd) -> Reply {
             };
             claim_reply(reply, claimed)
         }
-        Cmd::Finish { id, finish } => {
+        Cmd::Finish { id, claim, finish } => {
             let start = matches!(finish, Finish::Start { .. });
-            match tx.finish(&id, finish).await {
+            match tx.finish(&id, claim, finish).await {
                 // Cancelled while it waited for a worker, an instant before it got one.
-                Ok(0) if start => tracing::info!(
-                    "job {id} was cancelled (or taken over) as a worker took it: its outcome will not be recorded"
-                ),
-                Ok(0) => tracing::warn!(
-                    "job {id} is no longer running here (it was cancelled, or another node took it over when its lease expired); outcome dropped"
-                ),
+                Ok(0) if start => tracing::info!("{}", unstarted(&id, claim)),
+                Ok(0) => tracing::warn!("{}", dropped(&id, claim)),
                 Ok(_) => {}
                 Err(e) => tracing::error!("finishing job {id}: {e}"),
             }
@@ -154,6 +151,21 @@ pub(super) async fn apply(tx: &impl Tx, cmd: Cmd) -> Reply {
             })
         }
     }
+}
+
+/// Why a start was not recorded: the job left claim `claim` before a worker took it.
+pub(super) fn unstarted(id: &str, claim: i64) -> String {
+    format!(
+        "job {id} was cancelled, or taken over by another daemon, as a worker took it (claim {claim} is no longer current): its outcome will not be recorded"
+    )
+}
+
+/// Why an attempt's outcome was dropped: the job is no longer under the claim that
+/// ran it.
+pub(super) fn dropped(id: &str, claim: i64) -> String {
+    format!(
+        "job {id} is no longer running here under claim {claim} (it was cancelled, or another daemon took it over when this one's lease expired, and it may have been claimed again since): this attempt's late outcome is dropped"
+    )
 }
 
 /// Claimed jobs (with their `seq`) highest priority first, then the oldest: the

@@ -28,8 +28,12 @@ pub(super) struct Applied {
     /// The commit's outcome.
     pub commit: Result<(), StoreError>,
     /// Outcomes whose own command rolled back inside a group that committed.
-    pub again: Vec<(String, Finish)>,
+    pub again: Vec<Pending>,
 }
+
+/// An outcome written again: the job's id, the number of the claim that ran the
+/// attempt, and how it ended.
+pub(super) type Pending = (String, i64, Finish);
 
 /// A store's dialect: applies a group of commands in one transaction.
 pub(super) trait Dialect {
@@ -42,7 +46,7 @@ pub(super) async fn run(
     mut dialect: impl Dialect,
     finishes: std::sync::Arc<super::finishes::Finishes>,
 ) {
-    let mut retry: Vec<(String, Finish)> = vec![];
+    let mut retry: Vec<Pending> = vec![];
     loop {
         let mut group: Vec<Cmd> = if retry.is_empty() {
             match rx.recv().await {
@@ -53,7 +57,7 @@ pub(super) async fn run(
             tokio::time::sleep(RETRY_PAUSE).await;
             retry
                 .drain(..)
-                .map(|(id, finish)| Cmd::Finish { id, finish })
+                .map(|(id, claim, finish)| Cmd::Finish { id, claim, finish })
                 .collect()
         };
         while group.len() < MAX_GROUP {
@@ -93,7 +97,7 @@ pub(super) async fn run(
 }
 
 /// The job outcomes in a group, to write again if it does not commit.
-pub(super) fn outcomes(group: &[Cmd]) -> Vec<(String, Finish)> {
+pub(super) fn outcomes(group: &[Cmd]) -> Vec<Pending> {
     group.iter().filter_map(Cmd::outcome).collect()
 }
 
@@ -105,6 +109,7 @@ impl Cmd {
             Cmd::Finish {
                 id,
                 finish: Finish::Done { .. } | Finish::Failed { .. },
+                ..
             } => Some(id.clone()),
             Cmd::Cancel(id, _) => Some(id.clone()),
             _ => None,
@@ -112,9 +117,9 @@ impl Cmd {
     }
 
     /// The job outcome this command records, if it is one.
-    pub(super) fn outcome(&self) -> Option<(String, Finish)> {
+    pub(super) fn outcome(&self) -> Option<Pending> {
         match self {
-            Cmd::Finish { id, finish } => Some((id.clone(), finish.clone())),
+            Cmd::Finish { id, claim, finish } => Some((id.clone(), *claim, finish.clone())),
             _ => None,
         }
     }
@@ -183,6 +188,7 @@ mod tests {
         };
         tx.send(Cmd::Finish {
             id: "a".into(),
+            claim: 1,
             finish: finish(),
         })
         .unwrap();

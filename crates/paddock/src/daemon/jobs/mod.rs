@@ -75,6 +75,11 @@ pub struct Claimed {
     pub failures: u32,
     /// Higher runs first (claims are handed over in this order, then by `seq`).
     pub priority: i32,
+    /// This claim's number: the job's `claims` count, which every claim and every
+    /// take-over raises by one. Every outcome of the attempt names it, and the store
+    /// records the outcome only while the job's count is still this number (the
+    /// fencing token of the claim).
+    pub claim: i64,
 }
 
 /// What the pump records of a job it claimed: that a worker has it now (`Start`),
@@ -174,8 +179,11 @@ pub enum Cmd {
         limit: usize,
         reply: oneshot::Sender<Vec<Claimed>>,
     },
+    /// Records an attempt's outcome: `claim` is the number of the claim that ran it
+    /// ([`Claimed::claim`]); under any later claim of the job it changes nothing.
     Finish {
         id: String,
+        claim: i64,
         finish: Finish,
     },
     Get(String, oneshot::Sender<Result<JobView, JobError>>),
@@ -298,8 +306,14 @@ impl Store {
         rx.await.unwrap_or_default()
     }
 
-    pub fn finish(&self, id: String, finish: Finish) {
-        let _ = self.send(Cmd::Finish { id, finish });
+    /// Records how the attempt of `job`'s claim went (fire and forget: the store
+    /// writes it again until it commits).
+    pub fn finish(&self, job: &Claimed, finish: Finish) {
+        let _ = self.send(Cmd::Finish {
+            id: job.id.clone(),
+            claim: job.claim,
+            finish,
+        });
     }
 
     pub async fn get(&self, id: String) -> Result<JobView, JobError> {

@@ -7,8 +7,11 @@
 //!   heartbeat every third of `lease_timeout`: a live node's long job is never
 //!   claimed again, and a dead node's jobs return to the queue once its leases
 //!   expire (recorded in their history as interrupted);
-//! - only the owner of a running job can finish it, so a node that lost its lease
-//!   cannot overwrite the outcome of the node that took the job over;
+//! - every claim and take-over raises the job's `claims` count, and an attempt's
+//!   outcome is recorded only by its owner and under the claim that ran it
+//!   (`claims = $k`): a node that lost its lease cannot overwrite the outcome of
+//!   the node that took the job over, nor record a late result once it claimed
+//!   the same job again;
 //! - an enqueue sends `NOTIFY paddock_jobs` in its transaction; every daemon
 //!   LISTENs and wakes the service's pump, so no one polls for new work.
 //!
@@ -196,12 +199,12 @@ static TAKE_OVER: LazyLock<String> = LazyLock::new(|| {
         "UPDATE paddock_jobs SET
            history = history || jsonb_build_array(jsonb_build_object('attempt', attempts, 'at', $5::text,
              'outcome', 'interrupted', 'cause', jsonb_build_object('kind', 'lease_expired', 'owner', owner, 'state', state))),
-           state = {to}, owner = $2, lease_until_ms = $1 + $6
+           state = {to}, owner = $2, lease_until_ms = $1 + $6, claims = claims + 1
          WHERE seq IN (
            SELECT seq FROM paddock_jobs
            WHERE service = $3 AND state IN ({over}) AND lease_until_ms < $1
            ORDER BY seq LIMIT $4 FOR UPDATE SKIP LOCKED)
-         RETURNING id, method, content_type, body, failures, seq, priority",
+         RETURNING id, method, content_type, body, failures, seq, priority, claims",
         over = Transition::TakeOver.sources_sql(),
         to = Transition::Claim.to_sql(),
     )
@@ -215,19 +218,19 @@ static TAKE_OVER: LazyLock<String> = LazyLock::new(|| {
 static CLAIM: LazyLock<String> = LazyLock::new(|| {
     let claim = Transition::Claim;
     format!(
-        "UPDATE paddock_jobs SET state = {to}, owner = $2, lease_until_ms = $1 + $5
+        "UPDATE paddock_jobs SET state = {to}, owner = $2, lease_until_ms = $1 + $5, claims = claims + 1
          WHERE seq IN (
            SELECT seq FROM paddock_jobs
            WHERE service = $3 AND state IN ({queued}) AND run_after_ms <= $1
            ORDER BY priority DESC, run_after_ms, seq LIMIT $4 FOR UPDATE SKIP LOCKED)
-         RETURNING id, method, content_type, body, failures, seq, priority",
+         RETURNING id, method, content_type, body, failures, seq, priority, claims",
         queued = claim.sources_sql(),
         to = claim.to_sql(),
     )
 });
 
 /// A claimed row (`RETURNING id, method, content_type, body, failures, seq,
-/// priority`), with its `seq`.
+/// priority, claims`), with its `seq`.
 fn claimed_of(r: &tokio_postgres::Row) -> (i64, Claimed) {
     (
         r.get(5),
@@ -239,6 +242,7 @@ fn claimed_of(r: &tokio_postgres::Row) -> (i64, Claimed) {
             body: r.get(3),
             failures: r.get::<_, i32>(4) as u32,
             priority: r.get(6),
+            claim: r.get(7),
         },
     )
 }
@@ -253,7 +257,7 @@ static DUE: LazyLock<String> = LazyLock::new(|| {
 static START: LazyLock<String> = LazyLock::new(|| {
     Transition::Start.sql(
         "UPDATE paddock_jobs SET state = {to}, attempts = attempts + 1, started_ms = $2
-         WHERE seq = $1 AND state IN ({from}) AND owner = $3",
+         WHERE seq = $1 AND state IN ({from}) AND owner = $3 AND claims = $4",
     )
 });
 
@@ -262,7 +266,7 @@ static COMPLETE: LazyLock<String> = LazyLock::new(|| {
         "UPDATE paddock_jobs SET state = {to}, result = $2, result_content_type = $3, finished_ms = $4, owner = NULL,
            lease_until_ms = NULL,
            history = history || jsonb_build_array(jsonb_build_object('attempt', attempts, 'at', $5::text, 'outcome', 'done'))
-         WHERE id = $1 AND state IN ({from}) AND owner = $6",
+         WHERE id = $1 AND state IN ({from}) AND owner = $6 AND claims = $7",
     )
 });
 
@@ -276,7 +280,7 @@ static FAIL: LazyLock<String> = LazyLock::new(|| {
            run_after_ms = $3::bigint + $4::bigint,
            history = history || jsonb_build_array(jsonb_build_object('attempt', attempts, 'at', $5::text,
              'outcome', 'failed', 'cause', $6::text::jsonb))
-         WHERE id = $1 AND state IN ({from}) AND owner = $7",
+         WHERE id = $1 AND state IN ({from}) AND owner = $7 AND claims = $8",
         )
         .replace("{dead}", &Transition::FailDead.to_sql())
 });
@@ -286,7 +290,7 @@ static INTERRUPT: LazyLock<String> = LazyLock::new(|| {
         "UPDATE paddock_jobs SET state = {to}, owner = NULL, lease_until_ms = NULL, run_after_ms = $2::bigint,
            history = history || jsonb_build_array(jsonb_build_object('attempt', attempts, 'at', $3::text,
              'outcome', 'interrupted', 'cause', jsonb_build_object('kind', 'daemon_stopped', 'message', $4::text)))
-         WHERE id = $1 AND state IN ({from}) AND owner = $5",
+         WHERE id = $1 AND state IN ({from}) AND owner = $5 AND claims = $6",
     )
 });
 
@@ -295,7 +299,7 @@ static RELEASE: LazyLock<String> = LazyLock::new(|| {
     Transition::Release.sql(&format!(
         "UPDATE paddock_jobs SET state = {{to}}, owner = NULL, lease_until_ms = NULL, run_after_ms = $2,
            attempts = attempts - CASE WHEN state = '{}' THEN 1 ELSE 0 END
-         WHERE id = $1 AND state IN ({{from}}) AND owner = $3",
+         WHERE id = $1 AND state IN ({{from}}) AND owner = $3 AND claims = $4",
         JobState::Running.as_str()
     ))
 });
@@ -673,17 +677,21 @@ impl Tx for PgTx<'_> {
         Ok(rows.iter().map(claimed_of).collect())
     }
 
-    async fn finish(&self, id: &str, finish: Finish) -> Result<u64, StoreError> {
+    async fn finish(&self, id: &str, claim: i64, finish: Finish) -> Result<u64, StoreError> {
         let now = now_ms();
         let at = ms_to_rfc3339(now);
         let owner = self.owner;
         let n = match finish {
-            Finish::Start { seq } => self.tx.execute(START.as_str(), &[&seq, &now, &owner]).await,
+            Finish::Start { seq } => {
+                self.tx
+                    .execute(START.as_str(), &[&seq, &now, &owner, &claim])
+                    .await
+            }
             Finish::Done { content_type, body } => {
                 self.tx
                     .execute(
                         COMPLETE.as_str(),
-                        &[&id, &body, &content_type, &now, &at, &owner],
+                        &[&id, &body, &content_type, &now, &at, &owner, &claim],
                     )
                     .await
             }
@@ -705,19 +713,23 @@ impl Tx for PgTx<'_> {
                             &at,
                             &cause,
                             &owner,
+                            &claim,
                         ],
                     )
                     .await
             }
             Finish::Interrupted { why } => {
                 self.tx
-                    .execute(INTERRUPT.as_str(), &[&id, &now, &at, &why, &owner])
+                    .execute(INTERRUPT.as_str(), &[&id, &now, &at, &why, &owner, &claim])
                     .await
             }
             Finish::Release { why, after_ms } => {
                 tracing::debug!("job {id} released: {why}");
                 self.tx
-                    .execute(RELEASE.as_str(), &[&id, &(now + after_ms as i64), &owner])
+                    .execute(
+                        RELEASE.as_str(),
+                        &[&id, &(now + after_ms as i64), &owner, &claim],
+                    )
                     .await
             }
         };

@@ -148,7 +148,7 @@ async fn run(
             }
             for job in buffer.drain(..) {
                 store.finish(
-                    job.id,
+                    &job,
                     Finish::Release {
                         why: "the daemon is stopping".into(),
                         after_ms: 0,
@@ -181,7 +181,7 @@ async fn run(
             in_flight += 1;
             occupied += share;
             // From here a worker has it: `running`, an attempt counted.
-            store.finish(job.id.clone(), Finish::Start { seq: job.seq });
+            store.finish(&job, Finish::Start { seq: job.seq });
             let abort = Arc::new(Abort::default());
             running.insert(job.id.clone(), abort.clone());
             let rx = dispatcher.submit_job(
@@ -206,7 +206,7 @@ async fn run(
                     }
                     o => finish_of(o, &job, backoff, expose_errors, &service_name),
                 };
-                store.finish(job.id.clone(), finish);
+                store.finish(&job, finish);
                 let _ = done.send((share, job.id, abort));
             });
         }

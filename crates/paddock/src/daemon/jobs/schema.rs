@@ -12,7 +12,7 @@
 //! applied; a store at a version newer than [`VERSION`] is refused, naming both.
 
 /// The schema this build writes and reads.
-pub const VERSION: i64 = 3;
+pub const VERSION: i64 = 4;
 
 /// One step of the schema, in each dialect.
 #[derive(Debug)]
@@ -24,7 +24,7 @@ pub struct Migration {
     pub postgres: &'static str,
 }
 
-pub const MIGRATIONS: [Migration; 3] = [
+pub const MIGRATIONS: [Migration; 4] = [
     Migration {
         version: 1,
         what: "the jobs table",
@@ -121,6 +121,16 @@ CREATE TABLE IF NOT EXISTS paddock_schedule_ticks (
 );
 ",
     },
+    Migration {
+        version: 4,
+        what: "claim numbers: each claim and take-over of a job counts one, and an attempt's outcome is recorded only under the claim that ran it",
+        sqlite: "
+ALTER TABLE jobs ADD COLUMN claims INTEGER NOT NULL DEFAULT 0;
+",
+        postgres: "
+ALTER TABLE paddock_jobs ADD COLUMN IF NOT EXISTS claims BIGINT NOT NULL DEFAULT 0;
+",
+    },
 ];
 
 /// The migrations a store at `version` lacks, in order; an error when it is newer
@@ -163,7 +173,8 @@ mod tests {
         assert_eq!(MIGRATIONS.last().unwrap().version, VERSION);
         assert_eq!(pending(0, "s").unwrap().len(), MIGRATIONS.len());
         assert_eq!(pending(1, "s").unwrap()[0].version, 2);
-        assert_eq!(pending(2, "s").unwrap().len(), 1);
+        assert_eq!(pending(2, "s").unwrap().len(), 2);
+        assert_eq!(pending(3, "s").unwrap().len(), 1);
         assert!(pending(VERSION, "s").unwrap().is_empty());
         let e = pending(VERSION + 1, "jobs.db").unwrap_err().to_string();
         assert!(

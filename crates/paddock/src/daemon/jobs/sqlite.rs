@@ -9,7 +9,11 @@
 //!   thread only (a current-thread runtime runs the group loop there);
 //! - each group is one `IMMEDIATE` transaction and one fsync;
 //! - at open, jobs left `running` are queued again at once: the instance lock proves
-//!   their owner is dead, no timeout needed.
+//!   their owner is dead, no timeout needed;
+//! - as on PostgreSQL, a claim raises the job's `claims` count and an outcome is
+//!   recorded only under the claim that ran the attempt (`claims = ?k`), so a late
+//!   result of an attempt that was cancelled, then retried and claimed again, is
+//!   dropped.
 
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
@@ -48,10 +52,10 @@ static RECOVER: LazyLock<String> = LazyLock::new(|| {
 
 static CLAIM: LazyLock<String> = LazyLock::new(|| {
     Transition::Claim.sql(
-        "UPDATE jobs SET state = {to}, owner = ?2
+        "UPDATE jobs SET state = {to}, owner = ?2, claims = claims + 1
          WHERE seq IN (SELECT seq FROM jobs WHERE service = ?3 AND state IN ({from}) AND run_after_ms <= ?1
                        ORDER BY priority DESC, run_after_ms, seq LIMIT ?4)
-         RETURNING id, method, content_type, body, failures, seq, priority",
+         RETURNING id, method, content_type, body, failures, seq, priority, claims",
     )
 });
 
@@ -65,7 +69,7 @@ static DUE: LazyLock<String> = LazyLock::new(|| {
 static START: LazyLock<String> = LazyLock::new(|| {
     Transition::Start.sql(
         "UPDATE jobs SET state = {to}, attempts = attempts + 1, started_ms = ?2
-         WHERE seq = ?1 AND state IN ({from})",
+         WHERE seq = ?1 AND state IN ({from}) AND claims = ?3",
     )
 });
 
@@ -73,7 +77,7 @@ static COMPLETE: LazyLock<String> = LazyLock::new(|| {
     Transition::Complete.sql(
         "UPDATE jobs SET state = {to}, result = ?2, result_content_type = ?3, finished_ms = ?4, owner = NULL,
            history = json_insert(history, '$[#]', json_object('attempt', attempts, 'at', ?5, 'outcome', 'done'))
-         WHERE id = ?1 AND state IN ({from})",
+         WHERE id = ?1 AND state IN ({from}) AND claims = ?6",
     )
 });
 
@@ -86,7 +90,7 @@ static FAIL: LazyLock<String> = LazyLock::new(|| {
            finished_ms = CASE WHEN ?2 OR failures + 1 >= max_attempts THEN ?3 ELSE NULL END,
            run_after_ms = ?3 + ?4,
            history = json_insert(history, '$[#]', json_object('attempt', attempts, 'at', ?5, 'outcome', 'failed', 'cause', json(?6)))
-         WHERE id = ?1 AND state IN ({from})",
+         WHERE id = ?1 AND state IN ({from}) AND claims = ?7",
         )
         .replace("{dead}", &Transition::FailDead.to_sql())
 });
@@ -96,7 +100,7 @@ static INTERRUPT: LazyLock<String> = LazyLock::new(|| {
         "UPDATE jobs SET state = {to}, owner = NULL, run_after_ms = ?2,
            history = json_insert(history, '$[#]', json_object('attempt', attempts, 'at', ?3,
              'outcome', 'interrupted', 'cause', json_object('kind', 'daemon_stopped', 'message', ?4)))
-         WHERE id = ?1 AND state IN ({from})",
+         WHERE id = ?1 AND state IN ({from}) AND claims = ?5",
     )
 });
 
@@ -105,7 +109,7 @@ static RELEASE: LazyLock<String> = LazyLock::new(|| {
     Transition::Release.sql(&format!(
         "UPDATE jobs SET state = {{to}}, owner = NULL, run_after_ms = ?2,
            attempts = attempts - CASE WHEN state = '{}' THEN 1 ELSE 0 END
-         WHERE id = ?1 AND state IN ({{from}})",
+         WHERE id = ?1 AND state IN ({{from}}) AND claims = ?3",
         JobState::Running.as_str()
     ))
 });
@@ -436,6 +440,7 @@ impl Tx for SqliteTx<'_> {
                         body: r.get(3)?,
                         failures: r.get(4)?,
                         priority: r.get(6)?,
+                        claim: r.get(7)?,
                     },
                 ))
             })
@@ -444,17 +449,17 @@ impl Tx for SqliteTx<'_> {
             .map_err(StoreError::from)
     }
 
-    async fn finish(&self, id: &str, finish: Finish) -> Result<u64, StoreError> {
+    async fn finish(&self, id: &str, claim: i64, finish: Finish) -> Result<u64, StoreError> {
         let now = now_ms();
         let at = ms_to_rfc3339(now);
         let tx = &self.tx;
         let n = match finish {
             Finish::Start { seq } => tx
                 .prepare_cached(&START)
-                .and_then(|mut s| s.execute(params![seq, now])),
+                .and_then(|mut s| s.execute(params![seq, now, claim])),
             Finish::Done { content_type, body } => tx
                 .prepare_cached(&COMPLETE)
-                .and_then(|mut s| s.execute(params![id, body, content_type, now, at])),
+                .and_then(|mut s| s.execute(params![id, body, content_type, now, at, claim])),
             Finish::Failed {
                 cause,
                 permanent,
@@ -466,16 +471,17 @@ impl Tx for SqliteTx<'_> {
                     now,
                     backoff_ms as i64,
                     at,
-                    cause.to_string()
+                    cause.to_string(),
+                    claim
                 ])
             }),
             Finish::Interrupted { why } => tx
                 .prepare_cached(&INTERRUPT)
-                .and_then(|mut s| s.execute(params![id, now, at, why])),
+                .and_then(|mut s| s.execute(params![id, now, at, why, claim])),
             Finish::Release { why, after_ms } => {
                 tracing::debug!("job {id} released: {why}");
                 tx.prepare_cached(&RELEASE)
-                    .and_then(|mut s| s.execute(params![id, now + after_ms as i64]))
+                    .and_then(|mut s| s.execute(params![id, now + after_ms as i64, claim]))
             }
         };
         n.map(|n| n as u64).map_err(StoreError::from)
@@ -617,5 +623,62 @@ impl Tx for SqliteTx<'_> {
                 |r| r.get(0),
             )
             .map_err(store_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Finish, JobState, NewJob};
+
+    /// An attempt's outcome is recorded only under the claim that ran it: once the
+    /// job failed and was claimed again, the earlier claim's late result changes
+    /// nothing, and the new claim's is the job's.
+    #[tokio::test]
+    async fn an_outcome_counts_only_under_its_own_claim() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = super::open(&dir.path().join("jobs.db"), "me".into()).unwrap();
+        let (job, _) = store
+            .enqueue(NewJob {
+                service: "s".into(),
+                method: "predict".into(),
+                content_type: "text/plain".into(),
+                body: b"x".to_vec(),
+                idempotency_key: None,
+                max_attempts: 3,
+                run_after_ms: None,
+                priority: 0,
+            })
+            .await
+            .unwrap();
+        let first = store.claim("s", 10).await.pop().unwrap();
+        assert_eq!(first.claim, 1);
+        store.finish(&first, Finish::Start { seq: first.seq });
+        store.finish(
+            &first,
+            Finish::Failed {
+                cause: serde_json::json!({"kind": "test"}),
+                permanent: false,
+                backoff_ms: 0,
+            },
+        );
+        store.sync().await;
+        let again = store.claim("s", 10).await.pop().unwrap();
+        assert_eq!((again.id.as_str(), again.claim), (job.id.as_str(), 2));
+        store.finish(&again, Finish::Start { seq: again.seq });
+        // The first claim's late result, and a late start of it: neither counts.
+        let late = |body: &[u8]| Finish::Done {
+            content_type: "text/plain".into(),
+            body: body.to_vec(),
+        };
+        store.finish(&first, late(b"late"));
+        store.finish(&first, Finish::Start { seq: first.seq });
+        store.sync().await;
+        let v = store.get(job.id.clone()).await.unwrap();
+        assert_eq!((v.state, v.attempts), (JobState::Running, 2), "{v:?}");
+        store.finish(&again, late(b"new"));
+        store.sync().await;
+        let v = store.get(job.id.clone()).await.unwrap();
+        assert_eq!(v.state, JobState::Done, "{v:?}");
+        assert_eq!(store.result(job.id).await.unwrap().1, b"new");
     }
 }

@@ -15,8 +15,10 @@
 //! - within the group, starts are applied before successes and failures (one job's
 //!   start and end in one group keep their order), and claims come last, so they
 //!   see the jobs enqueued and released by the same group;
-//! - only the owner of a running job can end it (`owner = $me`), as in the careful
-//!   path: a result for a job another daemon took over changes nothing;
+//! - only the owner of a running job can end it, and only under the claim that ran
+//!   the attempt (`owner = $me AND claims = u.claim`), as in the careful path: a
+//!   result for a job another daemon took over changes nothing, even once this
+//!   daemon claimed the job again;
 //! - jobs whose lease expired are taken over by a claim at most once a second per
 //!   service (their index entries are the costly part of a claim), so a dead
 //!   node's jobs wait at most a second longer than its lease.
@@ -25,7 +27,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use tokio_postgres::{Client, Statement, Transaction};
 
-use super::super::apply::in_claim_order;
+use super::super::apply::{dropped, in_claim_order, unstarted};
 use super::super::row::{COLUMNS, view};
 use super::super::state::Transition;
 use super::super::{
@@ -75,9 +77,10 @@ static INSERT_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 
 static START_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     Transition::Start.sql(
-        "UPDATE paddock_jobs SET state = {to}, attempts = attempts + 1, started_ms = $2
-         WHERE seq = ANY($1::bigint[]) AND state IN ({from}) AND owner = $3
-         RETURNING seq",
+        "UPDATE paddock_jobs AS j SET state = {to}, attempts = j.attempts + 1, started_ms = $2
+         FROM unnest($1::bigint[], $4::bigint[]) AS u(seq, claim)
+         WHERE j.seq = u.seq AND j.state IN ({from}) AND j.owner = $3 AND j.claims = u.claim
+         RETURNING j.seq, j.claims",
     )
 });
 
@@ -86,9 +89,9 @@ static DONE_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         "UPDATE paddock_jobs AS j SET state = {to}, result = u.result, result_content_type = u.ct,
            finished_ms = $4, owner = NULL, lease_until_ms = NULL,
            history = j.history || jsonb_build_array(jsonb_build_object('attempt', j.attempts, 'at', $5::text, 'outcome', 'done'))
-         FROM unnest($1::text[], $2::bytea[], $3::text[]) AS u(id, result, ct)
-         WHERE j.id = u.id AND j.state IN ({from}) AND j.owner = $6
-         RETURNING j.id",
+         FROM unnest($1::text[], $2::bytea[], $3::text[], $7::bigint[]) AS u(id, result, ct, claim)
+         WHERE j.id = u.id AND j.state IN ({from}) AND j.owner = $6 AND j.claims = u.claim
+         RETURNING j.id, j.claims",
     )
 });
 
@@ -182,59 +185,76 @@ pub(super) async fn apply(
     }
 
     // Every start in one UPDATE, then every success in one.
-    let starts: Vec<i64> = cmds
-        .iter()
-        .filter_map(|c| match c {
-            Cmd::Finish {
-                finish: Finish::Start { seq },
-                ..
-            } => Some(*seq),
-            _ => None,
-        })
-        .collect();
+    let (mut starts, mut start_claims) = (vec![], vec![]);
+    for c in cmds {
+        if let Cmd::Finish {
+            claim,
+            finish: Finish::Start { seq },
+            ..
+        } = c
+        {
+            starts.push(*seq);
+            start_claims.push(*claim);
+        }
+    }
     if !starts.is_empty() {
-        let rows = tx.query(&p.start, &[&starts, &now, &owner]).await?;
+        let rows = tx
+            .query(&p.start, &[&starts, &now, &owner, &start_claims])
+            .await?;
         if rows.len() < starts.len() {
-            let started: BTreeSet<i64> = rows.iter().map(|r| r.get(0)).collect();
+            let started: BTreeSet<(i64, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
             for c in cmds {
                 if let Cmd::Finish {
                     id,
+                    claim,
                     finish: Finish::Start { seq },
                 } = c
-                    && !started.contains(seq)
+                    && !started.contains(&(*seq, *claim))
                 {
-                    tracing::info!(
-                        "job {id} was cancelled (or taken over) as a worker took it: its outcome will not be recorded"
-                    );
+                    tracing::info!("{}", unstarted(id, *claim));
                 }
             }
         }
     }
-    let (mut done_ids, mut results, mut result_cts) = (vec![], vec![], vec![]);
+    let (mut done_ids, mut results, mut result_cts, mut done_claims) =
+        (vec![], vec![], vec![], vec![]);
     for c in cmds {
         if let Cmd::Finish {
             id,
+            claim,
             finish: Finish::Done { content_type, body },
         } = c
         {
             done_ids.push(id.as_str());
             results.push(body.as_slice());
             result_cts.push(content_type.as_str());
+            done_claims.push(*claim);
         }
     }
     if !done_ids.is_empty() {
         let rows = tx
             .query(
                 &p.done,
-                &[&done_ids, &results, &result_cts, &now, &at, &owner],
+                &[
+                    &done_ids,
+                    &results,
+                    &result_cts,
+                    &now,
+                    &at,
+                    &owner,
+                    &done_claims,
+                ],
             )
             .await?;
         if rows.len() < done_ids.len() {
-            let finished: BTreeSet<String> = rows.iter().map(|r| r.get(0)).collect();
-            for id in done_ids.iter().filter(|id| !finished.contains(**id)) {
-                tracing::warn!(
-                    "job {id} is no longer running here (it was cancelled, or another node took it over when its lease expired); outcome dropped"
-                );
+            // A job may end twice in one group (a late result and the new claim's),
+            // so each outcome is matched by its id and claim.
+            let finished: BTreeSet<(String, i64)> =
+                rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+            for (id, claim) in done_ids.iter().zip(&done_claims) {
+                if !finished.contains(&(id.to_string(), *claim)) {
+                    tracing::warn!("{}", dropped(id, *claim));
+                }
             }
         }
     }
