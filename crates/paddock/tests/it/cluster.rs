@@ -301,13 +301,7 @@ fn a_daemon_paused_past_its_lease_loses_its_job_and_its_late_result_is_dropped()
             (j["state"] == "done").then_some(j)
         },
     );
-    let history = done["history"].as_array().unwrap();
-    assert!(
-        history
-            .iter()
-            .any(|h| h["outcome"] == "interrupted" && h["cause"]["kind"] == "lease_expired"),
-        "{done}"
-    );
+    assert_taken_over(&done);
     let result = on(other, &format!("/v1/jobs/{id}/result"));
     let winner = result["pid"].as_i64().unwrap();
     // Continued, the paused daemon reports its worker's result: refused, and said so.
@@ -397,6 +391,17 @@ fn three_daemons_fit_twenty_connections_and_a_full_server_is_named_not_waited_on
     env.assert_nothing_left();
 }
 
+/// `job`'s history says another daemon took it over when its lease expired.
+fn assert_taken_over(job: &Value) {
+    let history = job["history"].as_array().unwrap();
+    assert!(
+        history
+            .iter()
+            .any(|h| h["outcome"] == "interrupted" && h["cause"]["kind"] == "lease_expired"),
+        "{job}"
+    );
+}
+
 /// The pids of the workers that started a `hold` attempt in `dir` (see the fake
 /// worker's `hold` op).
 fn holding(dir: &std::path::Path) -> BTreeSet<i64> {
@@ -448,7 +453,8 @@ fn a_late_result_is_fenced_by_its_claim_even_once_the_same_daemon_claimed_the_jo
         let pids = holding(&held);
         (pids.len() == 1).then(|| *pids.first().unwrap())
     });
-    assert_eq!(crate::jobs::job(&env, &id)["state"], "running");
+    // Its start is committed a moment after the worker has the job.
+    crate::jobs::wait_state(&env, &id, "running");
     kill(p, paddock_sys::signal::SIGSTOP);
 
     // Q takes the job over once P's lease expired; its attempt fails.
@@ -464,13 +470,7 @@ fn a_late_result_is_fenced_by_its_claim_even_once_the_same_daemon_claimed_the_jo
         let j = on(port_q, &format!("/v1/jobs/{id}"));
         (j["failures"] == 1).then_some(j)
     });
-    let history = failed["history"].as_array().unwrap();
-    assert!(
-        history
-            .iter()
-            .any(|h| h["outcome"] == "interrupted" && h["cause"]["kind"] == "lease_expired"),
-        "{failed}"
-    );
+    assert_taken_over(&failed);
     assert_eq!(failed["state"], "queued", "{failed}");
     stop_on(&env, port_q);
     std::fs::remove_file(held.join("fail")).unwrap();
@@ -481,8 +481,7 @@ fn a_late_result_is_fenced_by_its_claim_even_once_the_same_daemon_claimed_the_jo
         let pids = holding(&held);
         (pids.len() == 2).then(|| *pids.iter().find(|&&x| x != first).unwrap())
     });
-    let running = crate::jobs::job(&env, &id);
-    assert_eq!(running["state"], "running", "{running}");
+    let running = crate::jobs::wait_state(&env, &id, "running");
     assert!(
         running["owner"]
             .as_str()
