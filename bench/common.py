@@ -55,6 +55,14 @@ def postgres(base=None):
         subprocess.run(cmd, stdout=subprocess.DEVNULL)
 
 
+def fresh_database(base, prefix):
+    """A new, empty database on the server at `base` (named `prefix` and this
+    process's pid); its URL."""
+    db = f"{prefix}{os.getpid()}"
+    subprocess.run(["psql", f"{base}/postgres", "-qc", f"CREATE DATABASE {db}"], check=True)
+    return f"{base}/{db}"
+
+
 def start_paddock(config, port, pin=()):
     """`paddock start` of bench/<config> on `port` (under `pin`, a command prefix such
     as taskset); returns (daemon pid, stop function). Exits if no release build."""

@@ -33,7 +33,7 @@ import time
 
 import re
 
-from common import BENCH, ROOT, free_port, postgres, start_paddock
+from common import BENCH, ROOT, free_port, fresh_database, postgres, start_paddock
 
 
 def post_many(port, ids, n, clients):
@@ -99,14 +99,13 @@ def count_done(port):
 
 def postgres_config(base):
     """bench/jobs.toml on the PostgreSQL store at `base` (a fresh database)."""
-    db = f"benchjobs{os.getpid()}"
-    subprocess.run(["psql", f"{base}/postgres", "-qc", f"CREATE DATABASE {db}"], check=True)
+    store = fresh_database(base, "benchjobs")
     tmp = tempfile.mkdtemp(prefix="pdjobs")
     path = os.path.join(tmp, "jobs.toml")
     with open(path, "w") as f:
         f.write(f"""[instance]
 name = "benchjobspg"
-store = "{base}/{db}"
+store = "{store}"
 [services.noop]
 command = ["python3", "{os.path.join(BENCH, 'noop_worker.py')}"]
 workers = 2

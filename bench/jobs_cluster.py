@@ -28,7 +28,7 @@ import tempfile
 import threading
 import time
 
-from common import BENCH, PADDOCK, ROOT, free_port, postgres
+from common import BENCH, PADDOCK, ROOT, free_port, fresh_database, postgres
 
 CONFIG = """[instance]
 name = "cluster"
@@ -78,12 +78,11 @@ def main():
     if not os.path.exists(PADDOCK):
         raise SystemExit("build first: cargo build --release")
     with postgres(a.postgres) as base:
-        db = f"cluster{os.getpid()}"
-        subprocess.run(["psql", f"{base}/postgres", "-qc", f"CREATE DATABASE {db}"], check=True)
+        store = fresh_database(base, "cluster")
         tmp = tempfile.mkdtemp(prefix="pdcl")
         cfg = os.path.join(tmp, "paddock.toml")
         with open(cfg, "w") as f:
-            f.write(CONFIG.format(store=f"{base}/{db}", state=os.path.join(tmp, "state"),
+            f.write(CONFIG.format(store=store, state=os.path.join(tmp, "state"),
                                   worker=os.path.join(BENCH, "stamp_worker.py"),
                                   sdk=os.path.join(ROOT, "sdk", "python")))
         ports = [free_port() for _ in range(3)]

@@ -21,13 +21,12 @@ import http.client
 import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 
-from common import BENCH, ROOT, free_port, postgres, start_paddock
+from common import BENCH, ROOT, free_port, fresh_database, postgres, start_paddock
 
 CONFIG = """[instance]
 name = "benchscale"
@@ -168,11 +167,10 @@ def main():
     results = [] if a.skip_sqlite else [run("sqlite", "", a)]
     if not a.skip_postgres:
         with postgres(a.postgres) as base:
-            db = f"bench{os.getpid()}"
-            subprocess.run(["psql", f"{base}/postgres", "-qc", f"CREATE DATABASE {db}"], check=True)
+            store = fresh_database(base, "bench")
             pa = argparse.Namespace(**vars(a))
             pa.jobs = a.postgres_jobs or a.jobs
-            results.append(run("postgres", f'store = "{base}/{db}"', pa))
+            results.append(run("postgres", f'store = "{store}"', pa))
     print()
     for s in results:
         print(summary(s))

@@ -129,7 +129,7 @@ def main():
     finally:
         stop()
     budget = sum(peaks.values()) - min(peaks.values()) // 2
-    print(f"each model alone: " + ", ".join(f"{n} {p / 2**20:.0f} MiB" for n, p in peaks.items())
+    print("each model alone: " + ", ".join(f"{n} {p / 2**20:.0f} MiB" for n, p in peaks.items())
           + f"; budget {budget / 2**20:.0f} MiB (their sum less half the smallest)", flush=True)
 
     # 2. Requests to a random model each, under the budget.

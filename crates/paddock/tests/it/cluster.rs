@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::harness::{Env, PgServer, kill, wait_until};
-use crate::jobs::{Backend, all_jobs, read_runs, recording_service};
+use crate::jobs::{Backend, check_at_least_once, read_runs, recording_service};
 
 /// The pid of the daemon listening on `port` (from its lock).
 fn daemon_on(env: &Env, port: u16) -> i32 {
@@ -39,34 +39,6 @@ fn start_three(env: &Env) -> [u16; 3] {
 fn stop_on(env: &Env, port: u16) {
     let out = env.run(&["--port", &port.to_string(), "stop"]);
     assert_eq!(out.code, 0, "{out:?}");
-}
-
-/// Every job done, each ran at least once, and a job ran twice only if it was
-/// taken over from a killed daemon (its history says interrupted): how many ran
-/// twice.
-fn check_at_least_once(env: &Env, record: &str, ids: &BTreeMap<String, usize>) -> usize {
-    let jobs = wait_until(Duration::from_secs(180), "every job done", || {
-        let all = all_jobs(env, "");
-        all.iter().all(|j| j["state"] == "done").then_some(all)
-    });
-    assert_eq!(jobs.len(), ids.len(), "every acknowledged job is there");
-    let (runs, _) = read_runs(record);
-    let mut twice = 0;
-    for j in &jobs {
-        let n = ids[j["id"].as_str().unwrap()];
-        let ran = runs.get(&n).copied().unwrap_or(0);
-        assert!(ran >= 1, "job {n} never ran: {j}");
-        if ran > 1 {
-            twice += 1;
-            let interrupted = j["history"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|h| h["outcome"] == "interrupted");
-            assert!(interrupted, "job {n} ran {ran} times without a kill: {j}");
-        }
-    }
-    twice
 }
 
 #[test]

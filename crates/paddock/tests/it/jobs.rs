@@ -394,6 +394,46 @@ pub(crate) fn read_runs(record: &str) -> (BTreeMap<usize, usize>, BTreeSet<Strin
     (runs, pids)
 }
 
+/// Every acknowledged job done (none missing, none extra), each ran at least
+/// once, and a job ran more than once only if it was running at a kill (its
+/// history says interrupted): how many ran more than once.
+pub(crate) fn check_at_least_once(env: &Env, record: &str, ids: &BTreeMap<String, usize>) -> usize {
+    let jobs = wait_until(Duration::from_secs(180), "every job done", || {
+        let all = all_jobs(env, "");
+        all.iter().all(|j| j["state"] == "done").then_some(all)
+    });
+    let seen: BTreeSet<String> = jobs
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(jobs.len(), ids.len(), "every acknowledged job is there");
+    assert_eq!(
+        seen,
+        ids.keys().cloned().collect(),
+        "no job missing, none extra"
+    );
+    let (runs, _) = read_runs(record);
+    let mut twice = 0;
+    for j in &jobs {
+        let n = ids[j["id"].as_str().unwrap()];
+        let ran = runs.get(&n).copied().unwrap_or(0);
+        assert!(ran >= 1, "job {n} never ran: {j}");
+        if ran > 1 {
+            twice += 1;
+            let interrupted = j["history"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|h| h["outcome"] == "interrupted");
+            assert!(
+                interrupted,
+                "job {n} ran {ran} times but was never interrupted: {j}"
+            );
+        }
+    }
+    twice
+}
+
 /// Jobs survive the daemon being SIGKILLed three times.
 fn sigkill(backend: Backend) {
     let env = backend.env();
@@ -423,37 +463,7 @@ fn sigkill(backend: Backend) {
         });
         env.start_ok();
     }
-    let jobs = wait_until(Duration::from_secs(120), "every job done", || {
-        let all = all_jobs(&env, "");
-        all.iter().all(|j| j["state"] == "done").then_some(all)
-    });
-    // None missing, none extra.
-    let seen: BTreeSet<String> = jobs
-        .iter()
-        .map(|j| j["id"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(seen.len(), N);
-    assert_eq!(seen, ids.keys().cloned().collect());
-    // Ran more than once only if it was running at a kill.
-    let (runs, _) = read_runs(&record);
-    assert_eq!(runs.len(), N, "every job ran");
-    let mut twice = 0;
-    for j in &jobs {
-        let n = ids[j["id"].as_str().unwrap()];
-        if runs[&n] > 1 {
-            twice += 1;
-            let interrupted = j["history"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|h| h["outcome"] == "interrupted");
-            assert!(
-                interrupted,
-                "job {n} ran {} times but was never interrupted: {j}",
-                runs[&n]
-            );
-        }
-    }
+    let twice = check_at_least_once(&env, &record, &ids);
     eprintln!("{twice} of {N} jobs ran more than once (each was running at a kill)");
     env.stop_ok();
     env.assert_nothing_left();
