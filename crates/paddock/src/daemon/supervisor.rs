@@ -237,55 +237,18 @@ impl Supervisor {
                         w
                     })
                     .collect();
-                let serving = |w: &&crate::status::WorkerStatus| w.state.serving();
-                let ready = workers.iter().filter(serving).count();
-                let failed: Vec<_> = workers
-                    .iter()
-                    .filter(|w| w.state == Phase::Failed)
-                    .collect();
                 let scaling = s
                     .dispatcher
                     .as_ref()
                     .map(|d| scaling_status(s, d, &workers));
-                let unloaded = scaling.as_ref().is_some_and(|x| !x.loaded);
-                let (state, reason) = if unloaded {
-                    let r = s.load.lock().unloaded.clone();
-                    (
-                        ServiceState::Unloaded,
-                        Some(match r {
-                            Some((since, why)) => format!("unloaded since {since}: {why}"),
-                            None => "no worker loaded yet".into(),
-                        }),
-                    )
-                } else if ready == workers.len() {
-                    (ServiceState::Ready, None)
-                } else if ready > 0 {
-                    (
-                        ServiceState::Degraded,
-                        Some(format!("{ready} of {} workers ready", workers.len())),
-                    )
-                } else if let Some(c) = workers.iter().find(|w| w.state == Phase::CrashLooping) {
-                    (
-                        ServiceState::CrashLooping,
-                        c.reason.clone().map(|r| format!("worker {}: {r}", c.index)),
-                    )
-                } else if let Some(f) = failed.first() {
-                    (
-                        ServiceState::Failed,
-                        f.reason.clone().map(|r| format!("worker {}: {r}", f.index)),
-                    )
-                } else if workers.iter().all(|w| w.state == Phase::Stopped) {
-                    (ServiceState::Stopped, Some("stopped".to_string()))
-                } else {
-                    let w = workers.iter().find(|w| w.state != Phase::Ready);
-                    (
-                        ServiceState::Starting,
-                        w.map(|w| match &w.reason {
-                            Some(r) => format!("worker {} is {}: {r}", w.index, w.state),
-                            None => format!("worker {} is {}", w.index, w.state),
-                        }),
-                    )
-                };
+                // Only a service that may unload is "unloaded" with no worker: a
+                // fixed one whose workers all stopped is stopped.
+                let unloaded = (s.config.elastic() && scaling.as_ref().is_some_and(|x| !x.loaded))
+                    .then(|| match s.load.lock().unloaded.clone() {
+                        Some((since, why)) => format!("unloaded since {since}: {why}"),
+                        None => "no worker loaded yet".into(),
+                    });
+                let (state, reason) = service_state(&workers, unloaded);
                 ServiceStatus {
                     name: s.config.name.to_string(),
                     kind: s.config.kind.as_str().to_string(),
@@ -362,6 +325,47 @@ impl Supervisor {
     }
 }
 
+/// A service's state from its workers' and, for a service that may unload with
+/// none loaded, why (`unloaded`).
+fn service_state(
+    workers: &[crate::status::WorkerStatus],
+    unloaded: Option<String>,
+) -> (ServiceState, Option<String>) {
+    let serving = |w: &&crate::status::WorkerStatus| w.state.serving();
+    let ready = workers.iter().filter(serving).count();
+    if let Some(why) = unloaded {
+        (ServiceState::Unloaded, Some(why))
+    } else if ready == workers.len() {
+        (ServiceState::Ready, None)
+    } else if ready > 0 {
+        (
+            ServiceState::Degraded,
+            Some(format!("{ready} of {} workers ready", workers.len())),
+        )
+    } else if let Some(c) = workers.iter().find(|w| w.state == Phase::CrashLooping) {
+        (
+            ServiceState::CrashLooping,
+            c.reason.clone().map(|r| format!("worker {}: {r}", c.index)),
+        )
+    } else if let Some(f) = workers.iter().find(|w| w.state == Phase::Failed) {
+        (
+            ServiceState::Failed,
+            f.reason.clone().map(|r| format!("worker {}: {r}", f.index)),
+        )
+    } else if workers.iter().all(|w| w.state == Phase::Stopped) {
+        (ServiceState::Stopped, Some("stopped".to_string()))
+    } else {
+        let w = workers.iter().find(|w| w.state != Phase::Ready);
+        (
+            ServiceState::Starting,
+            w.map(|w| match &w.reason {
+                Some(r) => format!("worker {} is {}: {r}", w.index, w.state),
+                None => format!("worker {} is {}", w.index, w.state),
+            }),
+        )
+    }
+}
+
 /// A worker service's scaling, from its config, its record and its workers.
 fn scaling_status(
     s: &ServiceHandle,
@@ -395,5 +399,54 @@ fn scaling_status(
         last_eviction: r.last_eviction,
         memory_peak_bytes: (r.memory_peak > 0).then_some(r.memory_peak),
         memory_estimate_bytes: (c.memory_estimate > 0).then_some(c.memory_estimate),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::service_state;
+    use crate::status::{Phase, ServiceState, WorkerStatus};
+
+    fn worker(index: u32, state: Phase) -> WorkerStatus {
+        WorkerStatus {
+            index,
+            generation: 0,
+            state,
+            pid: None,
+            restarts: 0,
+            ready_since: None,
+            last_exit: None,
+            reason: None,
+            env_set: Default::default(),
+            env_from_config: vec![],
+            forks_with_threads: 0,
+            last_fork: None,
+            rss_bytes: None,
+            device: None,
+            gpu_memory_bytes: None,
+            sdk: None,
+            load_ms: None,
+        }
+    }
+
+    #[test]
+    fn only_a_service_that_may_unload_is_unloaded_and_a_stopped_fixed_one_is_stopped() {
+        let stopped = [worker(0, Phase::Stopped), worker(1, Phase::Stopped)];
+        // A fixed service whose workers all stopped (the daemon stopping) is not
+        // "unloaded", and so not ready for /readyz.
+        let (state, _) = service_state(&stopped, None);
+        assert_eq!(state, ServiceState::Stopped);
+        assert!(!state.serving());
+        let (state, why) = service_state(&stopped, Some("no worker loaded yet".into()));
+        assert_eq!(state, ServiceState::Unloaded);
+        assert_eq!(why.as_deref(), Some("no worker loaded yet"));
+        assert!(state.serving());
+        let half = [worker(0, Phase::Ready), worker(1, Phase::Starting)];
+        assert_eq!(service_state(&half, None).0, ServiceState::Degraded);
+        let (state, why) = service_state(&[worker(0, Phase::Starting)], None);
+        assert_eq!(
+            (state, why.as_deref()),
+            (ServiceState::Starting, Some("worker 0 is starting"))
+        );
     }
 }
