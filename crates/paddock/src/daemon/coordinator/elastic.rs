@@ -70,8 +70,7 @@ impl Coordinator {
                 .dispatcher
                 .clone()
                 .expect("worker services have a dispatcher");
-            if let Some((_, tx)) = d.take_idle(wid) {
-                let _ = tx.send(Command::Retire);
+            if d.take_idle(wid).is_some() {
                 let patience = self.service.request_timeout + Duration::from_secs(5);
                 retire(self.handle(0), patience).await;
                 self.slots[0].handle = None;
