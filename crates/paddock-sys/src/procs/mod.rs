@@ -101,7 +101,7 @@ pub fn live_group_members(pgid: i32) -> Vec<i32> {
 /// The processes of group `pgid` and all their descendants (a child that moved to
 /// another group is still part of the tree).
 pub fn tree_of_group(pgid: i32) -> Vec<i32> {
-    tree_in(&all_processes(), pgid)
+    ProcessTable::read().tree_of_group(pgid)
 }
 
 /// The resident memory of each group's tree (as [`tree_of_group`]), from one
@@ -118,35 +118,57 @@ pub fn trees_peak_rss(pgids: &[i32]) -> Vec<Option<u64>> {
 }
 
 fn trees_sum(pgids: &[i32], of: fn(i32) -> Option<u64>) -> Vec<Option<u64>> {
-    let all = all_processes();
+    let table = ProcessTable::read();
     pgids
         .iter()
         .map(|&g| {
-            let sizes: Vec<u64> = tree_in(&all, g).into_iter().filter_map(of).collect();
-            (!sizes.is_empty()).then(|| sizes.iter().sum())
+            table
+                .tree_of_group(g)
+                .into_iter()
+                .filter_map(of)
+                .reduce(|a, b| a + b)
         })
         .collect()
 }
 
-fn tree_in(all: &[ProcInfo], pgid: i32) -> Vec<i32> {
-    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
-    for p in all {
-        children.entry(p.ppid).or_default().push(p.pid);
+/// One reading of the process table, indexed by parent: the trees of several
+/// groups from one pass over `/proc` (or `proc_listallpids`).
+pub struct ProcessTable {
+    all: Vec<ProcInfo>,
+    children: HashMap<i32, Vec<i32>>,
+}
+
+impl ProcessTable {
+    pub fn read() -> ProcessTable {
+        ProcessTable::of(all_processes())
     }
-    let mut out: BTreeSet<i32> = all
-        .iter()
-        .filter(|p| p.pgid == pgid)
-        .map(|p| p.pid)
-        .collect();
-    let mut stack: Vec<i32> = out.iter().copied().collect();
-    while let Some(pid) = stack.pop() {
-        for &c in children.get(&pid).map(|v| v.as_slice()).unwrap_or(&[]) {
-            if out.insert(c) {
-                stack.push(c);
+
+    fn of(all: Vec<ProcInfo>) -> ProcessTable {
+        let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+        for p in &all {
+            children.entry(p.ppid).or_default().push(p.pid);
+        }
+        ProcessTable { all, children }
+    }
+
+    /// As [`tree_of_group`], in this reading.
+    pub fn tree_of_group(&self, pgid: i32) -> Vec<i32> {
+        let mut out: BTreeSet<i32> = self
+            .all
+            .iter()
+            .filter(|p| p.pgid == pgid)
+            .map(|p| p.pid)
+            .collect();
+        let mut stack: Vec<i32> = out.iter().copied().collect();
+        while let Some(pid) = stack.pop() {
+            for &c in self.children.get(&pid).map(|v| v.as_slice()).unwrap_or(&[]) {
+                if out.insert(c) {
+                    stack.push(c);
+                }
             }
         }
+        out.into_iter().collect()
     }
-    out.into_iter().collect()
 }
 
 /// The pids of every process in session `sid`.
@@ -233,16 +255,16 @@ mod tests {
     fn a_tree_is_its_group_and_every_descendant() {
         // 10 leads group 10; 11 is its child in the group; 12 moved to its own
         // group but is still 11's child; 13 is 12's; 20 is unrelated.
-        let all = [
+        let all = ProcessTable::of(vec![
             p(10, 1, 10),
             p(11, 10, 10),
             p(12, 11, 12),
             p(13, 12, 12),
             p(20, 1, 20),
-        ];
-        assert_eq!(tree_in(&all, 10), vec![10, 11, 12, 13]);
-        assert_eq!(tree_in(&all, 20), vec![20]);
-        assert!(tree_in(&all, 30).is_empty());
+        ]);
+        assert_eq!(all.tree_of_group(10), vec![10, 11, 12, 13]);
+        assert_eq!(all.tree_of_group(20), vec![20]);
+        assert!(all.tree_of_group(30).is_empty());
     }
 
     #[test]

@@ -215,6 +215,8 @@ impl Supervisor {
     pub fn status(&self) -> Vec<ServiceStatus> {
         // One NVML read for every worker (an error without a driver).
         let gpu_memory = self.gpu.process_memory();
+        // One reading of the process table for every worker's tree.
+        let table = paddock_sys::procs::ProcessTable::read();
         self.services
             .iter()
             .map(|s| {
@@ -224,7 +226,7 @@ impl Supervisor {
                     .iter()
                     .map(|w| {
                         let mut w = w.borrow().clone();
-                        let tree = w.pid.map(paddock_sys::procs::tree_of_group);
+                        let tree = w.pid.map(|pid| table.tree_of_group(pid));
                         w.rss_bytes = tree.as_ref().map(|t| {
                             t.iter()
                                 .filter_map(|&p| paddock_sys::procs::rss_bytes(p))

@@ -120,11 +120,7 @@ impl Budget {
         let mut st = self.lock();
         if let Some(e) = &st.evicting {
             if e.dispatcher.is_member(e.wid) {
-                return Admission::Wait(format!(
-                    "waiting for an idle worker of {} to exit (evicted to make room under memory_budget {})",
-                    e.service,
-                    mib(self.limit)
-                ));
+                return Admission::Wait(self.evicting_from(&e.service));
             }
             st.evicting = None;
         }
@@ -202,10 +198,7 @@ impl Budget {
                     wid,
                     dispatcher: d,
                 });
-                return Admission::Wait(format!(
-                    "waiting for an idle worker of {name} to exit (evicted to make room under memory_budget {})",
-                    mib(self.limit)
-                ));
+                return Admission::Wait(self.evicting_from(&name));
             }
         }
         let held: Vec<String> = u
@@ -237,6 +230,14 @@ impl Budget {
 
     /// The worker started in `service`'s slot `index` is ready or has failed: its
     /// reservation ends (what it holds is counted from now on).
+    /// Why a start waits while a worker of `service` is evicted.
+    fn evicting_from(&self, service: &str) -> String {
+        format!(
+            "waiting for an idle worker of {service} to exit (evicted to make room under memory_budget {})",
+            mib(self.limit)
+        )
+    }
+
     pub fn release(&self, service: &str, index: u32) {
         self.lock()
             .reservations
@@ -248,36 +249,42 @@ impl Budget {
     /// service's largest: what its next start is expected to need.
     pub async fn sample(self: Arc<Budget>) {
         loop {
-            {
-                // Every serving worker's peak, from one reading of the process table.
-                let st = self.lock();
-                let serving: Vec<(usize, i32)> = st
-                    .members
-                    .iter()
-                    .enumerate()
-                    .flat_map(|(k, m)| {
-                        m.workers
-                            .borrow()
-                            .iter()
-                            .filter_map(|w| {
-                                let w = w.borrow();
-                                w.state.serving().then_some(w.pid).flatten()
-                            })
-                            .map(|pid| (k, pid))
-                            .collect::<Vec<_>>()
-                    })
-                    .collect();
-                let pids: Vec<i32> = serving.iter().map(|(_, p)| *p).collect();
-                let peaks = paddock_sys::procs::trees_peak_rss(&pids);
-                for ((k, _), peak) in serving.iter().zip(peaks) {
-                    if let Some(bytes) = peak {
-                        st.members[*k].load.observe(bytes);
-                    }
+            // Every serving worker's pid, with its service's record; their peaks
+            // are read from one reading of the process table after the lock is
+            // let go, so an admission never waits for /proc.
+            let serving: Vec<(super::Load, i32)> = self
+                .lock()
+                .members
+                .iter()
+                .flat_map(|m| {
+                    m.workers
+                        .borrow()
+                        .iter()
+                        .filter_map(|w| {
+                            let w = w.borrow();
+                            w.state.serving().then_some(w.pid).flatten()
+                        })
+                        .map(|pid| (m.load.clone(), pid))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            let pids: Vec<i32> = serving.iter().map(|(_, p)| *p).collect();
+            let peaks = paddock_sys::procs::trees_peak_rss(&pids);
+            for ((load, _), peak) in serving.iter().zip(peaks) {
+                if let Some(bytes) = peak {
+                    load.observe(bytes);
                 }
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
+}
+
+/// What the budget reads of a worker.
+struct Seen {
+    index: u32,
+    pid: Option<i32>,
+    state: Phase,
 }
 
 fn usage_of(st: &State, limit: u64) -> Usage {
@@ -287,14 +294,21 @@ fn usage_of(st: &State, limit: u64) -> Usage {
     };
     // Every member's workers, then their memory from one reading of the process
     // table.
-    let workers: Vec<Vec<WorkerStatus>> = st
+    let workers: Vec<Vec<Seen>> = st
         .members
         .iter()
         .map(|m| {
             m.workers
                 .borrow()
                 .iter()
-                .map(|w| w.borrow().clone())
+                .map(|w| {
+                    let w = w.borrow();
+                    Seen {
+                        index: w.index,
+                        pid: w.pid,
+                        state: w.state,
+                    }
+                })
                 .collect()
         })
         .collect();
@@ -306,7 +320,7 @@ fn usage_of(st: &State, limit: u64) -> Usage {
             0 => m.load.lock().memory_peak,
             e => e,
         };
-        let live: Vec<&WorkerStatus> = workers.iter().filter(|w| w.pid.is_some()).collect();
+        let live: Vec<&Seen> = workers.iter().filter(|w| w.pid.is_some()).collect();
         let mut total = 0;
         for w in &live {
             let rss = sizes.next().flatten().unwrap_or(0);
