@@ -309,3 +309,13 @@ pub struct Restart {
     /// From SIGTERM to SIGKILL.
     pub stop_timeout: Duration,
 }
+
+impl Restart {
+    /// The wait before the `n`th try after a failure (n ≥ 1): `backoff_initial`
+    /// doubled each time, at most `backoff_max`, times `jitter` (1.0: none).
+    pub fn backoff(&self, n: u32, jitter: f64) -> Duration {
+        let base =
+            self.backoff_initial.as_secs_f64() * 2f64.powi(n.saturating_sub(1).min(30) as i32);
+        Duration::from_secs_f64(base.min(self.backoff_max.as_secs_f64()) * jitter)
+    }
+}

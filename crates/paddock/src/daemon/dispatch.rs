@@ -99,6 +99,14 @@ impl Drop for Queue {
 }
 
 impl Queue {
+    /// The worker idle the longest: its id and since when.
+    fn longest_idle(&self) -> Option<(u64, Instant)> {
+        self.idle
+            .iter()
+            .map(|(w, _, since)| (*w, *since))
+            .min_by_key(|(_, since)| *since)
+    }
+
     /// The answer for a request while no worker can serve one soon.
     fn unavailable(&self, now: Instant) -> Option<Outcome> {
         if let Some((reason, until)) = &self.cold_failure
@@ -481,11 +489,6 @@ impl Dispatcher {
         self.lock().members.contains(&wid)
     }
 
-    /// Requests waiting for a worker.
-    pub fn queued(&self) -> usize {
-        self.lock().jobs.len()
-    }
-
     /// When a request was last queued or handed to a worker.
     pub fn last_used(&self) -> Option<Instant> {
         self.lock().last_used
@@ -493,11 +496,14 @@ impl Dispatcher {
 
     /// The worker idle the longest: its id and since when.
     pub fn longest_idle(&self) -> Option<(u64, Instant)> {
+        self.lock().longest_idle()
+    }
+
+    /// What scaling looks at, in one look: the requests waiting for a worker,
+    /// and the worker idle the longest.
+    pub fn load(&self) -> (usize, Option<(u64, Instant)>) {
         let q = self.lock();
-        q.idle
-            .iter()
-            .map(|(w, _, since)| (*w, *since))
-            .min_by_key(|(_, since)| *since)
+        (q.jobs.len(), q.longest_idle())
     }
 
     /// Takes worker `wid` off the idle list, so that no request is handed to it
@@ -521,17 +527,12 @@ impl Dispatcher {
     pub fn fail_start(&self, reason: String, until: Instant) {
         let mut q = self.lock();
         q.cold_failure = Some((reason.clone(), until));
-        let jobs = std::mem::take(&mut q.jobs);
-        q.depth.set(0);
-        drop(q);
         let retry_after = until.saturating_duration_since(Instant::now());
-        for job in jobs {
-            let _ = job.reply.send(Outcome::Unavailable {
-                reason: reason.clone(),
-                retry_after,
-                state: ServiceState::Unloaded,
-            });
-        }
+        answer_queued(q, || Outcome::Unavailable {
+            reason: reason.clone(),
+            retry_after,
+            state: ServiceState::Unloaded,
+        });
     }
 
     /// A worker started on demand is ready: earlier failures no longer answer.
@@ -566,28 +567,18 @@ impl Dispatcher {
         else {
             return;
         };
-        let jobs = std::mem::take(&mut q.jobs);
-        q.depth.set(0);
-        drop(q);
-        for job in jobs {
-            let _ = job.reply.send(Outcome::Unavailable {
-                reason: reason.clone(),
-                retry_after,
-                state,
-            });
-        }
+        answer_queued(q, || Outcome::Unavailable {
+            reason: reason.clone(),
+            retry_after,
+            state,
+        });
     }
 
     /// Answers everything queued with 503 and stops taking requests.
     pub fn close(&self) {
         let mut q = self.lock();
         q.closed = true;
-        let jobs = std::mem::take(&mut q.jobs);
-        q.depth.set(0);
-        drop(q);
-        for job in jobs {
-            let _ = job.reply.send(Outcome::ShuttingDown);
-        }
+        answer_queued(q, || Outcome::ShuttingDown);
     }
 }
 
@@ -610,5 +601,16 @@ async fn expire(queue: Weak<Mutex<Queue>>, wake: Arc<Notify>) {
             // The queue is empty: wait for a job, or for the queue to be dropped.
             None => wake.notified().await,
         }
+    }
+}
+
+/// Empties the queue held by `q` and, once the lock is let go, answers every
+/// request that was in it with `outcome()`.
+fn answer_queued(mut q: MutexGuard<'_, Queue>, outcome: impl Fn() -> Outcome) {
+    let jobs = std::mem::take(&mut q.jobs);
+    q.depth.set(0);
+    drop(q);
+    for job in jobs {
+        let _ = job.reply.send(outcome());
     }
 }

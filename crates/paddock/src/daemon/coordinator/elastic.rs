@@ -116,13 +116,12 @@ impl Coordinator {
             .filter(|h| !self.letting_go.iter().any(|(w, _)| *w == h.wid))
             .filter(|h| h.status.borrow().state != Phase::Stopped)
             .count() as u32;
+        let (queued, longest_idle) = d.load();
         Seen {
-            queued: d.queued(),
+            queued,
             live,
             max: self.service.workers,
-            longest_idle: d
-                .longest_idle()
-                .map(|(w, since)| (w, now.saturating_duration_since(since))),
+            longest_idle: longest_idle.map(|(w, since)| (w, now.saturating_duration_since(since))),
         }
     }
 
@@ -206,15 +205,15 @@ impl Coordinator {
             self.load.lock().last_cold_start_wait_ms =
                 Some(waited.unwrap_or_default().as_millis() as u64);
         }
-        self.starts.push((wid, why, now));
+        self.starts.push((wid, why));
     }
 
     /// A worker started by scaling is ready, or failed before it was.
     pub(super) fn on_started(&mut self, wid: u64, result: Result<Duration, String>) {
-        let Some(k) = self.starts.iter().position(|(w, _, _)| *w == wid) else {
+        let Some(k) = self.starts.iter().position(|(w, _)| *w == wid) else {
             return;
         };
-        let (_, why, _) = self.starts.remove(k);
+        let (_, why) = self.starts.remove(k);
         let Some(i) = self
             .slots
             .iter()
@@ -251,10 +250,7 @@ impl Coordinator {
             }
             Err(reason) => {
                 self.failed_starts += 1;
-                let policy = &self.service.restart;
-                let backoff = (policy.backoff_initial
-                    * 2u32.saturating_pow(self.failed_starts - 1).min(1 << 16))
-                .min(policy.backoff_max);
+                let backoff = self.service.restart.backoff(self.failed_starts, 1.0);
                 let until = Instant::now() + backoff;
                 self.retry_at = Some(until);
                 let message = format!(
@@ -388,11 +384,7 @@ async fn watch_start(
         .await;
     let result = match r {
         Ok(s) if s.state.serving() => Ok(since.elapsed()),
-        Ok(s) => Err(s
-            .reason
-            .clone()
-            .or_else(|| s.last_exit.as_ref().map(|c| c.description.clone()))
-            .unwrap_or_else(|| format!("it is {}", s.state))),
+        Ok(s) => Err(super::not_ready_reason(&s)),
         Err(_) => Err("its actor ended".into()),
     };
     let _ = tx.send((wid, result));

@@ -212,8 +212,8 @@ struct Coordinator {
     /// min_workers = 0: one worker is loaded at start, proven ready, and let go.
     prove: bool,
     scaler: Scaler,
-    /// Workers started by scaling that are not ready yet: wid, why, when.
-    starts: Vec<(u64, Start, Instant)>,
+    /// Workers started by scaling that are not ready yet: wid, why.
+    starts: Vec<(u64, Start)>,
     /// Each start's outcome: its wid, and its time to READY or why it failed.
     started_tx: mpsc::UnboundedSender<(u64, Result<Duration, String>)>,
     started: mpsc::UnboundedReceiver<(u64, Result<Duration, String>)>,
@@ -518,13 +518,17 @@ async fn wait_ready(h: &Handle, limit: Duration) -> Result<(), NotReady> {
         Err(_) => Err(NotReady(format!("not ready within {}s", limit.as_secs()))),
         Ok(Err(_)) => Err(NotReady("the worker's actor ended".into())),
         Ok(Ok(s)) if s.state.serving() => Ok(()),
-        Ok(Ok(s)) => Err(NotReady(
-            s.reason
-                .clone()
-                .or_else(|| s.last_exit.as_ref().map(|c| c.description.clone()))
-                .unwrap_or_else(|| format!("it is {}", s.state)),
-        )),
+        Ok(Ok(s)) => Err(NotReady(not_ready_reason(&s))),
     }
+}
+
+/// Why a worker that stopped short of ready is not: its reason, else its last
+/// exit, else its state.
+fn not_ready_reason(s: &WorkerStatus) -> String {
+    s.reason
+        .clone()
+        .or_else(|| s.last_exit.as_ref().map(|c| c.description.clone()))
+        .unwrap_or_else(|| format!("it is {}", s.state))
 }
 
 /// How a recycle replaces a worker: the service's `reload` strategy; but when the

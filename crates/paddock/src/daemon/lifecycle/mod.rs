@@ -288,10 +288,7 @@ impl Lifecycle {
     /// The delay before restart number `n` (1-based): doubling from
     /// `backoff_initial`, capped at `backoff_max`, with ±20 % jitter.
     pub fn backoff(&self, n: u32) -> Duration {
-        let base = self.policy.backoff_initial.as_secs_f64()
-            * 2f64.powi(n.saturating_sub(1).min(30) as i32);
-        let capped = base.min(self.policy.backoff_max.as_secs_f64());
-        Duration::from_secs_f64(capped * (0.8 + 0.4 * self.jitter))
+        self.policy.backoff(n, 0.8 + 0.4 * self.jitter)
     }
 
     /// The one transition function.
