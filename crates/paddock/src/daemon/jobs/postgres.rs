@@ -247,26 +247,45 @@ fn claimed_of(r: &tokio_postgres::Row) -> (i64, Claimed) {
     )
 }
 
+/// Claims up to `limit` jobs of `service` for `owner`, with their `seq`, by the
+/// statements `[DUE, TAKE_OVER, CLAIM]` (their text, or prepared): scheduled jobs
+/// whose time came join the queue, jobs whose lease expired are taken over (when
+/// `take_over`), then queued jobs fill what is left.
+async fn claim_rows<S: tokio_postgres::ToStatement + ?Sized>(
+    tx: &Transaction<'_>,
+    [due, take_over, claim]: [&S; 3],
+    service: &str,
+    limit: usize,
+    owner: &str,
+    lease_ms: i64,
+    look_for_expired: bool,
+) -> Result<Vec<(i64, Claimed)>, tokio_postgres::Error> {
+    let now = now_ms();
+    tx.execute(due, &[&service, &now]).await?;
+    let mut rows = if look_for_expired {
+        let at = ms_to_rfc3339(now);
+        tx.query(
+            take_over,
+            &[&now, &owner, &service, &(limit as i64), &at, &lease_ms],
+        )
+        .await?
+    } else {
+        vec![]
+    };
+    if rows.len() < limit {
+        let left = (limit - rows.len()) as i64;
+        rows.extend(
+            tx.query(claim, &[&now, &owner, &service, &left, &lease_ms])
+                .await?,
+        );
+    }
+    Ok(rows.iter().map(claimed_of).collect())
+}
+
 /// Scheduled jobs of a service whose time came join the queue (before a claim).
 static DUE: LazyLock<String> = LazyLock::new(|| {
     Transition::Due.sql(
         "UPDATE paddock_jobs SET state = {to} WHERE service = $1 AND state IN ({from}) AND run_after_ms <= $2",
-    )
-});
-
-static START: LazyLock<String> = LazyLock::new(|| {
-    Transition::Start.sql(
-        "UPDATE paddock_jobs SET state = {to}, attempts = attempts + 1, started_ms = $2
-         WHERE seq = $1 AND state IN ({from}) AND owner = $3 AND claims = $4",
-    )
-});
-
-static COMPLETE: LazyLock<String> = LazyLock::new(|| {
-    Transition::Complete.sql(
-        "UPDATE paddock_jobs SET state = {to}, result = $2, result_content_type = $3, finished_ms = $4, owner = NULL,
-           lease_until_ms = NULL,
-           history = history || jsonb_build_array(jsonb_build_object('attempt', attempts, 'at', $5::text, 'outcome', 'done'))
-         WHERE id = $1 AND state IN ({from}) AND owner = $6 AND claims = $7",
     )
 });
 
@@ -641,40 +660,18 @@ impl Tx for PgTx<'_> {
     }
 
     async fn claim(&self, service: &str, limit: usize) -> Result<Vec<(i64, Claimed)>, StoreError> {
-        let now = now_ms();
-        let at = ms_to_rfc3339(now);
-        self.tx
-            .execute(DUE.as_str(), &[&service, &now])
-            .await
-            .map_err(StoreError::from)?;
-        let mut rows = self
-            .tx
-            .query(
-                TAKE_OVER.as_str(),
-                &[
-                    &now,
-                    &self.owner,
-                    &service,
-                    &(limit as i64),
-                    &at,
-                    &self.lease_ms,
-                ],
-            )
-            .await
-            .map_err(StoreError::from)?;
-        if rows.len() < limit {
-            let left = (limit - rows.len()) as i64;
-            rows.extend(
-                self.tx
-                    .query(
-                        CLAIM.as_str(),
-                        &[&now, &self.owner, &service, &left, &self.lease_ms],
-                    )
-                    .await
-                    .map_err(StoreError::from)?,
-            );
-        }
-        Ok(rows.iter().map(claimed_of).collect())
+        let stmts = [DUE.as_str(), TAKE_OVER.as_str(), CLAIM.as_str()];
+        claim_rows(
+            &self.tx,
+            stmts,
+            service,
+            limit,
+            self.owner,
+            self.lease_ms,
+            true,
+        )
+        .await
+        .map_err(StoreError::from)
     }
 
     async fn finish(&self, id: &str, claim: i64, finish: Finish) -> Result<u64, StoreError> {
@@ -682,19 +679,31 @@ impl Tx for PgTx<'_> {
         let at = ms_to_rfc3339(now);
         let owner = self.owner;
         let n = match finish {
-            Finish::Start { seq } => {
-                self.tx
-                    .execute(START.as_str(), &[&seq, &now, &owner, &claim])
-                    .await
-            }
-            Finish::Done { content_type, body } => {
-                self.tx
-                    .execute(
-                        COMPLETE.as_str(),
-                        &[&id, &body, &content_type, &now, &at, &owner, &claim],
-                    )
-                    .await
-            }
+            // The bulk path's statements, for one job: the fencing is written once.
+            Finish::Start { seq } => self
+                .tx
+                .query(
+                    bulk::START_MANY.as_str(),
+                    &[&[seq].as_slice(), &now, &owner, &[claim].as_slice()],
+                )
+                .await
+                .map(|rows| rows.len() as u64),
+            Finish::Done { content_type, body } => self
+                .tx
+                .query(
+                    bulk::DONE_MANY.as_str(),
+                    &[
+                        &[id].as_slice(),
+                        &[body.as_slice()].as_slice(),
+                        &[content_type.as_str()].as_slice(),
+                        &now,
+                        &at,
+                        &owner,
+                        &[claim].as_slice(),
+                    ],
+                )
+                .await
+                .map(|rows| rows.len() as u64),
             Finish::Failed {
                 cause,
                 permanent,

@@ -12,9 +12,10 @@
 //!   fails, the transaction is rolled back and the whole group is applied again by
 //!   the careful path (a savepoint per command, `postgres.rs`), so a failure still
 //!   undoes one command alone and its caller hears of it;
-//! - within the group, starts are applied before successes and failures (one job's
-//!   start and end in one group keep their order), and claims come last, so they
-//!   see the jobs enqueued and released by the same group;
+//! - within the group, starts are applied before successes (one job's start and
+//!   end in one group keep their order), and claims come last, so they see the
+//!   jobs the group's INSERT enqueued (what the careful path applies — releases,
+//!   failures — comes after them, and is claimed at the pump's next look);
 //! - only the owner of a running job can end it, and only under the claim that ran
 //!   the attempt (`owner = $me AND claims = u.claim`), as in the careful path: a
 //!   result for a job another daemon took over changes nothing, even once this
@@ -75,7 +76,7 @@ static INSERT_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     )
 });
 
-static START_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+pub(super) static START_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     Transition::Start.sql(
         "UPDATE paddock_jobs AS j SET state = {to}, attempts = j.attempts + 1, started_ms = $2
          FROM unnest($1::bigint[], $4::bigint[]) AS u(seq, claim)
@@ -84,7 +85,7 @@ static START_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     )
 });
 
-static DONE_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+pub(super) static DONE_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     Transition::Complete.sql(
         "UPDATE paddock_jobs AS j SET state = {to}, result = u.result, result_content_type = u.ct,
            finished_ms = $4, owner = NULL, lease_until_ms = NULL,
@@ -145,7 +146,7 @@ pub(super) async fn apply(
     let (mut attempts, mut run_after, mut priority) = (vec![], vec![], vec![]);
     for (i, c) in cmds.iter().enumerate() {
         if let Cmd::Enqueue(job, _) = c
-            && job.idempotency_key.is_none()
+            && fast(c)
         {
             let id = new_id();
             places.insert(id.clone(), i);
@@ -259,28 +260,23 @@ pub(super) async fn apply(
         }
     }
 
-    // Claims last: they see what this group enqueued.
+    // Claims last: they see what this group's INSERT enqueued. (Releases, failures
+    // and enqueues with an Idempotency-Key are applied after them, by the careful
+    // path; their jobs are claimed at the pump's next look.)
     for (i, c) in cmds.iter().enumerate() {
         if let Cmd::Claim { service, limit, .. } = c {
-            tx.execute(&p.due, &[service, &now]).await?;
-            let mut rows = if take_over(service) {
-                tx.query(
-                    &p.take_over,
-                    &[&now, &owner, service, &(*limit as i64), &at, &lease_ms],
-                )
-                .await?
-            } else {
-                vec![]
-            };
-            if rows.len() < *limit {
-                let left = (*limit - rows.len()) as i64;
-                rows.extend(
-                    tx.query(&p.claim, &[&now, &owner, service, &left, &lease_ms])
-                        .await?,
-                );
-            }
-            let claimed = in_claim_order(rows.iter().map(super::claimed_of).collect());
-            done.claimed.insert(i, claimed);
+            let stmts = [&p.due, &p.take_over, &p.claim];
+            let rows = super::claim_rows(
+                tx,
+                stmts,
+                service,
+                *limit,
+                owner,
+                lease_ms,
+                take_over(service),
+            )
+            .await?;
+            done.claimed.insert(i, in_claim_order(rows));
         }
     }
     Ok(done)
