@@ -2,12 +2,14 @@
 started with its own state directory (so a benchmark never touches the user's)."""
 import contextlib
 import glob
+import http.client
 import os
 import re
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,6 +55,47 @@ def postgres(base=None):
         if os.getuid() == 0:
             cmd = ["runuser", "-u", "postgres", "--"] + cmd
         subprocess.run(cmd, stdout=subprocess.DEVNULL)
+
+
+def in_threads(n, clients, one, per_thread=lambda: None):
+    """one(i, ctx) for i in range(n), from `clients` threads, each with its own
+    ctx = per_thread() (e.g. a keep-alive connection); what they returned, in the
+    order they finished."""
+    lock = threading.Lock()
+    counter = iter(range(n))
+    out = []
+
+    def worker():
+        ctx = per_thread()
+        while True:
+            with lock:
+                i = next(counter, None)
+            if i is None:
+                return
+            r = one(i, ctx)
+            with lock:
+                out.append(r)
+
+    ts = [threading.Thread(target=worker) for _ in range(clients)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return out
+
+
+def scrape(port):
+    """The daemon's /metrics text."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    c.request("GET", "/metrics")
+    text = c.getresponse().read().decode()
+    c.close()
+    return text
+
+
+def metric(text, pattern):
+    """The sum of the samples in `text` whose name and labels match `pattern`."""
+    return sum(float(m.group(1)) for m in re.finditer(r"(?m)^" + pattern + r" (\S+)$", text))
 
 
 def fresh_database(base, prefix):

@@ -28,73 +28,27 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
-import re
 
-from common import BENCH, ROOT, free_port, fresh_database, postgres, start_paddock
-
-
-def post_many(port, ids, n, clients):
-    """Enqueue n jobs from `clients` threads over keep-alive connections."""
-    lock = threading.Lock()
-    counter = iter(range(n))
-
-    def worker():
-        c = http.client.HTTPConnection("127.0.0.1", port)
-        while True:
-            with lock:
-                i = next(counter, None)
-            if i is None:
-                return
-            c.request("POST", "/v1/jobs/noop", body=json.dumps({"i": i}), headers={"Content-Type": "application/json"})
-            r = c.getresponse()
-            body = r.read()
-            assert r.status == 202, (r.status, body)
-            with lock:
-                ids.append(json.loads(body)["id"])
-
-    ts = [threading.Thread(target=worker) for _ in range(clients)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
+from common import BENCH, ROOT, free_port, fresh_database, in_threads, metric, postgres, scrape, start_paddock
 
 
-def in_threads(n, clients, one):
-    """one(i) for i in range(n), from `clients` threads; what they returned (in the
-    order they finished)."""
-    lock = threading.Lock()
-    counter = iter(range(n))
-    out = []
+def post_many(port, n, clients):
+    """Enqueue n jobs from `clients` threads over keep-alive connections; their ids."""
+    def one(i, c):
+        c.request("POST", "/v1/jobs/noop", body=json.dumps({"i": i}), headers={"Content-Type": "application/json"})
+        r = c.getresponse()
+        body = r.read()
+        assert r.status == 202, (r.status, body)
+        return json.loads(body)["id"]
 
-    def worker():
-        while True:
-            with lock:
-                i = next(counter, None)
-            if i is None:
-                return
-            r = one(i)
-            with lock:
-                out.append(r)
-
-    ts = [threading.Thread(target=worker) for _ in range(clients)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    return out
+    return in_threads(n, clients, one, lambda: http.client.HTTPConnection("127.0.0.1", port))
 
 
 def count_done(port):
     """Jobs done, from /metrics (the store's own count)."""
-    c = http.client.HTTPConnection("127.0.0.1", port)
-    c.request("GET", "/metrics")
-    text = c.getresponse().read().decode()
-    c.close()
-    m = re.search(r'(?m)^paddock_jobs\{service="noop",state="done"\} (\S+)$', text)
-    return float(m.group(1)) if m else 0
+    return metric(scrape(port), r'paddock_jobs\{service="noop",state="done"\}')
 
 
 def postgres_config(base):
@@ -119,9 +73,8 @@ def run_paddock(n, clients, config="jobs.toml"):
     port = free_port()
     _, stop = start_paddock(config, port)
     try:
-        ids = []
         t0 = time.monotonic()
-        post_many(port, ids, n, clients)
+        post_many(port, n, clients)
         t_enq = time.monotonic() - t0
         while count_done(port) < n:
             time.sleep(0.2)
@@ -153,7 +106,7 @@ def run_paddock_client(n, clients):
     try:
         client = paddock.Client(f"http://127.0.0.1:{port}")
         t0 = time.monotonic()
-        jobs = in_threads(n, clients, lambda i: client.submit("noop", json={"i": i}))
+        jobs = in_threads(n, clients, lambda i, _: client.submit("noop", json={"i": i}))
         t_enq = time.monotonic() - t0
         for job in jobs:
             assert job.result(timeout=120) == b"ok"
@@ -190,7 +143,7 @@ def run_celery(n, clients):
         import celery_bench  # noqa: E402
         celery_bench.app.control.ping(timeout=10)
         t0 = time.monotonic()
-        results = in_threads(n, clients, celery_bench.noop.delay)
+        results = in_threads(n, clients, lambda i, _: celery_bench.noop.delay(i))
         t_enq = time.monotonic() - t0
         for r in results:
             assert r.get(timeout=120) == "ok"

@@ -21,14 +21,12 @@ import argparse
 import http.client
 import json
 import os
-import re
 import statistics
 import subprocess
 import tempfile
-import threading
 import time
 
-from common import BENCH, PADDOCK, ROOT, free_port, fresh_database, postgres
+from common import BENCH, PADDOCK, ROOT, free_port, fresh_database, in_threads, metric, postgres, scrape
 
 CONFIG = """[instance]
 name = "cluster"
@@ -95,35 +93,17 @@ def main():
                 for pid in daemon_pids(p):
                     owner[pid] = p
             # 1. Throughput.
-            ids = []
-            lock = threading.Lock()
-            counter = iter(range(a.jobs))
-
-            def client():
-                conns = {p: http.client.HTTPConnection("127.0.0.1", p, timeout=60) for p in ports}
-                while True:
-                    with lock:
-                        i = next(counter, None)
-                    if i is None:
-                        return
-                    p = ports[i % 3]
-                    status, data = post(p, "/v1/jobs/stamp/run", {"s": 0}, conns[p])
-                    assert status == 202, (status, data)
-                    with lock:
-                        ids.append(json.loads(data)["id"])
+            def one(i, conns):
+                p = ports[i % 3]
+                status, data = post(p, "/v1/jobs/stamp/run", {"s": 0}, conns[p])
+                assert status == 202, (status, data)
+                return json.loads(data)["id"]
 
             t0 = time.monotonic()
-            threads = [threading.Thread(target=client) for _ in range(a.clients)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
+            ids = in_threads(a.jobs, a.clients, one,
+                             lambda: {p: http.client.HTTPConnection("127.0.0.1", p, timeout=60) for p in ports})
             enqueued = time.monotonic() - t0
-            while True:
-                text = get(ports[0], "/metrics")[1].decode()
-                m = re.search(r'(?m)^paddock_jobs\{service="stamp",state="done"\} (\S+)$', text)
-                if m and float(m.group(1)) >= a.jobs:
-                    break
+            while metric(scrape(ports[0]), r'paddock_jobs\{service="stamp",state="done"\}') < a.jobs:
                 time.sleep(0.2)  # polling the benchmark's own progress
             total = time.monotonic() - t0
             share = {p: 0 for p in ports}

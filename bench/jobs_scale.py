@@ -20,13 +20,12 @@ import argparse
 import http.client
 import json
 import os
-import re
 import sys
 import tempfile
 import threading
 import time
 
-from common import BENCH, ROOT, free_port, fresh_database, postgres, start_paddock
+from common import BENCH, ROOT, free_port, fresh_database, metric, postgres, scrape, start_paddock
 
 CONFIG = """[instance]
 name = "benchscale"
@@ -42,13 +41,10 @@ env = {{ PYTHONPATH = "{sdk}" }}
 
 
 def metrics(port):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    c.request("GET", "/metrics")
-    text = c.getresponse().read().decode()
-    c.close()
+    text = scrape(port)
 
     def value(pattern):
-        return sum(float(m.group(1)) for m in re.finditer(r"(?m)^" + pattern + r" (\S+)$", text))
+        return metric(text, pattern)
 
     finished = (value(r'paddock_jobs_pruned_total\{service="noop"\}')
                 + value(r'paddock_jobs\{service="noop",state="(?:done|dead|cancelled)"\}'))
