@@ -186,15 +186,12 @@ fn a_postgres_restart_is_ridden_out_and_enqueues_meanwhile_get_503_at_once() {
     // Down for a while: enqueues are refused at once, and status and the log say why.
     pg.ctl(&["stop", "-m", "fast"]);
     let t0 = Instant::now();
-    let r = crate::harness::post(
-        env.port,
+    let r = crate::jobs::enqueue(
+        &env,
         "/v1/jobs/fake",
-        "application/json",
-        json!({"op": "record", "n": 10_000, "s": 0})
-            .to_string()
-            .as_bytes(),
-    )
-    .unwrap();
+        &json!({"op": "record", "n": 10_000, "s": 0}),
+        None,
+    );
     assert_eq!(r.code, 503, "{}", r.text());
     assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
     assert_eq!(r.header("retry-after"), Some("1"));
@@ -211,15 +208,12 @@ fn a_postgres_restart_is_ridden_out_and_enqueues_meanwhile_get_503_at_once() {
     // Back: work resumes without a daemon restart, and nothing acknowledged is lost.
     pg.ctl(&["start"]);
     let id = wait_until(Duration::from_secs(30), "an enqueue accepted again", || {
-        let r = crate::harness::post(
-            env.port,
+        let r = crate::jobs::enqueue(
+            &env,
             "/v1/jobs/fake",
-            "application/json",
-            json!({"op": "record", "n": 20_000, "s": 0})
-                .to_string()
-                .as_bytes(),
-        )
-        .unwrap();
+            &json!({"op": "record", "n": 20_000, "s": 0}),
+            None,
+        );
         (r.code == 202).then(|| r.json()["id"].as_str().unwrap().to_string())
     });
     acked.insert(id, 20_000);

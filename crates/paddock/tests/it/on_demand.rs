@@ -33,16 +33,23 @@ fn pid_of(r: &crate::harness::Resp) -> i32 {
     r.json()["pid"].as_i64().unwrap() as i32
 }
 
+/// Configures service "m", the fake worker with `vars` (each spawn's pid appended
+/// to the file `pids`, see [`spawns`]) and `settings`.
+fn model_m(env: &Env, vars: &[(&str, &str)], settings: &str) {
+    let pids = env.path().join("pids").display().to_string();
+    let mut all = vec![("FAKE_PIDFILE", pids.as_str())];
+    all.extend_from_slice(vars);
+    env.config(&env.worker_with("m", "fake_worker.py", &all, settings));
+}
+
 #[test]
 fn an_idle_service_unloads_and_the_next_request_or_job_loads_it_again() {
     let env = Env::new();
-    let pids = env.path().join("pids").display().to_string();
-    env.config(&env.worker_with(
-        "m",
-        "fake_worker.py",
-        &[("FAKE_PIDFILE", &pids)],
+    model_m(
+        &env,
+        &[],
         "min_workers = 0\nmax_workers = 2\nidle_timeout = \"1s\"\njobs_share = 1.0",
-    ));
+    );
     let out = env.start_ok();
     // Proven at start: one worker loaded to READY, then let go.
     assert!(
@@ -115,15 +122,13 @@ fn an_idle_service_unloads_and_the_next_request_or_job_loads_it_again() {
 #[test]
 fn twenty_requests_at_an_unloaded_service_start_one_worker_and_never_more_than_max() {
     let env = Env::new();
-    let pids = env.path().join("pids").display().to_string();
     // The queue stays long, but scale_up_after is far off: the demand start is the
     // only one; max_workers bounds it anyway.
-    env.config(&env.worker_with(
-        "m",
-        "fake_worker.py",
-        &[("FAKE_PIDFILE", &pids), ("FAKE_SETUP_SLEEP", "0.5")],
+    model_m(
+        &env,
+        &[("FAKE_SETUP_SLEEP", "0.5")],
         "min_workers = 0\nmax_workers = 3\nidle_timeout = \"60s\"\nscale_up_after = \"60s\"",
-    ));
+    );
     env.start_ok();
     assert_eq!(spawns(&env, "pids").len(), 1, "the proof");
     let threads: Vec<_> = (0..20)
@@ -414,13 +419,11 @@ fn workers_follow_the_load_up_to_max_and_back_and_a_steady_load_does_not_flap() 
 #[test]
 fn on_demand_loading_keeps_working_through_reload_and_a_worker_crash() {
     let env = Env::new();
-    let pids = env.path().join("pids").display().to_string();
-    env.config(&env.worker_with(
-        "m",
-        "fake_worker.py",
-        &[("FAKE_PIDFILE", &pids)],
+    model_m(
+        &env,
+        &[],
         "min_workers = 0\nmax_workers = 2\nidle_timeout = \"1s\"",
-    ));
+    );
     env.start_ok();
     // Reload while unloaded: nothing to replace; the next start loads the new code.
     let out = env.run(&["reload"]);
